@@ -1,0 +1,486 @@
+//! Configuration: the typed settings of every part of sockgate and the one place they are loaded.
+//!
+//! Precedence, lowest to highest: built-in defaults < `sidecar.toml` (or `--config PATH`) <
+//! `SIDECAR_*` environment variables (nested keys joined by `__`, e.g. `SIDECAR_UPSTREAM__URL`) <
+//! bare `PORT` (what Railway/Heroku/Fly set) < command-line flags. A value that does not parse or
+//! validate stops startup with one line naming the key, where the value came from and why.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use http::Uri;
+use serde::{Deserialize, Serialize};
+
+/// The file read when `--config` is not given; a missing default file is not an error.
+pub const DEFAULT_CONFIG_FILE: &str = "sidecar.toml";
+
+/// Everything sockgate can be told. Each section maps to one `[section]` of `sidecar.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub proxy: ProxyConfig,
+    pub realtime: RealtimeConfig,
+    pub auth: AuthConfig,
+    pub publish: PublishConfig,
+    pub log: LogConfig,
+}
+
+/// The public listener: what browsers connect to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Time a client gets to send a complete request head (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Largest request head accepted; larger ones get `431`.
+    pub max_header_bytes: usize,
+    /// Time in-flight requests get to finish after SIGTERM before connections are cut.
+    pub drain_timeout_ms: u64,
+}
+
+/// The Node app sockgate fronts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port` of the app; only plain HTTP on a private network makes sense here.
+    pub url: String,
+    pub connect_timeout_ms: u64,
+    /// Time the app gets to send response headers; the body may stream for longer.
+    pub response_timeout_ms: u64,
+    /// Must stay below Node's 5 s `keepAliveTimeout`, or a reused connection may be closed
+    /// by Node while a request is on its way.
+    pub pool_idle_timeout_ms: u64,
+    pub pool_max_idle_per_host: usize,
+}
+
+/// How proxied requests are rewritten.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Trust `X-Forwarded-*` sent by the client (true only behind a load balancer that sets
+    /// them): append to them instead of overwriting.
+    pub trust_forwarded: bool,
+}
+
+/// The Socket.IO endpoint sockgate answers itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealtimeConfig {
+    /// Path prefix served by sockgate; everything else goes to the app.
+    pub path: String,
+    /// Allowed Engine.IO transports: `polling`, `websocket`.
+    pub transports: Vec<Transport>,
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Largest HTTP long-polling body accepted from a client.
+    pub max_poll_payload_bytes: u64,
+    /// Largest WebSocket message accepted from a client.
+    pub max_ws_message_bytes: usize,
+    /// Packets queued per socket before it counts as a slow consumer.
+    pub max_buffer_size: usize,
+    /// Origins allowed besides the request's own host, e.g. `https://app.example.com`.
+    pub allowed_origins: Vec<String>,
+    /// Room a socket joins once authenticated: `{room_prefix}{userId}`.
+    pub room_prefix: String,
+}
+
+/// An Engine.IO transport.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Polling,
+    Websocket,
+}
+
+/// How sockets are authenticated through the app's own session route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Path (and optional query) of the app's session route, called with `GET`.
+    pub session_path: String,
+    /// Handshake request headers forwarded to the session route.
+    pub forward_headers: Vec<String>,
+    /// JSON pointer (RFC 6901) to the user id in the session route's response.
+    pub user_id_pointer: String,
+    pub timeout_ms: u64,
+    pub cache_ttl_ms: u64,
+    pub negative_ttl_ms: u64,
+    pub cache_max_entries: u64,
+    /// Most session-route calls in flight at once (a deploy reconnects every browser at once).
+    pub max_concurrent: usize,
+    /// How often connected sockets are re-checked; `0` turns revalidation off.
+    pub revalidate_interval_ms: u64,
+}
+
+/// The publish API the app calls over a Unix socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    pub socket: PathBuf,
+    /// File mode of the socket, octal, e.g. `"0660"`.
+    pub socket_mode: String,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` env-filter directives; `RUST_LOG` wins when set.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 3000,
+            header_read_timeout_ms: 10_000,
+            max_header_bytes: 64 * 1024,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:4321".into(),
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 60_000,
+            pool_idle_timeout_ms: 4_000,
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+#[allow(clippy::derivable_impls)] // spelled out so every default lives in one place
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            trust_forwarded: false,
+        }
+    }
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        Self {
+            path: "/socket.io".into(),
+            transports: vec![Transport::Polling, Transport::Websocket],
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_poll_payload_bytes: 100_000,
+            max_ws_message_bytes: 1024 * 1024,
+            max_buffer_size: 128,
+            allowed_origins: Vec::new(),
+            room_prefix: "user:".into(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_path: "/api/session".into(),
+            forward_headers: vec![
+                "cookie".into(),
+                "user-agent".into(),
+                "x-forwarded-for".into(),
+            ],
+            user_id_pointer: "/userId".into(),
+            timeout_ms: 5_000,
+            cache_ttl_ms: 30_000,
+            negative_ttl_ms: 5_000,
+            cache_max_entries: 100_000,
+            max_concurrent: 32,
+            revalidate_interval_ms: 300_000,
+        }
+    }
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/tmp/sockgate.sock"),
+            socket_mode: "0660".into(),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+}
+
+impl PublishConfig {
+    /// The socket file mode parsed from its octal text (validated at load time).
+    pub fn mode(&self) -> u32 {
+        parse_mode(&self.socket_mode).unwrap_or(0o660)
+    }
+}
+
+/// Milliseconds from config to a `Duration`.
+pub fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+/// A configuration that cannot be used, explained in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: key `{key}` from {source_name}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub source_name: String,
+    pub reason: String,
+}
+
+/// Values given on the command line; `None` leaves lower layers in charge.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub host: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub upstream_url: Option<String>,
+    pub publish_socket: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads the layered configuration. `file` is `--config`; when it is `None` the default
+    /// `sidecar.toml` in the working directory is read if present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let figment = Self::figment(file, overrides)?;
+        let config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
+        config.validate(&figment)?;
+        Ok(config)
+    }
+
+    fn figment(file: Option<&Path>, overrides: &Overrides) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError {
+                    key: "--config".into(),
+                    source_name: "the command line".into(),
+                    reason: format!("file {} does not exist", path.display()),
+                });
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("SIDECAR_").split("__"));
+        if let Ok(port) = std::env::var("PORT") {
+            let port: u16 = port.trim().parse().map_err(|_| ConfigError {
+                key: "server.port".into(),
+                source_name: "environment variable `PORT`".into(),
+                reason: format!("`{port}` is not a port number (0-65535)"),
+            })?;
+            figment = figment.merge(Serialized::default("server.port", port));
+        }
+        if let Some(host) = overrides.host {
+            figment = figment.merge(Serialized::default("server.host", host));
+        }
+        if let Some(port) = overrides.port {
+            figment = figment.merge(Serialized::default("server.port", port));
+        }
+        if let Some(url) = &overrides.upstream_url {
+            figment = figment.merge(Serialized::default("upstream.url", url));
+        }
+        if let Some(socket) = &overrides.publish_socket {
+            figment = figment.merge(Serialized::default("publish.socket", socket));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(Serialized::default("log.format", format));
+        }
+        Ok(figment)
+    }
+
+    /// Checks that need more than a type: each failure names its key and where it came from.
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let fail = |key: &str, reason: String| ConfigError {
+            key: key.into(),
+            source_name: source_of(figment, key),
+            reason,
+        };
+        let uri: Uri = self
+            .upstream
+            .url
+            .parse()
+            .map_err(|e| fail("upstream.url", format!("`{}` is not a URL: {e}", self.upstream.url)))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(fail(
+                "upstream.url",
+                format!(
+                    "`{}` must look like http://127.0.0.1:4321 (plain http, with host and port)",
+                    self.upstream.url
+                ),
+            ));
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(fail(
+                "upstream.url",
+                format!("`{}` must not have a path", self.upstream.url),
+            ));
+        }
+        let path = &self.realtime.path;
+        if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+            return Err(fail(
+                "realtime.path",
+                format!("`{path}` must start with `/`, not end with `/`, and not be `/`"),
+            ));
+        }
+        if self.realtime.transports.is_empty() {
+            return Err(fail(
+                "realtime.transports",
+                "at least one of \"polling\", \"websocket\" is needed".into(),
+            ));
+        }
+        for origin in &self.realtime.allowed_origins {
+            let ok = origin
+                .parse::<Uri>()
+                .is_ok_and(|u| u.scheme().is_some() && u.authority().is_some());
+            if !ok && origin != "*" {
+                return Err(fail(
+                    "realtime.allowed_origins",
+                    format!("`{origin}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+        if !self.auth.session_path.starts_with('/') {
+            return Err(fail(
+                "auth.session_path",
+                format!("`{}` must start with `/`", self.auth.session_path),
+            ));
+        }
+        if !self.auth.user_id_pointer.is_empty() && !self.auth.user_id_pointer.starts_with('/') {
+            return Err(fail(
+                "auth.user_id_pointer",
+                format!(
+                    "`{}` is not a JSON pointer (it starts with `/`, e.g. /userId or /user/id)",
+                    self.auth.user_id_pointer
+                ),
+            ));
+        }
+        for name in &self.auth.forward_headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(fail(
+                    "auth.forward_headers",
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+        }
+        if self.auth.max_concurrent == 0 {
+            return Err(fail("auth.max_concurrent", "must be at least 1".into()));
+        }
+        if parse_mode(&self.publish.socket_mode).is_none() {
+            return Err(fail(
+                "publish.socket_mode",
+                format!(
+                    "`{}` is not an octal file mode like \"0660\"",
+                    self.publish.socket_mode
+                ),
+            ));
+        }
+        if self.publish.max_batch == 0 {
+            return Err(fail("publish.max_batch", "must be at least 1".into()));
+        }
+        if self.upstream.pool_idle_timeout_ms >= 5_000 {
+            tracing::warn!(
+                "upstream.pool_idle_timeout_ms = {} is not below Node's 5 s keep-alive; \
+                 reused connections may be closed under a request",
+                self.upstream.pool_idle_timeout_ms
+            );
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| fail("log.filter", format!("`{}`: {e}", self.log.filter)))?;
+        Ok(())
+    }
+
+    /// The upstream's `host:port`, as the proxy connects to it.
+    pub fn upstream_authority(&self) -> String {
+        self.upstream
+            .url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| "127.0.0.1:4321".into())
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+}
+
+/// Names where `key` got its value: a file path, an environment variable, or the defaults.
+fn source_of(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(meta) => describe(meta, key),
+        None => "the defaults".into(),
+    }
+}
+
+/// "TOML file /app/sidecar.toml", "`SIDECAR_` environment variable(s) `SIDECAR_SERVER__PORT`"…
+fn describe(meta: &figment::Metadata, key: &str) -> String {
+    match &meta.source {
+        Some(source) => format!("{} {source}", meta.name),
+        // The env provider has no source; name the exact variable instead.
+        None if meta.name.contains("environment") => format!(
+            "environment variable `SIDECAR_{}`",
+            key.replace('.', "__").to_uppercase()
+        ),
+        None => meta.name.to_string(),
+    }
+}
+
+fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
+    let key = if error.path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        error.path.join(".")
+    };
+    let source_name = match &error.metadata {
+        Some(meta) => describe(meta, &key),
+        None => source_of(figment, &key),
+    };
+    ConfigError {
+        key,
+        source_name,
+        reason: error.kind.to_string(),
+    }
+}

@@ -1,0 +1,120 @@
+//! sockgate: a sidecar that fronts an unmodified Node SSR app.
+//!
+//! It owns the public port, answers Socket.IO itself (authenticating sockets through the app's
+//! own session route), reverse-proxies every other request to the app, and lets the app
+//! publish to users over a Unix socket. [`run`] wires the parts together:
+//!
+//! ```text
+//! request ─▶ server::Router ─┬─ /socket.io ─▶ realtime (origin, auth) ─▶ sockets
+//!                            └─ otherwise ──▶ proxy ─▶ upstream (the app)
+//! publish socket ─▶ publish::PublishApi ─▶ realtime::Hub ─▶ rooms ─▶ sockets
+//! ```
+
+pub mod body;
+pub mod config;
+pub mod proxy;
+pub mod publish;
+pub mod realtime;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ms};
+use crate::proxy::Proxy;
+use crate::publish::{PublishApi, PublishSocket};
+use crate::realtime::{Hub, OriginPolicy, SessionAuth};
+use crate::server::Router;
+use crate::shutdown::Shutdown;
+use crate::upstream::Upstream;
+
+/// Runs sockgate until `shutdown` drains, then waits for in-flight work up to the drain
+/// deadline. Returns once every listener is closed and the publish socket is removed.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let authority = config
+        .upstream_authority()
+        .parse()
+        .context("upstream.url has no host:port")?;
+    let upstream = Upstream::new(&config.upstream, authority);
+    let proxy = Proxy::new(
+        upstream.clone(),
+        config.proxy.trust_forwarded,
+        shutdown.clone(),
+    );
+    let auth = Arc::new(SessionAuth::new(&config.auth, upstream.clone()));
+    let (realtime_svc, io) = realtime::build(&config.realtime, auth.clone());
+    let hub = Arc::new(Hub::new(io.clone(), config.realtime.room_prefix.clone()));
+    let origin = OriginPolicy::new(
+        &config.realtime.allowed_origins,
+        config.proxy.trust_forwarded,
+    );
+    let router = Arc::new(Router::new(
+        config.realtime.path.clone(),
+        origin,
+        realtime_svc,
+        proxy.clone(),
+    ));
+
+    let addr = config.server.listen_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (server.host/server.port)"))?;
+    let publish_socket =
+        PublishSocket::bind(&config.publish.socket, config.publish.mode()).await?;
+    tracing::info!(
+        listen = %listener.local_addr().unwrap_or(addr),
+        upstream = %config.upstream.url,
+        socketio = %config.realtime.path,
+        publish_socket = %publish_socket.path().display(),
+        "sockgate ready"
+    );
+
+    if config.auth.revalidate_interval_ms > 0 {
+        tokio::spawn(realtime::revalidate_forever(
+            io.clone(),
+            auth.clone(),
+            ms(config.auth.revalidate_interval_ms),
+            config.auth.max_concurrent,
+            shutdown.clone(),
+        ));
+    }
+    let api = PublishApi::new(
+        hub.clone(),
+        config.publish.max_body_bytes,
+        config.publish.max_batch,
+    );
+    let publishing = tokio::spawn(publish_socket.serve(api, shutdown.clone()));
+    let serving = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let server_config = config.server.clone();
+        async move { server::serve(listener, router, &server_config, shutdown).await }
+    });
+
+    shutdown.draining().await;
+    tracing::info!(
+        sockets = hub.stats().await.connections,
+        tunnels = proxy.tunnels().open_count(),
+        drain_timeout_ms = config.server.drain_timeout_ms,
+        "draining: no new connections; closing sockets so clients reconnect elsewhere"
+    );
+    let deadline = {
+        let shutdown = shutdown.clone();
+        let drain = ms(config.server.drain_timeout_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            shutdown.force();
+        })
+    };
+    hub.close_all().await;
+    let _ = serving.await;
+    let _ = publishing.await;
+    proxy.tunnels().closed().await;
+    deadline.abort();
+    tracing::info!("sockgate stopped");
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The reverse proxy: every request that is not Socket.IO goes to the app, streamed both ways.
+//!
+//! Bodies are never buffered: hyper's `Incoming` is handed to the upstream client as is, and
+//! the app's response body is handed back to the client frame by frame, so chunked SSR and
+//! SSE flush through as the app flushes them. `Host` is kept (frameworks check it).
+
+mod headers;
+mod upgrade;
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::shutdown::Shutdown;
+use crate::upstream::{Upstream, UpstreamError};
+
+pub use headers::effective_host;
+pub use upgrade::Tunnels;
+
+#[derive(Clone)]
+pub struct Proxy {
+    upstream: Upstream,
+    trust_forwarded: bool,
+    tunnels: Tunnels,
+}
+
+impl Proxy {
+    pub fn new(upstream: Upstream, trust_forwarded: bool, shutdown: Shutdown) -> Self {
+        Self {
+            upstream,
+            trust_forwarded,
+            tunnels: Tunnels::new(shutdown),
+        }
+    }
+
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
+    }
+
+    /// Forwards one request from `peer` to the app and returns the app's answer, or a 502/504
+    /// page that says why there is none.
+    pub async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let upgrade = (req.version() == Version::HTTP_11)
+            .then(|| headers::upgrade_protocol(req.headers()))
+            .flatten();
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        // HTTP/2 carries the host in `:authority`; the HTTP/1.1 app needs a `Host` header.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(value) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+        let host = parts.headers.get(header::HOST).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::set_forwarded(
+            &mut parts.headers,
+            &headers::Forwarded {
+                client_ip: peer.ip(),
+                proto: "http",
+                host: host.as_ref(),
+                trust_incoming: self.trust_forwarded,
+            },
+        );
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        parts.uri = self.upstream.uri(parts.uri.path_and_query());
+        parts.version = Version::HTTP_11;
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+        let req = Request::from_parts(parts, Either::Left(body));
+
+        let mut resp = match self.upstream.send(req, None).await {
+            Ok(resp) => resp,
+            Err(error) => {
+                tracing::warn!(%method, %path, %peer, "{error}");
+                return error_page(&error);
+            }
+        };
+        match client_upgrade {
+            Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let app = hyper::upgrade::on(&mut resp);
+                self.tunnels.open(client, app, path);
+                let (parts, _) = resp.into_parts();
+                Response::from_parts(parts, body::full(bytes::Bytes::new()))
+            }
+            _ => {
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                // The client's connection has its own version; hyper picks the wire format.
+                parts.version = Version::default();
+                Response::from_parts(parts, body::boxed(body))
+            }
+        }
+    }
+}
+
+/// The page a browser shows when the app cannot answer: short, and saying whose fault it is.
+pub fn error_page(error: &UpstreamError) -> Response<Body> {
+    let (status, title) = match error {
+        UpstreamError::Unreachable(..) => (StatusCode::BAD_GATEWAY, "502 Bad Gateway"),
+        UpstreamError::Timeout(..) => (StatusCode::GATEWAY_TIMEOUT, "504 Gateway Timeout"),
+    };
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>sockgate: {}</p></body></html>\n",
+        html_escape(&error.to_string())
+    );
+    let mut resp = Response::new(body::full(html));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

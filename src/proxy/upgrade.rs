@@ -1,0 +1,72 @@
+//! Tunnels for HTTP Upgrades on the app's own paths (its WebSocket endpoints, Vite HMR…).
+//!
+//! Once both sides have switched protocols, bytes are copied both ways until either side
+//! closes. Tunnels are counted, and cut when the shutdown drain deadline passes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+
+use crate::shutdown::Shutdown;
+
+#[derive(Clone)]
+pub struct Tunnels {
+    tracker: TaskTracker,
+    open: Arc<AtomicUsize>,
+    shutdown: Shutdown,
+}
+
+impl Tunnels {
+    pub fn new(shutdown: Shutdown) -> Self {
+        Self {
+            tracker: TaskTracker::new(),
+            open: Arc::default(),
+            shutdown,
+        }
+    }
+
+    /// Tunnels currently open.
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every tunnel has closed (they are cut at the drain deadline).
+    pub async fn closed(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Joins the client's and the app's upgraded connections once both are ready.
+    pub fn open(&self, client: OnUpgrade, app: OnUpgrade, path: String) {
+        let open = self.open.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let (client, app) = match tokio::try_join!(client, app) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(%path, "upgrade did not complete: {e}");
+                    return;
+                }
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                result = copy(client, app) => {
+                    if let Err(e) = result {
+                        tracing::debug!(%path, "tunnel closed: {e}");
+                    }
+                }
+                _ = shutdown.forced() => tracing::info!(%path, "tunnel cut at drain deadline"),
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn copy(client: Upgraded, app: Upgraded) -> std::io::Result<(u64, u64)> {
+    let mut client = TokioIo::new(client);
+    let mut app = TokioIo::new(app);
+    tokio::io::copy_bidirectional(&mut client, &mut app).await
+}

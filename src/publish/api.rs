@@ -1,0 +1,184 @@
+//! The publish API's routes: parse, validate, hand to the hub, answer JSON.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Value, json};
+
+use super::message::{parse_batch, parse_publish};
+use crate::body::{self, Body};
+use crate::realtime::Hub;
+
+#[derive(Clone)]
+pub struct PublishApi {
+    hub: Arc<Hub>,
+    max_body_bytes: usize,
+    max_batch: usize,
+}
+
+/// An answer that is not a success, with its status.
+struct Failure(StatusCode, String);
+
+impl Failure {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl PublishApi {
+    pub fn new(hub: Arc<Hub>, max_body_bytes: usize, max_batch: usize) -> Self {
+        Self {
+            hub,
+            max_body_bytes,
+            max_batch,
+        }
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        match self.route(req).await {
+            Ok(value) => body::json(StatusCode::OK, &value),
+            Err(Failure(status, error)) => {
+                tracing::debug!(%status, "publish API refused a request: {error}");
+                body::json(status, &json!({"ok": false, "error": error}))
+            }
+        }
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Result<Value, Failure>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let method = req.method().clone();
+        let allow = |allowed: &Method| -> Result<(), Failure> {
+            if method == allowed {
+                Ok(())
+            } else {
+                Err(Failure(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} {path} is not allowed; use {allowed}"),
+                ))
+            }
+        };
+        match segments.as_slice() {
+            ["publish"] => {
+                allow(&Method::POST)?;
+                let body = self.read_json(req).await?;
+                let msg = parse_publish(&body, "").map_err(|e| Failure::bad_request(e.to_string()))?;
+                let recipients = self
+                    .hub
+                    .publish(&msg.target, &msg.event, &msg.data)
+                    .await
+                    .map_err(internal)?;
+                Ok(json!({"ok": true, "recipients": recipients}))
+            }
+            ["publish", "batch"] => {
+                allow(&Method::POST)?;
+                let body = self.read_json(req).await?;
+                let messages = parse_batch(&body, self.max_batch)
+                    .map_err(|e| Failure::bad_request(e.to_string()))?;
+                let mut recipients = 0;
+                for msg in &messages {
+                    recipients += self
+                        .hub
+                        .publish(&msg.target, &msg.event, &msg.data)
+                        .await
+                        .map_err(internal)?;
+                }
+                Ok(json!({"ok": true, "messages": messages.len(), "recipients": recipients}))
+            }
+            ["users", id, "disconnect"] => {
+                allow(&Method::POST)?;
+                let id = user_id(id)?;
+                let disconnected = self.hub.disconnect_user(&id).await.map_err(internal)?;
+                Ok(json!({"ok": true, "userId": id, "disconnected": disconnected}))
+            }
+            ["users", id] => {
+                allow(&Method::GET)?;
+                let id = user_id(id)?;
+                let sockets = self.hub.user_sockets(&id);
+                Ok(json!({"userId": id, "online": sockets > 0, "sockets": sockets}))
+            }
+            ["stats"] => {
+                allow(&Method::GET)?;
+                let stats = self.hub.stats().await;
+                let mut value = serde_json::to_value(stats).map_err(|e| internal(e.to_string()))?;
+                value["scope"] = json!("local");
+                Ok(value)
+            }
+            ["health"] => {
+                allow(&Method::GET)?;
+                Ok(json!({"ok": true}))
+            }
+            _ => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no route {path}; routes: POST /publish, POST /publish/batch, \
+                     POST /users/{{id}}/disconnect, GET /users/{{id}}, GET /stats, GET /health"
+                ),
+            )),
+        }
+    }
+
+    async fn read_json<B>(&self, req: Request<B>) -> Result<Value, Failure>
+    where
+        B: http_body::Body<Data = bytes::Bytes>,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        let too_large = || {
+            Failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "body is larger than {} bytes (publish.max_body_bytes)",
+                    self.max_body_bytes
+                ),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            return Err(too_large());
+        }
+        let bytes = Limited::new(req.into_body(), self.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    Failure::bad_request(format!("cannot read body: {e}"))
+                }
+            })?
+            .to_bytes();
+        if bytes.is_empty() {
+            return Err(Failure::bad_request("empty body: expected a JSON object"));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::bad_request(format!("body is not valid JSON: {e}")))
+    }
+}
+
+fn user_id(segment: &str) -> Result<String, Failure> {
+    let id = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| Failure::bad_request("user id in the path is not UTF-8"))?;
+    if id.is_empty() {
+        return Err(Failure::bad_request("user id in the path is empty"));
+    }
+    Ok(id.into_owned())
+}
+
+fn internal(error: String) -> Failure {
+    tracing::error!("publish failed: {error}");
+    Failure(StatusCode::INTERNAL_SERVER_ERROR, error)
+}

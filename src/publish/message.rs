@@ -1,0 +1,234 @@
+//! The publish API's messages: JSON in, validated into hub targets, with errors that name the
+//! offending field.
+
+use serde_json::{Map, Value};
+
+use crate::realtime::Target;
+
+/// Events the Socket.IO client reserves for itself; publishing them would confuse clients.
+const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+const MAX_EVENT_LEN: usize = 128;
+const TARGET_FIELDS: [&str; 4] = ["userId", "userIds", "room", "broadcast"];
+
+/// One message to emit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub target: Target,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A field that is missing, of the wrong type, or out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{field}`: {reason}")]
+pub struct InvalidField {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(prefix: &str, field: &str, reason: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field: format!("{prefix}{field}"),
+        reason: reason.into(),
+    }
+}
+
+/// Parses one publish request; `prefix` locates it in a batch (`messages[3].`).
+pub fn parse_publish(value: &Value, prefix: &str) -> Result<Publish, InvalidField> {
+    let Value::Object(fields) = value else {
+        let whole = prefix.trim_end_matches('.');
+        let whole = if whole.is_empty() { "(body)" } else { whole };
+        return Err(invalid("", whole, "must be a JSON object"));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !TARGET_FIELDS.contains(&k.as_str()) && *k != "event" && *k != "data")
+    {
+        return Err(invalid(
+            prefix,
+            unknown,
+            "unknown field (expected userId, userIds, room or broadcast, plus event and data)",
+        ));
+    }
+    let present: Vec<&str> = TARGET_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| fields.contains_key(*f))
+        .collect();
+    let target = match present.as_slice() {
+        [] => {
+            return Err(invalid(
+                prefix,
+                "userId",
+                "missing target: give one of userId, userIds, room, broadcast",
+            ));
+        }
+        [one] => parse_target(fields, one, prefix)?,
+        [first, second, ..] => {
+            return Err(invalid(
+                prefix,
+                second,
+                format!("only one target may be given, but both `{first}` and `{second}` are"),
+            ));
+        }
+    };
+    let event = match fields.get("event") {
+        None | Some(Value::Null) => "notification".to_string(),
+        Some(Value::String(e)) if e.is_empty() => {
+            return Err(invalid(prefix, "event", "must not be empty"));
+        }
+        Some(Value::String(e)) if e.len() > MAX_EVENT_LEN => {
+            return Err(invalid(
+                prefix,
+                "event",
+                format!("longer than {MAX_EVENT_LEN} bytes"),
+            ));
+        }
+        Some(Value::String(e)) if RESERVED_EVENTS.contains(&e.as_str()) => {
+            return Err(invalid(
+                prefix,
+                "event",
+                format!("`{e}` is reserved by Socket.IO"),
+            ));
+        }
+        Some(Value::String(e)) => e.clone(),
+        Some(other) => return Err(invalid(prefix, "event", expected("a string", other))),
+    };
+    let data = fields.get("data").cloned().unwrap_or(Value::Null);
+    Ok(Publish {
+        target,
+        event,
+        data,
+    })
+}
+
+fn parse_target(fields: &Map<String, Value>, name: &str, prefix: &str) -> Result<Target, InvalidField> {
+    let value = &fields[name];
+    match name {
+        "userId" => user_id(value).map(Target::User).map_err(|r| invalid(prefix, name, r)),
+        "userIds" => {
+            let Value::Array(ids) = value else {
+                return Err(invalid(prefix, name, expected("an array of user ids", value)));
+            };
+            if ids.is_empty() {
+                return Err(invalid(prefix, name, "must not be empty"));
+            }
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| user_id(id).map_err(|r| invalid(prefix, &format!("userIds[{i}]"), r)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Target::Users)
+        }
+        "room" => match value {
+            Value::String(room) if !room.is_empty() => Ok(Target::Room(room.clone())),
+            Value::String(_) => Err(invalid(prefix, name, "must not be empty")),
+            other => Err(invalid(prefix, name, expected("a string", other))),
+        },
+        _ => match value {
+            Value::Bool(true) => Ok(Target::Broadcast),
+            Value::Bool(false) => Err(invalid(
+                prefix,
+                name,
+                "must be true (omit it to publish to a user or room)",
+            )),
+            other => Err(invalid(prefix, name, expected("true", other))),
+        },
+    }
+}
+
+/// A user id: a non-empty string, or an integer (apps often use numeric ids).
+fn user_id(value: &Value) -> Result<String, String> {
+    match value {
+        Value::String(s) if s.is_empty() => Err("must not be empty".into()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        other => Err(expected("a string or an integer", other)),
+    }
+}
+
+fn expected(what: &str, got: &Value) -> String {
+    let kind = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    format!("must be {what}, not {kind}")
+}
+
+/// Parses `{"messages": [...]}`; every message is checked before any is sent.
+pub fn parse_batch(value: &Value, max: usize) -> Result<Vec<Publish>, InvalidField> {
+    let Some(messages) = value.get("messages") else {
+        return Err(invalid("", "messages", "missing: expected {\"messages\": [...]}"));
+    };
+    let Value::Array(messages) = messages else {
+        return Err(invalid("", "messages", expected("an array", messages)));
+    };
+    if messages.is_empty() {
+        return Err(invalid("", "messages", "must not be empty"));
+    }
+    if messages.len() > max {
+        return Err(invalid(
+            "",
+            "messages",
+            format!("{} messages is over the limit of {max} (publish.max_batch)", messages.len()),
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| parse_publish(m, &format!("messages[{i}].")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn targets() {
+        let p = parse_publish(&json!({"userId": 42, "data": {"a": 1}}), "").unwrap();
+        assert_eq!(p.target, Target::User("42".into()));
+        assert_eq!(p.event, "notification");
+        assert_eq!(p.data, json!({"a": 1}));
+        let p = parse_publish(&json!({"userIds": ["a", 7], "event": "x"}), "").unwrap();
+        assert_eq!(p.target, Target::Users(vec!["a".into(), "7".into()]));
+        assert_eq!(parse_publish(&json!({"room": "r"}), "").unwrap().target, Target::Room("r".into()));
+        assert_eq!(parse_publish(&json!({"broadcast": true}), "").unwrap().target, Target::Broadcast);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |v: Value| parse_publish(&v, "").unwrap_err().field;
+        assert_eq!(field(json!({})), "userId");
+        assert_eq!(field(json!({"userId": true})), "userId");
+        assert_eq!(field(json!({"userId": 1.5})), "userId");
+        assert_eq!(field(json!({"userId": "a", "room": "b"})), "room");
+        assert_eq!(field(json!({"userIds": ["a", null]})), "userIds[1]");
+        assert_eq!(field(json!({"userId": "a", "event": 3})), "event");
+        assert_eq!(field(json!({"userId": "a", "event": "connect"})), "event");
+        assert_eq!(field(json!({"userId": "a", "dat": 1})), "dat");
+        assert_eq!(field(json!({"broadcast": false})), "broadcast");
+        assert_eq!(field(json!([1])), "(body)");
+    }
+
+    #[test]
+    fn batch_rejects_with_index_and_limit() {
+        let batch = json!({"messages": [{"userId": "a"}, {"userId": {}}]});
+        assert_eq!(parse_batch(&batch, 10).unwrap_err().field, "messages[1].userId");
+        let batch = json!({"messages": [{"userId": "a"}, {"userId": "b"}]});
+        assert_eq!(parse_batch(&batch, 1).unwrap_err().field, "messages");
+        assert_eq!(parse_batch(&batch, 2).unwrap().len(), 2);
+        assert_eq!(parse_batch(&json!({"messages": [3]}), 2).unwrap_err().field, "messages[0]");
+    }
+}

@@ -1,0 +1,119 @@
+//! The publish API, served over HTTP/1.1 on a Unix domain socket: only processes on this
+//! machine that may open the socket file can publish; nothing on the public port can.
+
+mod api;
+mod message;
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::shutdown::Shutdown;
+
+pub use api::PublishApi;
+pub use message::{InvalidField, Publish, parse_batch, parse_publish};
+
+/// Why the publish socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "publish socket {0}: another process is listening on it (is sockgate already running?); \
+         stop it or set publish.socket / SIDECAR_PUBLISH__SOCKET to another path"
+    )]
+    InUse(PathBuf),
+    #[error("publish socket {0}: the path exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("publish socket {0}: {1}")]
+    Io(PathBuf, io::Error),
+}
+
+/// The bound socket; its file is removed when this is dropped.
+pub struct PublishSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl PublishSocket {
+    /// Binds `path` with file mode `mode`. A stale file left by a crashed run is replaced; a
+    /// socket another live process listens on is not.
+    pub async fn bind(path: &Path, mode: u32) -> Result<Self, BindError> {
+        let io_err = |e| BindError::Io(path.to_owned(), e);
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(BindError::NotASocket(path.to_owned()));
+            }
+            Ok(_) => match UnixStream::connect(path).await {
+                Ok(_) => return Err(BindError::InUse(path.to_owned())),
+                Err(_) => {
+                    tracing::info!(path = %path.display(), "replacing stale publish socket");
+                    std::fs::remove_file(path).map_err(io_err)?;
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        let listener = UnixListener::bind(path).map_err(io_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves the API until shutdown begins, then lets open requests finish.
+    pub async fn serve(self, api: PublishApi, shutdown: Shutdown) {
+        let graceful = GracefulShutdown::new();
+        let api = Arc::new(api);
+        loop {
+            let stream = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!("publish socket accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.draining() => break,
+            };
+            let api = api.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("publish connection ended: {e}");
+                }
+            });
+        }
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = shutdown.forced() => {}
+        }
+    }
+}
+
+impl Drop for PublishSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,57 @@
+//! Shutdown: the two moments every long-lived task watches.
+//!
+//! `draining` starts on SIGTERM/SIGINT: listeners stop accepting, readiness fails, in-flight
+//! work may finish. `forced` fires when the drain deadline passes: whatever is still open
+//! (tunnels, sockets, slow responses) is cut so the process can exit.
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    draining: CancellationToken,
+    forced: CancellationToken,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn begin_drain(&self) {
+        self.draining.cancel();
+    }
+
+    pub fn force(&self) {
+        self.draining.cancel();
+        self.forced.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    pub fn draining(&self) -> WaitForCancellationFuture<'_> {
+        self.draining.cancelled()
+    }
+
+    pub fn forced(&self) -> WaitForCancellationFuture<'_> {
+        self.forced.cancelled()
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (what `docker stop`, Railway and Ctrl-C send).
+pub async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}

@@ -1,0 +1,105 @@
+//! The pooled HTTP/1.1 client to the Node app, shared by the proxy and the session check.
+//!
+//! One pool for the whole process: keep-alive connections are reused, and the idle timeout is
+//! kept below Node's 5 s so a connection Node is about to close is never picked for a request.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{UpstreamConfig, ms};
+
+/// A request body sent upstream: the client's streamed body, or nothing.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// Why the app did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the app at {0} is unreachable: {1}")]
+    Unreachable(Authority, String),
+    #[error("the app at {0} did not answer within {1:?}")]
+    Timeout(Authority, Duration),
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, UpstreamBody>,
+    authority: Authority,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig, authority: Authority) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(ms(config.connect_timeout_ms)));
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(ms(config.pool_idle_timeout_ms))
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            // Keep the client's header case and order as they came in where hyper allows it.
+            .http1_preserve_header_case(true)
+            .http1_title_case_headers(false)
+            .build(connector);
+        Self {
+            client,
+            authority,
+            response_timeout: ms(config.response_timeout_ms),
+        }
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The URI of `path_and_query` on the app.
+    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://127.0.0.1/"))
+    }
+
+    /// Sends `req` (its URI already pointing at the app) and waits for the response head,
+    /// bounded by the configured response timeout, or `timeout` when given.
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        timeout: Option<Duration>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let limit = timeout.unwrap_or(self.response_timeout);
+        match tokio::time::timeout(limit, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(
+                self.authority.clone(),
+                describe(&e),
+            )),
+            Err(_) => Err(UpstreamError::Timeout(self.authority.clone(), limit)),
+        }
+    }
+}
+
+/// The innermost cause is what explains it ("Connection refused"), not hyper's wrapper.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text = inner.to_string();
+        source = inner.source();
+    }
+    text
+}
