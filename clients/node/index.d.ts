@@ -1,0 +1,73 @@
+import type { Agent } from 'node:http';
+
+export declare const DEFAULT_SOCKET_PATH: string;
+
+/** Exactly one target: userId, userIds, room or broadcast. */
+export type PublishMessage = {
+  event: string;
+  data?: unknown;
+} & (
+  | { userId: string | number; userIds?: never; room?: never; broadcast?: never }
+  | { userIds: Array<string | number>; userId?: never; room?: never; broadcast?: never }
+  | { room: string; userId?: never; userIds?: never; broadcast?: never }
+  | { broadcast: true; userId?: never; userIds?: never; room?: never }
+);
+
+export interface PublishResult { ok: true; recipients: number }
+export interface PublishBatchResult { ok: true; messages: number; recipients?: number }
+export interface DisconnectResult { ok: true; disconnected: number }
+export interface UserStatus { userId: string; online: boolean; sockets: number }
+
+export interface ClientOptions {
+  /** Default: $SOCKGATE_SOCKET or /tmp/sockgate.sock */
+  socketPath?: string;
+  /** Per-request timeout, default 5000 ms. */
+  timeoutMs?: number;
+  /** Custom http.Agent (default: a private keep-alive agent). */
+  agent?: Agent;
+}
+
+export interface SockgateClient {
+  readonly socketPath: string;
+  readonly timeoutMs: number;
+  readonly agent: Agent;
+  publish(msg: PublishMessage): Promise<PublishResult>;
+  publishBatch(msgs: PublishMessage[]): Promise<PublishBatchResult>;
+  disconnectUser(id: string | number): Promise<DisconnectResult>;
+  userStatus(id: string | number): Promise<UserStatus>;
+  stats(): Promise<Record<string, unknown>>;
+  health(): Promise<{ ok: true }>;
+  close(): void;
+}
+
+export declare class SockgateError extends Error {
+  /** ENOENT/ECONNREFUSED (not running), SOCKGATE_TIMEOUT, SOCKGATE_HTTP_ERROR, SOCKGATE_BAD_RESPONSE, SOCKGATE_CLOSED, ... */
+  code?: string;
+  /** HTTP status for 4xx/5xx answers. */
+  status?: number;
+  /** The server's error text for 4xx/5xx answers. */
+  error?: string;
+  body?: unknown;
+  socketPath?: string;
+}
+
+export declare function createClient(options?: ClientOptions): SockgateClient;
+export declare function getDefaultClient(): SockgateClient;
+export declare function closeDefaultClient(): void;
+export declare function publish(msg: PublishMessage): Promise<PublishResult>;
+export declare function publishBatch(msgs: PublishMessage[]): Promise<PublishBatchResult>;
+export declare function disconnectUser(id: string | number): Promise<DisconnectResult>;
+/** publish({ userId, event: 'notification', data: payload }) */
+export declare function pushNotification(userId: string | number, payload: unknown): Promise<PublishResult>;
+
+declare const _default: {
+  createClient: typeof createClient;
+  getDefaultClient: typeof getDefaultClient;
+  closeDefaultClient: typeof closeDefaultClient;
+  publish: typeof publish;
+  publishBatch: typeof publishBatch;
+  disconnectUser: typeof disconnectUser;
+  pushNotification: typeof pushNotification;
+  SockgateError: typeof SockgateError;
+};
+export default _default;

@@ -1,0 +1,243 @@
+// @sockgate/client — publish to sockgate over its Unix socket.
+// Dependency-free; uses node:http with a keep-alive agent.
+
+import http from 'node:http';
+
+export const DEFAULT_SOCKET_PATH = '/tmp/sockgate.sock';
+const DEFAULT_TIMEOUT_MS = 5000;
+const NOT_RUNNING_CODES = new Set(['ENOENT', 'ECONNREFUSED']);
+
+/**
+ * Error thrown for every failed sockgate call.
+ * - `code`: 'ENOENT' / 'ECONNREFUSED' (not running), 'SOCKGATE_TIMEOUT',
+ *   'SOCKGATE_HTTP_ERROR', 'SOCKGATE_BAD_RESPONSE', 'SOCKGATE_CLOSED', or the
+ *   underlying socket error code.
+ * - `status` / `error` / `body`: set for HTTP 4xx/5xx answers (`error` is the
+ *   server's error text).
+ */
+export class SockgateError extends Error {
+  constructor(message, { code, status, error, body, cause, socketPath } = {}) {
+    super(message, cause ? { cause } : undefined);
+    this.name = 'SockgateError';
+    if (code !== undefined) this.code = code;
+    if (status !== undefined) this.status = status;
+    if (error !== undefined) this.error = error;
+    if (body !== undefined) this.body = body;
+    if (socketPath !== undefined) this.socketPath = socketPath;
+  }
+}
+
+function normalizeId(id) {
+  return typeof id === 'number' && Number.isFinite(id) ? String(id) : id;
+}
+
+/** Numbers are accepted as user ids and sent as strings. */
+function normalizeMessage(msg) {
+  if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) {
+    throw new TypeError('sockgate: a publish message must be an object');
+  }
+  const out = { ...msg };
+  if ('userId' in out) out.userId = normalizeId(out.userId);
+  if (Array.isArray(out.userIds)) out.userIds = out.userIds.map(normalizeId);
+  return out;
+}
+
+function userPath(id, suffix = '') {
+  const s = normalizeId(id);
+  if (typeof s !== 'string' || s === '') {
+    throw new TypeError('sockgate: userId must be a non-empty string or number');
+  }
+  return `/users/${encodeURIComponent(s)}${suffix}`;
+}
+
+/**
+ * @param {{ socketPath?: string, timeoutMs?: number, agent?: import('node:http').Agent }} [options]
+ */
+export function createClient({
+  socketPath = process.env.SOCKGATE_SOCKET || DEFAULT_SOCKET_PATH,
+  timeoutMs = DEFAULT_TIMEOUT_MS,
+  agent,
+} = {}) {
+  const ownAgent = !agent;
+  const httpAgent = agent ?? new http.Agent({ keepAlive: true });
+  let closed = false;
+
+  function once(method, path, payload) {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+      };
+      const headers = { accept: 'application/json' };
+      if (payload !== undefined) {
+        headers['content-type'] = 'application/json';
+        headers['content-length'] = Buffer.byteLength(payload);
+      }
+      const req = http.request({ socketPath, method, path, headers, agent: httpAgent });
+
+      const timer = setTimeout(() => {
+        const err = new SockgateError(
+          `sockgate did not respond within ${timeoutMs}ms (${method} ${path} on ${socketPath})`,
+          { code: 'SOCKGATE_TIMEOUT', socketPath },
+        );
+        fail(err);
+        req.destroy(err);
+      }, timeoutMs);
+
+      req.on('error', (err) => {
+        if (settled) return;
+        // A pooled keep-alive socket the server already closed: safe to retry once,
+        // the request never reached the server.
+        if (req.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE')) {
+          err.retryable = true;
+          return fail(err);
+        }
+        if (NOT_RUNNING_CODES.has(err.code)) {
+          return fail(new SockgateError(
+            `sockgate is not running: cannot connect to ${socketPath} (${err.code}) — start sockgate or set SOCKGATE_SOCKET`,
+            { code: err.code, cause: err, socketPath },
+          ));
+        }
+        fail(new SockgateError(
+          `sockgate request failed: ${method} ${path} on ${socketPath}: ${err.message}`,
+          { code: err.code, cause: err, socketPath },
+        ));
+      });
+
+      req.on('response', (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('error', (err) => fail(new SockgateError(
+          `sockgate response failed: ${method} ${path}: ${err.message}`,
+          { code: err.code, cause: err, socketPath },
+        )));
+        res.on('end', () => {
+          if (settled) return;
+          const text = Buffer.concat(chunks).toString('utf8');
+          let body;
+          if (text !== '') {
+            try {
+              body = JSON.parse(text);
+            } catch {
+              body = undefined;
+            }
+          }
+          const status = res.statusCode;
+          if (status >= 400 || (body && body.ok === false)) {
+            const errorText = (body && typeof body.error === 'string' && body.error)
+              || text.trim() || res.statusMessage || 'unknown error';
+            return fail(new SockgateError(
+              `sockgate ${method} ${path} failed with ${status}: ${errorText}`,
+              { code: 'SOCKGATE_HTTP_ERROR', status, error: errorText, body: body ?? text, socketPath },
+            ));
+          }
+          if (body === undefined && text !== '') {
+            return fail(new SockgateError(
+              `sockgate ${method} ${path} returned a non-JSON body (${status})`,
+              { code: 'SOCKGATE_BAD_RESPONSE', status, body: text, socketPath },
+            ));
+          }
+          settled = true;
+          clearTimeout(timer);
+          resolve(body ?? { ok: true });
+        });
+      });
+
+      req.end(payload);
+    });
+  }
+
+  async function call(method, path, body) {
+    if (closed) {
+      throw new SockgateError('sockgate client is closed', { code: 'SOCKGATE_CLOSED', socketPath });
+    }
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    try {
+      return await once(method, path, payload);
+    } catch (err) {
+      if (!err.retryable) throw err;
+      return once(method, path, payload);
+    }
+  }
+
+  return {
+    socketPath,
+    timeoutMs,
+    agent: httpAgent,
+    /** POST /publish — exactly one of userId / userIds / room / broadcast. → { ok, recipients } */
+    async publish(msg) {
+      return call('POST', '/publish', normalizeMessage(msg));
+    },
+    /** POST /publish/batch → { ok, messages } */
+    async publishBatch(msgs) {
+      if (!Array.isArray(msgs)) throw new TypeError('sockgate: publishBatch expects an array of messages');
+      return call('POST', '/publish/batch', { messages: msgs.map(normalizeMessage) });
+    },
+    /** POST /users/{id}/disconnect → { ok, disconnected } */
+    async disconnectUser(id) {
+      return call('POST', userPath(id, '/disconnect'));
+    },
+    /** GET /users/{id} → { userId, online, sockets } */
+    async userStatus(id) {
+      return call('GET', userPath(id));
+    },
+    /** GET /stats */
+    async stats() {
+      return call('GET', '/stats');
+    },
+    /** GET /health → { ok: true } */
+    async health() {
+      return call('GET', '/health');
+    },
+    /** Drops pooled connections; further calls reject. */
+    close() {
+      closed = true;
+      if (ownAgent) httpAgent.destroy();
+    },
+  };
+}
+
+let defaultClient;
+
+/** The lazily-created client used by the top-level functions (reads SOCKGATE_SOCKET on first use). */
+export function getDefaultClient() {
+  defaultClient ??= createClient();
+  return defaultClient;
+}
+
+/** Closes the default client; the next top-level call creates a fresh one. */
+export function closeDefaultClient() {
+  if (defaultClient) defaultClient.close();
+  defaultClient = undefined;
+}
+
+export function publish(msg) {
+  return getDefaultClient().publish(msg);
+}
+
+export function publishBatch(msgs) {
+  return getDefaultClient().publishBatch(msgs);
+}
+
+export function disconnectUser(id) {
+  return getDefaultClient().disconnectUser(id);
+}
+
+/** Same signature as the app's old Pusher helper: emits `notification` to room user:{userId}. */
+export function pushNotification(userId, payload) {
+  return getDefaultClient().publish({ userId: normalizeId(userId), event: 'notification', data: payload });
+}
+
+export default {
+  createClient,
+  getDefaultClient,
+  closeDefaultClient,
+  publish,
+  publishBatch,
+  disconnectUser,
+  pushNotification,
+  SockgateError,
+};

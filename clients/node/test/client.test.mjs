@@ -1,0 +1,352 @@
+// node --test test/client.test.mjs
+//
+// 1. Unit tests against tiny fake servers (always run).
+// 2. Integration tests against a real sockgate binary: $SOCKGATE_BIN or
+//    <repo>/target/debug/sockgate (skipped when it does not exist).
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import {
+  closeDefaultClient,
+  createClient,
+  disconnectUser,
+  publish,
+  pushNotification,
+  SockgateError,
+} from '../index.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const SOCKGATE_BIN = process.env.SOCKGATE_BIN || path.resolve(here, '../../../target/debug/sockgate');
+const NOT_RUNNING = /^sockgate is not running: cannot connect to .+ \((ENOENT|ECONNREFUSED)\) — start sockgate or set SOCKGATE_SOCKET$/;
+
+function tmpDir() {
+  return mkdtempSync(path.join(os.tmpdir(), 'sockgate-client-'));
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** An HTTP server on a Unix socket; `handler` gets (req, res, body). Counts TCP connections. */
+async function fakeServer(socketPath, handler) {
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => handler(req, res, Buffer.concat(chunks).toString('utf8')));
+  });
+  server.connections = 0;
+  server.on('connection', () => server.connections++);
+  await new Promise((r) => server.listen(socketPath, r));
+  return server;
+}
+
+function sendJson(res, status, body) {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+describe('client (fake server)', () => {
+  let dir;
+  before(() => {
+    dir = tmpDir();
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test('"not running" error when the socket file does not exist', async () => {
+    const socketPath = path.join(dir, 'missing.sock');
+    const client = createClient({ socketPath });
+    await assert.rejects(client.health(), (err) => {
+      assert.ok(err instanceof SockgateError);
+      assert.equal(err.code, 'ENOENT');
+      assert.match(err.message, NOT_RUNNING);
+      assert.ok(err.message.includes(socketPath));
+      return true;
+    });
+    client.close();
+  });
+
+  test('"not running" error for a stale socket file (ECONNREFUSED)', async () => {
+    const socketPath = path.join(dir, 'stale.sock');
+    // A child listens, then gets SIGKILLed so the socket file stays behind.
+    const child = spawn(process.execPath, [
+      '-e',
+      `require('net').createServer().listen(${JSON.stringify(socketPath)}, () => console.log('up'))`,
+    ], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise((resolve) => child.stdout.once('data', resolve));
+    child.kill('SIGKILL');
+    await new Promise((resolve) => child.once('exit', resolve));
+    assert.ok(existsSync(socketPath));
+
+    const client = createClient({ socketPath });
+    await assert.rejects(client.publish({ userId: 'u1', event: 'x', data: 1 }), (err) => {
+      assert.equal(err.code, 'ECONNREFUSED');
+      assert.match(err.message, NOT_RUNNING);
+      return true;
+    });
+    client.close();
+  });
+
+  test('4xx carries status and the server error text; request shape is right', async () => {
+    const socketPath = path.join(dir, 'err.sock');
+    const seen = [];
+    const server = await fakeServer(socketPath, (req, res, body) => {
+      seen.push({ method: req.method, url: req.url, type: req.headers['content-type'], body });
+      if (req.url === '/publish') return sendJson(res, 400, { ok: false, error: 'exactly one target required' });
+      if (req.url === '/users/a%2Fb/disconnect') return sendJson(res, 200, { ok: true, disconnected: 2 });
+      sendJson(res, 404, { ok: false, error: 'not found' });
+    });
+    const client = createClient({ socketPath });
+    try {
+      await assert.rejects(client.publish({ event: 'notification', data: {} }), (err) => {
+        assert.equal(err.status, 400);
+        assert.equal(err.error, 'exactly one target required');
+        assert.equal(err.code, 'SOCKGATE_HTTP_ERROR');
+        assert.match(err.message, /400: exactly one target required/);
+        return true;
+      });
+      assert.deepEqual(await client.disconnectUser('a/b'), { ok: true, disconnected: 2 });
+      await assert.rejects(client.stats(), { status: 404, error: 'not found' });
+      assert.deepEqual(seen[0], {
+        method: 'POST',
+        url: '/publish',
+        type: 'application/json',
+        body: '{"event":"notification","data":{}}',
+      });
+      assert.equal(seen[1].method, 'POST');
+      assert.equal(seen[2].method, 'GET');
+    } finally {
+      client.close();
+      server.close();
+    }
+  });
+
+  test('pushNotification / publishBatch payloads; numeric ids become strings', async () => {
+    const socketPath = path.join(dir, 'ok.sock');
+    const bodies = [];
+    const server = await fakeServer(socketPath, (req, res, body) => {
+      bodies.push([req.url, JSON.parse(body)]);
+      sendJson(res, 200, req.url === '/publish' ? { ok: true, recipients: 1 } : { ok: true, messages: 2 });
+    });
+    const prev = process.env.SOCKGATE_SOCKET;
+    process.env.SOCKGATE_SOCKET = socketPath;
+    closeDefaultClient();
+    try {
+      assert.deepEqual(await pushNotification(42, { title: 'hi' }), { ok: true, recipients: 1 });
+      const c = createClient({ socketPath });
+      assert.deepEqual(
+        await c.publishBatch([{ userIds: [1, 'b'], event: 'e' }, { broadcast: true, event: 'f', data: null }]),
+        { ok: true, messages: 2 },
+      );
+      c.close();
+      assert.deepEqual(bodies, [
+        ['/publish', { userId: '42', event: 'notification', data: { title: 'hi' } }],
+        ['/publish/batch', { messages: [{ userIds: ['1', 'b'], event: 'e' }, { broadcast: true, event: 'f', data: null }] }],
+      ]);
+    } finally {
+      closeDefaultClient();
+      if (prev === undefined) delete process.env.SOCKGATE_SOCKET;
+      else process.env.SOCKGATE_SOCKET = prev;
+      server.close();
+    }
+  });
+
+  test('timeout gives a clear error', async () => {
+    const socketPath = path.join(dir, 'slow.sock');
+    const server = await fakeServer(socketPath, () => {}); // never answers
+    const client = createClient({ socketPath, timeoutMs: 150 });
+    try {
+      await assert.rejects(client.health(), (err) => {
+        assert.equal(err.code, 'SOCKGATE_TIMEOUT');
+        assert.match(err.message, /^sockgate did not respond within 150ms \(GET \/health on /);
+        return true;
+      });
+    } finally {
+      client.close();
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
+  test('keep-alive: 200 sequential requests share one connection', async () => {
+    const socketPath = path.join(dir, 'ka.sock');
+    const server = await fakeServer(socketPath, (req, res) => sendJson(res, 200, { ok: true, recipients: 0 }));
+    const client = createClient({ socketPath });
+    try {
+      for (let i = 0; i < 200; i++) await client.publish({ room: 'r', event: 'tick', data: i });
+      assert.equal(server.connections, 1);
+    } finally {
+      client.close();
+      server.close();
+    }
+  });
+
+  test('closed client rejects', async () => {
+    const client = createClient({ socketPath: path.join(dir, 'x.sock') });
+    client.close();
+    await assert.rejects(client.health(), { code: 'SOCKGATE_CLOSED' });
+  });
+});
+
+// ---------------------------------------------------------------------------
+
+const haveBinary = existsSync(SOCKGATE_BIN);
+
+describe('client against a real sockgate', { skip: haveBinary ? false : `no sockgate binary at ${SOCKGATE_BIN}` }, () => {
+  let dir;
+  let socketPath;
+  let child;
+  let output = '';
+
+  before(async () => {
+    dir = tmpDir();
+    socketPath = path.join(dir, 's.sock');
+    const [port, upstreamPort] = [await freePort(), await freePort()];
+    child = spawn(SOCKGATE_BIN, [], {
+      env: {
+        ...process.env,
+        SIDECAR_SERVER__HOST: '127.0.0.1',
+        SIDECAR_SERVER__PORT: String(port),
+        SIDECAR_UPSTREAM__URL: `http://127.0.0.1:${upstreamPort}`,
+        SIDECAR_PUBLISH__SOCKET: socketPath,
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.on('data', (d) => (output += d));
+    child.stderr.on('data', (d) => (output += d));
+    let exited = null;
+    child.once('exit', (code, signal) => (exited = { code, signal }));
+
+    const deadline = Date.now() + 15_000;
+    while (!existsSync(socketPath)) {
+      if (exited) {
+        throw new Error(`sockgate exited early (${JSON.stringify(exited)}) before creating ${socketPath}:\n${output}`);
+      }
+      if (Date.now() > deadline) throw new Error(`sockgate did not create ${socketPath} within 15s:\n${output}`);
+      await sleep(50);
+    }
+    process.env.SOCKGATE_SOCKET = socketPath; // for the top-level helpers
+    closeDefaultClient();
+  });
+
+  after(async () => {
+    closeDefaultClient();
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await gone;
+      clearTimeout(timer);
+    }
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('health', async () => {
+    const client = createClient({ socketPath });
+    try {
+      const res = await client.health();
+      assert.equal(res.ok, true);
+    } finally {
+      client.close();
+    }
+  });
+
+  test('pushNotification resolves ok', async () => {
+    const res = await pushNotification('u1', { title: 'hello', body: 'from the test' });
+    assert.equal(res.ok, true);
+    assert.equal(typeof res.recipients, 'number');
+  });
+
+  test('publish with the top-level helper', async () => {
+    const res = await publish({ broadcast: true, event: 'announcement', data: { v: 1 } });
+    assert.equal(res.ok, true);
+  });
+
+  test('a bad message rejects with 400 and the server error text', async () => {
+    await assert.rejects(publish({ event: 'notification', data: {} }), (err) => {
+      assert.equal(err.status, 400);
+      assert.equal(typeof err.error, 'string');
+      assert.ok(err.error.length > 0);
+      assert.ok(err.message.includes(err.error));
+      return true;
+    });
+    await assert.rejects(
+      publish({ userId: 'u1', broadcast: true, event: 'notification' }),
+      { status: 400 },
+    );
+  });
+
+  test('disconnectUser resolves', async () => {
+    const res = await disconnectUser('u1');
+    assert.equal(res.ok, true);
+    assert.equal(res.disconnected, 0);
+  });
+
+  test('userStatus and stats', async () => {
+    const client = createClient({ socketPath });
+    try {
+      const status = await client.userStatus('u1');
+      assert.equal(status.userId, 'u1');
+      assert.equal(status.online, false);
+      assert.equal(status.sockets, 0);
+      const stats = await client.stats();
+      assert.equal(typeof stats, 'object');
+    } finally {
+      client.close();
+    }
+  });
+
+  test('publishBatch resolves with the message count', async () => {
+    const client = createClient({ socketPath });
+    try {
+      const res = await client.publishBatch([
+        { userId: 'u1', event: 'notification', data: { n: 1 } },
+        { room: 'lobby', event: 'tick', data: 2 },
+      ]);
+      assert.equal(res.ok, true);
+      assert.equal(res.messages, 2);
+    } finally {
+      client.close();
+    }
+  });
+
+  test('keep-alive: 200 sequential publishes reuse the pooled connection', async () => {
+    let created = 0;
+    class CountingAgent extends http.Agent {
+      createConnection(...args) {
+        created++;
+        return super.createConnection(...args);
+      }
+    }
+    const agent = new CountingAgent({ keepAlive: true });
+    const client = createClient({ socketPath, agent });
+    try {
+      for (let i = 0; i < 200; i++) {
+        const res = await client.publish({ userId: 'u1', event: 'tick', data: { i } });
+        assert.equal(res.ok, true);
+      }
+      assert.ok(created >= 1 && created <= 2, `expected 1 pooled connection, agent opened ${created}`);
+    } finally {
+      client.close();
+      agent.destroy();
+    }
+  });
+});

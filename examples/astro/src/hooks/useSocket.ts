@@ -1,0 +1,126 @@
+// Replaces usePusher: same interface, Socket.IO to the same origin (answered by sockgate).
+import { useEffect, useRef, useState } from 'react';
+import { io } from 'socket.io-client';
+
+export interface UseSocketOptions<T = unknown> {
+  userId: string | null | undefined;
+  onNotification?: (payload: T) => void;
+  onReconnect?: () => void;
+}
+
+export interface UseSocketResult {
+  isConnected: boolean;
+  error: string | null;
+}
+
+// Manual reconnects (the cases Socket.IO does not retry by itself): 500 ms doubling up to
+// 15 s, each with up to 100% random jitter so a restarted sockgate is not hit all at once.
+const RETRY_BASE_MS = 500;
+const RETRY_MAX_MS = 15_000;
+const retryDelay = (attempt: number) =>
+  Math.min(RETRY_BASE_MS * 2 ** attempt, RETRY_MAX_MS) * (1 + Math.random());
+
+export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: UseSocketOptions<T>): UseSocketResult {
+  const [isConnected, setIsConnected] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+
+  // Callbacks live in refs so changing them never re-creates the socket.
+  const onNotificationRef = useRef(onNotification);
+  const onReconnectRef = useRef(onReconnect);
+  useEffect(() => {
+    onNotificationRef.current = onNotification;
+    onReconnectRef.current = onReconnect;
+  });
+
+  useEffect(() => {
+    if (!userId) return;
+
+    // ?transport=polling forces long-polling only (handy for tests).
+    const forcePolling = new URLSearchParams(window.location.search).get('transport') === 'polling';
+    const socket = io({
+      path: '/socket.io',
+      withCredentials: true,
+      ...(forcePolling ? { transports: ['polling'] } : {}),
+    });
+
+    let lastConnectError: string | null = null;
+    let everConnected = false;
+    let awaitingManualReconnect = false;
+    let retryAttempt = 0;
+    let manualTimer: ReturnType<typeof setTimeout> | undefined;
+
+    const fireReconnect = () => {
+      awaitingManualReconnect = false;
+      onReconnectRef.current?.();
+    };
+
+    const scheduleConnect = () => {
+      clearTimeout(manualTimer);
+      manualTimer = setTimeout(() => {
+        if (!socket.connected) socket.connect();
+      }, retryDelay(retryAttempt++));
+    };
+
+    const handleNotification = (payload: T) => onNotificationRef.current?.(payload);
+
+    const handleConnect = () => {
+      lastConnectError = null;
+      retryAttempt = 0;
+      setIsConnected(true);
+      setError(null);
+      // A manual reconnect: the Manager emits 'reconnect' only for its own retries,
+      // so report this one here (once).
+      if (everConnected && awaitingManualReconnect) fireReconnect();
+      everConnected = true;
+      awaitingManualReconnect = false;
+    };
+
+    const handleDisconnect = (reason: string) => {
+      setIsConnected(false);
+      // The server closed the socket on purpose (sockgate restart/drain, or the session was
+      // revalidated away). Socket.IO does not retry that, so we do — unless we were last
+      // rejected as unauthorized (then a retry cannot succeed).
+      if (reason === 'io server disconnect' && lastConnectError !== 'unauthorized') {
+        awaitingManualReconnect = true;
+        scheduleConnect();
+      }
+    };
+
+    const handleConnectError = (err: Error) => {
+      lastConnectError = err.message;
+      setIsConnected(false);
+      setError(err.message);
+      if (err.message === 'unauthorized') {
+        // No (valid) session: stop every retry path until the page is reloaded.
+        awaitingManualReconnect = false;
+        clearTimeout(manualTimer);
+        socket.disconnect();
+      } else if (!socket.active) {
+        // Refused by the server for another reason (e.g. "session unavailable" while the app
+        // restarts): Socket.IO gives up on such refusals, we retry with backoff.
+        awaitingManualReconnect ||= everConnected;
+        scheduleConnect();
+      }
+      // Otherwise (transport error) the Manager's own reconnection is already on it.
+    };
+
+    socket.on('notification', handleNotification);
+    socket.on('connect', handleConnect);
+    socket.on('disconnect', handleDisconnect);
+    socket.on('connect_error', handleConnectError);
+    socket.io.on('reconnect', fireReconnect);
+
+    return () => {
+      clearTimeout(manualTimer);
+      socket.off('notification', handleNotification);
+      socket.off('connect', handleConnect);
+      socket.off('disconnect', handleDisconnect);
+      socket.off('connect_error', handleConnectError);
+      socket.io.off('reconnect', fireReconnect);
+      socket.disconnect();
+      setIsConnected(false);
+    };
+  }, [userId]);
+
+  return { isConnected, error };
+}

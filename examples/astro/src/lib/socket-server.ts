@@ -1,0 +1,19 @@
+// Replaces the old src/lib/pusher.ts: same `pushNotification(userId, payload)` signature,
+// but publishes through sockgate's Unix socket (SOCKGATE_SOCKET, default /tmp/sockgate.sock).
+// sockgate emits `notification` to every socket in room `user:{userId}`.
+import { pushNotification as publishToSockgate } from '@sockgate/client';
+
+/**
+ * Never throws: if sockgate is down the notification is still stored by the caller
+ * and clients pick it up on their next refetch (reconnect / page load).
+ * Resolves with the number of sockets that received it, or null on failure.
+ */
+export async function pushNotification(userId: string, payload: unknown): Promise<number | null> {
+  try {
+    const res = await publishToSockgate(userId, payload);
+    return res.recipients ?? 0;
+  } catch (err) {
+    console.warn(`[socket-server] pushNotification(${userId}) failed: ${(err as Error).message}`);
+    return null;
+  }
+}
