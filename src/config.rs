@@ -331,11 +331,12 @@ impl Config {
             source_name: source_of(figment, key),
             reason,
         };
-        let uri: Uri = self
-            .upstream
-            .url
-            .parse()
-            .map_err(|e| fail("upstream.url", format!("`{}` is not a URL: {e}", self.upstream.url)))?;
+        let uri: Uri = self.upstream.url.parse().map_err(|e| {
+            fail(
+                "upstream.url",
+                format!("`{}` is not a URL: {e}", self.upstream.url),
+            )
+        })?;
         if uri.scheme_str() != Some("http") || uri.authority().is_none() {
             return Err(fail(
                 "upstream.url",
@@ -482,5 +483,87 @@ fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
         key,
         source_name,
         reason: error.kind.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::load(None, overrides)
+    }
+
+    #[test]
+    fn shipped_sidecar_toml_documents_the_defaults() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+            let config = Config::load(Some(&shipped), &Overrides::default()).expect("loads");
+            assert_eq!(config, Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_port_flags() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                DEFAULT_CONFIG_FILE,
+                "[server]\nport = 1000\n[upstream]\nurl = \"http://127.0.0.1:5000\"\n",
+            )?;
+            assert_eq!(load(&Overrides::default()).unwrap().server.port, 1000);
+            jail.set_env("SIDECAR_SERVER__PORT", "2000");
+            jail.set_env("SIDECAR_AUTH__FORWARD_HEADERS", "[\"cookie\"]");
+            let config = load(&Overrides::default()).unwrap();
+            assert_eq!(config.server.port, 2000);
+            assert_eq!(config.auth.forward_headers, vec!["cookie".to_string()]);
+            assert_eq!(config.upstream.url, "http://127.0.0.1:5000");
+            jail.set_env("PORT", "3000");
+            assert_eq!(load(&Overrides::default()).unwrap().server.port, 3000);
+            let flags = Overrides {
+                port: Some(4000),
+                upstream_url: Some("http://127.0.0.1:6000".into()),
+                ..Overrides::default()
+            };
+            let config = load(&flags).unwrap();
+            assert_eq!(config.server.port, 4000);
+            assert_eq!(config.upstream.url, "http://127.0.0.1:6000");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_key_source_and_reason() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(DEFAULT_CONFIG_FILE, "[server]\nport = \"x\"\n")?;
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "server.port");
+            assert!(e.source_name.contains("sidecar.toml"), "{e}");
+
+            jail.create_file(DEFAULT_CONFIG_FILE, "[realtime]\ntransport = []\n")?;
+            let e = load(&Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("transport"), "{e}");
+
+            jail.create_file(DEFAULT_CONFIG_FILE, "")?;
+            jail.set_env("SIDECAR_UPSTREAM__URL", "localhost:4321");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "upstream.url");
+            assert!(e.source_name.contains("SIDECAR_UPSTREAM__URL"), "{e}");
+
+            jail.set_env("SIDECAR_UPSTREAM__URL", "http://127.0.0.1:1");
+            jail.set_env("SIDECAR_PUBLISH__SOCKET_MODE", "999");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "publish.socket_mode");
+
+            jail.set_env("SIDECAR_PUBLISH__SOCKET_MODE", "0600");
+            jail.set_env("PORT", "http");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("`PORT`"), "{e}");
+            Ok(())
+        });
     }
 }

@@ -17,6 +17,7 @@ pub mod publish;
 pub mod realtime;
 pub mod server;
 pub mod shutdown;
+pub mod supervisor;
 pub mod telemetry;
 pub mod upstream;
 
@@ -31,16 +32,23 @@ use crate::publish::{PublishApi, PublishSocket};
 use crate::realtime::{Hub, OriginPolicy, SessionAuth};
 use crate::server::Router;
 use crate::shutdown::Shutdown;
+use crate::supervisor::{AppGate, Supervisor};
 use crate::upstream::Upstream;
 
-/// Runs sockgate until `shutdown` drains, then waits for in-flight work up to the drain
-/// deadline. Returns once every listener is closed and the publish socket is removed.
-pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let authority = config
+/// Runs sockgate until `shutdown` drains (or the supervised app dies), then waits for
+/// in-flight work up to the drain deadline. `app` is the command to supervise, if any.
+/// Returns the process exit status once every listener is closed and the publish socket is
+/// removed.
+pub async fn run(
+    config: Config,
+    app: Option<Vec<String>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<i32> {
+    let authority: http::uri::Authority = config
         .upstream_authority()
         .parse()
         .context("upstream.url has no host:port")?;
-    let upstream = Upstream::new(&config.upstream, authority);
+    let upstream = Upstream::new(&config.upstream, authority.clone());
     let proxy = Proxy::new(
         upstream.clone(),
         config.proxy.trust_forwarded,
@@ -53,19 +61,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         &config.realtime.allowed_origins,
         config.proxy.trust_forwarded,
     );
+    let gate = AppGate::new(app.is_none());
     let router = Arc::new(Router::new(
         config.realtime.path.clone(),
         origin,
         realtime_svc,
         proxy.clone(),
+        gate.clone(),
     ));
 
     let addr = config.server.listen_addr();
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (server.host/server.port)"))?;
-    let publish_socket =
-        PublishSocket::bind(&config.publish.socket, config.publish.mode()).await?;
+    let publish_socket = PublishSocket::bind(&config.publish.socket, config.publish.mode()).await?;
     tracing::info!(
         listen = %listener.local_addr().unwrap_or(addr),
         upstream = %config.upstream.url,
@@ -95,7 +104,28 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         async move { server::serve(listener, router, &server_config, shutdown).await }
     });
 
-    shutdown.draining().await;
+    let mut supervisor = match app {
+        Some(command) => {
+            let supervisor = Supervisor::spawn(&command, &authority)?;
+            supervisor.open_gate_when_listening(authority.clone(), gate);
+            Some(supervisor)
+        }
+        None => None,
+    };
+    let app_died = match supervisor.as_mut() {
+        Some(child) => tokio::select! {
+            exit = child.exited() => {
+                tracing::error!(code = exit.code, "the app exited on its own; sockgate stops so the platform restarts both");
+                shutdown.begin_drain();
+                Some(exit)
+            }
+            _ = shutdown.draining() => None,
+        },
+        None => {
+            shutdown.draining().await;
+            None
+        }
+    };
     tracing::info!(
         sockets = hub.stats().await.connections,
         tunnels = proxy.tunnels().open_count(),
@@ -115,6 +145,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let _ = publishing.await;
     proxy.tunnels().closed().await;
     deadline.abort();
-    tracing::info!("sockgate stopped");
-    Ok(())
+    let code = match (app_died, supervisor) {
+        (Some(exit), _) => exit.code,
+        (None, Some(child)) => child.stop(ms(config.server.drain_timeout_ms)).await.code,
+        (None, None) => 0,
+    };
+    tracing::info!(code, "sockgate stopped");
+    Ok(code)
 }

@@ -44,6 +44,12 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+
+    /// Supervisor mode: the app command after `--` is started with HOST=127.0.0.1 and
+    /// PORT=<upstream port>; sockgate waits for it to listen, stops it on SIGTERM after
+    /// draining, and exits with its status (or non-zero if it dies on its own).
+    #[arg(last = true, value_name = "APP COMMAND")]
+    app: Vec<String>,
 }
 
 fn parse_format(text: &str) -> Result<LogFormat, String> {
@@ -99,8 +105,9 @@ fn main() -> ExitCode {
                 shutdown.force();
             }
         });
-        match sockgate::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
+        let app = (!cli.app.is_empty()).then_some(cli.app);
+        match sockgate::run(config, app, shutdown).await {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
                 tracing::error!("{e:#}");
                 eprintln!("sockgate: {e:#}");

@@ -21,6 +21,7 @@ use crate::config::{ServerConfig, ms};
 use crate::proxy::Proxy;
 use crate::realtime::{OriginPolicy, RealtimeService};
 use crate::shutdown::Shutdown;
+use crate::supervisor::AppGate;
 
 /// Routes requests: the Socket.IO path to sockgate's own endpoint, everything else to the app.
 pub struct Router {
@@ -28,6 +29,7 @@ pub struct Router {
     origin: OriginPolicy,
     realtime: RealtimeService,
     proxy: Proxy,
+    gate: AppGate,
 }
 
 impl Router {
@@ -36,12 +38,14 @@ impl Router {
         origin: OriginPolicy,
         realtime: RealtimeService,
         proxy: Proxy,
+        gate: AppGate,
     ) -> Self {
         Self {
             realtime_path,
             origin,
             realtime,
             proxy,
+            gate,
         }
     }
 
@@ -53,6 +57,17 @@ impl Router {
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if !self.gate.is_open() {
+            let mut resp = body::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the app is starting; retry in a moment",
+            );
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            return resp;
+        }
         if !self.is_realtime(req.uri().path()) {
             return self.proxy.forward(req, peer).await;
         }

@@ -55,7 +55,10 @@ async fn server_sent_events_arrive_one_by_one() {
         assert!(text.contains(&format!("data: tick-{n}\n\n")), "{text}");
     }
     let spread = *arrivals.last().expect("events") - arrivals[0];
-    assert!(spread >= Duration::from_millis(300), "events arrived together: {spread:?}");
+    assert!(
+        spread >= Duration::from_millis(300),
+        "events arrived together: {spread:?}"
+    );
 }
 
 #[tokio::test]
@@ -68,12 +71,17 @@ async fn ten_mib_upload_streams_byte_exact() {
         hasher.update(&chunk);
     }
     let expected = format!("{:x}", hasher.finalize());
-    let frames = futures_util::stream::iter(
-        (0..160).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(chunk.clone())))),
-    );
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port())).await.unwrap();
+    let frames =
+        futures_util::stream::iter((0..160).map(move |_| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(chunk.clone())))
+        }));
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .unwrap();
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = Request::post("/upload")
         .header("host", "app.test")
@@ -103,7 +111,11 @@ async fn every_method_and_body_reaches_the_app() {
     let app = fixture(&[]);
     let sg = sockgate(app.port, &[]);
     for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "GET"] {
-        let resp = send(sg.port(), request(method, "/echo", format!("body of {method}"))).await;
+        let resp = send(
+            sg.port(),
+            request(method, "/echo", format!("body of {method}")),
+        )
+        .await;
         assert_eq!(resp.status(), 200, "{method}");
         assert_eq!(resp.headers()["x-method"], method);
         assert_eq!(body_text(resp).await, format!("body of {method}"));
@@ -146,7 +158,10 @@ async fn host_is_kept_forwarded_headers_set_and_hop_headers_dropped() {
     assert_eq!(seen["url"], "/headers?q=1");
     assert_eq!(seen["httpVersion"], "1.1");
     assert_eq!(h["host"], "myapp.test:8080");
-    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "an untrusted client IP claim is replaced");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client IP claim is replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "myapp.test:8080");
     assert_eq!(h["x-custom"], "kept");
@@ -156,8 +171,16 @@ async fn host_is_kept_forwarded_headers_set_and_hop_headers_dropped() {
 
     let resp = get(sg.port(), "/hop").await;
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("x-drop-me").is_none(), "{:?}", resp.headers());
-    assert!(resp.headers().get("keep-alive").is_none(), "{:?}", resp.headers());
+    assert!(
+        resp.headers().get("x-drop-me").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    assert!(
+        resp.headers().get("keep-alive").is_none(),
+        "{:?}",
+        resp.headers()
+    );
     assert_eq!(resp.headers()["x-keep-me"], "1");
 }
 
@@ -182,12 +205,15 @@ async fn trusted_forwarded_headers_are_appended() {
 async fn websocket_on_an_app_path_is_tunnelled() {
     let app = fixture(&[]);
     let sg = sockgate(app.port, &[]);
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", sg.port()))
-        .await
-        .expect("upgrade through sockgate");
+    let (mut ws, resp) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", sg.port()))
+            .await
+            .expect("upgrade through sockgate");
     assert_eq!(resp.status(), 101);
     for text in ["hello", "second"] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
             .expect("echo in time")
@@ -201,7 +227,9 @@ async fn websocket_on_an_app_path_is_tunnelled() {
 async fn h2c_client_reaches_an_http1_app() {
     let app = fixture(&[]);
     let sg = sockgate(app.port, &[]);
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port())).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
@@ -227,7 +255,12 @@ async fn unreachable_app_gets_a_502_page_quickly() {
     let started = Instant::now();
     let resp = get(sg.port(), "/").await;
     assert_eq!(resp.status(), 502);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = body_text(resp).await;
     assert!(page.contains("unreachable"), "{page}");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -236,7 +269,10 @@ async fn unreachable_app_gets_a_502_page_quickly() {
 #[tokio::test]
 async fn slow_app_gets_a_504() {
     let app = fixture(&[]);
-    let sg = sockgate(app.port, &[("SIDECAR_UPSTREAM__RESPONSE_TIMEOUT_MS", "300")]);
+    let sg = sockgate(
+        app.port,
+        &[("SIDECAR_UPSTREAM__RESPONSE_TIMEOUT_MS", "300")],
+    );
     let started = Instant::now();
     let resp = get(sg.port(), "/slow?ms=3000").await;
     assert_eq!(resp.status(), 504);
@@ -252,7 +288,8 @@ async fn pooled_connections_survive_nodes_keep_alive_timeout() {
     let sg = sockgate(app.port, &[]);
     // Node closes idle connections after 5 s; the pool must never hand one out after that.
     for round in 0..3 {
-        let resps = futures_util::future::join_all((0..8).map(|_| get(sg.port(), "/headers"))).await;
+        let resps =
+            futures_util::future::join_all((0..8).map(|_| get(sg.port(), "/headers"))).await;
         for resp in resps {
             assert_eq!(resp.status(), 200, "round {round}");
         }
@@ -291,12 +328,19 @@ async fn oversized_headers_get_431_and_slowloris_is_cut() {
         .unwrap();
     assert_eq!(send(sg.port(), req).await.status(), 431);
 
-    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", sg.port())).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ").await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: ")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "a client that never finishes its headers is not cut");
+    assert!(
+        read.is_ok(),
+        "a client that never finishes its headers is not cut"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
     // The process is unaffected.
     assert_eq!(get(sg.port(), "/").await.status(), 200);
@@ -312,15 +356,23 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     sg.proc.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
         "new connections are refused while draining"
     );
     let resp = in_flight.await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(body_text(resp).await, "slow done");
-    let status = sg.proc.wait_exit(Duration::from_secs(5)).expect("exits after draining");
+    let status = sg
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after draining");
     assert!(status.success(), "{status:?}");
-    assert!(!sg.socket.exists(), "publish socket removed on clean shutdown");
+    assert!(
+        !sg.socket.exists(),
+        "publish socket removed on clean shutdown"
+    );
 }
 
 #[tokio::test]
@@ -332,9 +384,20 @@ async fn sigterm_cuts_open_tunnels_at_the_drain_deadline() {
         .unwrap();
     let started = Instant::now();
     sg.proc.signal("TERM");
-    let status = sg.proc.wait_exit(Duration::from_secs(4)).expect("exits at the deadline");
+    let status = sg
+        .proc
+        .wait_exit(Duration::from_secs(4))
+        .expect("exits at the deadline");
     assert!(status.success(), "{status:?}");
-    assert!(started.elapsed() >= Duration::from_millis(700), "tunnel was cut before the deadline");
-    let end = tokio::time::timeout(Duration::from_secs(2), ws.next()).await.expect("closed");
-    assert!(!matches!(end, Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))));
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "tunnel was cut before the deadline"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("closed");
+    assert!(!matches!(
+        end,
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
+    ));
 }

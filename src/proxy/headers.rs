@@ -110,10 +110,16 @@ mod tests {
     #[test]
     fn strips_connection_named_and_standard_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Drop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Drop"),
+        );
         h.insert("x-drop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
@@ -140,7 +146,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        set_forwarded(&mut h, &Forwarded { trust_incoming: true, ..fwd });
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                trust_incoming: true,
+                ..fwd
+            },
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }
@@ -150,7 +162,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(upgrade_protocol(&h).is_none());
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
     }
 }

@@ -71,7 +71,8 @@ impl PublishApi {
             ["publish"] => {
                 allow(&Method::POST)?;
                 let body = self.read_json(req).await?;
-                let msg = parse_publish(&body, "").map_err(|e| Failure::bad_request(e.to_string()))?;
+                let msg =
+                    parse_publish(&body, "").map_err(|e| Failure::bad_request(e.to_string()))?;
                 let recipients = self
                     .hub
                     .publish(&msg.target, &msg.event, &msg.data)

@@ -109,20 +109,32 @@ pub fn parse_publish(value: &Value, prefix: &str) -> Result<Publish, InvalidFiel
     })
 }
 
-fn parse_target(fields: &Map<String, Value>, name: &str, prefix: &str) -> Result<Target, InvalidField> {
+fn parse_target(
+    fields: &Map<String, Value>,
+    name: &str,
+    prefix: &str,
+) -> Result<Target, InvalidField> {
     let value = &fields[name];
     match name {
-        "userId" => user_id(value).map(Target::User).map_err(|r| invalid(prefix, name, r)),
+        "userId" => user_id(value)
+            .map(Target::User)
+            .map_err(|r| invalid(prefix, name, r)),
         "userIds" => {
             let Value::Array(ids) = value else {
-                return Err(invalid(prefix, name, expected("an array of user ids", value)));
+                return Err(invalid(
+                    prefix,
+                    name,
+                    expected("an array of user ids", value),
+                ));
             };
             if ids.is_empty() {
                 return Err(invalid(prefix, name, "must not be empty"));
             }
             ids.iter()
                 .enumerate()
-                .map(|(i, id)| user_id(id).map_err(|r| invalid(prefix, &format!("userIds[{i}]"), r)))
+                .map(|(i, id)| {
+                    user_id(id).map_err(|r| invalid(prefix, &format!("userIds[{i}]"), r))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Target::Users)
         }
@@ -168,7 +180,11 @@ fn expected(what: &str, got: &Value) -> String {
 /// Parses `{"messages": [...]}`; every message is checked before any is sent.
 pub fn parse_batch(value: &Value, max: usize) -> Result<Vec<Publish>, InvalidField> {
     let Some(messages) = value.get("messages") else {
-        return Err(invalid("", "messages", "missing: expected {\"messages\": [...]}"));
+        return Err(invalid(
+            "",
+            "messages",
+            "missing: expected {\"messages\": [...]}",
+        ));
     };
     let Value::Array(messages) = messages else {
         return Err(invalid("", "messages", expected("an array", messages)));
@@ -180,7 +196,10 @@ pub fn parse_batch(value: &Value, max: usize) -> Result<Vec<Publish>, InvalidFie
         return Err(invalid(
             "",
             "messages",
-            format!("{} messages is over the limit of {max} (publish.max_batch)", messages.len()),
+            format!(
+                "{} messages is over the limit of {max} (publish.max_batch)",
+                messages.len()
+            ),
         ));
     }
     messages
@@ -203,8 +222,16 @@ mod tests {
         assert_eq!(p.data, json!({"a": 1}));
         let p = parse_publish(&json!({"userIds": ["a", 7], "event": "x"}), "").unwrap();
         assert_eq!(p.target, Target::Users(vec!["a".into(), "7".into()]));
-        assert_eq!(parse_publish(&json!({"room": "r"}), "").unwrap().target, Target::Room("r".into()));
-        assert_eq!(parse_publish(&json!({"broadcast": true}), "").unwrap().target, Target::Broadcast);
+        assert_eq!(
+            parse_publish(&json!({"room": "r"}), "").unwrap().target,
+            Target::Room("r".into())
+        );
+        assert_eq!(
+            parse_publish(&json!({"broadcast": true}), "")
+                .unwrap()
+                .target,
+            Target::Broadcast
+        );
     }
 
     #[test]
@@ -225,10 +252,16 @@ mod tests {
     #[test]
     fn batch_rejects_with_index_and_limit() {
         let batch = json!({"messages": [{"userId": "a"}, {"userId": {}}]});
-        assert_eq!(parse_batch(&batch, 10).unwrap_err().field, "messages[1].userId");
+        assert_eq!(
+            parse_batch(&batch, 10).unwrap_err().field,
+            "messages[1].userId"
+        );
         let batch = json!({"messages": [{"userId": "a"}, {"userId": "b"}]});
         assert_eq!(parse_batch(&batch, 1).unwrap_err().field, "messages");
         assert_eq!(parse_batch(&batch, 2).unwrap().len(), 2);
-        assert_eq!(parse_batch(&json!({"messages": [3]}), 2).unwrap_err().field, "messages[0]");
+        assert_eq!(
+            parse_batch(&json!({"messages": [3]}), 2).unwrap_err().field,
+            "messages[0]"
+        );
     }
 }

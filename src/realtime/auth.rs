@@ -230,8 +230,14 @@ mod tests {
 
     #[test]
     fn user_id_accepts_strings_and_numbers_only() {
-        assert_eq!(user_id_at(&json!({"userId": "a"}), "/userId").as_deref(), Some("a"));
-        assert_eq!(user_id_at(&json!({"userId": 42}), "/userId").as_deref(), Some("42"));
+        assert_eq!(
+            user_id_at(&json!({"userId": "a"}), "/userId").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            user_id_at(&json!({"userId": 42}), "/userId").as_deref(),
+            Some("42")
+        );
         assert_eq!(
             user_id_at(&json!({"user": {"id": 7}}), "/user/id").as_deref(),
             Some("7")

@@ -35,7 +35,11 @@ struct Identity {
 
 /// The socketioxide service, with nothing behind it: routing to it is the server's job.
 pub type RealtimeService = SocketIoService<
-    BoxCloneSyncService<http::Request<hyper::body::Incoming>, http::Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible>,
+    BoxCloneSyncService<
+        http::Request<hyper::body::Incoming>,
+        http::Response<http_body_util::Empty<bytes::Bytes>>,
+        std::convert::Infallible,
+    >,
 >;
 
 /// Builds the Socket.IO service and the handle used to reach its sockets.

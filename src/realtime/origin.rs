@@ -71,17 +71,32 @@ mod tests {
     fn same_host_and_missing_origin_pass() {
         let p = OriginPolicy::new(&[], false);
         assert!(p.check(&headers(None, "app.test")).is_ok());
-        assert!(p.check(&headers(Some("https://app.test:8443"), "app.test:8443")).is_ok());
-        assert!(p.check(&headers(Some("http://APP.test"), "app.test")).is_ok());
+        assert!(
+            p.check(&headers(Some("https://app.test:8443"), "app.test:8443"))
+                .is_ok()
+        );
+        assert!(
+            p.check(&headers(Some("http://APP.test"), "app.test"))
+                .is_ok()
+        );
     }
 
     #[test]
     fn other_sites_are_refused_unless_allowed() {
         let p = OriginPolicy::new(&["https://admin.test".into()], false);
-        assert!(p.check(&headers(Some("https://evil.test"), "app.test")).is_err());
+        assert!(
+            p.check(&headers(Some("https://evil.test"), "app.test"))
+                .is_err()
+        );
         assert!(p.check(&headers(Some("null"), "app.test")).is_err());
-        assert!(p.check(&headers(Some("https://app.test.evil.test"), "app.test")).is_err());
-        assert!(p.check(&headers(Some("https://admin.test"), "app.test")).is_ok());
+        assert!(
+            p.check(&headers(Some("https://app.test.evil.test"), "app.test"))
+                .is_err()
+        );
+        assert!(
+            p.check(&headers(Some("https://admin.test"), "app.test"))
+                .is_ok()
+        );
     }
 
     #[test]

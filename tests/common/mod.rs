@@ -25,7 +25,10 @@ pub fn wait_for_port(port: u16, limit: Duration, what: &str) {
     let deadline = Instant::now() + limit;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port} within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -202,8 +205,15 @@ pub async fn body_json(resp: Response<Incoming>) -> serde_json::Value {
 }
 
 /// One HTTP/1.1 request on the publish Unix socket.
-pub async fn publish_api(socket: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let stream = tokio::net::UnixStream::connect(socket).await.expect("publish socket");
+pub async fn publish_api(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("publish socket");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
