@@ -27,6 +27,7 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     pub auth: AuthConfig,
     pub publish: PublishConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
@@ -42,6 +43,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Time in-flight requests get to finish after SIGTERM before connections are cut.
     pub drain_timeout_ms: u64,
+    /// Public readiness path for platform health checks (e.g. `/healthz`); empty = off.
+    pub health_path: String,
 }
 
 /// The Node app sockgate fronts.
@@ -88,6 +91,8 @@ pub struct RealtimeConfig {
     pub allowed_origins: Vec<String>,
     /// Room a socket joins once authenticated: `{room_prefix}{userId}`.
     pub room_prefix: String,
+    /// Most sockets open at once; further handshakes get 503 (the proxy keeps working).
+    pub max_connections: usize,
 }
 
 /// An Engine.IO transport.
@@ -129,6 +134,14 @@ pub struct PublishConfig {
     pub max_batch: usize,
 }
 
+/// The optional admin listener: `/metrics`, `/livez`, `/readyz` over TCP (no publishing).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`, e.g. `127.0.0.1:9464`; empty = off.
+    pub listen: String,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -153,6 +166,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             max_header_bytes: 64 * 1024,
             drain_timeout_ms: 10_000,
+            health_path: String::new(),
         }
     }
 }
@@ -190,6 +204,7 @@ impl Default for RealtimeConfig {
             max_buffer_size: 128,
             allowed_origins: Vec::new(),
             room_prefix: "user:".into(),
+            max_connections: 50_000,
         }
     }
 }
@@ -411,6 +426,23 @@ impl Config {
                 ),
             ));
         }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return Err(fail(
+                "admin.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:9464",
+                    self.admin.listen
+                ),
+            ));
+        }
+        let health = &self.server.health_path;
+        if !health.is_empty() && (!health.starts_with('/') || is_under(health, &self.realtime.path))
+        {
+            return Err(fail(
+                "server.health_path",
+                format!("`{health}` must start with `/` and be outside realtime.path"),
+            ));
+        }
         if self.publish.max_batch == 0 {
             return Err(fail("publish.max_batch", "must be at least 1".into()));
         }
@@ -440,6 +472,13 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
+}
+
+/// Whether `path` is `prefix` or below it, respecting the segment boundary: `/socket.io/x` is
+/// under `/socket.io`, `/socket.io-admin` is not.
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn parse_mode(text: &str) -> Option<u32> {
@@ -487,6 +526,7 @@ fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
 mod tests {
     use super::*;
     use figment::Jail;

@@ -12,6 +12,8 @@
 
 pub mod body;
 pub mod config;
+pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod publish;
 pub mod realtime;
@@ -27,6 +29,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ms};
+use crate::metrics::Metrics;
+use crate::ops::Ops;
 use crate::proxy::Proxy;
 use crate::publish::{PublishApi, PublishSocket};
 use crate::realtime::{Hub, OriginPolicy, SessionAuth};
@@ -48,27 +52,49 @@ pub async fn run(
         .upstream_authority()
         .parse()
         .context("upstream.url has no host:port")?;
+    let metrics = Arc::new(Metrics::new());
     let upstream = Upstream::new(&config.upstream, authority.clone());
     let proxy = Proxy::new(
         upstream.clone(),
         config.proxy.trust_forwarded,
         shutdown.clone(),
+        metrics.clone(),
     );
-    let auth = Arc::new(SessionAuth::new(&config.auth, upstream.clone()));
-    let (realtime_svc, io) = realtime::build(&config.realtime, auth.clone());
-    let hub = Arc::new(Hub::new(io.clone(), config.realtime.room_prefix.clone()));
-    let origin = OriginPolicy::new(
-        &config.realtime.allowed_origins,
-        config.proxy.trust_forwarded,
-    );
-    let gate = AppGate::new(app.is_none());
-    let router = Arc::new(Router::new(
-        config.realtime.path.clone(),
-        origin,
-        realtime_svc,
-        proxy.clone(),
-        gate.clone(),
+    let auth = Arc::new(SessionAuth::new(
+        &config.auth,
+        upstream.clone(),
+        metrics.clone(),
     ));
+    let (realtime_svc, io, open_sockets) =
+        realtime::build(&config.realtime, auth.clone(), metrics.clone());
+    let hub = Arc::new(Hub::new(
+        io.clone(),
+        config.realtime.room_prefix.clone(),
+        metrics.clone(),
+    ));
+    let gate = AppGate::new(app.is_none());
+    let ops = Ops::new(
+        metrics.clone(),
+        hub.clone(),
+        shutdown.clone(),
+        gate.clone(),
+        authority.clone(),
+    );
+    let router = Arc::new(Router {
+        realtime_path: config.realtime.path.clone(),
+        origin: OriginPolicy::new(
+            &config.realtime.allowed_origins,
+            config.proxy.trust_forwarded,
+        ),
+        realtime: realtime_svc,
+        open_sockets,
+        max_connections: config.realtime.max_connections,
+        proxy: proxy.clone(),
+        gate: gate.clone(),
+        health_path: Some(config.server.health_path.clone()).filter(|p| !p.is_empty()),
+        ops: ops.clone(),
+        metrics: metrics.clone(),
+    });
 
     let addr = config.server.listen_addr();
     let listener = TcpListener::bind(addr)
@@ -92,8 +118,16 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    if !config.admin.listen.is_empty() {
+        let admin = TcpListener::bind(&config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+        tracing::info!(listen = %config.admin.listen, "admin endpoints: /metrics /livez /readyz");
+        tokio::spawn(ops.clone().serve_admin(admin, shutdown.clone()));
+    }
     let api = PublishApi::new(
         hub.clone(),
+        ops,
         config.publish.max_body_bytes,
         config.publish.max_batch,
     );

@@ -17,69 +17,77 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::body::{self, Body};
-use crate::config::{ServerConfig, ms};
+use crate::config::{ServerConfig, is_under, ms};
+use crate::metrics::{Metrics, Reject};
+use crate::ops::Ops;
 use crate::proxy::Proxy;
-use crate::realtime::{OriginPolicy, RealtimeService};
+use crate::realtime::{OpenSockets, OriginPolicy, RealtimeService};
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
 
 /// Routes requests: the Socket.IO path to sockgate's own endpoint, everything else to the app.
+/// Built once at startup.
 pub struct Router {
-    realtime_path: String,
-    origin: OriginPolicy,
-    realtime: RealtimeService,
-    proxy: Proxy,
-    gate: AppGate,
+    pub realtime_path: String,
+    pub origin: OriginPolicy,
+    pub realtime: RealtimeService,
+    pub open_sockets: OpenSockets,
+    pub max_connections: usize,
+    pub proxy: Proxy,
+    pub gate: AppGate,
+    /// Public readiness path, when configured.
+    pub health_path: Option<String>,
+    pub ops: Ops,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(
-        realtime_path: String,
-        origin: OriginPolicy,
-        realtime: RealtimeService,
-        proxy: Proxy,
-        gate: AppGate,
-    ) -> Self {
-        Self {
-            realtime_path,
-            origin,
-            realtime,
-            proxy,
-            gate,
-        }
-    }
-
-    /// Whether `path` is under the Socket.IO path, respecting the segment boundary
-    /// (`/socket.io-admin` belongs to the app).
-    fn is_realtime(&self, path: &str) -> bool {
-        path.strip_prefix(self.realtime_path.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    }
-
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if !self.gate.is_open() {
-            let mut resp = body::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the app is starting; retry in a moment",
-            );
-            resp.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            return resp;
+        let path = req.uri().path();
+        if self.health_path.as_deref() == Some(path) {
+            return self.ops.readiness().await;
         }
-        if !self.is_realtime(req.uri().path()) {
+        let realtime = is_under(path, &self.realtime_path);
+        if !self.gate.is_open() {
+            if realtime {
+                self.metrics.rejected(Reject::AppStarting);
+            }
+            return unavailable("the app is starting; retry in a moment");
+        }
+        if !realtime {
             return self.proxy.forward(req, peer).await;
         }
         if let Err(reason) = self.origin.check(req.headers()) {
+            self.metrics.rejected(Reject::Origin);
             tracing::warn!(%peer, "Socket.IO handshake refused: {reason}");
             return body::text(StatusCode::FORBIDDEN, "origin not allowed");
+        }
+        if is_handshake(&req) && self.open_sockets.get() >= self.max_connections {
+            self.metrics.rejected(Reject::Capacity);
+            tracing::warn!(%peer, max = self.max_connections, "Socket.IO handshake refused: connection cap reached (realtime.max_connections)");
+            return unavailable("too many realtime connections; retry later");
         }
         match self.realtime.clone().oneshot(req).await {
             Ok(resp) => resp.map(body::boxed),
             Err(never) => match never {},
         }
     }
+}
+
+/// A new Engine.IO session (no `sid` yet), as opposed to traffic of an open one.
+fn is_handshake<B>(req: &Request<B>) -> bool {
+    !req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("sid=")))
+}
+
+fn unavailable(message: &str) -> Response<Body> {
+    let mut resp = body::text(StatusCode::SERVICE_UNAVAILABLE, message);
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// Accepts connections until shutdown begins, then waits (up to the drain deadline) for

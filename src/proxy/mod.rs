@@ -8,6 +8,8 @@ mod headers;
 mod upgrade;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -15,6 +17,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -26,14 +29,21 @@ pub struct Proxy {
     upstream: Upstream,
     trust_forwarded: bool,
     tunnels: Tunnels,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(upstream: Upstream, trust_forwarded: bool, shutdown: Shutdown) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        trust_forwarded: bool,
+        shutdown: Shutdown,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             upstream,
             trust_forwarded,
-            tunnels: Tunnels::new(shutdown),
+            tunnels: Tunnels::new(shutdown, metrics.clone()),
+            metrics,
         }
     }
 
@@ -82,13 +92,21 @@ impl Proxy {
         let path = parts.uri.path().to_owned();
         let req = Request::from_parts(parts, Either::Left(body));
 
+        let started = Instant::now();
         let mut resp = match self.upstream.send(req, None).await {
             Ok(resp) => resp,
             Err(error) => {
                 tracing::warn!(%method, %path, %peer, "{error}");
-                return error_page(&error);
+                self.metrics.upstream_error(match error {
+                    UpstreamError::Unreachable(..) => "unreachable",
+                    UpstreamError::Timeout(..) => "timeout",
+                });
+                let page = error_page(&error);
+                self.metrics.proxied(page.status(), started.elapsed());
+                return page;
             }
         };
+        self.metrics.proxied(resp.status(), started.elapsed());
         match client_upgrade {
             Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let app = hyper::upgrade::on(&mut resp);

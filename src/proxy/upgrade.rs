@@ -4,33 +4,33 @@
 //! closes. Tunnels are counted, and cut when the shutdown drain deadline passes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 #[derive(Clone)]
 pub struct Tunnels {
     tracker: TaskTracker,
-    open: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 }
 
 impl Tunnels {
-    pub fn new(shutdown: Shutdown) -> Self {
+    pub fn new(shutdown: Shutdown, metrics: Arc<Metrics>) -> Self {
         Self {
             tracker: TaskTracker::new(),
-            open: Arc::default(),
+            metrics,
             shutdown,
         }
     }
 
     /// Tunnels currently open.
-    pub fn open_count(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+    pub fn open_count(&self) -> i64 {
+        self.metrics.tunnels_open.get()
     }
 
     /// Waits until every tunnel has closed (they are cut at the drain deadline).
@@ -41,7 +41,7 @@ impl Tunnels {
 
     /// Joins the client's and the app's upgraded connections once both are ready.
     pub fn open(&self, client: OnUpgrade, app: OnUpgrade, path: String) {
-        let open = self.open.clone();
+        let metrics = self.metrics.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             let (client, app) = match tokio::try_join!(client, app) {
@@ -51,7 +51,7 @@ impl Tunnels {
                     return;
                 }
             };
-            open.fetch_add(1, Ordering::Relaxed);
+            metrics.tunnel_opened();
             tokio::select! {
                 result = copy(client, app) => {
                     if let Err(e) = result {
@@ -60,7 +60,7 @@ impl Tunnels {
                 }
                 _ = shutdown.forced() => tracing::info!(%path, "tunnel cut at drain deadline"),
             }
-            open.fetch_sub(1, Ordering::Relaxed);
+            metrics.tunnel_closed();
         });
     }
 }

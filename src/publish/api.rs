@@ -8,11 +8,13 @@ use serde_json::{Value, json};
 
 use super::message::{parse_batch, parse_publish};
 use crate::body::{self, Body};
+use crate::ops::Ops;
 use crate::realtime::Hub;
 
 #[derive(Clone)]
 pub struct PublishApi {
     hub: Arc<Hub>,
+    ops: Ops,
     max_body_bytes: usize,
     max_batch: usize,
 }
@@ -27,9 +29,10 @@ impl Failure {
 }
 
 impl PublishApi {
-    pub fn new(hub: Arc<Hub>, max_body_bytes: usize, max_batch: usize) -> Self {
+    pub fn new(hub: Arc<Hub>, ops: Ops, max_body_bytes: usize, max_batch: usize) -> Self {
         Self {
             hub,
+            ops,
             max_body_bytes,
             max_batch,
         }
@@ -40,6 +43,9 @@ impl PublishApi {
         B: http_body::Body<Data = bytes::Bytes>,
         B::Error: Into<crate::body::BoxError>,
     {
+        if let Some(resp) = self.ops.handle(req.method(), req.uri().path()).await {
+            return resp;
+        }
         match self.route(req).await {
             Ok(value) => body::json(StatusCode::OK, &value),
             Err(Failure(status, error)) => {
@@ -122,7 +128,8 @@ impl PublishApi {
                 StatusCode::NOT_FOUND,
                 format!(
                     "no route {path}; routes: POST /publish, POST /publish/batch, \
-                     POST /users/{{id}}/disconnect, GET /users/{{id}}, GET /stats, GET /health"
+                     POST /users/{{id}}/disconnect, GET /users/{{id}}, GET /stats, GET /health, \
+                     GET /metrics, GET /livez, GET /readyz"
                 ),
             )),
         }

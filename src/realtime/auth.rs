@@ -8,7 +8,6 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,6 +19,7 @@ use moka::future::Cache;
 use tokio::sync::Semaphore;
 
 use crate::config::{AuthConfig, ms};
+use crate::metrics::{Lookup, Metrics};
 use crate::upstream::Upstream;
 
 /// Largest session-route answer read; a session object is small.
@@ -49,14 +49,6 @@ pub struct Credentials {
     headers: HeaderMap,
 }
 
-/// Counters of session-route use, for `/stats` and metrics.
-#[derive(Debug, Default)]
-pub struct AuthStats {
-    pub lookups: AtomicU64,
-    pub calls: AtomicU64,
-    pub errors: AtomicU64,
-}
-
 pub struct SessionAuth {
     upstream: Upstream,
     path: PathAndQuery,
@@ -66,7 +58,7 @@ pub struct SessionAuth {
     cache: Cache<u128, Verdict>,
     permits: Semaphore,
     hash_keys: (RandomState, RandomState),
-    stats: AuthStats,
+    metrics: Arc<Metrics>,
 }
 
 struct VerdictExpiry {
@@ -84,7 +76,7 @@ impl Expiry<u128, Verdict> for VerdictExpiry {
 }
 
 impl SessionAuth {
-    pub fn new(config: &AuthConfig, upstream: Upstream) -> Self {
+    pub fn new(config: &AuthConfig, upstream: Upstream, metrics: Arc<Metrics>) -> Self {
         let cache = Cache::builder()
             .max_capacity(config.cache_max_entries)
             .expire_after(VerdictExpiry {
@@ -109,12 +101,8 @@ impl SessionAuth {
             cache,
             permits: Semaphore::new(config.max_concurrent),
             hash_keys: (RandomState::new(), RandomState::new()),
-            stats: AuthStats::default(),
+            metrics,
         }
-    }
-
-    pub fn stats(&self) -> &AuthStats {
-        &self.stats
     }
 
     /// The credentials in a handshake, or `None` when it carries none (no cookie, no
@@ -148,13 +136,26 @@ impl SessionAuth {
 
     /// The user id for these credentials, from the cache or from one session-route call.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Arc<str>, AuthError> {
-        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
-        let verdict = self
+        let cached = self.cache.contains_key(&credentials.key);
+        let entry = self
             .cache
-            .try_get_with(credentials.key, self.ask_app(&credentials.headers))
-            .await
-            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
-        match verdict {
+            .entry(credentials.key)
+            .or_try_insert_with(self.ask_app(&credentials.headers))
+            .await;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.metrics.session_lookup(Lookup::Error);
+                return Err(AuthError::Unavailable(e.to_string()));
+            }
+        };
+        self.metrics
+            .session_lookup(match (entry.is_fresh(), cached) {
+                (true, _) => Lookup::Miss,
+                (false, true) => Lookup::Hit,
+                (false, false) => Lookup::Coalesced,
+            });
+        match entry.into_value() {
             Verdict::User(id) => Ok(id),
             Verdict::Rejected => Err(AuthError::Unauthorized),
         }
@@ -166,10 +167,10 @@ impl SessionAuth {
             .acquire()
             .await
             .map_err(|_| "session checks are shut down".to_string())?;
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = self.call_session_route(headers).await;
+        self.metrics.session_call(started.elapsed());
         if let Err(reason) = &result {
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(path = %self.path, "session route failed, socket refused: {reason}");
         }
         result

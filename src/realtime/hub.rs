@@ -2,9 +2,11 @@
 //! counts all go through here, so delivery has one path (and one place to add history or a
 //! cluster adapter).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use socketioxide::SocketIo;
+use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
+
+use crate::metrics::Metrics;
 
 /// Who a message is for.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,17 +29,15 @@ pub struct HubStats {
 pub struct Hub {
     io: SocketIo,
     room_prefix: String,
-    publishes: AtomicU64,
-    deliveries: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    pub fn new(io: SocketIo, room_prefix: String) -> Self {
+    pub fn new(io: SocketIo, room_prefix: String, metrics: Arc<Metrics>) -> Self {
         Self {
             io,
             room_prefix,
-            publishes: AtomicU64::new(0),
-            deliveries: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -55,23 +55,55 @@ impl Hub {
     }
 
     /// Emits `event` with `data` to the target's sockets; returns how many were targeted.
+    ///
+    /// Room targets are emitted socket by socket, so a socket whose buffer is full (a client
+    /// that stopped reading) is known by name and disconnected: it reconnects and catches up
+    /// instead of holding memory. A broadcast is encoded once for all sockets; its drops are
+    /// counted.
     pub async fn publish(
         &self,
         target: &Target,
         event: &str,
         data: &serde_json::Value,
     ) -> Result<usize, String> {
-        let (recipients, result) = match self.rooms(target) {
+        let (recipients, dropped) = match self.rooms(target) {
             Some(rooms) => {
-                let recipients = self.io.to(rooms.clone()).sockets().len();
-                (recipients, self.io.to(rooms).emit(event, data).await)
+                let sockets = self.io.to(rooms).sockets();
+                let mut dropped = 0;
+                for socket in &sockets {
+                    match socket.emit(event, data) {
+                        Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
+                        Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                            dropped += 1;
+                            self.metrics.slow_consumer();
+                            tracing::warn!(sid = %socket.id, "socket buffer full: slow consumer disconnected");
+                            let _ = socket.clone().disconnect();
+                        }
+                        Err(SendError::Serialize(e)) => return Err(e.to_string()),
+                    }
+                }
+                (sockets.len(), dropped)
             }
-            None => (self.io.sockets().len(), self.io.emit(event, data).await),
+            None => {
+                let recipients = self.io.sockets().len();
+                let dropped = match self.io.emit(event, data).await {
+                    Ok(()) => 0,
+                    Err(BroadcastError::Socket(errors)) => errors
+                        .iter()
+                        .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                        .count(),
+                    Err(e) => return Err(e.to_string()),
+                };
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        "broadcast not delivered to sockets whose buffer is full"
+                    );
+                }
+                (recipients, dropped)
+            }
         };
-        self.publishes.fetch_add(1, Ordering::Relaxed);
-        self.deliveries
-            .fetch_add(recipients as u64, Ordering::Relaxed);
-        result.map_err(|e| e.to_string())?;
+        self.metrics.published(recipients - dropped, dropped);
         Ok(recipients)
     }
 
@@ -102,9 +134,19 @@ impl Hub {
             connections: self.io.sockets().len(),
             users,
             rooms: rooms.len(),
-            publishes: self.publishes.load(Ordering::Relaxed),
-            deliveries: self.deliveries.load(Ordering::Relaxed),
+            publishes: self.metrics.publishes_total(),
+            deliveries: self.metrics.deliveries_total(),
         }
+    }
+
+    /// Open sockets by transport: (polling, websocket).
+    pub fn sockets_by_transport(&self) -> (usize, usize) {
+        let sockets = self.io.sockets();
+        let ws = sockets
+            .iter()
+            .filter(|s| s.transport_type() == TransportType::Websocket)
+            .count();
+        (sockets.len() - ws, ws)
     }
 
     /// Closes every socket's transport: clients see a transport close and reconnect (to

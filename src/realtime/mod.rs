@@ -10,6 +10,7 @@ mod hub;
 mod origin;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,9 +21,10 @@ use socketioxide::{SocketIo, TransportType};
 use tower::util::{BoxCloneSyncService, service_fn};
 
 use crate::config::{RealtimeConfig, Transport, ms};
+use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
-pub use auth::{AuthError, AuthStats, Credentials, SessionAuth};
+pub use auth::{AuthError, Credentials, SessionAuth};
 pub use hub::{Hub, HubStats, Target};
 pub use origin::OriginPolicy;
 
@@ -42,8 +44,23 @@ pub type RealtimeService = SocketIoService<
     >,
 >;
 
+/// Sockets currently connected on this instance, kept by connect/disconnect so the
+/// connection cap costs nothing per handshake.
+#[derive(Clone, Default, Debug)]
+pub struct OpenSockets(Arc<AtomicUsize>);
+
+impl OpenSockets {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Builds the Socket.IO service and the handle used to reach its sockets.
-pub fn build(config: &RealtimeConfig, auth: Arc<SessionAuth>) -> (RealtimeService, SocketIo) {
+pub fn build(
+    config: &RealtimeConfig,
+    auth: Arc<SessionAuth>,
+    metrics: Arc<Metrics>,
+) -> (RealtimeService, SocketIo, OpenSockets) {
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
         .ping_interval(ms(config.ping_interval_ms))
@@ -66,16 +83,35 @@ pub fn build(config: &RealtimeConfig, auth: Arc<SessionAuth>) -> (RealtimeServic
     let (svc, io) = builder.build_with_inner_svc(not_found);
 
     let room_prefix: Arc<str> = config.room_prefix.clone().into();
+    let open = OpenSockets::default();
     let check = {
-        let auth = auth.clone();
-        move |socket: SocketRef| authenticate(socket, auth)
+        let metrics = metrics.clone();
+        move |socket: SocketRef| authenticate(socket, auth, metrics)
     };
-    let on_connect = move |socket: SocketRef| join_user_room(socket, room_prefix);
+    let on_connect = {
+        let open = open.clone();
+        move |socket: SocketRef| join_user_room(socket, room_prefix, open, metrics)
+    };
     io.ns("/", on_connect.with(check));
-    (svc, io)
+    (svc, io, open)
 }
 
-async fn authenticate(socket: SocketRef, auth: Arc<SessionAuth>) -> Result<(), AuthError> {
+async fn authenticate(
+    socket: SocketRef,
+    auth: Arc<SessionAuth>,
+    metrics: Arc<Metrics>,
+) -> Result<(), AuthError> {
+    let result = check_session(&socket, &auth).await;
+    if let Err(e) = &result {
+        metrics.rejected(match e {
+            AuthError::Unauthorized => Reject::Unauthorized,
+            AuthError::Unavailable(_) => Reject::SessionUnavailable,
+        });
+    }
+    result
+}
+
+async fn check_session(socket: &SocketRef, auth: &SessionAuth) -> Result<(), AuthError> {
     let Some(credentials) = auth.credentials(&socket.req_parts().headers) else {
         tracing::debug!(sid = %socket.id, "socket refused: no cookie");
         return Err(AuthError::Unauthorized);
@@ -95,13 +131,23 @@ async fn authenticate(socket: SocketRef, auth: Arc<SessionAuth>) -> Result<(), A
     }
 }
 
-async fn join_user_room(socket: SocketRef, room_prefix: Arc<str>) {
+async fn join_user_room(
+    socket: SocketRef,
+    room_prefix: Arc<str>,
+    open: OpenSockets,
+    metrics: Arc<Metrics>,
+) {
     let Some(identity) = socket.extensions.get::<Identity>() else {
         // Unreachable: the middleware only lets authenticated sockets through.
         let _ = socket.disconnect();
         return;
     };
     socket.join(format!("{room_prefix}{}", identity.user_id));
+    metrics.connected();
+    open.0.fetch_add(1, Ordering::Relaxed);
+    socket.on_disconnect(move || async move {
+        open.0.fetch_sub(1, Ordering::Relaxed);
+    });
     tracing::debug!(sid = %socket.id, user = %identity.user_id, transport = ?socket.transport_type(), "socket connected");
 }
 

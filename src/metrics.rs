@@ -1,0 +1,233 @@
+//! Prometheus metrics: one registry, recorded into by each part, rendered as the text format
+//! on the publish socket's `/metrics` (and the optional admin listener). Never on the public
+//! port.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Label = [(&'static str, &'static str); 1];
+
+/// Why a Socket.IO connection was refused.
+#[derive(Debug, Clone, Copy)]
+pub enum Reject {
+    Unauthorized,
+    SessionUnavailable,
+    Origin,
+    Capacity,
+    AppStarting,
+}
+
+impl Reject {
+    fn label(self) -> &'static str {
+        match self {
+            Reject::Unauthorized => "unauthorized",
+            Reject::SessionUnavailable => "session_unavailable",
+            Reject::Origin => "origin",
+            Reject::Capacity => "capacity",
+            Reject::AppStarting => "app_starting",
+        }
+    }
+}
+
+/// How a session look-up was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup {
+    Hit,
+    Miss,
+    Coalesced,
+    Error,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sockets_open: Family<Label, Gauge>,
+    connects: Counter,
+    rejects: Family<Label, Counter>,
+    session_lookups: Family<Label, Counter>,
+    session_call_seconds: Histogram,
+    publishes: Counter,
+    deliveries: Counter,
+    dropped_deliveries: Counter,
+    slow_consumers: Counter,
+    proxied: Family<Label, Counter>,
+    upstream_seconds: Histogram,
+    upstream_errors: Family<Label, Counter>,
+    tunnels_opened: Counter,
+    pub tunnels_open: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("sockgate"),
+            sockets_open: Family::default(),
+            connects: Counter::default(),
+            rejects: Family::default(),
+            session_lookups: Family::default(),
+            session_call_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            publishes: Counter::default(),
+            deliveries: Counter::default(),
+            dropped_deliveries: Counter::default(),
+            slow_consumers: Counter::default(),
+            proxied: Family::default(),
+            upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            upstream_errors: Family::default(),
+            tunnels_opened: Counter::default(),
+            tunnels_open: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "sockets_open",
+            "Open Socket.IO sockets by transport",
+            m.sockets_open.clone(),
+        );
+        r.register("socket_connects", "Sockets accepted", m.connects.clone());
+        r.register(
+            "socket_rejects",
+            "Socket.IO connections refused, by reason",
+            m.rejects.clone(),
+        );
+        r.register(
+            "session_lookups",
+            "Session checks by outcome: cache hit, miss (app called), coalesced, error",
+            m.session_lookups.clone(),
+        );
+        r.register(
+            "session_call_seconds",
+            "Latency of calls to the app's session route",
+            m.session_call_seconds.clone(),
+        );
+        r.register("publishes", "Messages published", m.publishes.clone());
+        r.register(
+            "deliveries",
+            "Messages handed to sockets",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "dropped_deliveries",
+            "Messages not delivered because a socket's buffer was full",
+            m.dropped_deliveries.clone(),
+        );
+        r.register(
+            "slow_consumers_disconnected",
+            "Sockets disconnected because they did not read fast enough",
+            m.slow_consumers.clone(),
+        );
+        r.register(
+            "proxied_requests",
+            "Requests proxied to the app, by response status class",
+            m.proxied.clone(),
+        );
+        r.register(
+            "upstream_response_seconds",
+            "Time until the app's response headers",
+            m.upstream_seconds.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Requests the app did not answer, by kind",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "tunnels_opened",
+            "HTTP upgrades tunnelled to the app",
+            m.tunnels_opened.clone(),
+        );
+        r.register(
+            "tunnels_open",
+            "Upgrade tunnels currently open",
+            m.tunnels_open.clone(),
+        );
+        m
+    }
+
+    pub fn connected(&self) {
+        self.connects.inc();
+    }
+
+    pub fn rejected(&self, reason: Reject) {
+        self.rejects
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
+    }
+
+    pub fn session_lookup(&self, outcome: Lookup) {
+        let label = match outcome {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Coalesced => "coalesced",
+            Lookup::Error => "error",
+        };
+        self.session_lookups
+            .get_or_create(&[("result", label)])
+            .inc();
+    }
+
+    pub fn session_call(&self, took: Duration) {
+        self.session_call_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn published(&self, deliveries: usize, dropped: usize) {
+        self.publishes.inc();
+        self.deliveries.inc_by(deliveries as u64);
+        self.dropped_deliveries.inc_by(dropped as u64);
+    }
+
+    pub fn publishes_total(&self) -> u64 {
+        self.publishes.get()
+    }
+
+    pub fn deliveries_total(&self) -> u64 {
+        self.deliveries.get()
+    }
+
+    pub fn slow_consumer(&self) {
+        self.slow_consumers.inc();
+    }
+
+    pub fn proxied(&self, status: http::StatusCode, took: Duration) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.proxied.get_or_create(&[("class", class)]).inc();
+        self.upstream_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn tunnel_opened(&self) {
+        self.tunnels_opened.inc();
+        self.tunnels_open.inc();
+    }
+
+    pub fn tunnel_closed(&self) {
+        self.tunnels_open.dec();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!("cannot render metrics: {e}");
+        }
+        out
+    }
+}
