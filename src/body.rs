@@ -19,6 +19,15 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
+/// A response with its body boxed.
+pub fn boxed_response<B>(resp: http::Response<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    resp.map(boxed)
+}
+
 /// A complete in-memory body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(Full::new(bytes.into()))

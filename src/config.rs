@@ -28,6 +28,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub publish: PublishConfig,
     pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -140,6 +141,25 @@ pub struct PublishConfig {
 pub struct AdminConfig {
     /// `host:port`, e.g. `127.0.0.1:9464`; empty = off.
     pub listen: String,
+}
+
+/// Several instances sharing rooms through Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:port[/db]` (Redis ≥ 7); empty = single instance, in memory.
+    pub redis_url: String,
+    /// How long cluster-wide questions (presence, stats) wait for the other instances.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            request_timeout_ms: 1_000,
+        }
+    }
 }
 
 /// Logging.
@@ -441,6 +461,13 @@ impl Config {
             return Err(fail(
                 "server.health_path",
                 format!("`{health}` must start with `/` and be outside realtime.path"),
+            ));
+        }
+        let redis = &self.cluster.redis_url;
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            return Err(fail(
+                "cluster.redis_url",
+                "must start with redis:// or rediss:// (or be empty for a single instance)".into(),
             ));
         }
         if self.publish.max_batch == 0 {

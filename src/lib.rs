@@ -11,6 +11,7 @@
 //! ```
 
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod ops;
@@ -33,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::Proxy;
 use crate::publish::{PublishApi, PublishSocket};
-use crate::realtime::{Hub, OriginPolicy, SessionAuth};
+use crate::realtime::{OriginPolicy, Revalidation, SessionAuth};
 use crate::server::Router;
 use crate::shutdown::Shutdown;
 use crate::supervisor::{AppGate, Supervisor};
@@ -65,13 +66,35 @@ pub async fn run(
         upstream.clone(),
         metrics.clone(),
     ));
-    let (realtime_svc, io, open_sockets) =
-        realtime::build(&config.realtime, auth.clone(), metrics.clone());
-    let hub = Arc::new(Hub::new(
-        io.clone(),
-        config.realtime.room_prefix.clone(),
+    let cluster = match config.cluster.redis_url.as_str() {
+        "" => None,
+        url => {
+            if config
+                .realtime
+                .transports
+                .contains(&config::Transport::Polling)
+            {
+                tracing::warn!(
+                    "cluster mode with HTTP long-polling enabled: polling needs sticky sessions \
+                     at the load balancer; set realtime.transports = [\"websocket\"] otherwise"
+                );
+            }
+            Some(cluster::connect(url, ms(config.cluster.request_timeout_ms)).await?)
+        }
+    };
+    let realtime = realtime::start(
+        &config.realtime,
+        cluster,
+        auth,
         metrics.clone(),
-    ));
+        Revalidation {
+            every: Some(ms(config.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
+            concurrency: config.auth.max_concurrent,
+            shutdown: shutdown.clone(),
+        },
+    )
+    .await?;
+    let hub = realtime.hub.clone();
     let gate = AppGate::new(app.is_none());
     let ops = Ops::new(
         metrics.clone(),
@@ -86,8 +109,8 @@ pub async fn run(
             &config.realtime.allowed_origins,
             config.proxy.trust_forwarded,
         ),
-        realtime: realtime_svc,
-        open_sockets,
+        realtime: realtime.service,
+        open_sockets: realtime.open,
         max_connections: config.realtime.max_connections,
         proxy: proxy.clone(),
         gate: gate.clone(),
@@ -109,15 +132,6 @@ pub async fn run(
         "sockgate ready"
     );
 
-    if config.auth.revalidate_interval_ms > 0 {
-        tokio::spawn(realtime::revalidate_forever(
-            io.clone(),
-            auth.clone(),
-            ms(config.auth.revalidate_interval_ms),
-            config.auth.max_concurrent,
-            shutdown.clone(),
-        ));
-    }
     if !config.admin.listen.is_empty() {
         let admin = TcpListener::bind(&config.admin.listen)
             .await
@@ -140,7 +154,7 @@ pub async fn run(
 
     let mut supervisor = match app {
         Some(command) => {
-            let supervisor = Supervisor::spawn(&command, &authority)?;
+            let supervisor = Supervisor::spawn(&command, &authority, &config.publish.socket)?;
             supervisor.open_gate_when_listening(authority.clone(), gate);
             Some(supervisor)
         }

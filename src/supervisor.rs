@@ -1,6 +1,8 @@
 //! Supervisor mode: `sockgate -- <app command…>` runs the app as a child process.
 //!
-//! The child gets `HOST=127.0.0.1` and `PORT=<upstream port>`; its output passes through.
+//! The child gets `HOST=127.0.0.1`, `PORT=<upstream port>` and `SOCKGATE_SOCKET=<publish
+//! socket>`; its output passes through. It runs in its own process group, so a terminal's
+//! Ctrl-C reaches sockgate alone, which drains before stopping the app.
 //! Until it accepts connections, the gate is closed (proxied requests get 503 with
 //! `Retry-After`, Socket.IO handshakes are refused). On shutdown sockgate drains first, then
 //! sends the child SIGTERM, so requests in flight are not cut by the app going away. If the
@@ -50,7 +52,11 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts `command` with the environment the app needs to listen where sockgate expects.
-    pub fn spawn(command: &[String], upstream: &Authority) -> anyhow::Result<Self> {
+    pub fn spawn(
+        command: &[String],
+        upstream: &Authority,
+        publish_socket: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         let (program, args) = command
             .split_first()
             .ok_or_else(|| anyhow::anyhow!("no app command after `--`"))?;
@@ -59,6 +65,8 @@ impl Supervisor {
             .args(args)
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
+            .env("SOCKGATE_SOCKET", publish_socket)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())

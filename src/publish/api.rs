@@ -110,15 +110,18 @@ impl PublishApi {
             ["users", id] => {
                 allow(&Method::GET)?;
                 let id = user_id(id)?;
-                let sockets = self.hub.user_sockets(&id);
-                Ok(json!({"userId": id, "online": sockets > 0, "sockets": sockets}))
+                let presence = self.hub.presence(&id).await;
+                Ok(json!({
+                    "userId": id,
+                    "online": presence.sockets > 0,
+                    "sockets": presence.sockets,
+                    "scope": presence.scope,
+                }))
             }
             ["stats"] => {
                 allow(&Method::GET)?;
                 let stats = self.hub.stats().await;
-                let mut value = serde_json::to_value(stats).map_err(|e| internal(e.to_string()))?;
-                value["scope"] = json!("local");
-                Ok(value)
+                serde_json::to_value(stats).map_err(|e| internal(e.to_string()))
             }
             ["health"] => {
                 allow(&Method::GET)?;

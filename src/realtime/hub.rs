@@ -1,11 +1,14 @@
 //! The hub: how the rest of sockgate reaches sockets. Publishing, kicking a user, presence and
-//! counts all go through here, so delivery has one path (and one place to add history or a
-//! cluster adapter).
+//! counts all go through here, so delivery has one path — in-memory on a single instance, or
+//! through the Redis adapter across instances (falling back to local delivery while Redis is
+//! away).
 
 use std::sync::Arc;
 
+use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
+use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
 
 /// Who a message is for.
@@ -17,6 +20,14 @@ pub enum Target {
     Broadcast,
 }
 
+/// Whether figures cover every instance or only this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Local,
+    Cluster,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HubStats {
     pub connections: usize,
@@ -24,18 +35,54 @@ pub struct HubStats {
     pub rooms: usize,
     pub publishes: u64,
     pub deliveries: u64,
+    pub scope: Scope,
+}
+
+/// A user's presence.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence {
+    pub sockets: usize,
+    pub scope: Scope,
+}
+
+enum Io {
+    Local(SocketIo<LocalAdapter>),
+    Cluster(SocketIo<ClusterAdapter>, Link),
 }
 
 pub struct Hub {
-    io: SocketIo,
+    io: Io,
     room_prefix: String,
     metrics: Arc<Metrics>,
 }
 
+/// Runs `$body` with `$io` bound to the `SocketIo` whatever its adapter.
+macro_rules! with_io {
+    ($hub:expr, $io:ident => $body:expr) => {
+        match &$hub.io {
+            Io::Local($io) => $body,
+            Io::Cluster($io, _) => $body,
+        }
+    };
+}
+
 impl Hub {
-    pub fn new(io: SocketIo, room_prefix: String, metrics: Arc<Metrics>) -> Self {
+    pub fn local(io: SocketIo<LocalAdapter>, room_prefix: String, metrics: Arc<Metrics>) -> Self {
         Self {
-            io,
+            io: Io::Local(io),
+            room_prefix,
+            metrics,
+        }
+    }
+
+    pub fn cluster(
+        io: SocketIo<ClusterAdapter>,
+        link: Link,
+        room_prefix: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            io: Io::Cluster(io, link),
             room_prefix,
             metrics,
         }
@@ -54,104 +101,183 @@ impl Hub {
         }
     }
 
-    /// Emits `event` with `data` to the target's sockets; returns how many were targeted.
-    ///
-    /// Room targets are emitted socket by socket, so a socket whose buffer is full (a client
-    /// that stopped reading) is known by name and disconnected: it reconnects and catches up
-    /// instead of holding memory. A broadcast is encoded once for all sockets; its drops are
-    /// counted.
+    /// The cluster's `SocketIo` while Redis is reachable; `None` means "act locally".
+    fn cluster_io(&self) -> Option<&SocketIo<ClusterAdapter>> {
+        match &self.io {
+            Io::Cluster(io, link) if link.is_up() => Some(io),
+            _ => None,
+        }
+    }
+
+    /// Emits `event` with `data` to the target's sockets; returns how many sockets on this
+    /// instance were targeted.
     pub async fn publish(
         &self,
         target: &Target,
         event: &str,
         data: &serde_json::Value,
     ) -> Result<usize, String> {
-        let (recipients, dropped) = match self.rooms(target) {
-            Some(rooms) => {
-                let sockets = self.io.to(rooms).sockets();
-                let mut dropped = 0;
-                for socket in &sockets {
-                    match socket.emit(event, data) {
-                        Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
-                        Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                            dropped += 1;
-                            self.metrics.slow_consumer();
-                            tracing::warn!(sid = %socket.id, "socket buffer full: slow consumer disconnected");
-                            let _ = socket.clone().disconnect();
-                        }
-                        Err(SendError::Serialize(e)) => return Err(e.to_string()),
-                    }
+        let rooms = self.rooms(target);
+        if let Some(io) = self.cluster_io() {
+            let local = match &rooms {
+                Some(rooms) => io.local().to(rooms.clone()).sockets().len(),
+                None => io.local().sockets().len(),
+            };
+            let sent = match &rooms {
+                Some(rooms) => io.to(rooms.clone()).emit(event, data).await,
+                None => io.emit(event, data).await,
+            };
+            match sent {
+                Ok(()) => {
+                    self.metrics.published(local, 0);
+                    return Ok(local);
                 }
-                (sockets.len(), dropped)
-            }
-            None => {
-                let recipients = self.io.sockets().len();
-                let dropped = match self.io.emit(event, data).await {
-                    Ok(()) => 0,
-                    Err(BroadcastError::Socket(errors)) => errors
-                        .iter()
-                        .filter(|e| matches!(e, SocketError::InternalChannelFull))
-                        .count(),
-                    Err(e) => return Err(e.to_string()),
-                };
-                if dropped > 0 {
-                    tracing::warn!(
-                        dropped,
-                        "broadcast not delivered to sockets whose buffer is full"
-                    );
+                Err(BroadcastError::Adapter(e)) => {
+                    tracing::warn!("Redis publish failed, delivering locally only: {e}");
                 }
-                (recipients, dropped)
+                Err(e) => return Err(e.to_string()),
             }
-        };
+        }
+        let (recipients, dropped) = with_io!(self, io => match &rooms {
+            Some(rooms) => self.emit_each(io.local().to(rooms.clone()).sockets(), event, data)?,
+            None => broadcast_locally(io, event, data).await?,
+        });
         self.metrics.published(recipients - dropped, dropped);
         Ok(recipients)
     }
 
-    /// Closes every socket of `user_id`; returns how many.
-    pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
-        let room = self.user_room(user_id);
-        let count = self.io.to(room.clone()).sockets().len();
-        self.io
-            .to(room)
-            .disconnect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(count)
+    /// Emits to each socket in turn, so a socket whose buffer is full (a client that stopped
+    /// reading) is known by name and disconnected: it reconnects and catches up instead of
+    /// holding memory. Returns (targeted, dropped).
+    fn emit_each<A: Adapter>(
+        &self,
+        sockets: Vec<socketioxide::extract::SocketRef<A>>,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<(usize, usize), String> {
+        let mut dropped = 0;
+        for socket in &sockets {
+            match socket.emit(event, data) {
+                Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                    dropped += 1;
+                    self.metrics.slow_consumer();
+                    tracing::warn!(sid = %socket.id, "socket buffer full: slow consumer disconnected");
+                    let _ = socket.clone().disconnect();
+                }
+                Err(SendError::Serialize(e)) => return Err(e.to_string()),
+            }
+        }
+        Ok((sockets.len(), dropped))
     }
 
-    /// Sockets `user_id` has open on this instance.
-    pub fn user_sockets(&self, user_id: &str) -> usize {
-        self.io.to(self.user_room(user_id)).sockets().len()
+    /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
+    /// were open on this one.
+    pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
+        let room = self.user_room(user_id);
+        let local = with_io!(self, io => io.local().to(room.clone()).sockets().len());
+        if let Some(io) = self.cluster_io() {
+            match io.to(room.clone()).disconnect().await {
+                Ok(()) => return Ok(local),
+                Err(e) => {
+                    tracing::warn!("Redis disconnect failed, disconnecting locally only: {e}")
+                }
+            }
+        }
+        with_io!(self, io => io.local().to(room).disconnect().await.map_err(|e| e.to_string()))?;
+        Ok(local)
+    }
+
+    /// How many sockets `user_id` has open (on every instance in cluster mode).
+    pub async fn presence(&self, user_id: &str) -> Presence {
+        let room = self.user_room(user_id);
+        if let Some(io) = self.cluster_io() {
+            match io.to(room.clone()).fetch_sockets().await {
+                Ok(sockets) => {
+                    return Presence {
+                        sockets: sockets.len(),
+                        scope: Scope::Cluster,
+                    };
+                }
+                Err(e) => tracing::warn!("cluster presence unavailable, answering locally: {e}"),
+            }
+        }
+        Presence {
+            sockets: with_io!(self, io => io.local().to(room).sockets().len()),
+            scope: Scope::Local,
+        }
     }
 
     pub async fn stats(&self) -> HubStats {
-        let rooms = self.io.rooms().await.unwrap_or_default();
+        let cluster = match self.cluster_io() {
+            Some(io) => match (io.fetch_sockets().await, io.rooms().await) {
+                (Ok(sockets), Ok(rooms)) => Some((sockets.len(), rooms)),
+                _ => None,
+            },
+            None => None,
+        };
+        let (connections, rooms, scope) = match cluster {
+            Some((connections, rooms)) => (connections, rooms, Scope::Cluster),
+            None => with_io!(self, io => (
+                io.local().sockets().len(),
+                io.local().rooms().await.unwrap_or_default(),
+                Scope::Local,
+            )),
+        };
         let users = rooms
             .iter()
             .filter(|r| r.starts_with(&self.room_prefix))
             .count();
         HubStats {
-            connections: self.io.sockets().len(),
+            connections,
             users,
             rooms: rooms.len(),
             publishes: self.metrics.publishes_total(),
             deliveries: self.metrics.deliveries_total(),
+            scope,
         }
     }
 
-    /// Open sockets by transport: (polling, websocket).
+    /// Open sockets on this instance by transport: (polling, websocket).
     pub fn sockets_by_transport(&self) -> (usize, usize) {
-        let sockets = self.io.sockets();
-        let ws = sockets
-            .iter()
-            .filter(|s| s.transport_type() == TransportType::Websocket)
-            .count();
-        (sockets.len() - ws, ws)
+        with_io!(self, io => {
+            let sockets = io.sockets();
+            let ws = sockets
+                .iter()
+                .filter(|s| s.transport_type() == TransportType::Websocket)
+                .count();
+            (sockets.len() - ws, ws)
+        })
     }
 
-    /// Closes every socket's transport: clients see a transport close and reconnect (to
+    /// Closes every local socket's transport: clients see a transport close and reconnect (to
     /// another instance, or to this one once it is back).
     pub async fn close_all(&self) {
-        self.io.close().await;
+        with_io!(self, io => io.close().await);
     }
+}
+
+/// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it
+/// and are counted. Returns (targeted, dropped).
+async fn broadcast_locally<A: Adapter>(
+    io: &SocketIo<A>,
+    event: &str,
+    data: &serde_json::Value,
+) -> Result<(usize, usize), String> {
+    let recipients = io.local().sockets().len();
+    let dropped = match io.local().emit(event, data).await {
+        Ok(()) => 0,
+        Err(BroadcastError::Socket(errors)) => errors
+            .iter()
+            .filter(|e| matches!(e, SocketError::InternalChannelFull))
+            .count(),
+        Err(e) => return Err(e.to_string()),
+    };
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "broadcast not delivered to sockets whose buffer is full"
+        );
+    }
+    Ok((recipients, dropped))
 }

@@ -14,18 +14,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use std::convert::Infallible;
+
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
 use socketioxide::{SocketIo, TransportType};
+use socketioxide_core::adapter::DefinedAdapter;
+use tower::ServiceExt;
 use tower::util::{BoxCloneSyncService, service_fn};
 
+use crate::body::{self, Body};
+use crate::cluster::{Cluster, ClusterAdapter};
 use crate::config::{RealtimeConfig, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
 pub use auth::{AuthError, Credentials, SessionAuth};
-pub use hub::{Hub, HubStats, Target};
+pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 
 /// What an authenticated socket carries for later checks.
@@ -35,14 +42,16 @@ struct Identity {
     credentials: Credentials,
 }
 
-/// The socketioxide service, with nothing behind it: routing to it is the server's job.
-pub type RealtimeService = SocketIoService<
-    BoxCloneSyncService<
-        http::Request<hyper::body::Incoming>,
-        http::Response<http_body_util::Empty<bytes::Bytes>>,
-        std::convert::Infallible,
-    >,
->;
+/// The Socket.IO endpoint as the router sees it: any adapter, one body type.
+pub type RealtimeService =
+    BoxCloneSyncService<http::Request<hyper::body::Incoming>, http::Response<Body>, Infallible>;
+
+/// A running Socket.IO endpoint.
+pub struct Realtime {
+    pub service: RealtimeService,
+    pub hub: Arc<Hub>,
+    pub open: OpenSockets,
+}
 
 /// Sockets currently connected on this instance, kept by connect/disconnect so the
 /// connection cap costs nothing per handshake.
@@ -55,12 +64,24 @@ impl OpenSockets {
     }
 }
 
-/// Builds the Socket.IO service and the handle used to reach its sockets.
-pub fn build(
-    config: &RealtimeConfig,
+/// What the connect path needs, shared by every socket.
+#[derive(Clone)]
+struct Handlers {
     auth: Arc<SessionAuth>,
     metrics: Arc<Metrics>,
-) -> (RealtimeService, SocketIo, OpenSockets) {
+    open: OpenSockets,
+    room_prefix: Arc<str>,
+}
+
+/// Builds the Socket.IO service once — in memory, or on the Redis adapter when `cluster` is
+/// given — and starts session revalidation.
+pub async fn start(
+    config: &RealtimeConfig,
+    cluster: Option<Cluster>,
+    auth: Arc<SessionAuth>,
+    metrics: Arc<Metrics>,
+    revalidation: Revalidation,
+) -> anyhow::Result<Realtime> {
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
         .ping_interval(ms(config.ping_interval_ms))
@@ -75,35 +96,79 @@ pub fn build(
         (false, true) => builder.transports([TransportType::Websocket]),
         _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
     };
-    let not_found = BoxCloneSyncService::new(service_fn(|_req| async {
-        let mut resp = http::Response::new(http_body_util::Empty::new());
-        *resp.status_mut() = http::StatusCode::NOT_FOUND;
-        Ok::<_, std::convert::Infallible>(resp)
-    }));
-    let (svc, io) = builder.build_with_inner_svc(not_found);
-
-    let room_prefix: Arc<str> = config.room_prefix.clone().into();
     let open = OpenSockets::default();
-    let check = {
-        let metrics = metrics.clone();
-        move |socket: SocketRef| authenticate(socket, auth, metrics)
+    let handlers = Handlers {
+        auth: auth.clone(),
+        metrics: metrics.clone(),
+        open: open.clone(),
+        room_prefix: config.room_prefix.clone().into(),
     };
-    let on_connect = {
-        let open = open.clone();
-        move |socket: SocketRef| join_user_room(socket, room_prefix, open, metrics)
+    let room_prefix = config.room_prefix.clone();
+    let (service, hub) = match cluster {
+        None => {
+            let (svc, io) = builder.build_with_inner_svc(not_found());
+            register(&io, handlers);
+            tokio::spawn(revalidation.run(io.clone(), auth));
+            (erase(svc), Hub::local(io, room_prefix, metrics))
+        }
+        Some(Cluster { adapter, link }) => {
+            let (svc, io) = builder
+                .with_adapter::<ClusterAdapter>(adapter)
+                .build_with_inner_svc(not_found());
+            register(&io, handlers).await.map_err(|e| {
+                anyhow::anyhow!("cannot subscribe to the cluster's Redis channels: {e}")
+            })?;
+            tokio::spawn(revalidation.run(io.clone(), auth));
+            (erase(svc), Hub::cluster(io, link, room_prefix, metrics))
+        }
     };
-    io.ns("/", on_connect.with(check));
-    (svc, io, open)
+    Ok(Realtime {
+        service,
+        hub: Arc::new(hub),
+        open,
+    })
 }
 
-async fn authenticate(
-    socket: SocketRef,
-    auth: Arc<SessionAuth>,
-    metrics: Arc<Metrics>,
+type NotFound = BoxCloneSyncService<
+    http::Request<hyper::body::Incoming>,
+    http::Response<http_body_util::Empty<bytes::Bytes>>,
+    Infallible,
+>;
+
+/// Socket.IO only sees requests the router already matched; anything else is a 404.
+fn not_found() -> NotFound {
+    BoxCloneSyncService::new(service_fn(|_req| async {
+        let mut resp = http::Response::new(http_body_util::Empty::new());
+        *resp.status_mut() = http::StatusCode::NOT_FOUND;
+        Ok::<_, Infallible>(resp)
+    }))
+}
+
+fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>) -> RealtimeService {
+    let svc =
+        ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(svc, body::boxed_response);
+    BoxCloneSyncService::new(svc)
+}
+
+/// Registers the one namespace: the session check (which joins the user's room), then the
+/// bookkeeping of connected sockets.
+fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, handlers: Handlers) -> A::InitRes {
+    let check = {
+        let handlers = handlers.clone();
+        move |socket: SocketRef<A>| authenticate(socket, handlers)
+    };
+    let on_connect = move |socket: SocketRef<A>| on_connected(socket, handlers);
+    io.ns("/", on_connect.with(check))
+}
+
+async fn authenticate<A: Adapter>(
+    socket: SocketRef<A>,
+    handlers: Handlers,
 ) -> Result<(), AuthError> {
-    let result = check_session(&socket, &auth).await;
+    let result = check_session(&socket, &handlers).await;
     if let Err(e) = &result {
-        metrics.rejected(match e {
+        tracing::debug!(sid = %socket.id, "socket refused: {e}");
+        handlers.metrics.rejected(match e {
             AuthError::Unauthorized => Reject::Unauthorized,
             AuthError::Unavailable(_) => Reject::SessionUnavailable,
         });
@@ -111,85 +176,80 @@ async fn authenticate(
     result
 }
 
-async fn check_session(socket: &SocketRef, auth: &SessionAuth) -> Result<(), AuthError> {
-    let Some(credentials) = auth.credentials(&socket.req_parts().headers) else {
-        tracing::debug!(sid = %socket.id, "socket refused: no cookie");
-        return Err(AuthError::Unauthorized);
-    };
-    match auth.authenticate(&credentials).await {
-        Ok(user_id) => {
-            socket.extensions.insert(Identity {
-                user_id,
-                credentials,
-            });
-            Ok(())
-        }
-        Err(e) => {
-            tracing::debug!(sid = %socket.id, "socket refused: {e}");
-            Err(e)
-        }
-    }
+async fn check_session<A: Adapter>(
+    socket: &SocketRef<A>,
+    handlers: &Handlers,
+) -> Result<(), AuthError> {
+    let credentials = handlers
+        .auth
+        .credentials(&socket.req_parts().headers)
+        .ok_or(AuthError::Unauthorized)?;
+    let user_id = handlers.auth.authenticate(&credentials).await?;
+    // Joined here, in the middleware, because socketioxide sends the client its CONNECT
+    // before the connect handler runs: a publish the app makes as soon as the client reports
+    // "connected" must already find the socket in its room.
+    socket.join(format!("{}{user_id}", handlers.room_prefix));
+    tracing::debug!(sid = %socket.id, user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
+    socket.extensions.insert(Identity {
+        user_id,
+        credentials,
+    });
+    Ok(())
 }
 
-async fn join_user_room(
-    socket: SocketRef,
-    room_prefix: Arc<str>,
-    open: OpenSockets,
-    metrics: Arc<Metrics>,
-) {
-    let Some(identity) = socket.extensions.get::<Identity>() else {
-        // Unreachable: the middleware only lets authenticated sockets through.
-        let _ = socket.disconnect();
-        return;
-    };
-    socket.join(format!("{room_prefix}{}", identity.user_id));
-    metrics.connected();
+async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
+    handlers.metrics.connected();
+    let open = handlers.open;
     open.0.fetch_add(1, Ordering::Relaxed);
     socket.on_disconnect(move || async move {
         open.0.fetch_sub(1, Ordering::Relaxed);
     });
-    tracing::debug!(sid = %socket.id, user = %identity.user_id, transport = ?socket.transport_type(), "socket connected");
 }
 
-/// Re-checks every connected socket's session every `interval`; a socket whose session ended
-/// (logout, expiry) or now belongs to someone else is disconnected.
-pub async fn revalidate_forever(
-    io: SocketIo,
-    auth: Arc<SessionAuth>,
-    interval: Duration,
-    concurrency: usize,
-    shutdown: Shutdown,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.draining() => return,
-        }
-        let checks = io.sockets().into_iter().filter_map(|socket| {
-            let identity = socket.extensions.get::<Identity>()?;
-            let auth = auth.clone();
-            Some(async move {
-                match auth.authenticate(&identity.credentials).await {
-                    Ok(id) if id == identity.user_id => false,
-                    Ok(_) | Err(AuthError::Unauthorized) => {
-                        tracing::info!(sid = %socket.id, user = %identity.user_id, "session ended: socket disconnected");
-                        let _ = socket.disconnect();
-                        true
+/// Periodic re-check of connected sockets' sessions.
+pub struct Revalidation {
+    /// `None` turns revalidation off.
+    pub every: Option<Duration>,
+    pub concurrency: usize,
+    pub shutdown: Shutdown,
+}
+
+impl Revalidation {
+    /// Every `every`, re-checks each local socket's session; a socket whose session ended
+    /// (logout, expiry) or now belongs to someone else is disconnected.
+    async fn run<A: Adapter>(self, io: SocketIo<A>, auth: Arc<SessionAuth>) {
+        let Some(every) = self.every else { return };
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = self.shutdown.draining() => return,
+            }
+            let checks = io.local().sockets().into_iter().filter_map(|socket| {
+                let identity = socket.extensions.get::<Identity>()?;
+                let auth = auth.clone();
+                Some(async move {
+                    match auth.authenticate(&identity.credentials).await {
+                        Ok(id) if id == identity.user_id => false,
+                        Ok(_) | Err(AuthError::Unauthorized) => {
+                            tracing::info!(sid = %socket.id, user = %identity.user_id, "session ended: socket disconnected");
+                            let _ = socket.disconnect();
+                            true
+                        }
+                        // The app is unreachable: keep the socket; the next round decides.
+                        Err(AuthError::Unavailable(_)) => false,
                     }
-                    // The app is unreachable: keep the socket; the next round decides.
-                    Err(AuthError::Unavailable(_)) => false,
-                }
-            })
-        });
-        let closed = futures_util::stream::iter(checks)
-            .buffer_unordered(concurrency.max(1))
-            .filter(|closed| std::future::ready(*closed))
-            .count()
-            .await;
-        if closed > 0 {
-            tracing::info!(closed, "revalidation closed sockets whose session ended");
+                })
+            });
+            let closed = futures_util::stream::iter(checks)
+                .buffer_unordered(self.concurrency.max(1))
+                .filter(|closed| std::future::ready(*closed))
+                .count()
+                .await;
+            if closed > 0 {
+                tracing::info!(closed, "revalidation closed sockets whose session ended");
+            }
         }
     }
 }

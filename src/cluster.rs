@@ -1,0 +1,117 @@
+//! Cluster mode: instances share rooms, publishes, disconnects and presence through Redis,
+//! using `socketioxide-redis` (its protocol, over the `fred` client) — no protocol of ours.
+//!
+//! fred reconnects with backoff and re-subscribes after an outage; while Redis is away the
+//! hub sees [`Link::is_up`] turn false and delivers to local sockets only, so an instance
+//! keeps serving its own users until cross-instance delivery resumes.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use socketioxide_redis::drivers::fred::FredDriver;
+use socketioxide_redis::drivers::fred::fred_client::clients::SubscriberClient;
+use socketioxide_redis::drivers::fred::fred_client::prelude::{
+    Builder, ClientLike, Config as RedisConfig, EventInterface, ReconnectPolicy,
+};
+use socketioxide_redis::drivers::fred::fred_client::types::RespVersion;
+use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
+
+/// The Socket.IO adapter type in cluster mode.
+pub type ClusterAdapter = socketioxide_redis::FredAdapter<socketioxide::adapter::Emitter>;
+
+/// How long startup waits for Redis before giving up with an error.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connected cluster: the adapter to build Socket.IO with, and the link to watch.
+pub struct Cluster {
+    pub adapter: RedisAdapterCtr<FredDriver>,
+    pub link: Link,
+}
+
+/// The live connection to Redis.
+#[derive(Clone)]
+pub struct Link {
+    client: SubscriberClient,
+}
+
+impl Link {
+    /// Whether cross-instance delivery can work right now.
+    pub fn is_up(&self) -> bool {
+        self.client.is_connected()
+    }
+}
+
+/// Connects to Redis (≥ 7, RESP3). Fails with the (password-free) URL when Redis cannot be
+/// reached at startup: a platform restart is clearer than an instance that silently serves
+/// only its own sockets.
+pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Cluster> {
+    let shown = redact(url);
+    let mut config = RedisConfig::from_url(url)
+        .with_context(|| format!("cluster.redis_url `{shown}` is not a Redis URL"))?;
+    config.version = RespVersion::RESP3;
+    let client = Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(1);
+        })
+        .build_subscriber_client()
+        .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
+
+    let driver = tokio::time::timeout(STARTUP_TIMEOUT, FredDriver::new(client.clone()))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "Redis at `{shown}` did not answer within {STARTUP_TIMEOUT:?} (cluster.redis_url)"
+            )
+        })?
+        .with_context(|| format!("cannot connect to Redis at `{shown}` (cluster.redis_url)"))?;
+    client.manage_subscriptions();
+    {
+        let shown = shown.clone();
+        client.on_error(move |(error, _)| {
+            tracing::warn!(redis = %shown, "Redis connection lost; delivering to local sockets only until it is back: {error}");
+            async { Ok(()) }
+        });
+    }
+    client.on_reconnect(move |_| {
+        tracing::info!(redis = %shown, "Redis connection restored; cross-instance delivery resumes");
+        async { Ok(()) }
+    });
+    let adapter = RedisAdapterCtr::new_with_driver(
+        driver,
+        RedisAdapterConfig::new().with_request_timeout(request_timeout),
+    );
+    Ok(Cluster {
+        adapter,
+        link: Link { client },
+    })
+}
+
+/// The URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            super::redact("redis://:secret@db:6379"),
+            "redis://***@db:6379"
+        );
+        assert_eq!(
+            super::redact("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}
