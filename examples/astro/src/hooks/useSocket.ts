@@ -45,14 +45,8 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
 
     let lastConnectError: string | null = null;
     let everConnected = false;
-    let awaitingManualReconnect = false;
     let retryAttempt = 0;
     let manualTimer: ReturnType<typeof setTimeout> | undefined;
-
-    const fireReconnect = () => {
-      awaitingManualReconnect = false;
-      onReconnectRef.current?.();
-    };
 
     const scheduleConnect = () => {
       clearTimeout(manualTimer);
@@ -68,11 +62,11 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
       retryAttempt = 0;
       setIsConnected(true);
       setError(null);
-      // A manual reconnect: the Manager emits 'reconnect' only for its own retries,
-      // so report this one here (once).
-      if (everConnected && awaitingManualReconnect) fireReconnect();
+      // Every connect after the first is a reconnection, whoever retried (the Manager or us).
+      // 'connect' comes once sockgate has put the socket in the user's room, so a refetch
+      // started now cannot miss a message published in between.
+      if (everConnected) onReconnectRef.current?.();
       everConnected = true;
-      awaitingManualReconnect = false;
     };
 
     const handleDisconnect = (reason: string) => {
@@ -81,7 +75,6 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
       // revalidated away). Socket.IO does not retry that, so we do — unless we were last
       // rejected as unauthorized (then a retry cannot succeed).
       if (reason === 'io server disconnect' && lastConnectError !== 'unauthorized') {
-        awaitingManualReconnect = true;
         scheduleConnect();
       }
     };
@@ -92,13 +85,11 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
       setError(err.message);
       if (err.message === 'unauthorized') {
         // No (valid) session: stop every retry path until the page is reloaded.
-        awaitingManualReconnect = false;
         clearTimeout(manualTimer);
         socket.disconnect();
       } else if (!socket.active) {
         // Refused by the server for another reason (e.g. "session unavailable" while the app
         // restarts): Socket.IO gives up on such refusals, we retry with backoff.
-        awaitingManualReconnect ||= everConnected;
         scheduleConnect();
       }
       // Otherwise (transport error) the Manager's own reconnection is already on it.
@@ -108,7 +99,6 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
     socket.on('connect', handleConnect);
     socket.on('disconnect', handleDisconnect);
     socket.on('connect_error', handleConnectError);
-    socket.io.on('reconnect', fireReconnect);
 
     return () => {
       clearTimeout(manualTimer);
@@ -116,7 +106,6 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
       socket.off('connect', handleConnect);
       socket.off('disconnect', handleDisconnect);
       socket.off('connect_error', handleConnectError);
-      socket.io.off('reconnect', fireReconnect);
       socket.disconnect();
       setIsConnected(false);
     };

@@ -1,0 +1,507 @@
+// Browser end-to-end test: headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core) against sockgate in supervisor mode in front of the built Astro example
+// (examples/astro). Run with `node --test tests/e2e/` (tests/run.sh builds the example first;
+// this file builds it too if dist/server/entry.mjs is missing).
+//
+//   SOCKGATE_BIN       sockgate binary (default: target/debug/sockgate)
+//   CHROMIUM_PATH      browser (default: /usr/bin/chromium)
+//   SOCKGATE_E2E_VERBOSE=1   stream sockgate's (and the app's) output live
+//
+// A screenshot of alice's page with notifications goes to tests/e2e/artifacts/.
+import { spawn, spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { after, afterEach, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const REPO_ROOT = path.resolve(here, '..', '..');
+const APP_DIR = path.join(REPO_ROOT, 'examples', 'astro');
+const ARTIFACTS = path.join(here, 'artifacts');
+const SOCKGATE_BIN = path.resolve(process.env.SOCKGATE_BIN || path.join(REPO_ROOT, 'target', 'debug', 'sockgate'));
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const VERBOSE = !!process.env.SOCKGATE_E2E_VERBOSE;
+
+// playwright-core is a devDependency of the test fixture (tests/fixture/node_modules).
+const fixtureRequire = createRequire(path.join(REPO_ROOT, 'tests', 'fixture', 'package.json'));
+const { chromium } = fixtureRequire('playwright-core');
+
+const LATENCY_BUDGET_MS = 1000; // publish → notification in the DOM
+const STEP_TIMEOUT_MS = 10_000; // default bound for a single wait
+const RECONNECT_TIMEOUT_MS = 25_000; // Socket.IO backoff tops out at 5 s, the hook's at 15 s (+jitter)
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timeout after ${ms} ms: ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Plain HTTP request (TCP or Unix socket) → {status, headers, body}. Bounded. */
+function request({ socketPath, port, method = 'GET', path: p, headers = {}, body, timeout = 3000 }) {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+    const h = { ...headers };
+    if (payload !== undefined) {
+      h['content-type'] ??= 'application/json';
+      h['content-length'] = Buffer.byteLength(payload);
+    }
+    const req = http.request(
+      { socketPath, host: socketPath ? undefined : '127.0.0.1', port, method, path: p, headers: h, agent: false },
+      (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
+    req.setTimeout(timeout, () => req.destroy(new Error(`${method} ${p}: no answer within ${timeout} ms`)));
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+let notificationSeq = 0;
+/** A notification shaped like the app's (src/lib/store.ts), for direct publishes. */
+function makeNotification(userId, title) {
+  return { id: `e2e-${process.pid}-${++notificationSeq}`, userId, title, createdAt: new Date().toISOString() };
+}
+
+// ---------------------------------------------------------------------------
+// sockgate in supervisor mode (it starts the Astro app itself)
+// ---------------------------------------------------------------------------
+const procs = new Set();
+
+class Sockgate {
+  constructor({ port, upstreamPort, socketPath, name }) {
+    this.name = name;
+    this.port = port;
+    this.output = [];
+    this.exited = false;
+    const args = [
+      '--host', '127.0.0.1',
+      '--port', String(port),
+      '--upstream', `http://127.0.0.1:${upstreamPort}`,
+      '--publish-socket', socketPath,
+      '--', process.execPath, './dist/server/entry.mjs',
+    ];
+    const env = { ...process.env, SOCKGATE_SOCKET: socketPath, RUST_LOG: process.env.RUST_LOG || 'info' };
+    for (const k of Object.keys(env)) if (k.startsWith('SIDECAR_')) delete env[k];
+    delete env.PORT;
+    delete env.HOST;
+    // Own process group, so `after` can also kill the app child if sockgate is SIGKILLed.
+    this.child = spawn(SOCKGATE_BIN, args, { cwd: APP_DIR, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.pid = this.child.pid;
+    this.exit = new Promise((resolve) => {
+      this.child.once('exit', (code, signal) => {
+        this.exited = true;
+        this.output.push(`[${name}] exited code=${code} signal=${signal}\n`);
+        resolve({ code, signal });
+      });
+      this.child.once('error', (err) => {
+        this.exited = true;
+        this.output.push(`[${name}] spawn error: ${err.message}\n`);
+        resolve({ code: null, signal: null, error: err });
+      });
+    });
+    for (const s of [this.child.stdout, this.child.stderr]) {
+      s.setEncoding('utf8');
+      s.on('data', (d) => {
+        this.output.push(d);
+        if (VERBOSE) process.stderr.write(`[${name}] ${d}`);
+      });
+    }
+    procs.add(this);
+  }
+
+  text() {
+    return this.output.join('');
+  }
+
+  /** Polls GET /login through sockgate until 200 (the app is up behind it). */
+  async ready(timeout = 30_000) {
+    const deadline = Date.now() + timeout;
+    let last = 'no attempt';
+    while (Date.now() < deadline) {
+      if (this.exited) throw new Error(`${this.name} exited before it was ready`);
+      try {
+        const res = await request({ port: this.port, path: '/login', timeout: 1000 });
+        if (res.status === 200) return;
+        last = `status ${res.status}`;
+      } catch (e) {
+        last = e.message;
+      }
+      await sleep(100);
+    }
+    throw new Error(`${this.name} not ready within ${timeout} ms (last: ${last})`);
+  }
+
+  /** SIGTERM to sockgate only (it drains and stops the app itself); bounded. */
+  async terminate(timeout = 20_000) {
+    if (!this.exited) this.child.kill('SIGTERM');
+    return withTimeout(this.exit, timeout, `${this.name} to exit after SIGTERM`);
+  }
+
+  /** SIGKILL to the whole process group (sockgate and the app). */
+  killGroup() {
+    try {
+      process.kill(-this.pid, 'SIGKILL');
+    } catch {}
+  }
+}
+
+function dumpOutputs(title) {
+  const parts = [];
+  for (const p of procs) {
+    const t = p.text();
+    parts.push(`----- ${p.name} (pid ${p.pid}) -----\n${t.length > 20_000 ? `...${t.slice(-20_000)}` : t || '(no output)\n'}`);
+  }
+  if (parts.length) process.stderr.write(`\n===== failed: ${title} =====\n${parts.join('')}\n`);
+}
+
+// Last resort if the runner goes away without running `after`.
+process.on('exit', () => {
+  for (const p of procs) p.killGroup();
+});
+
+// ---------------------------------------------------------------------------
+// Page helpers
+// ---------------------------------------------------------------------------
+const statusOf = (page) => page.getByTestId('socket-status').textContent();
+
+async function expectStatus(page, want, timeout = STEP_TIMEOUT_MS) {
+  await page
+    .getByTestId('socket-status')
+    .filter({ hasText: new RegExp(`^${want}$`) })
+    .waitFor({ timeout })
+    .catch(async (e) => {
+      throw new Error(`socket-status never became "${want}" (is "${await statusOf(page).catch(() => '?')}"): ${e.message}`);
+    });
+}
+
+const itemTitles = (page) =>
+  page.getByTestId('notification-item').locator('strong').allTextContents();
+
+async function waitForItem(page, title, timeout = STEP_TIMEOUT_MS) {
+  await page.getByTestId('notification-item').filter({ hasText: title }).first().waitFor({ timeout });
+}
+
+/**
+ * Records, in the page, the wall-clock time at which each notification title first shows up
+ * in the DOM (MutationObserver: runs right after React commits). Same machine, same clock as
+ * the test process, so `seenAt - publishedAt` is the end-to-end latency.
+ */
+async function installArrivalClock(page) {
+  await page.evaluate(() => {
+    if (window.__seenAt) return;
+    window.__seenAt = {};
+    const scan = () => {
+      const now = Date.now();
+      for (const el of document.querySelectorAll('[data-testid="notification-item"] strong')) {
+        const t = el.textContent;
+        if (!(t in window.__seenAt)) window.__seenAt[t] = now;
+      }
+    };
+    scan();
+    new MutationObserver(scan).observe(document.body, { childList: true, subtree: true, characterData: true });
+  });
+}
+
+async function arrivalTime(page, title, timeout = STEP_TIMEOUT_MS) {
+  const handle = await page.waitForFunction((t) => window.__seenAt?.[t], title, { timeout, polling: 20 });
+  return handle.jsonValue();
+}
+
+async function login(context, baseURL, user) {
+  const page = await context.newPage();
+  await page.goto(`${baseURL}/login`);
+  await Promise.all([
+    page.waitForURL(`${baseURL}/`, { timeout: STEP_TIMEOUT_MS }),
+    page.getByTestId(`login-${user}`).click(),
+  ]);
+  assert.equal(await page.getByTestId('current-user').textContent(), user[0].toUpperCase() + user.slice(1));
+  return page;
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000 }, () => {
+  let tmp, socketPath, port, upstreamPort, baseURL;
+  let gate; // current Sockgate
+  let browser, aliceCtx, bobCtx, alice, bob;
+  const latencies = [];
+
+  const publish = (msg) => request({ socketPath, method: 'POST', path: '/publish', body: msg });
+
+  async function startSockgate(name) {
+    gate = new Sockgate({ port, upstreamPort, socketPath, name });
+    await gate.ready();
+    return gate;
+  }
+
+  before(async () => {
+    assert.ok(fs.existsSync(SOCKGATE_BIN), `sockgate binary not found at ${SOCKGATE_BIN} (cargo build, or set SOCKGATE_BIN)`);
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found (apt-get install -y chromium, or set CHROMIUM_PATH)`);
+    if (!fs.existsSync(path.join(APP_DIR, 'dist', 'server', 'entry.mjs'))) {
+      if (!fs.existsSync(path.join(APP_DIR, 'node_modules'))) {
+        const ci = spawnSync('npm', ['ci', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: APP_DIR, stdio: 'inherit', timeout: 300_000 });
+        assert.equal(ci.status, 0, 'npm ci in examples/astro failed');
+      }
+      const build = spawnSync('npm', ['run', 'build'], { cwd: APP_DIR, stdio: 'inherit', timeout: 300_000 });
+      assert.equal(build.status, 0, 'npm run build in examples/astro failed');
+    }
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sockgate-e2e-'));
+    socketPath = path.join(tmp, 'publish.sock');
+    port = await freePort();
+    upstreamPort = await freePort();
+    baseURL = `http://127.0.0.1:${port}`;
+    await startSockgate('sockgate#1');
+
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      timeout: 30_000,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    aliceCtx = await browser.newContext({ viewport: { width: 900, height: 700 } });
+    bobCtx = await browser.newContext({ viewport: { width: 900, height: 700 } });
+    for (const ctx of [aliceCtx, bobCtx]) ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+  });
+
+  afterEach((t) => {
+    if (t.passed === false) dumpOutputs(t.name);
+  });
+
+  after(async () => {
+    try {
+      if (browser) await withTimeout(browser.close(), 10_000, 'browser.close()');
+    } catch (e) {
+      process.stderr.write(`browser.close: ${e.message}\n`);
+    }
+    for (const p of procs) {
+      if (!p.exited) {
+        // Graceful first (lets sockgate stop the app), then the whole group.
+        await p.terminate(5000).catch(() => {});
+      }
+      p.killGroup();
+    }
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    if (latencies.length) {
+      process.stderr.write(`publish → DOM latencies (ms): ${latencies.map(([k, v]) => `${k}=${v}`).join(', ')}\n`);
+    }
+  });
+
+  test('alice and bob log in through the form and their sockets connect', async () => {
+    alice = await login(aliceCtx, baseURL, 'alice');
+    await expectStatus(alice, 'connected');
+    bob = await login(bobCtx, baseURL, 'bob');
+    await expectStatus(bob, 'connected');
+    await installArrivalClock(alice);
+    await installArrivalClock(bob);
+  });
+
+  test('a notification reaches alice (via the app and directly) within 1 s, never bob', async (t) => {
+    if (!alice || !bob) return t.skip('needs the logged-in pages of the first test');
+    // (a) through the app: "Notify me" → POST /api/notifications → pushNotification → sockgate.
+    const before = new Set(await itemTitles(alice));
+    const responseP = alice.waitForResponse((r) => r.url() === `${baseURL}/api/notifications` && r.request().method() === 'POST');
+    const t0 = Date.now();
+    await alice.getByTestId('notify-self').click();
+    const res = await responseP;
+    assert.equal(res.status(), 201);
+    const { notification, recipients } = await res.json();
+    assert.equal(notification.userId, 'alice');
+    assert.ok(!before.has(notification.title));
+    assert.ok(recipients >= 1, `the app's pushNotification should reach alice's socket (recipients=${recipients})`);
+    const viaApp = (await arrivalTime(alice, notification.title)) - t0;
+    latencies.push(['click→DOM (via app)', viaApp]);
+    assert.ok(viaApp < LATENCY_BUDGET_MS, `via the app: ${viaApp} ms from click to DOM`);
+
+    // (b) directly on the publish socket.
+    const direct = makeNotification('alice', 'Direct publish for alice');
+    const t1 = Date.now();
+    const pub = await publish({ userId: 'alice', event: 'notification', data: direct });
+    assert.equal(pub.status, 200, pub.body);
+    assert.ok(JSON.parse(pub.body).recipients >= 1, pub.body);
+    const viaSocket = (await arrivalTime(alice, direct.title)) - t1;
+    latencies.push(['publish→DOM (unix socket)', viaSocket]);
+    assert.ok(viaSocket < LATENCY_BUDGET_MS, `direct publish: ${viaSocket} ms to DOM`);
+
+    // Bob: publish a marker for him *after* alice's two were delivered. Per-socket delivery is
+    // ordered, so once the marker is on bob's page, anything misrouted to him would be too.
+    const bobMarker = makeNotification('bob', 'Marker for bob');
+    const t2 = Date.now();
+    await publish({ userId: 'bob', event: 'notification', data: bobMarker });
+    latencies.push(['publish→DOM (bob)', (await arrivalTime(bob, bobMarker.title)) - t2]);
+    const bobTitles = await itemTitles(bob);
+    assert.deepEqual(bobTitles, [bobMarker.title], `bob sees only his own notification, got ${JSON.stringify(bobTitles)}`);
+
+    // And the reverse: a later alice marker arrives, bob's marker never did.
+    const aliceMarker = makeNotification('alice', 'Marker for alice');
+    await publish({ userId: 'alice', event: 'notification', data: aliceMarker });
+    await waitForItem(alice, aliceMarker.title);
+    const aliceTitles = await itemTitles(alice);
+    assert.ok(!aliceTitles.includes(bobMarker.title), `alice got bob's marker: ${JSON.stringify(aliceTitles)}`);
+    assert.deepEqual(aliceTitles.slice(0, 3), [aliceMarker.title, direct.title, notification.title]);
+    assert.equal(await alice.getByTestId('bell-count').textContent(), String(aliceTitles.length));
+
+    await alice.screenshot({ path: path.join(ARTIFACTS, 'alice-notifications.png'), fullPage: true });
+  });
+
+  test('sockgate restart: the page reconnects by itself and refetches what it missed', async (t) => {
+    if (!alice || !bob) return t.skip('needs the logged-in pages of the first test');
+    // The Astro app keeps sessions in memory and supervisor mode restarts it with sockgate, so
+    // every session dies with the restart. To keep this deterministic, alice's socket.io
+    // requests are refused (as if sockgate were still down) until she has logged in again and
+    // a notification was stored while she was offline; then the hook's own reconnect must
+    // bring her back and its onReconnect refetch must show the missed notification.
+    const isSocketIo = (url) => new URL(url).pathname.startsWith('/socket.io/');
+    await alice.route(isSocketIo, (route) => route.abort('connectionrefused'));
+
+    const old = gate;
+    const t0 = Date.now();
+    const { code, signal } = await old.terminate();
+    assert.equal(code, 0, `sockgate exit code after SIGTERM (signal=${signal})\n${old.text()}`);
+    const stopMs = Date.now() - t0;
+    // Supervisor mode stopped the app with it: nothing listens on the upstream port.
+    await assert.rejects(request({ port: upstreamPort, path: '/login', timeout: 1000 }), /ECONNREFUSED/);
+    // Both pages notice: the transport was closed.
+    await alice.getByTestId('socket-status').filter({ hasNotText: /^connected$/ }).waitFor({ timeout: STEP_TIMEOUT_MS });
+    await bob.getByTestId('socket-status').filter({ hasNotText: /^connected$/ }).waitFor({ timeout: STEP_TIMEOUT_MS });
+
+    const t1 = Date.now();
+    await startSockgate('sockgate#2'); // same public port, same publish socket path
+    const startMs = Date.now() - t1;
+    latencies.push(['sigterm→exit', stopMs], ['restart→ready', startMs]);
+
+    // Log alice in again (JSON login: the cookie lands in her browser context's jar).
+    const relogin = await aliceCtx.request.post(`${baseURL}/api/login`, { data: { userId: 'alice' } });
+    assert.equal(relogin.status(), 200, await relogin.text());
+
+    // Stored while alice is offline: nobody receives it live.
+    const missed = await aliceCtx.request.post(`${baseURL}/api/notifications`, { data: { title: 'Missed while reconnecting' } });
+    assert.equal(missed.status(), 201, await missed.text());
+    const missedBody = await missed.json();
+    assert.equal(missedBody.recipients, 0, 'nobody is connected yet, so no live delivery');
+
+    const refetchP = alice.waitForRequest(
+      (r) => r.url() === `${baseURL}/api/notifications` && r.method() === 'GET',
+      { timeout: RECONNECT_TIMEOUT_MS },
+    );
+    const t2 = Date.now();
+    await alice.unroute(isSocketIo);
+    await refetchP; // onReconnect ran
+    await expectStatus(alice, 'connected', RECONNECT_TIMEOUT_MS);
+    latencies.push(['unblock→connected', Date.now() - t2]);
+    await waitForItem(alice, missedBody.notification.title);
+    // The refetch replaced the list with the (restarted) app's store.
+    assert.deepEqual(await itemTitles(alice), [missedBody.notification.title]);
+
+    // Live delivery works on the new instance.
+    const live = makeNotification('alice', 'Live after restart');
+    const t3 = Date.now();
+    await publish({ userId: 'alice', event: 'notification', data: live });
+    const afterRestart = (await arrivalTime(alice, live.title)) - t3;
+    latencies.push(['publish→DOM (after restart)', afterRestart]);
+    assert.ok(afterRestart < LATENCY_BUDGET_MS, `${afterRestart} ms`);
+
+    // Bob did not log in again: his old session died with the app, so his page ends up
+    // "unauthorized" and stops retrying.
+    await expectStatus(bob, 'unauthorized', RECONNECT_TIMEOUT_MS);
+  });
+
+  test('?transport=polling: connects and stays on long-polling, publishes arrive', async () => {
+    const page = await aliceCtx.newPage();
+    const urls = [];
+    const websockets = [];
+    page.on('request', (r) => {
+      if (new URL(r.url()).pathname.startsWith('/socket.io/')) urls.push(r.url());
+    });
+    page.on('websocket', (ws) => websockets.push(ws.url()));
+    await page.goto(`${baseURL}/?transport=polling`);
+    await expectStatus(page, 'connected');
+    await installArrivalClock(page);
+
+    const n = makeNotification('alice', 'Polling delivery');
+    const t0 = Date.now();
+    await publish({ userId: 'alice', event: 'notification', data: n });
+    const ms = (await arrivalTime(page, n.title)) - t0;
+    latencies.push(['publish→DOM (polling)', ms]);
+    assert.ok(ms < LATENCY_BUDGET_MS, `${ms} ms`);
+
+    // Give an upgrade attempt time to happen (it would start right after the handshake).
+    await sleep(500);
+    assert.equal(await statusOf(page), 'connected');
+    const polling = urls.filter((u) => new URL(u).searchParams.get('transport') === 'polling');
+    const ws = urls.filter((u) => new URL(u).searchParams.get('transport') === 'websocket');
+    assert.ok(polling.length >= 2, `expected long-polling requests, saw ${JSON.stringify(urls)}`);
+    assert.deepEqual(ws, [], 'no websocket transport requests');
+    assert.deepEqual(websockets, [], 'no WebSocket opened');
+    await page.close();
+  });
+
+  test('a visitor without a session gets no socket and no notifications', async () => {
+    const ctx = await browser.newContext();
+    try {
+      const page = await ctx.newPage();
+      const socketRequests = [];
+      page.on('request', (r) => {
+        if (new URL(r.url()).pathname.startsWith('/socket.io/')) socketRequests.push(r.url());
+      });
+      await page.goto(`${baseURL}/`);
+      await page.waitForURL(`${baseURL}/login`);
+      await publish({ userId: 'alice', event: 'notification', data: makeNotification('alice', 'Not for visitors') });
+      await sleep(300);
+      assert.deepEqual(socketRequests, [], 'the login page opens no socket');
+      assert.equal(await page.getByTestId('notification-item').count(), 0);
+
+      // Even a hand-made Socket.IO handshake from this (cookieless) page is refused.
+      const answer = await withTimeout(page.evaluate(async () => {
+        const base = '/socket.io/?EIO=4&transport=polling';
+        const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid;
+        await fetch(`${base}&sid=${sid}`, { method: 'POST', body: '40' });
+        // Long-poll until the CONNECT answer: a poll may return an Engine.IO ping ("2") first.
+        const seen = [];
+        for (let i = 0; i < 5; i++) {
+          const packets = (await (await fetch(`${base}&sid=${sid}`)).text()).split('\x1e'); // packet separator
+          seen.push(...packets);
+          if (packets.some((p) => p.startsWith('44') || p.startsWith('40'))) break;
+        }
+        return seen;
+      }), STEP_TIMEOUT_MS, 'a hand-made Socket.IO CONNECT to be answered');
+      const refusal = answer.find((pkt) => pkt.startsWith('44'));
+      assert.ok(refusal, `CONNECT without a session: no CONNECT_ERROR in ${JSON.stringify(answer)}`);
+      assert.equal(JSON.parse(refusal.slice(2)).message, 'unauthorized');
+    } finally {
+      await ctx.close();
+    }
+  });
+});
