@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit + integration tests (real Node app, real sockets), the Node
+# integration tests (real socket.io-client), the publish client's tests, and the browser
+# end-to-end test (Debian chromium + playwright-core). Installs npm dependencies it lacks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "tests/run.sh: '$1' is required ($2)" >&2; exit 2; }; }
+need cargo "install Rust: https://rustup.rs"
+need node "install Node.js 20+"
+need npm "install Node.js 20+"
+
+npm_install() { # dir
+  if [ ! -d "$1/node_modules" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
+    echo "== npm ci in $1"
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+npm_install tests/fixture
+npm_install examples/astro
+
+echo "== cargo build"
+cargo build --quiet --bins
+echo "== cargo test"
+cargo test --quiet -- --test-threads="${SOCKGATE_TEST_THREADS:-4}"
+
+export SOCKGATE_BIN="$PWD/target/debug/sockgate"
+echo "== node --test (integration, publish client)"
+node --test --test-concurrency=2 tests/js/ clients/node/test/
+
+if [ -f tests/e2e/browser.test.mjs ]; then
+  echo "== browser end-to-end"
+  if command -v chromium >/dev/null 2>&1; then
+    (cd examples/astro && npm run build --silent >/dev/null)
+    node --test tests/e2e/
+  else
+    echo "chromium is not installed (apt-get install chromium); the browser test cannot run" >&2
+    exit 2
+  fi
+fi
+echo "== all tests passed"
