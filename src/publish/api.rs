@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::message::{parse_batch, parse_publish};
@@ -40,7 +40,7 @@ impl PublishApi {
 
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
     where
-        B: http_body::Body<Data = bytes::Bytes>,
+        B: http_body::Body<Data = bytes::Bytes> + Unpin,
         B::Error: Into<crate::body::BoxError>,
     {
         if let Some(resp) = self.ops.handle(req.method(), req.uri().path()).await {
@@ -57,7 +57,7 @@ impl PublishApi {
 
     async fn route<B>(&self, req: Request<B>) -> Result<Value, Failure>
     where
-        B: http_body::Body<Data = bytes::Bytes>,
+        B: http_body::Body<Data = bytes::Bytes> + Unpin,
         B::Error: Into<crate::body::BoxError>,
     {
         let path = req.uri().path().to_owned();
@@ -140,7 +140,7 @@ impl PublishApi {
 
     async fn read_json<B>(&self, req: Request<B>) -> Result<Value, Failure>
     where
-        B: http_body::Body<Data = bytes::Bytes>,
+        B: http_body::Body<Data = bytes::Bytes> + Unpin,
         B::Error: Into<crate::body::BoxError>,
     {
         let too_large = || {
@@ -157,26 +157,47 @@ impl PublishApi {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let mut body = req.into_body();
         if declared.is_some_and(|len| len > self.max_body_bytes as u64) {
+            discard(body).await;
             return Err(too_large());
         }
-        let bytes = Limited::new(req.into_body(), self.max_body_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    too_large()
-                } else {
-                    Failure::bad_request(format!("cannot read body: {e}"))
+        let mut bytes = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| Failure::bad_request(format!("cannot read body: {}", e.into())))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > self.max_body_bytes {
+                    discard(body).await;
+                    return Err(too_large());
                 }
-            })?
-            .to_bytes();
+                bytes.extend_from_slice(&data);
+            }
+        }
         if bytes.is_empty() {
             return Err(Failure::bad_request("empty body: expected a JSON object"));
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| Failure::bad_request(format!("body is not valid JSON: {e}")))
     }
+}
+
+/// Reads what is left of a refused body (bounded in size and time) so the client, still
+/// sending, gets the 413 instead of a broken pipe.
+async fn discard<B: http_body::Body + Unpin>(mut body: B) {
+    const MAX_DISCARD: usize = 16 * 1024 * 1024;
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += bytes::Buf::remaining(&data);
+                if seen > MAX_DISCARD {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 fn user_id(segment: &str) -> Result<String, Failure> {

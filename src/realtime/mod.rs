@@ -199,11 +199,21 @@ async fn check_session<A: Adapter>(
 
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
-    let open = handlers.open;
-    open.0.fetch_add(1, Ordering::Relaxed);
-    socket.on_disconnect(move || async move {
-        open.0.fetch_sub(1, Ordering::Relaxed);
-    });
+    handlers.open.0.fetch_add(1, Ordering::Relaxed);
+    // Counted down when the socket itself is dropped. A disconnect handler would do it too,
+    // but socketioxide runs those on a task and keeps the socket in its rooms until it ends.
+    socket
+        .extensions
+        .insert(Arc::new(OpenGuard(handlers.open.clone())));
+}
+
+/// Decrements the open-socket count when the last reference to its socket goes away.
+struct OpenGuard(OpenSockets);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Periodic re-check of connected sockets' sessions.
