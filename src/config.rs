@@ -88,6 +88,9 @@ pub struct RealtimeConfig {
     pub max_ws_message_bytes: usize,
     /// Packets queued per socket before it counts as a slow consumer.
     pub max_buffer_size: usize,
+    /// Read buffer per WebSocket; clients send almost nothing, so a small one saves memory
+    /// on every idle socket.
+    pub ws_read_buffer_bytes: usize,
     /// Origins allowed besides the request's own host, e.g. `https://app.example.com`.
     pub allowed_origins: Vec<String>,
     /// Room a socket joins once authenticated: `{room_prefix}{userId}`.
@@ -222,6 +225,7 @@ impl Default for RealtimeConfig {
             max_poll_payload_bytes: 100_000,
             max_ws_message_bytes: 1024 * 1024,
             max_buffer_size: 128,
+            ws_read_buffer_bytes: 256,
             allowed_origins: Vec::new(),
             room_prefix: "user:".into(),
             max_connections: 50_000,

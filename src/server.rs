@@ -67,11 +67,30 @@ impl Router {
             tracing::warn!(%peer, max = self.max_connections, "Socket.IO handshake refused: connection cap reached (realtime.max_connections)");
             return unavailable("too many realtime connections; retry later");
         }
-        match self.realtime.clone().oneshot(req).await {
+        match self.realtime.clone().oneshot(detach_head(req)).await {
             Ok(resp) => resp.map(body::boxed),
             Err(never) => match never {},
         }
     }
+}
+
+/// The request with its URI and headers copied into their own allocations. hyper's parsed
+/// header values are slices of the connection's 8 KiB read buffer, and socketioxide keeps
+/// each socket's handshake head for the socket's life: without the copy every idle socket
+/// would pin a whole read buffer.
+fn detach_head<B>(req: Request<B>) -> Request<B> {
+    let (mut parts, body) = req.into_parts();
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
+            headers.append(name.clone(), value);
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    Request::from_parts(parts, body)
 }
 
 /// A new Engine.IO session (no `sid` yet), as opposed to traffic of an open one.

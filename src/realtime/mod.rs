@@ -89,7 +89,8 @@ pub async fn start(
         .max_payload(config.max_poll_payload_bytes)
         .ws_max_message_size(config.max_ws_message_bytes)
         .ws_max_frame_size(config.max_ws_message_bytes)
-        .max_buffer_size(config.max_buffer_size);
+        .max_buffer_size(config.max_buffer_size)
+        .ws_read_buffer_size(config.ws_read_buffer_bytes);
     let has = |t| config.transports.contains(&t);
     let builder = match (has(Transport::Polling), has(Transport::Websocket)) {
         (true, false) => builder.transports([TransportType::Polling]),
