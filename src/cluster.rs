@@ -8,12 +8,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use fred::clients::SubscriberClient;
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig, EventInterface, ReconnectPolicy};
+use fred::types::RespVersion;
 use socketioxide_redis::drivers::fred::FredDriver;
-use socketioxide_redis::drivers::fred::fred_client::clients::SubscriberClient;
-use socketioxide_redis::drivers::fred::fred_client::prelude::{
-    Builder, ClientLike, Config as RedisConfig, EventInterface, ReconnectPolicy,
-};
-use socketioxide_redis::drivers::fred::fred_client::types::RespVersion;
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 
 /// The Socket.IO adapter type in cluster mode.
@@ -26,6 +24,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Cluster {
     pub adapter: RedisAdapterCtr<FredDriver>,
     pub link: Link,
+    /// A regular (non-subscriber) connection, for the message history streams.
+    pub commands: fred::clients::Client,
 }
 
 /// The live connection to Redis.
@@ -49,7 +49,8 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
     let mut config = RedisConfig::from_url(url)
         .with_context(|| format!("cluster.redis_url `{shown}` is not a Redis URL"))?;
     config.version = RespVersion::RESP3;
-    let client = Builder::from_config(config)
+    let mut builder = Builder::from_config(config);
+    builder
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
@@ -57,11 +58,23 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(1);
-        })
+        });
+    let client = builder
         .build_subscriber_client()
+        .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
+    let commands = builder
+        .build()
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
 
     let driver = tokio::time::timeout(STARTUP_TIMEOUT, FredDriver::new(client.clone()))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "Redis at `{shown}` did not answer within {STARTUP_TIMEOUT:?} (cluster.redis_url)"
+            )
+        })?
+        .with_context(|| format!("cannot connect to Redis at `{shown}` (cluster.redis_url)"))?;
+    tokio::time::timeout(STARTUP_TIMEOUT, commands.init())
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -88,6 +101,7 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
     Ok(Cluster {
         adapter,
         link: Link { client },
+        commands,
     })
 }
 

@@ -29,6 +29,7 @@ pub struct Config {
     pub publish: PublishConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
+    pub history: HistoryConfig,
     pub log: LogConfig,
 }
 
@@ -161,6 +162,27 @@ impl Default for ClusterConfig {
         Self {
             redis_url: String::new(),
             request_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// Recent messages kept per user so reconnecting clients get what they missed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    pub enabled: bool,
+    /// Messages kept per user (about this many in cluster mode: Redis trims approximately).
+    pub max_messages: usize,
+    /// How long a user's messages are kept after their last one.
+    pub max_age_ms: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_messages: 100,
+            max_age_ms: 120_000,
         }
     }
 }

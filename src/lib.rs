@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::Proxy;
 use crate::publish::{PublishApi, PublishSocket};
-use crate::realtime::{OriginPolicy, Revalidation, SessionAuth};
+use crate::realtime::{OriginPolicy, SessionAuth};
 use crate::server::Router;
 use crate::shutdown::Shutdown;
 use crate::supervisor::{AppGate, Supervisor};
@@ -82,18 +82,8 @@ pub async fn run(
             Some(cluster::connect(url, ms(config.cluster.request_timeout_ms)).await?)
         }
     };
-    let realtime = realtime::start(
-        &config.realtime,
-        cluster,
-        auth,
-        metrics.clone(),
-        Revalidation {
-            every: Some(ms(config.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
-            concurrency: config.auth.max_concurrent,
-            shutdown: shutdown.clone(),
-        },
-    )
-    .await?;
+    let realtime =
+        realtime::start(&config, cluster, auth, metrics.clone(), shutdown.clone()).await?;
     let hub = realtime.hub.clone();
     let gate = AppGate::new(app.is_none());
     let ops = Ops::new(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
+use super::history::Journal;
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
 
@@ -54,6 +55,7 @@ pub struct Hub {
     io: Io,
     room_prefix: String,
     metrics: Arc<Metrics>,
+    journal: Arc<Journal>,
 }
 
 /// Runs `$body` with `$io` bound to the `SocketIo` whatever its adapter.
@@ -67,11 +69,17 @@ macro_rules! with_io {
 }
 
 impl Hub {
-    pub fn local(io: SocketIo<LocalAdapter>, room_prefix: String, metrics: Arc<Metrics>) -> Self {
+    pub fn local(
+        io: SocketIo<LocalAdapter>,
+        room_prefix: String,
+        metrics: Arc<Metrics>,
+        journal: Arc<Journal>,
+    ) -> Self {
         Self {
             io: Io::Local(io),
             room_prefix,
             metrics,
+            journal,
         }
     }
 
@@ -80,25 +88,18 @@ impl Hub {
         link: Link,
         room_prefix: String,
         metrics: Arc<Metrics>,
+        journal: Arc<Journal>,
     ) -> Self {
         Self {
             io: Io::Cluster(io, link),
             room_prefix,
             metrics,
+            journal,
         }
     }
 
     fn user_room(&self, user_id: &str) -> String {
         format!("{}{user_id}", self.room_prefix)
-    }
-
-    fn rooms(&self, target: &Target) -> Option<Vec<String>> {
-        match target {
-            Target::User(id) => Some(vec![self.user_room(id)]),
-            Target::Users(ids) => Some(ids.iter().map(|id| self.user_room(id)).collect()),
-            Target::Room(room) => Some(vec![room.clone()]),
-            Target::Broadcast => None,
-        }
     }
 
     /// The cluster's `SocketIo` while Redis is reachable; `None` means "act locally".
@@ -110,54 +111,104 @@ impl Hub {
     }
 
     /// Emits `event` with `data` to the target's sockets; returns how many sockets on this
-    /// instance were targeted.
+    /// instance were targeted. A user room's messages get an offset and are kept in the
+    /// history (when enabled), and travel as `(data, {"offset"})`: handlers that take one
+    /// argument still get `data`.
     pub async fn publish(
         &self,
         target: &Target,
         event: &str,
         data: &serde_json::Value,
     ) -> Result<usize, String> {
-        let rooms = self.rooms(target);
+        let (recipients, dropped) = match target {
+            Target::Broadcast => self.deliver(None, event, data).await?,
+            Target::User(id) => {
+                self.publish_to_room(self.user_room(id), event, data)
+                    .await?
+            }
+            Target::Users(ids) => {
+                let mut total = (0, 0);
+                for id in ids {
+                    let (r, d) = self
+                        .publish_to_room(self.user_room(id), event, data)
+                        .await?;
+                    total = (total.0 + r, total.1 + d);
+                }
+                total
+            }
+            Target::Room(room) => self.publish_to_room(room.clone(), event, data).await?,
+        };
+        self.metrics.published(recipients - dropped, dropped);
+        Ok(recipients)
+    }
+
+    async fn publish_to_room(
+        &self,
+        room: String,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<(usize, usize), String> {
+        let kept = self
+            .journal
+            .history()
+            .filter(|_| room.starts_with(&self.room_prefix));
+        let Some(history) = kept else {
+            return self.deliver(Some(room), event, data).await;
+        };
+        // Held until delivered: a socket joining this room meanwhile replays it instead.
+        let _joining = self.journal.lock(&room).await;
+        match history.append(&room, event, data).await {
+            Some(offset) => {
+                let meta = serde_json::json!({ "offset": offset });
+                self.deliver(Some(room), event, &(data, meta)).await
+            }
+            None => self.deliver(Some(room), event, data).await,
+        }
+    }
+
+    /// Hands one message to a room's sockets (all sockets when `room` is `None`): across
+    /// instances through Redis while it is reachable, else to this instance's sockets.
+    async fn deliver<P: serde::Serialize + ?Sized>(
+        &self,
+        room: Option<String>,
+        event: &str,
+        payload: &P,
+    ) -> Result<(usize, usize), String> {
         if let Some(io) = self.cluster_io() {
-            let local = match &rooms {
-                Some(rooms) => io.local().to(rooms.clone()).sockets().len(),
+            let local = match &room {
+                Some(room) => io.local().to(room.clone()).sockets().len(),
                 None => io.local().sockets().len(),
             };
-            let sent = match &rooms {
-                Some(rooms) => io.to(rooms.clone()).emit(event, data).await,
-                None => io.emit(event, data).await,
+            let sent = match &room {
+                Some(room) => io.to(room.clone()).emit(event, payload).await,
+                None => io.emit(event, payload).await,
             };
             match sent {
-                Ok(()) => {
-                    self.metrics.published(local, 0);
-                    return Ok(local);
-                }
+                Ok(()) => return Ok((local, 0)),
                 Err(BroadcastError::Adapter(e)) => {
                     tracing::warn!("Redis publish failed, delivering locally only: {e}");
                 }
                 Err(e) => return Err(e.to_string()),
             }
         }
-        let (recipients, dropped) = with_io!(self, io => match &rooms {
-            Some(rooms) => self.emit_each(io.local().to(rooms.clone()).sockets(), event, data)?,
-            None => broadcast_locally(io, event, data).await?,
-        });
-        self.metrics.published(recipients - dropped, dropped);
-        Ok(recipients)
+        with_io!(self, io => match room {
+            Some(room) => self.emit_each(io.local().to(room).sockets(), event, payload),
+            None => broadcast_locally(io, event, payload).await,
+        })
     }
 
     /// Emits to each socket in turn, so a socket whose buffer is full (a client that stopped
     /// reading) is known by name and disconnected: it reconnects and catches up instead of
     /// holding memory. Returns (targeted, dropped).
-    fn emit_each<A: Adapter>(
+    fn emit_each<A: Adapter, P: serde::Serialize + ?Sized>(
         &self,
         sockets: Vec<socketioxide::extract::SocketRef<A>>,
         event: &str,
-        data: &serde_json::Value,
+        payload: &P,
     ) -> Result<(usize, usize), String> {
         let mut dropped = 0;
         for socket in &sockets {
-            match socket.emit(event, data) {
+            match socket.emit(event, payload) {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                     dropped += 1;
@@ -259,13 +310,13 @@ impl Hub {
 
 /// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it
 /// and are counted. Returns (targeted, dropped).
-async fn broadcast_locally<A: Adapter>(
+async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
     io: &SocketIo<A>,
     event: &str,
-    data: &serde_json::Value,
+    payload: &P,
 ) -> Result<(usize, usize), String> {
     let recipients = io.local().sockets().len();
-    let dropped = match io.local().emit(event, data).await {
+    let dropped = match io.local().emit(event, payload).await {
         Ok(()) => 0,
         Err(BroadcastError::Socket(errors)) => errors
             .iter()

@@ -6,6 +6,7 @@
 //! emits is dropped unread (no handlers are registered).
 
 mod auth;
+mod history;
 mod hub;
 mod origin;
 
@@ -17,7 +18,7 @@ use futures_util::StreamExt;
 use std::convert::Infallible;
 
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
+use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
 use socketioxide::{SocketIo, TransportType};
@@ -27,11 +28,12 @@ use tower::util::{BoxCloneSyncService, service_fn};
 
 use crate::body::{self, Body};
 use crate::cluster::{Cluster, ClusterAdapter};
-use crate::config::{RealtimeConfig, Transport, ms};
+use crate::config::{Config, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
 pub use auth::{AuthError, Credentials, SessionAuth};
+pub use history::{History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 
@@ -71,17 +73,39 @@ struct Handlers {
     metrics: Arc<Metrics>,
     open: OpenSockets,
     room_prefix: Arc<str>,
+    journal: Arc<Journal>,
 }
+
+/// Where a socket's replay starts, decided at the handshake.
+#[derive(Clone)]
+struct ReplayFrom(Since);
 
 /// Builds the Socket.IO service once — in memory, or on the Redis adapter when `cluster` is
 /// given — and starts session revalidation.
 pub async fn start(
-    config: &RealtimeConfig,
+    settings: &Config,
     cluster: Option<Cluster>,
     auth: Arc<SessionAuth>,
     metrics: Arc<Metrics>,
-    revalidation: Revalidation,
+    shutdown: Shutdown,
 ) -> anyhow::Result<Realtime> {
+    let config = &settings.realtime;
+    let revalidation = Revalidation {
+        every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
+        concurrency: settings.auth.max_concurrent,
+        shutdown,
+    };
+    let kept = &settings.history;
+    let history = match (&cluster, kept.enabled) {
+        (_, false) => None,
+        (None, true) => Some(History::memory(kept.max_messages, ms(kept.max_age_ms))),
+        (Some(c), true) => Some(History::redis(
+            c.commands.clone(),
+            kept.max_messages,
+            ms(kept.max_age_ms),
+        )),
+    };
+    let journal = Arc::new(Journal::new(history));
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
         .ping_interval(ms(config.ping_interval_ms))
@@ -103,6 +127,7 @@ pub async fn start(
         metrics: metrics.clone(),
         open: open.clone(),
         room_prefix: config.room_prefix.clone().into(),
+        journal: journal.clone(),
     };
     let room_prefix = config.room_prefix.clone();
     let (service, hub) = match cluster {
@@ -110,9 +135,9 @@ pub async fn start(
             let (svc, io) = builder.build_with_inner_svc(not_found());
             register(&io, handlers);
             tokio::spawn(revalidation.run(io.clone(), auth));
-            (erase(svc), Hub::local(io, room_prefix, metrics))
+            (erase(svc), Hub::local(io, room_prefix, metrics, journal))
         }
-        Some(Cluster { adapter, link }) => {
+        Some(Cluster { adapter, link, .. }) => {
             let (svc, io) = builder
                 .with_adapter::<ClusterAdapter>(adapter)
                 .build_with_inner_svc(not_found());
@@ -120,7 +145,10 @@ pub async fn start(
                 anyhow::anyhow!("cannot subscribe to the cluster's Redis channels: {e}")
             })?;
             tokio::spawn(revalidation.run(io.clone(), auth));
-            (erase(svc), Hub::cluster(io, link, room_prefix, metrics))
+            (
+                erase(svc),
+                Hub::cluster(io, link, room_prefix, metrics, journal),
+            )
         }
     };
     Ok(Realtime {
@@ -156,7 +184,9 @@ fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>) -> RealtimeService {
 fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, handlers: Handlers) -> A::InitRes {
     let check = {
         let handlers = handlers.clone();
-        move |socket: SocketRef<A>| authenticate(socket, handlers)
+        move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
+            authenticate(socket, auth.ok(), handlers)
+        }
     };
     let on_connect = move |socket: SocketRef<A>| on_connected(socket, handlers);
     io.ns("/", on_connect.with(check))
@@ -164,9 +194,10 @@ fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, handlers: Handlers) -
 
 async fn authenticate<A: Adapter>(
     socket: SocketRef<A>,
+    auth: Option<serde_json::Value>,
     handlers: Handlers,
 ) -> Result<(), AuthError> {
-    let result = check_session(&socket, &handlers).await;
+    let result = check_session(&socket, auth, &handlers).await;
     if let Err(e) = &result {
         tracing::debug!(sid = %socket.id, "socket refused: {e}");
         handlers.metrics.rejected(match e {
@@ -179,6 +210,7 @@ async fn authenticate<A: Adapter>(
 
 async fn check_session<A: Adapter>(
     socket: &SocketRef<A>,
+    auth: Option<serde_json::Value>,
     handlers: &Handlers,
 ) -> Result<(), AuthError> {
     let credentials = handlers
@@ -186,11 +218,28 @@ async fn check_session<A: Adapter>(
         .credentials(&socket.req_parts().headers)
         .ok_or(AuthError::Unauthorized)?;
     let user_id = handlers.auth.authenticate(&credentials).await?;
-    // Joined here, in the middleware, because socketioxide sends the client its CONNECT
-    // before the connect handler runs: a publish the app makes as soon as the client reports
-    // "connected" must already find the socket in its room.
-    socket.join(format!("{}{user_id}", handlers.room_prefix));
+    let room = format!("{}{user_id}", handlers.room_prefix);
     tracing::debug!(sid = %socket.id, user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
+    match handlers.journal.history() {
+        // socketioxide sends the client its CONNECT before the connect handler runs, so the
+        // room is joined here: a publish made as soon as the client reports "connected" must
+        // find the socket in it.
+        None => socket.join(room),
+        // With history, the connect handler joins after replaying; what is published from now
+        // on until then is part of the replay.
+        Some(history) => {
+            let offset = auth
+                .as_ref()
+                .and_then(|a| a.get("offset"))
+                .and_then(|o| o.as_str())
+                .map(str::to_owned);
+            let since = match offset {
+                Some(offset) => Since::Client(offset),
+                None => Since::Head(history.head(&room).await),
+            };
+            socket.extensions.insert(ReplayFrom(since));
+        }
+    }
     socket.extensions.insert(Identity {
         user_id,
         credentials,
@@ -206,7 +255,39 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     socket
         .extensions
         .insert(Arc::new(OpenGuard(handlers.open.clone())));
+    if let (Some(history), Some(ReplayFrom(since)), Some(identity)) = (
+        handlers.journal.history(),
+        socket.extensions.get::<ReplayFrom>(),
+        socket.extensions.get::<Identity>(),
+    ) {
+        let room = format!("{}{}", handlers.room_prefix, identity.user_id);
+        // Held while replaying and joining: a publish to this room waits, so each message is
+        // either replayed or delivered live — once, in order.
+        let _publishing = handlers.journal.lock(&room).await;
+        match history.replay(&room, &since).await {
+            Replay::Entries(entries) => {
+                if !entries.is_empty() {
+                    tracing::debug!(sid = %socket.id, replayed = entries.len(), "replaying missed messages");
+                }
+                for entry in entries {
+                    let meta = serde_json::json!({ "offset": entry.offset });
+                    let _ = socket.emit(&*entry.event, &(&*entry.data, meta));
+                }
+            }
+            Replay::Gap => {
+                tracing::debug!(sid = %socket.id, "history gap: client told to refetch");
+                let _ = socket.emit(
+                    RECOVERY_FAILED,
+                    &serde_json::json!({ "reason": "messages since the last offset are no longer kept" }),
+                );
+            }
+        }
+        socket.join(room);
+    }
 }
+
+/// The event a client gets when its missed messages cannot be replayed.
+pub const RECOVERY_FAILED: &str = "recovery_failed";
 
 /// Decrements the open-socket count when the last reference to its socket goes away.
 struct OpenGuard(OpenSockets);

@@ -506,10 +506,17 @@ export function nextEvent(socket, event, timeout = 5000) {
 
 /** Records every event received by `socket` as {event, args}. */
 export function recorder(socket) {
+  // sockgate sends a user room's messages as (data, {offset}); handlers see `data` first, as
+  // they always did. `events` keeps the payload only; `metas` keeps the second argument.
   const events = [];
-  socket.onAny((event, ...args) => events.push({ event, args }));
+  const metas = [];
+  socket.onAny((event, data, meta) => {
+    events.push({ event, args: [data] });
+    metas.push(meta);
+  });
   return {
     events,
+    metas,
     /** Events named `name`, as their first argument. */
     of: (name) => events.filter((e) => e.event === name).map((e) => e.args[0]),
     waitCount: (n, message = `${n} events`, timeout = 5000) =>

@@ -1,4 +1,10 @@
 // Replaces usePusher: same interface, Socket.IO to the same origin (answered by sockgate).
+//
+// Missed messages: sockgate sends each user message as (payload, { offset }). The hook
+// remembers the last offset and reports it when it reconnects (the handshake `auth`, computed
+// per attempt), so sockgate replays what was published meanwhile, in order, before live
+// messages. If that is older than what sockgate keeps, it emits `recovery_failed` and the hook
+// calls `onReconnect` so the app refetches. Handlers still receive just the payload.
 import { useEffect, useRef, useState } from 'react';
 import { io } from 'socket.io-client';
 
@@ -37,9 +43,11 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
 
     // ?transport=polling forces long-polling only (handy for tests).
     const forcePolling = new URLSearchParams(window.location.search).get('transport') === 'polling';
+    let lastOffset: string | null = null;
     const socket = io({
       path: '/socket.io',
       withCredentials: true,
+      auth: (cb) => cb(lastOffset ? { offset: lastOffset } : {}),
       ...(forcePolling ? { transports: ['polling'] } : {}),
     });
 
@@ -56,6 +64,12 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
     };
 
     const handleNotification = (payload: T) => onNotificationRef.current?.(payload);
+    // Offsets count every message to the user, whatever its event name.
+    const trackOffset = (_event: string, _payload: unknown, meta?: { offset?: string }) => {
+      if (typeof meta?.offset === 'string') lastOffset = meta.offset;
+    };
+    // Messages were missed and cannot be replayed: the app refetches.
+    const handleRecoveryFailed = () => onReconnectRef.current?.();
 
     const handleConnect = () => {
       lastConnectError = null;
@@ -96,6 +110,8 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
     };
 
     socket.on('notification', handleNotification);
+    socket.on('recovery_failed', handleRecoveryFailed);
+    socket.onAny(trackOffset);
     socket.on('connect', handleConnect);
     socket.on('disconnect', handleDisconnect);
     socket.on('connect_error', handleConnectError);
@@ -103,6 +119,8 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
     return () => {
       clearTimeout(manualTimer);
       socket.off('notification', handleNotification);
+      socket.off('recovery_failed', handleRecoveryFailed);
+      socket.offAny(trackOffset);
       socket.off('connect', handleConnect);
       socket.off('disconnect', handleDisconnect);
       socket.off('connect_error', handleConnectError);
