@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+# sockgate in front of a Node SSR app, in one container.
+#
+# Copy this file into your app's repository next to the sockgate source (or adapt the first
+# stage to `cargo install` a released version), then adjust the three marked lines.
+#
+#   docker build -t myapp .
+#   docker run -p 3000:3000 -e PORT=3000 myapp
+#
+# Build context here: this repository, with the bundled Astro example as "your app".
+
+# --- 1. sockgate: a release binary ----------------------------------------------------------
+FROM rust:1-bookworm AS sockgate
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin sockgate \
+ && strip target/release/sockgate
+
+# --- 2. your app: install and build ----------------------------------------------------------
+FROM node:20-bookworm-slim AS app
+WORKDIR /app
+# ADAPT: your app's package files and sources (here: the bundled example and its client).
+COPY clients/node /clients/node
+COPY examples/astro/package.json examples/astro/package-lock.json ./
+RUN npm ci
+COPY examples/astro/ ./
+RUN npm run build && npm prune --omit=dev
+
+# --- 3. runtime: Node + the app + sockgate ---------------------------------------------------
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production \
+    PORT=3000 \
+    SIDECAR_UPSTREAM__URL=http://127.0.0.1:4321 \
+    SIDECAR_PUBLISH__SOCKET=/tmp/sockgate.sock
+WORKDIR /app
+COPY --from=sockgate /src/target/release/sockgate /usr/local/bin/sockgate
+COPY --from=app /app /app
+# Optional: a sidecar.toml in /app is read automatically (env vars still win).
+# COPY sidecar.toml ./
+USER node
+EXPOSE 3000
+# Readiness over the publish socket: sockgate up, not draining, and the app answering.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["node", "-e", "require('http').get({socketPath:process.env.SIDECAR_PUBLISH__SOCKET,path:'/readyz'},r=>process.exit(r.statusCode===200?0:1)).on('error',()=>process.exit(1))"]
+# sockgate owns $PORT and starts the app with HOST=127.0.0.1 PORT=4321 SOCKGATE_SOCKET=...
+# ADAPT: your app's start command after `--`.
+CMD ["sockgate", "--", "node", "./dist/server/entry.mjs"]
