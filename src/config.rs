@@ -600,6 +600,21 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_key() {
+        let readme = include_str!("../README.md");
+        let defaults = toml::Value::try_from(Config::default()).expect("serializes");
+        for (section, keys) in defaults.as_table().expect("table") {
+            for key in keys.as_table().expect("section").keys() {
+                let row = format!("| `{section}.{key}` |");
+                assert!(
+                    readme.contains(&row),
+                    "README's configuration reference lacks {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn layers_apply_in_order_file_env_port_flags() {
         Jail::expect_with(|jail| {
             jail.clear_env();
