@@ -527,6 +527,15 @@ impl Config {
     }
 }
 
+/// Parser messages come with a multi-line source excerpt; a startup error is one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Whether `path` is `prefix` or below it, respecting the segment boundary: `/socket.io/x` is
 /// under `/socket.io`, `/socket.io-admin` is not.
 pub fn is_under(path: &str, prefix: &str) -> bool {
@@ -574,7 +583,7 @@ fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
     ConfigError {
         key,
         source_name,
-        reason: error.kind.to_string(),
+        reason: one_line(&error.kind.to_string()),
     }
 }
 

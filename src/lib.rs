@@ -180,8 +180,9 @@ pub async fn run(
     };
     hub.close_all().await;
     let _ = serving.await;
-    let _ = publishing.await;
     proxy.tunnels().closed().await;
+    shutdown.finish();
+    let _ = publishing.await;
     deadline.abort();
     let code = match (app_died, supervisor) {
         (Some(exit), _) => exit.code,

@@ -120,7 +120,7 @@ impl Ops {
                         continue;
                     }
                 },
-                _ = shutdown.draining() => return,
+                _ = shutdown.finished() => return,
             };
             let ops = ops.clone();
             let service =

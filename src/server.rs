@@ -62,10 +62,18 @@ impl Router {
             tracing::warn!(%peer, "Socket.IO handshake refused: {reason}");
             return body::text(StatusCode::FORBIDDEN, "origin not allowed");
         }
-        if is_handshake(&req) && self.open_sockets.get() >= self.max_connections {
-            self.metrics.rejected(Reject::Capacity);
-            tracing::warn!(%peer, max = self.max_connections, "Socket.IO handshake refused: connection cap reached (realtime.max_connections)");
-            return unavailable("too many realtime connections; retry later");
+        let mut req = req;
+        if is_handshake(&req) {
+            match self.open_sockets.reserve(self.max_connections) {
+                Some(slot) => {
+                    req.extensions_mut().insert(slot);
+                }
+                None => {
+                    self.metrics.rejected(Reject::Capacity);
+                    tracing::warn!(%peer, max = self.max_connections, "Socket.IO handshake refused: connection cap reached (realtime.max_connections)");
+                    return unavailable("too many realtime connections; retry later");
+                }
+            }
         }
         match self.realtime.clone().oneshot(detach_head(req)).await {
             Ok(resp) => resp.map(body::boxed),
@@ -91,6 +99,27 @@ fn detach_head<B>(req: Request<B>) -> Request<B> {
         parts.uri = uri;
     }
     Request::from_parts(parts, body)
+}
+
+/// Waits (up to `limit`) until the client has sent enough to tell HTTP/1 from HTTP/2. hyper's
+/// header read timeout starts only after that, so without this a client that connects and
+/// sends nothing — or half the HTTP/2 preface — would hold its connection forever.
+async fn request_started(stream: &tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
+                    return true;
+                }
+                // Part of the HTTP/2 preface: peek returns at once, so pause before looking again.
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
 /// A new Engine.IO session (no `sid` yet), as opposed to traffic of an open one.
@@ -144,15 +173,21 @@ pub async fn serve(
             _ = shutdown.draining() => break,
         };
         let _ = stream.set_nodelay(true);
+        let header_read_timeout = ms(config.header_read_timeout_ms);
         let router = router.clone();
         let service = hyper::service::service_fn(move |req| {
             let router = router.clone();
             async move { Ok::<_, Infallible>(router.handle(req, peer).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if !request_started(&stream, header_read_timeout).await {
+                tracing::debug!(%peer, "connection closed: no request within the header read timeout");
+                return;
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });

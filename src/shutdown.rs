@@ -1,8 +1,10 @@
 //! Shutdown: the two moments every long-lived task watches.
 //!
-//! `draining` starts on SIGTERM/SIGINT: listeners stop accepting, readiness fails, in-flight
-//! work may finish. `forced` fires when the drain deadline passes: whatever is still open
-//! (tunnels, sockets, slow responses) is cut so the process can exit.
+//! `draining` starts on SIGTERM/SIGINT: the public listener stops accepting, readiness fails,
+//! in-flight work may finish. `forced` fires when the drain deadline passes: whatever is still
+//! open (tunnels, sockets, slow responses) is cut so the process can exit. `finished` comes
+//! once the public side is done: the local endpoints (publish socket, admin listener), which
+//! kept answering meanwhile — readiness says "draining" there — close last.
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -10,6 +12,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 pub struct Shutdown {
     draining: CancellationToken,
     forced: CancellationToken,
+    finished: CancellationToken,
 }
 
 impl Shutdown {
@@ -24,6 +27,14 @@ impl Shutdown {
     pub fn force(&self) {
         self.draining.cancel();
         self.forced.cancel();
+    }
+
+    pub fn finish(&self) {
+        self.finished.cancel();
+    }
+
+    pub fn finished(&self) -> WaitForCancellationFuture<'_> {
+        self.finished.cancelled()
     }
 
     pub fn is_draining(&self) -> bool {

@@ -73,7 +73,8 @@ impl PublishSocket {
         &self.path
     }
 
-    /// Serves the API until shutdown begins, then lets open requests finish.
+    /// Serves the API until the public side has drained (apps may still publish, and probes
+    /// read "draining", meanwhile), then lets open requests finish.
     pub async fn serve(self, api: PublishApi, shutdown: Shutdown) {
         let graceful = GracefulShutdown::new();
         let api = Arc::new(api);
@@ -87,7 +88,7 @@ impl PublishSocket {
                         continue;
                     }
                 },
-                _ = shutdown.draining() => break,
+                _ = shutdown.finished() => break,
             };
             let api = api.clone();
             let service = hyper::service::service_fn(move |req| {

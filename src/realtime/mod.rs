@@ -55,14 +55,43 @@ pub struct Realtime {
     pub open: OpenSockets,
 }
 
-/// Sockets currently connected on this instance, kept by connect/disconnect so the
-/// connection cap costs nothing per handshake.
+/// Realtime connections open or opening on this instance: each holds a [`Slot`] from its
+/// handshake until the connection is gone, so the cap holds even for handshakes that arrive
+/// together and costs nothing per request.
 #[derive(Clone, Default, Debug)]
 pub struct OpenSockets(Arc<AtomicUsize>);
 
 impl OpenSockets {
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// A slot if fewer than `max` are taken.
+    pub fn reserve(&self, max: usize) -> Option<Slot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::new(SlotGuard(self.clone()))))
+    }
+}
+
+/// One connection's place under `realtime.max_connections`. It rides in the handshake
+/// request's extensions, which the Engine.IO session keeps for its whole life; the place is
+/// given back when the last copy is dropped (handshake refused, or session closed).
+#[derive(Clone, Debug)]
+pub struct Slot(
+    #[allow(dead_code)] // held for its Drop
+    Arc<SlotGuard>,
+);
+
+#[derive(Debug)]
+struct SlotGuard(OpenSockets);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -71,7 +100,6 @@ impl OpenSockets {
 struct Handlers {
     auth: Arc<SessionAuth>,
     metrics: Arc<Metrics>,
-    open: OpenSockets,
     room_prefix: Arc<str>,
     journal: Arc<Journal>,
 }
@@ -125,7 +153,6 @@ pub async fn start(
     let handlers = Handlers {
         auth: auth.clone(),
         metrics: metrics.clone(),
-        open: open.clone(),
         room_prefix: config.room_prefix.clone().into(),
         journal: journal.clone(),
     };
@@ -249,12 +276,6 @@ async fn check_session<A: Adapter>(
 
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
-    handlers.open.0.fetch_add(1, Ordering::Relaxed);
-    // Counted down when the socket itself is dropped. A disconnect handler would do it too,
-    // but socketioxide runs those on a task and keeps the socket in its rooms until it ends.
-    socket
-        .extensions
-        .insert(Arc::new(OpenGuard(handlers.open.clone())));
     if let (Some(history), Some(ReplayFrom(since)), Some(identity)) = (
         handlers.journal.history(),
         socket.extensions.get::<ReplayFrom>(),
@@ -288,15 +309,6 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
 
 /// The event a client gets when its missed messages cannot be replayed.
 pub const RECOVERY_FAILED: &str = "recovery_failed";
-
-/// Decrements the open-socket count when the last reference to its socket goes away.
-struct OpenGuard(OpenSockets);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Periodic re-check of connected sockets' sessions.
 pub struct Revalidation {
