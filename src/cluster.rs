@@ -5,10 +5,13 @@
 //! hub sees [`Link::is_up`] turn false and delivers to local sockets only, so an instance
 //! keeps serving its own users until cross-instance delivery resumes.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use fred::clients::SubscriberClient;
+use fred::interfaces::PubsubInterface;
 use fred::prelude::{Builder, ClientLike, Config as RedisConfig, EventInterface, ReconnectPolicy};
 use fred::types::RespVersion;
 use socketioxide_redis::drivers::fred::FredDriver;
@@ -32,18 +35,67 @@ pub struct Cluster {
 #[derive(Clone)]
 pub struct Link {
     client: SubscriberClient,
+    /// Connected *and* subscribed again after the last outage.
+    subscribed: Arc<AtomicBool>,
 }
 
 impl Link {
-    /// Whether cross-instance delivery can work right now.
+    /// Whether cross-instance delivery can work right now. While it cannot, callers act
+    /// locally at once instead of waiting on Redis commands that would time out.
     pub fn is_up(&self) -> bool {
-        self.client.is_connected()
+        self.subscribed.load(Ordering::Acquire) && self.client.is_connected()
+    }
+
+    /// Watches the connection: logs an outage once, and after every reconnect subscribes the
+    /// adapter's (sharded) channels again before reporting the link up. fred's own
+    /// `manage_subscriptions` replays plain channels first and stops at the first error, which
+    /// left socketioxide-redis's sharded channels unsubscribed.
+    fn watch(&self, shown: String) {
+        let link = self.clone();
+        let url = shown.clone();
+        self.client.on_error(move |(error, _)| {
+            if link.subscribed.swap(false, Ordering::AcqRel) {
+                tracing::warn!(redis = %url, "Redis connection lost; delivering to local sockets only until it is back: {error}");
+            }
+            async { Ok(()) }
+        });
+        let link = self.clone();
+        self.client.on_reconnect(move |_| {
+            tokio::spawn(link.clone().resubscribe(shown.clone()));
+            async { Ok(()) }
+        });
+    }
+
+    async fn resubscribe(self, shown: String) {
+        let channels: Vec<String> = self
+            .client
+            .tracked_shard_channels()
+            .into_iter()
+            .map(|c| c.to_string())
+            .collect();
+        for attempt in 1..=20u32 {
+            if !self.client.is_connected() {
+                return; // the next reconnect starts over
+            }
+            match self.client.ssubscribe(channels.clone()).await {
+                Ok(()) => {
+                    self.subscribed.store(true, Ordering::Release);
+                    tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(redis = %shown, attempt, "re-subscribing after a Redis outage failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt.min(8))))
+                        .await;
+                }
+            }
+        }
     }
 }
 
-/// Connects to Redis (≥ 7, RESP3). Fails with the (password-free) URL when Redis cannot be
-/// reached at startup: a platform restart is clearer than an instance that silently serves
-/// only its own sockets.
+/// Connects to Redis (≥ 7, RESP3). Fails with the (password-free) URL when Redis refuses
+/// the connection, or does not answer within 5 s, at startup: a platform restart is clearer
+/// than an instance that silently serves only its own sockets.
 pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Cluster> {
     let shown = redact(url);
     let mut config = RedisConfig::from_url(url)
@@ -82,25 +134,18 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
             )
         })?
         .with_context(|| format!("cannot connect to Redis at `{shown}` (cluster.redis_url)"))?;
-    client.manage_subscriptions();
-    {
-        let shown = shown.clone();
-        client.on_error(move |(error, _)| {
-            tracing::warn!(redis = %shown, "Redis connection lost; delivering to local sockets only until it is back: {error}");
-            async { Ok(()) }
-        });
-    }
-    client.on_reconnect(move |_| {
-        tracing::info!(redis = %shown, "Redis connection restored; cross-instance delivery resumes");
-        async { Ok(()) }
-    });
+    let link = Link {
+        client,
+        subscribed: Arc::new(AtomicBool::new(true)),
+    };
+    link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
         driver,
         RedisAdapterConfig::new().with_request_timeout(request_timeout),
     );
     Ok(Cluster {
         adapter,
-        link: Link { client },
+        link,
         commands,
     })
 }

@@ -16,6 +16,8 @@ use fred::interfaces::{KeysInterface, StreamsInterface};
 use fred::types::Value as RedisValue;
 use serde_json::Value;
 
+use crate::cluster::Link;
+
 /// Where a socket's history begins.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Since {
@@ -53,9 +55,10 @@ impl History {
         History::Memory(Arc::new(MemoryHistory::new(max_messages, max_age)))
     }
 
-    pub fn redis(client: RedisClient, max_messages: usize, max_age: Duration) -> Self {
+    pub fn redis(client: RedisClient, link: Link, max_messages: usize, max_age: Duration) -> Self {
         History::Redis(RedisHistory {
             client,
+            link,
             max_messages,
             max_age,
         })
@@ -248,6 +251,10 @@ impl MemoryHistory {
 #[derive(Clone)]
 pub struct RedisHistory {
     client: RedisClient,
+    /// While Redis is away nothing is kept or read (each command would wait for its timeout
+    /// with the room locked): messages go out live only, and a reconnecting client is told
+    /// to refetch.
+    link: Link,
     max_messages: usize,
     max_age: Duration,
 }
@@ -258,6 +265,9 @@ impl RedisHistory {
     }
 
     async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
+        if !self.link.is_up() {
+            return None;
+        }
         let key = Self::key(room);
         let fields = vec![("e", event.to_owned()), ("d", data.to_string())];
         let added: Result<String, _> = self
@@ -283,6 +293,9 @@ impl RedisHistory {
     }
 
     async fn head(&self, room: &str) -> Option<String> {
+        if !self.link.is_up() {
+            return None;
+        }
         let newest: Result<Vec<(String, HashMap<String, String>)>, _> = self
             .client
             .xrevrange_values(Self::key(room), "+", "-", Some(1))
@@ -291,6 +304,12 @@ impl RedisHistory {
     }
 
     async fn replay(&self, room: &str, since: &Since) -> Replay {
+        if !self.link.is_up() {
+            return match since {
+                Since::Client(_) => Replay::Gap,
+                Since::Head(_) => Replay::Entries(Vec::new()),
+            };
+        }
         let key = Self::key(room);
         let start = match since {
             Since::Head(None) => "-".to_string(),

@@ -129,6 +129,7 @@ pub async fn start(
         (None, true) => Some(History::memory(kept.max_messages, ms(kept.max_age_ms))),
         (Some(c), true) => Some(History::redis(
             c.commands.clone(),
+            c.link.clone(),
             kept.max_messages,
             ms(kept.max_age_ms),
         )),
