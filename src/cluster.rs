@@ -118,22 +118,8 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         .build()
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
 
-    let driver = tokio::time::timeout(STARTUP_TIMEOUT, FredDriver::new(client.clone()))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "Redis at `{shown}` did not answer within {STARTUP_TIMEOUT:?} (cluster.redis_url)"
-            )
-        })?
-        .with_context(|| format!("cannot connect to Redis at `{shown}` (cluster.redis_url)"))?;
-    tokio::time::timeout(STARTUP_TIMEOUT, commands.init())
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "Redis at `{shown}` did not answer within {STARTUP_TIMEOUT:?} (cluster.redis_url)"
-            )
-        })?
-        .with_context(|| format!("cannot connect to Redis at `{shown}` (cluster.redis_url)"))?;
+    let driver = at_startup(&shown, FredDriver::new(client.clone())).await?;
+    at_startup(&shown, commands.init()).await?;
     let link = Link {
         client,
         subscribed: Arc::new(AtomicBool::new(true)),
@@ -148,6 +134,24 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         link,
         commands,
     })
+}
+
+/// `connecting`, bounded by the startup timeout, with errors that name the URL.
+async fn at_startup<T, E>(
+    shown: &str,
+    connecting: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::time::timeout(STARTUP_TIMEOUT, connecting)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "Redis at `{shown}` did not answer within {STARTUP_TIMEOUT:?} (cluster.redis_url)"
+            )
+        })?
+        .with_context(|| format!("cannot connect to Redis at `{shown}` (cluster.redis_url)"))
 }
 
 /// The URL without its password, for logs and errors.

@@ -152,10 +152,10 @@ pub async fn run(
     };
     let app_died = match supervisor.as_mut() {
         Some(child) => tokio::select! {
-            exit = child.exited() => {
-                tracing::error!(code = exit.code, "the app exited on its own; sockgate stops so the platform restarts both");
+            code = child.exited() => {
+                tracing::error!(code, "the app exited on its own; sockgate stops so the platform restarts both");
                 shutdown.begin_drain();
-                Some(exit)
+                Some(code)
             }
             _ = shutdown.draining() => None,
         },
@@ -185,8 +185,8 @@ pub async fn run(
     let _ = publishing.await;
     deadline.abort();
     let code = match (app_died, supervisor) {
-        (Some(exit), _) => exit.code,
-        (None, Some(child)) => child.stop(ms(config.server.drain_timeout_ms)).await.code,
+        (Some(code), _) => code,
+        (None, Some(child)) => child.stop(ms(config.server.drain_timeout_ms)).await,
         (None, None) => 0,
     };
     tracing::info!(code, "sockgate stopped");

@@ -36,15 +36,6 @@ impl AppGate {
     }
 }
 
-/// How the app process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppExit {
-    /// The status sockgate should exit with.
-    pub code: i32,
-    /// Whether it stopped because sockgate asked it to.
-    pub requested: bool,
-}
-
 pub struct Supervisor {
     child: Child,
     program: String,
@@ -108,21 +99,18 @@ impl Supervisor {
         });
     }
 
-    /// Resolves when the app exits on its own.
-    pub async fn exited(&mut self) -> AppExit {
-        let status = self.child.wait().await;
-        let code = match status {
-            Ok(s) => s.code().unwrap_or(1),
+    /// Resolves when the app exits on its own, with the status sockgate should exit with:
+    /// never 0, since an app that stops by itself is a failure for the platform to see.
+    pub async fn exited(&mut self) -> i32 {
+        match self.child.wait().await {
+            Ok(status) => status.code().filter(|c| *c != 0).unwrap_or(1),
             Err(_) => 1,
-        };
-        AppExit {
-            code: if code == 0 { 1 } else { code },
-            requested: false,
         }
     }
 
-    /// Sends SIGTERM and waits up to `grace` for the app to exit, then kills it.
-    pub async fn stop(mut self, grace: Duration) -> AppExit {
+    /// Sends SIGTERM and waits up to `grace` for the app to exit, then kills it. Returns the
+    /// app's exit status.
+    pub async fn stop(mut self, grace: Duration) -> i32 {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
             tracing::info!(pid, "sending SIGTERM to the app");
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
@@ -148,9 +136,6 @@ impl Supervisor {
             None => 1,
         };
         tracing::info!(code, "app exited");
-        AppExit {
-            code,
-            requested: true,
-        }
+        code
     }
 }

@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
 pub use auth::{AuthError, Credentials, SessionAuth};
-pub use history::{History, Journal, Replay, Since};
+use history::{History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 

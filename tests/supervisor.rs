@@ -1,0 +1,113 @@
+//! Supervisor mode (`sockgate -- <app>`) with a real Node child process.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A Node app that listens after `delay_ms`, answers with the environment it was given, exits
+/// with `term_code` on SIGTERM, and with 3 when asked to crash.
+fn app_script(delay_ms: u64, term_code: i32) -> String {
+    format!(
+        r#"
+const http = require('http');
+setTimeout(() => http.createServer((req, res) => {{
+  if (req.url === '/crash') {{ res.end('bye'); setTimeout(() => process.exit(3), 10); return; }}
+  if (req.url === '/quit') {{ res.end('bye'); setTimeout(() => process.exit(0), 10); return; }}
+  res.setHeader('content-type', 'application/json');
+  res.end(JSON.stringify({{ host: process.env.HOST, port: process.env.PORT, socket: process.env.SOCKGATE_SOCKET }}));
+}}).listen(Number(process.env.PORT), process.env.HOST), {delay_ms});
+process.on('SIGTERM', () => process.exit({term_code}));
+"#
+    )
+}
+
+fn supervise(script: &str) -> (Proc, u16, std::path::PathBuf) {
+    let port = free_port();
+    let upstream = free_port();
+    let dir = temp_dir("sup");
+    let socket = dir.join("s.sock");
+    let child = Command::new(sockgate_bin())
+        .current_dir(&dir)
+        .env("SIDECAR_SERVER__HOST", "127.0.0.1")
+        .env("SIDECAR_SERVER__PORT", port.to_string())
+        .env(
+            "SIDECAR_UPSTREAM__URL",
+            format!("http://127.0.0.1:{upstream}"),
+        )
+        .env("SIDECAR_PUBLISH__SOCKET", &socket)
+        .args(["--", "node", "-e", script])
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("sockgate runs");
+    let proc = Proc { child, port };
+    wait_for_port(port, Duration::from_secs(10), "sockgate");
+    (proc, upstream, socket)
+}
+
+#[tokio::test]
+async fn answers_503_until_the_app_listens_then_proxies_to_it() {
+    let (proc, upstream, socket) = supervise(&app_script(1500, 0));
+    let resp = get(proc.port, "/").await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let handshake = get(proc.port, "/socket.io/?EIO=4&transport=polling").await;
+    assert_eq!(
+        handshake.status(),
+        503,
+        "Socket.IO handshakes are refused while the app starts"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let resp = get(proc.port, "/").await;
+        if resp.status() == 200 {
+            break body_json(resp).await;
+        }
+        assert!(Instant::now() < deadline, "the app never became reachable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen["host"], "127.0.0.1");
+    assert_eq!(seen["port"], upstream.to_string());
+    assert_eq!(seen["socket"], socket.to_string_lossy().as_ref());
+}
+
+#[tokio::test]
+async fn sigterm_drains_stops_the_app_and_exits_with_its_status() {
+    let (mut proc, _, socket) = supervise(&app_script(0, 7));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(proc.port, "/").await.status() != 200 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proc.signal("TERM");
+    let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "sockgate exits with the app's status"
+    );
+    assert!(!socket.exists());
+}
+
+#[tokio::test]
+async fn an_app_that_dies_takes_sockgate_down_with_a_failure_status() {
+    for (path, expected) in [("/crash", 3), ("/quit", 1)] {
+        let (mut proc, _, _) = supervise(&app_script(0, 0));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(proc.port, "/").await.status() != 200 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = get(proc.port, path).await;
+        let status = proc.wait_exit(Duration::from_secs(10)).expect("exits");
+        assert_eq!(
+            status.code(),
+            Some(expected),
+            "{path}: the platform must see a failure"
+        );
+    }
+}
