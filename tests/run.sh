@@ -20,13 +20,16 @@ npm_install tests/fixture
 npm_install examples/astro
 
 echo "== cargo build"
-cargo build --quiet --bins
+cargo build --quiet --workspace --bins
 echo "== cargo test"
 cargo test --quiet -- --test-threads="${SOCKGATE_TEST_THREADS:-4}"
 
 export SOCKGATE_BIN="$PWD/target/debug/sockgate"
 echo "== node --test (integration, publish client)"
 node --test --test-concurrency=2 tests/js/ clients/node/test/
+
+echo "== benchmark smoke (200 sockets through the load generator)"
+bench/smoke.sh
 
 if [ -f tests/e2e/browser.test.mjs ]; then
   echo "== browser end-to-end"
