@@ -35,8 +35,10 @@ pub struct Cluster {
 #[derive(Clone)]
 pub struct Link {
     client: SubscriberClient,
-    /// Connected *and* subscribed again after the last outage.
+    /// False from a reconnect until the adapter's channels are subscribed again.
     subscribed: Arc<AtomicBool>,
+    /// Whether the current outage was logged already (one line per outage, not per retry).
+    outage_logged: Arc<AtomicBool>,
 }
 
 impl Link {
@@ -54,13 +56,14 @@ impl Link {
         let link = self.clone();
         let url = shown.clone();
         self.client.on_error(move |(error, _)| {
-            if link.subscribed.swap(false, Ordering::AcqRel) {
+            if !link.client.is_connected() && !link.outage_logged.swap(true, Ordering::AcqRel) {
                 tracing::warn!(redis = %url, "Redis connection lost; delivering to local sockets only until it is back: {error}");
             }
             async { Ok(()) }
         });
         let link = self.clone();
         self.client.on_reconnect(move |_| {
+            link.subscribed.store(false, Ordering::Release);
             tokio::spawn(link.clone().resubscribe(shown.clone()));
             async { Ok(()) }
         });
@@ -80,6 +83,7 @@ impl Link {
             match self.client.ssubscribe(channels.clone()).await {
                 Ok(()) => {
                     self.subscribed.store(true, Ordering::Release);
+                    self.outage_logged.store(false, Ordering::Release);
                     tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes");
                     return;
                 }
@@ -123,6 +127,7 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
     let link = Link {
         client,
         subscribed: Arc::new(AtomicBool::new(true)),
+        outage_logged: Arc::new(AtomicBool::new(false)),
     };
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
+use super::connecting_room;
 use super::history::Journal;
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
@@ -100,6 +101,12 @@ impl Hub {
 
     fn user_room(&self, user_id: &str) -> String {
         format!("{}{user_id}", self.room_prefix)
+    }
+
+    /// Every room a socket of `user_id` can be in: its user room, and the room it waits in
+    /// while its missed messages are replayed. A kick or a presence check must see both.
+    fn user_rooms(&self, user_id: &str) -> Vec<String> {
+        vec![self.user_room(user_id), connecting_room(user_id)]
     }
 
     /// The cluster's `SocketIo` while Redis is reachable; `None` means "act locally".
@@ -225,7 +232,7 @@ impl Hub {
     /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
     /// were open on this one.
     pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
-        let room = self.user_room(user_id);
+        let room = self.user_rooms(user_id);
         let local = with_io!(self, io => io.local().to(room.clone()).sockets().len());
         if let Some(io) = self.cluster_io() {
             match io.to(room.clone()).disconnect().await {
@@ -241,7 +248,7 @@ impl Hub {
 
     /// How many sockets `user_id` has open (on every instance in cluster mode).
     pub async fn presence(&self, user_id: &str) -> Presence {
-        let room = self.user_room(user_id);
+        let room = self.user_rooms(user_id);
         if let Some(io) = self.cluster_io() {
             match io.to(room.clone()).fetch_sockets().await {
                 Ok(sockets) => {

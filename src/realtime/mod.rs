@@ -253,9 +253,11 @@ async fn check_session<A: Adapter>(
         // room is joined here: a publish made as soon as the client reports "connected" must
         // find the socket in it.
         None => socket.join(room),
-        // With history, the connect handler joins after replaying; what is published from now
-        // on until then is part of the replay.
+        // With history, the connect handler joins the user room after replaying; what is
+        // published from now on until then is part of the replay. Meanwhile the socket waits
+        // in a room of its own, where a kick (`disconnect`) still finds it.
         Some(history) => {
+            socket.join(connecting_room(&user_id));
             let offset = auth
                 .as_ref()
                 .and_then(|a| a.get("offset"))
@@ -305,7 +307,14 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
             }
         }
         socket.join(room);
+        socket.leave(connecting_room(&identity.user_id));
     }
+}
+
+/// The room a user's socket waits in between its handshake and the end of its replay.
+/// Outside `realtime.room_prefix` on purpose: it is not a user room and never published to.
+pub(crate) fn connecting_room(user_id: &str) -> String {
+    format!("sockgate:connecting:{user_id}")
 }
 
 /// The event a client gets when its missed messages cannot be replayed.

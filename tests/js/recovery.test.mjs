@@ -43,6 +43,9 @@ test('single instance: 20 messages published while away arrive once, in order, b
   assert.ok(state.lastOffset, 'messages carry an offset beside the payload');
 
   socket.disconnect(); // the network goes away
+  await waitFor(async () => (await stack.publishApi('GET', '/users/rec1')).json.sockets === 0, {
+    message: 'sockgate saw the client leave',
+  });
   for (let n = 1; n <= 20; n++) {
     const r = await publishOk(stack.publishSocket, { userId: 'rec1', data: { n } });
     assert.equal(r.recipients, 0);
