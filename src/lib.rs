@@ -107,6 +107,7 @@ pub async fn run(
         health_path: Some(config.server.health_path.clone()).filter(|p| !p.is_empty()),
         ops: ops.clone(),
         metrics: metrics.clone(),
+        trust_forwarded: config.proxy.trust_forwarded,
     });
 
     let addr = config.server.listen_addr();

@@ -20,7 +20,7 @@ use crate::body::{self, Body};
 use crate::config::{ServerConfig, is_under, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::ops::Ops;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, mark_forwarded};
 use crate::realtime::{OpenSockets, OriginPolicy, RealtimeService};
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
@@ -39,6 +39,7 @@ pub struct Router {
     pub health_path: Option<String>,
     pub ops: Ops,
     pub metrics: Arc<Metrics>,
+    pub trust_forwarded: bool,
 }
 
 impl Router {
@@ -63,6 +64,8 @@ impl Router {
             return body::text(StatusCode::FORBIDDEN, "origin not allowed");
         }
         let mut req = req;
+        // The session route sees the client's address like the app's pages do.
+        mark_forwarded(req.headers_mut(), peer, self.trust_forwarded);
         if is_handshake(&req) {
             match self.open_sockets.reserve(self.max_connections) {
                 Some(slot) => {

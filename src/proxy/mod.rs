@@ -69,17 +69,8 @@ impl Proxy {
         {
             parts.headers.insert(header::HOST, value);
         }
-        let host = parts.headers.get(header::HOST).cloned();
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_forwarded(
-            &mut parts.headers,
-            &headers::Forwarded {
-                client_ip: peer.ip(),
-                proto: "http",
-                host: host.as_ref(),
-                trust_incoming: self.trust_forwarded,
-            },
-        );
+        mark_forwarded(&mut parts.headers, peer, self.trust_forwarded);
         if let Some(protocol) = &upgrade {
             parts
                 .headers
@@ -123,6 +114,21 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` for a request from `peer`, as the app should see it.
+/// Also used for Socket.IO handshakes, whose headers go to the app's session route.
+pub fn mark_forwarded(headers: &mut http::HeaderMap, peer: SocketAddr, trust_forwarded: bool) {
+    let host = headers.get(header::HOST).cloned();
+    headers::set_forwarded(
+        headers,
+        &headers::Forwarded {
+            client_ip: peer.ip(),
+            proto: "http",
+            host: host.as_ref(),
+            trust_incoming: trust_forwarded,
+        },
+    );
 }
 
 /// The page a browser shows when the app cannot answer: short, and saying whose fault it is.

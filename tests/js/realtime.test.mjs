@@ -304,13 +304,20 @@ test('auth.max_concurrent bounds in-flight session calls', async () => {
   }
 });
 
-test('the session route receives the browser cookies', async () => {
+test('the session route receives the browser cookies, user agent, client address and host', async () => {
   await s.control({ reset: true });
-  const sock = await connect(s.url, { cookie: 'sid=user-hdrs; extra=1' });
+  const sock = await connect(s.url, {
+    cookie: 'sid=user-hdrs; extra=1',
+    headers: { 'user-agent': 'sockgate-test/1', 'x-forwarded-for': '6.6.6.6' },
+  });
   try {
     const stats = await s.fixtureStats();
     assert.ok(stats.lastSessionHeaders, 'session route was called');
-    assert.match(stats.lastSessionHeaders.cookie, /sid=user-hdrs/);
+    const h = stats.lastSessionHeaders;
+    assert.match(h.cookie, /sid=user-hdrs/);
+    assert.equal(h['user-agent'], 'sockgate-test/1');
+    assert.equal(h['x-forwarded-for'], '127.0.0.1', 'the real client address, not a spoofed one');
+    assert.equal(h.host, new URL(s.url).host);
   } finally {
     closeAll([sock]);
   }

@@ -43,6 +43,19 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 type Res<T> = Result<T, String>;
 
+/// `LOADGEN_COOKIES=M`: sockets share M session cookies (`user-0`..`user-{M-1}`) instead of
+/// one each — how many sockets a few sessions open, and a warm session cache. Read from the
+/// environment so worker processes inherit it.
+fn cookie_pool() -> Option<u64> {
+    static POOL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *POOL.get_or_init(|| {
+        std::env::var("LOADGEN_COOKIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|m| *m > 0)
+    })
+}
+
 fn e<E: std::fmt::Display>(x: E) -> String {
     x.to_string()
 }
@@ -239,8 +252,14 @@ async fn socket_task(
         let mut req = format!("ws://{addr}{path}?EIO=4&transport=websocket")
             .into_client_request()
             .map_err(e)?;
-        req.headers_mut()
-            .insert("cookie", format!("sid=user-{user}").parse().map_err(e)?);
+        let cookie_user = match cookie_pool() {
+            Some(m) => user % m,
+            None => user,
+        };
+        req.headers_mut().insert(
+            "cookie",
+            format!("sid=user-{cookie_user}").parse().map_err(e)?,
+        );
         let cfg = WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0);
