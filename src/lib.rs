@@ -53,6 +53,7 @@ pub async fn run(
         .upstream_authority()
         .parse()
         .context("upstream.url has no host:port")?;
+    // Assemble: every part is built once, here, and shared.
     let metrics = Arc::new(Metrics::new());
     let upstream = Upstream::new(&config.upstream, authority.clone());
     let proxy = Proxy::new(
@@ -110,6 +111,7 @@ pub async fn run(
         trust_forwarded: config.proxy.trust_forwarded,
     });
 
+    // Listen: public port, publish socket, optional admin port.
     let addr = config.server.listen_addr();
     let listener = TcpListener::bind(addr)
         .await
@@ -143,6 +145,7 @@ pub async fn run(
         async move { server::serve(listener, router, &server_config, shutdown).await }
     });
 
+    // Run until a signal, or until the supervised app dies.
     let mut supervisor = match app {
         Some(command) => {
             let supervisor = Supervisor::spawn(&command, &authority, &config.publish.socket)?;
@@ -165,8 +168,10 @@ pub async fn run(
             None
         }
     };
+    // Drain: the public side stops, sockets are told to go, in-flight work gets the deadline.
+    let (polling, websocket) = hub.sockets_by_transport();
     tracing::info!(
-        sockets = hub.stats().await.connections,
+        sockets = polling + websocket,
         tunnels = proxy.tunnels().open_count(),
         drain_timeout_ms = config.server.drain_timeout_ms,
         "draining: no new connections; closing sockets so clients reconnect elsewhere"
