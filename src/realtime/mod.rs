@@ -10,12 +10,12 @@ mod history;
 mod hub;
 mod origin;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use std::convert::Infallible;
 
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, TryData};
@@ -281,7 +281,8 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
     if let (Some(history), Some(ReplayFrom(since)), Some(identity)) = (
         handlers.journal.history(),
-        socket.extensions.get::<ReplayFrom>(),
+        // Taken, not copied: it is needed once, and each socket's memory counts.
+        socket.extensions.remove::<ReplayFrom>(),
         socket.extensions.get::<Identity>(),
     ) {
         let room = format!("{}{}", handlers.room_prefix, identity.user_id);
