@@ -137,6 +137,11 @@ pub struct PublishConfig {
     pub socket_mode: String,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// Loopback `host:port` for the same API over TCP, for apps that cannot use a Unix
+    /// socket; empty = off. Requires `token`.
+    pub tcp_listen: String,
+    /// Bearer token the TCP listener requires (at least 16 characters).
+    pub token: String,
 }
 
 /// The optional admin listener: `/metrics`, `/livez`, `/readyz` over TCP (no publishing).
@@ -282,6 +287,8 @@ impl Default for PublishConfig {
             socket_mode: "0660".into(),
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
+            tcp_listen: String::new(),
+            token: String::new(),
         }
     }
 }
@@ -496,6 +503,31 @@ impl Config {
                 "must start with redis:// or rediss:// (or be empty for a single instance)".into(),
             ));
         }
+        if !self.publish.tcp_listen.is_empty() {
+            let addr: SocketAddr = self.publish.tcp_listen.parse().map_err(|_| {
+                fail(
+                    "publish.tcp_listen",
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:7070",
+                        self.publish.tcp_listen
+                    ),
+                )
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(fail(
+                    "publish.tcp_listen",
+                    format!(
+                        "`{addr}` is not a loopback address: publishing must not be reachable from the network"
+                    ),
+                ));
+            }
+            if self.publish.token.len() < 16 {
+                return Err(fail(
+                    "publish.token",
+                    "publish.tcp_listen needs a token of at least 16 characters (SIDECAR_PUBLISH__TOKEN)".into(),
+                ));
+            }
+        }
         if self.publish.max_batch == 0 {
             return Err(fail("publish.max_batch", "must be at least 1".into()));
         }
@@ -521,9 +553,13 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:4321".into())
     }
 
-    /// The effective configuration as TOML, for `--print-config`.
+    /// The effective configuration as TOML, for `--print-config` (secrets masked).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let mut shown = self.clone();
+        if !shown.publish.token.is_empty() {
+            shown.publish.token = "(set, hidden)".into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
 

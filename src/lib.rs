@@ -138,6 +138,22 @@ pub async fn run(
         config.publish.max_body_bytes,
         config.publish.max_batch,
     );
+    if !config.publish.tcp_listen.is_empty() {
+        let tcp = TcpListener::bind(&config.publish.tcp_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (publish.tcp_listen)",
+                    config.publish.tcp_listen
+                )
+            })?;
+        tracing::info!(listen = %config.publish.tcp_listen, "publish API also on loopback TCP (bearer token required)");
+        tokio::spawn(publish::serve_tcp(
+            tcp,
+            api.requiring_token(&config.publish.token),
+            shutdown.clone(),
+        ));
+    }
     let publishing = tokio::spawn(publish_socket.serve(api, shutdown.clone()));
     let serving = tokio::spawn({
         let shutdown = shutdown.clone();

@@ -17,6 +17,8 @@ pub struct PublishApi {
     ops: Ops,
     max_body_bytes: usize,
     max_batch: usize,
+    /// `Authorization: Bearer <token>` every request must carry (the TCP listener's).
+    token: Option<Arc<str>>,
 }
 
 /// An answer that is not a success, with its status.
@@ -35,7 +37,28 @@ impl PublishApi {
             ops,
             max_body_bytes,
             max_batch,
+            token: None,
         }
+    }
+
+    /// The same API, answering only requests that carry `token`.
+    pub fn requiring_token(&self, token: &str) -> Self {
+        Self {
+            token: Some(token.into()),
+            ..self.clone()
+        }
+    }
+
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        constant_time_eq(given, token.as_bytes())
     }
 
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body>
@@ -43,6 +66,17 @@ impl PublishApi {
         B: http_body::Body<Data = bytes::Bytes> + Unpin,
         B::Error: Into<crate::body::BoxError>,
     {
+        if !self.authorized(&req) {
+            let mut resp = body::json(
+                StatusCode::UNAUTHORIZED,
+                &json!({"ok": false, "error": "missing or wrong bearer token (publish.token)"}),
+            );
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
         if let Some(resp) = self.ops.handle(req.method(), req.uri().path()).await {
             return resp;
         }
@@ -180,6 +214,11 @@ impl PublishApi {
         serde_json::from_slice(&bytes)
             .map_err(|e| Failure::bad_request(format!("body is not valid JSON: {e}")))
     }
+}
+
+/// Compares without an early exit, so response timing says nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Reads what is left of a refused body (bounded in size and time) so the client, still

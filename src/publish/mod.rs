@@ -1,5 +1,7 @@
 //! The publish API, served over HTTP/1.1 on a Unix domain socket: only processes on this
-//! machine that may open the socket file can publish; nothing on the public port can.
+//! machine that may open the socket file can publish; nothing on the public port can. For
+//! apps that cannot speak to a Unix socket, the same API can also listen on a loopback TCP
+//! port, where every request must carry a bearer token.
 
 mod api;
 mod message;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use crate::shutdown::Shutdown;
 
@@ -76,40 +78,69 @@ impl PublishSocket {
     /// Serves the API until the public side has drained (apps may still publish, and probes
     /// read "draining", meanwhile), then lets open requests finish.
     pub async fn serve(self, api: PublishApi, shutdown: Shutdown) {
-        let graceful = GracefulShutdown::new();
-        let api = Arc::new(api);
-        loop {
-            let stream = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!("publish socket accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.finished() => break,
-            };
-            let api = api.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("publish connection ended: {e}");
+        serve_api(&self.listener, api, shutdown).await;
+    }
+}
+
+/// Serves the API on a loopback TCP port; `api` must require a token.
+pub async fn serve_tcp(listener: TcpListener, api: PublishApi, shutdown: Shutdown) {
+    serve_api(&listener, api, shutdown).await;
+}
+
+/// A listener the API can be served on.
+trait Acceptor {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Acceptor for UnixListener {
+    type Io = UnixStream;
+    async fn accept_io(&self) -> io::Result<UnixStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Acceptor for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> io::Result<tokio::net::TcpStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+async fn serve_api<L: Acceptor>(listener: &L, api: PublishApi, shutdown: Shutdown) {
+    let graceful = GracefulShutdown::new();
+    let api = Arc::new(api);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept_io() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!("publish API accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
                 }
-            });
-        }
-        tokio::select! {
-            _ = graceful.shutdown() => {}
-            _ = shutdown.forced() => {}
-        }
+            },
+            _ = shutdown.finished() => break,
+        };
+        let api = api.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let api = api.clone();
+            async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("publish connection ended: {e}");
+            }
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = shutdown.forced() => {}
     }
 }
 

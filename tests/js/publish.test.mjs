@@ -4,6 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import {
@@ -474,5 +475,66 @@ test('SIGTERM → sockgate removes the socket file and exits 0', async () => {
   } finally {
     await sg.stop();
     await fixture.stop();
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The optional loopback TCP listener: same API, bearer token required.
+// ---------------------------------------------------------------------------------------------
+function tcpRequest(port, method, p, body, token) {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers = { 'content-type': 'application/json' };
+    if (payload) headers['content-length'] = payload.length;
+    if (token !== undefined) headers.authorization = `Bearer ${token}`;
+    const req = http.request({ host: '127.0.0.1', port, method, path: p, headers, timeout: 5000 }, (res) => {
+      let text = '';
+      res.on('data', (c) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, json: JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    if (payload) req.write(payload);
+    req.end();
+  });
+}
+
+test('publish over loopback TCP needs the bearer token', async () => {
+  const port = await freePort();
+  const token = 'a-token-of-sufficient-length';
+  const stack = await startStack({
+    env: { SIDECAR_PUBLISH__TCP_LISTEN: `127.0.0.1:${port}`, SIDECAR_PUBLISH__TOKEN: token },
+  });
+  after(() => stack.stop());
+  await waitFor(() => tcpRequest(port, 'GET', '/health', undefined, token).then((r) => r.status === 200, () => false), {
+    message: 'TCP publish listener up',
+  });
+  const sock = await connect(stack.url, { cookie: 'sid=alice-token' });
+  const rec = recorder(sock);
+  try {
+    for (const given of [undefined, 'wrong', `${token}x`]) {
+      const r = await tcpRequest(port, 'POST', '/publish', { userId: 'alice', data: 'no' }, given);
+      assert.equal(r.status, 401, `token ${given}`);
+      assert.equal(r.headers['www-authenticate'], 'Bearer');
+    }
+    const ok = await tcpRequest(port, 'POST', '/publish', { userId: 'alice', data: 'yes' }, token);
+    assert.equal(ok.status, 200);
+    await rec.waitCount(1);
+    assert.deepEqual(rec.of('notification'), ['yes'], 'only the authorized publish arrived');
+    // The Unix socket needs no token.
+    assert.equal((await stack.publishApi('GET', '/health')).status, 200);
+  } finally {
+    closeAll([sock]);
+  }
+});
+
+test('the TCP listener refuses non-loopback addresses and short tokens at startup', async () => {
+  for (const [env, key] of [
+    [{ SIDECAR_PUBLISH__TCP_LISTEN: '0.0.0.0:7071', SIDECAR_PUBLISH__TOKEN: 'a-token-of-sufficient-length' }, 'publish.tcp_listen'],
+    [{ SIDECAR_PUBLISH__TCP_LISTEN: '127.0.0.1:7071', SIDECAR_PUBLISH__TOKEN: 'short' }, 'publish.token'],
+  ]) {
+    const proc = spawnSockgate({ port: await freePort(), upstreamUrl: 'http://127.0.0.1:9', publishSocket: path.join(tmpDir(), 's.sock'), env });
+    const exit = await proc.waitExit(10_000);
+    assert.notEqual(exit.code, 0);
+    assert.match(proc.text(), new RegExp(key.replace('.', '\\.')));
   }
 });
