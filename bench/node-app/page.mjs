@@ -85,3 +85,16 @@ export function sendJson(res, status, body) {
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': buf.length });
   res.end(buf);
 }
+
+/** The app's routes, the same in both designs: the SSR page, the session route, a tiny JSON. */
+export function appHandler(req, res) {
+  const path = req.url.split('?')[0];
+  if (path === '/api/session') {
+    const s = getCachedSession(req.headers.cookie);
+    return s ? sendJson(res, 200, s) : sendJson(res, 401, { error: 'unauthorized' });
+  }
+  if (path === '/ssr') return sendHtml(res, renderPage(req.url, getCachedSession(req.headers.cookie)?.userId));
+  if (path === '/hello') return sendJson(res, 200, { ok: true });
+  req.resume();
+  sendJson(res, 404, { error: 'not found' });
+}

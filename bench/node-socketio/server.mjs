@@ -9,7 +9,7 @@
 import http from 'node:http';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
-import { renderPage, getCachedSession, sendHtml, sendJson } from '../node-app/page.mjs';
+import { appHandler, getCachedSession, sendJson } from '../node-app/page.mjs';
 
 const require = createRequire(new URL('../../tests/fixture/package.json', import.meta.url));
 const { Server } = require('socket.io');
@@ -17,17 +17,7 @@ const { Server } = require('socket.io');
 const PORT = Number(process.env.PORT || 4322);
 const PUBLISH_SOCKET = process.env.PUBLISH_SOCKET || '/tmp/node-socketio.sock';
 
-const httpServer = http.createServer((req, res) => {
-  const path = req.url.split('?')[0];
-  if (path === '/api/session') {
-    const s = getCachedSession(req.headers.cookie);
-    return s ? sendJson(res, 200, s) : sendJson(res, 401, { error: 'unauthorized' });
-  }
-  if (path === '/ssr') return sendHtml(res, renderPage(req.url, getCachedSession(req.headers.cookie)?.userId));
-  if (path === '/hello') return sendJson(res, 200, { ok: true });
-  req.resume();
-  sendJson(res, 404, { error: 'not found' });
-});
+const httpServer = http.createServer(appHandler);
 httpServer.keepAliveTimeout = 5000;
 
 const io = new Server(httpServer, { serveClient: false });
