@@ -150,9 +150,17 @@ struct RoomLog {
 /// recognised as such (its messages are gone) instead of being confused with a new one.
 pub struct MemoryHistory {
     run: String,
-    rooms: Mutex<HashMap<String, RoomLog>>,
+    rooms: Mutex<Rooms>,
     max_messages: usize,
     max_age: Duration,
+}
+
+#[derive(Default)]
+struct Rooms {
+    logs: HashMap<String, RoomLog>,
+    /// Expired rooms are dropped at most this often, so memory stays bounded by the users
+    /// active within `max_age` without a scan on every publish.
+    last_sweep: Option<Instant>,
 }
 
 impl MemoryHistory {
@@ -178,11 +186,17 @@ impl MemoryHistory {
     fn append(&self, room: &str, event: &str, data: &Value) -> String {
         let now = Instant::now();
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if rooms.len() > 1024 && !rooms.contains_key(room) {
+        if rooms
+            .last_sweep
+            .is_none_or(|at| now.duration_since(at) >= self.max_age)
+        {
             let max_age = self.max_age;
-            rooms.retain(|_, log| now.duration_since(log.last_at) < max_age);
+            rooms
+                .logs
+                .retain(|_, log| now.duration_since(log.last_at) < max_age);
+            rooms.last_sweep = Some(now);
         }
-        let log = rooms.entry(room.to_owned()).or_insert_with(|| RoomLog {
+        let log = rooms.logs.entry(room.to_owned()).or_insert_with(|| RoomLog {
             next: 1,
             dropped_through: 0,
             last_at: now,
@@ -209,6 +223,7 @@ impl MemoryHistory {
     fn head(&self, room: &str) -> Option<String> {
         let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         rooms
+            .logs
             .get(room)
             .map(|log| log.next - 1)
             .filter(|n| *n > 0)
@@ -218,6 +233,7 @@ impl MemoryHistory {
     fn replay(&self, room: &str, since: &Since) -> Replay {
         let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         let log = rooms
+            .logs
             .get(room)
             .filter(|log| log.last_at.elapsed() <= self.max_age);
         let after = match since {
