@@ -196,12 +196,15 @@ impl MemoryHistory {
                 .retain(|_, log| now.duration_since(log.last_at) < max_age);
             rooms.last_sweep = Some(now);
         }
-        let log = rooms.logs.entry(room.to_owned()).or_insert_with(|| RoomLog {
-            next: 1,
-            dropped_through: 0,
-            last_at: now,
-            entries: VecDeque::new(),
-        });
+        let log = rooms
+            .logs
+            .entry(room.to_owned())
+            .or_insert_with(|| RoomLog {
+                next: 1,
+                dropped_through: 0,
+                last_at: now,
+                entries: VecDeque::new(),
+            });
         let n = log.next;
         log.next += 1;
         log.last_at = now;
