@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,33 +23,18 @@ process.on('SIGTERM', () => process.exit({term_code}));
     )
 }
 
-fn supervise(script: &str) -> (Proc, u16, std::path::PathBuf) {
-    let port = free_port();
+fn supervise(script: &str) -> (Sockgate, u16) {
     let upstream = free_port();
-    let dir = temp_dir("sup");
-    let socket = dir.join("s.sock");
-    let child = Command::new(sockgate_bin())
-        .current_dir(&dir)
-        .env("SIDECAR_SERVER__HOST", "127.0.0.1")
-        .env("SIDECAR_SERVER__PORT", port.to_string())
-        .env(
-            "SIDECAR_UPSTREAM__URL",
-            format!("http://127.0.0.1:{upstream}"),
-        )
-        .env("SIDECAR_PUBLISH__SOCKET", &socket)
-        .args(["--", "node", "-e", script])
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("sockgate runs");
-    let proc = Proc { child, port };
-    wait_for_port(port, Duration::from_secs(10), "sockgate");
-    (proc, upstream, socket)
+    (
+        sockgate_with_args(upstream, &[], &["--", "node", "-e", script]),
+        upstream,
+    )
 }
 
 #[tokio::test]
 async fn answers_503_until_the_app_listens_then_proxies_to_it() {
-    let (proc, upstream, socket) = supervise(&app_script(1500, 0));
+    let (sg, upstream) = supervise(&app_script(1500, 0));
+    let (proc, socket) = (&sg.proc, &sg.socket);
     let resp = get(proc.port, "/").await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
@@ -77,7 +61,9 @@ async fn answers_503_until_the_app_listens_then_proxies_to_it() {
 
 #[tokio::test]
 async fn sigterm_drains_stops_the_app_and_exits_with_its_status() {
-    let (mut proc, _, socket) = supervise(&app_script(0, 7));
+    let (mut sg, _) = supervise(&app_script(0, 7));
+    let socket = sg.socket.clone();
+    let proc = &mut sg.proc;
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(proc.port, "/").await.status() != 200 {
         assert!(Instant::now() < deadline);
@@ -96,7 +82,8 @@ async fn sigterm_drains_stops_the_app_and_exits_with_its_status() {
 #[tokio::test]
 async fn an_app_that_dies_takes_sockgate_down_with_a_failure_status() {
     for (path, expected) in [("/crash", 3), ("/quit", 1)] {
-        let (mut proc, _, _) = supervise(&app_script(0, 0));
+        let (mut sg, _) = supervise(&app_script(0, 0));
+        let proc = &mut sg.proc;
         let deadline = Instant::now() + Duration::from_secs(10);
         while get(proc.port, "/").await.status() != 200 {
             assert!(Instant::now() < deadline);

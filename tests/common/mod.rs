@@ -139,6 +139,11 @@ pub fn sockgate_bin() -> &'static str {
 
 /// Starts sockgate in front of `upstream_port`; `env` adds or overrides `SIDECAR_*` settings.
 pub fn sockgate(upstream_port: u16, env: &[(&str, &str)]) -> Sockgate {
+    sockgate_with_args(upstream_port, env, &[])
+}
+
+/// The same, with command-line arguments (e.g. `--` and an app command to supervise).
+pub fn sockgate_with_args(upstream_port: u16, env: &[(&str, &str)], args: &[&str]) -> Sockgate {
     let port = free_port();
     let dir = temp_dir("sg");
     let socket = dir.join("sockgate.sock");
@@ -155,6 +160,7 @@ pub fn sockgate(upstream_port: u16, env: &[(&str, &str)]) -> Sockgate {
         .env("SIDECAR_PUBLISH__SOCKET", &socket)
         .env("SIDECAR_LOG__FILTER", "sockgate=debug,info")
         .envs(env.iter().copied())
+        .args(args)
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
