@@ -21,7 +21,7 @@ use crate::config::{ServerConfig, is_under, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::ops::Ops;
 use crate::proxy::{Proxy, mark_forwarded};
-use crate::realtime::{OpenSockets, OriginPolicy, RealtimeService};
+use crate::realtime::{OpenSockets, OriginPolicy, RealtimeService, is_handshake};
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
 
@@ -78,30 +78,11 @@ impl Router {
                 }
             }
         }
-        match self.realtime.clone().oneshot(detach_head(req)).await {
+        match self.realtime.clone().oneshot(req).await {
             Ok(resp) => resp.map(body::boxed),
             Err(never) => match never {},
         }
     }
-}
-
-/// The request with its URI and headers copied into their own allocations. hyper's parsed
-/// header values are slices of the connection's 8 KiB read buffer, and socketioxide keeps
-/// each socket's handshake head for the socket's life: without the copy every idle socket
-/// would pin a whole read buffer.
-fn detach_head<B>(req: Request<B>) -> Request<B> {
-    let (mut parts, body) = req.into_parts();
-    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
-            headers.append(name.clone(), value);
-        }
-    }
-    parts.headers = headers;
-    if let Ok(uri) = parts.uri.to_string().parse() {
-        parts.uri = uri;
-    }
-    Request::from_parts(parts, body)
 }
 
 /// Waits (up to `limit`) until the client has sent enough to tell HTTP/1 from HTTP/2. hyper's
@@ -123,13 +104,6 @@ async fn request_started(stream: &tokio::net::TcpStream, limit: std::time::Durat
         }
     };
     tokio::time::timeout(limit, wait).await.unwrap_or(false)
-}
-
-/// A new Engine.IO session (no `sid` yet), as opposed to traffic of an open one.
-fn is_handshake<B>(req: &Request<B>) -> bool {
-    !req.uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("sid=")))
 }
 
 fn unavailable(message: &str) -> Response<Body> {

@@ -105,6 +105,13 @@ impl SessionAuth {
         }
     }
 
+    /// The request headers [`Self::credentials`] reads.
+    pub fn read_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        [&header::COOKIE, &header::AUTHORIZATION, &header::HOST]
+            .into_iter()
+            .chain(&self.forward)
+    }
+
     /// The credentials in a handshake, or `None` when it carries none (no cookie, no
     /// `Authorization`): such a socket is refused without asking the app.
     pub fn credentials(&self, request_headers: &HeaderMap) -> Option<Credentials> {

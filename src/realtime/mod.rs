@@ -37,11 +37,11 @@ use history::{History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 
-/// What an authenticated socket carries for later checks.
+/// What an authenticated socket carries for later checks. Its credentials are read again
+/// from the handshake head, which the session keeps anyway.
 #[derive(Clone)]
 struct Identity {
     user_id: Arc<str>,
-    credentials: Credentials,
 }
 
 /// The Socket.IO endpoint as the router sees it: any adapter, one body type.
@@ -151,6 +151,14 @@ pub async fn start(
         _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
     };
     let open = OpenSockets::default();
+    let mut kept_headers: Vec<_> = auth
+        .read_headers()
+        .chain(ENGINE_IO_HEADERS)
+        .cloned()
+        .collect();
+    kept_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    kept_headers.dedup();
+    let kept_headers: KeptHeaders = kept_headers.into();
     let handlers = Handlers {
         auth: auth.clone(),
         metrics: metrics.clone(),
@@ -163,7 +171,10 @@ pub async fn start(
             let (svc, io) = builder.build_with_inner_svc(not_found());
             register(&io, handlers);
             tokio::spawn(revalidation.run(io.clone(), auth));
-            (erase(svc), Hub::local(io, room_prefix, metrics, journal))
+            (
+                erase(svc, kept_headers),
+                Hub::local(io, room_prefix, metrics, journal),
+            )
         }
         Some(Cluster { adapter, link, .. }) => {
             let (svc, io) = builder
@@ -174,7 +185,7 @@ pub async fn start(
             })?;
             tokio::spawn(revalidation.run(io.clone(), auth));
             (
-                erase(svc),
+                erase(svc, kept_headers),
                 Hub::cluster(io, link, room_prefix, metrics, journal),
             )
         }
@@ -201,10 +212,55 @@ fn not_found() -> NotFound {
     }))
 }
 
-fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>) -> RealtimeService {
+fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>, kept: KeptHeaders) -> RealtimeService {
     let svc =
-        ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(svc, body::boxed_response);
+        ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(svc, body::boxed_response)
+            .map_request(move |req| detach_handshake_head(req, &kept));
     BoxCloneSyncService::new(svc)
+}
+
+/// The headers a session keeps from its handshake: what the session check reads, and what
+/// Engine.IO reads from the request it is handed.
+type KeptHeaders = Arc<[http::HeaderName]>;
+const ENGINE_IO_HEADERS: [&http::HeaderName; 2] = [
+    &http::header::SEC_WEBSOCKET_KEY,
+    &http::header::CONTENT_TYPE,
+];
+
+/// A new Engine.IO session (no `sid` yet), as opposed to traffic of an open one.
+pub fn is_handshake<B>(req: &http::Request<B>) -> bool {
+    !req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("sid=")))
+}
+
+/// A handshake with its URI and the headers that are read later copied into their own
+/// allocations. socketioxide keeps each session's handshake head for the session's life, and
+/// hyper's parsed headers are slices of the connection's 8 KiB read buffer: without the copy
+/// every idle socket would pin a whole read buffer, and with all the headers (a browser sends
+/// a dozen) it would keep ≈ 1 KiB nobody reads.
+fn detach_handshake_head<B>(req: http::Request<B>, kept: &[http::HeaderName]) -> http::Request<B> {
+    if !is_handshake(&req) {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    let present = kept
+        .iter()
+        .map(|name| parts.headers.get_all(name).iter().count())
+        .sum();
+    let mut headers = http::HeaderMap::with_capacity(present);
+    for name in kept {
+        for value in parts.headers.get_all(name) {
+            if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                headers.append(name.clone(), value);
+            }
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    http::Request::from_parts(parts, body)
 }
 
 /// Registers the one namespace: the session check (which joins the user's room), then the
@@ -270,10 +326,7 @@ async fn check_session<A: Adapter>(
             socket.extensions.insert(ReplayFrom(since));
         }
     }
-    socket.extensions.insert(Identity {
-        user_id,
-        credentials,
-    });
+    socket.extensions.insert(Identity { user_id });
     Ok(())
 }
 
@@ -343,9 +396,10 @@ impl Revalidation {
             }
             let checks = io.local().sockets().into_iter().filter_map(|socket| {
                 let identity = socket.extensions.get::<Identity>()?;
+                let credentials = auth.credentials(&socket.req_parts().headers)?;
                 let auth = auth.clone();
                 Some(async move {
-                    match auth.authenticate(&identity.credentials).await {
+                    match auth.authenticate(&credentials).await {
                         Ok(id) if id == identity.user_id => false,
                         Ok(_) | Err(AuthError::Unauthorized) => {
                             tracing::info!(sid = %socket.id, user = %identity.user_id, "session ended: socket disconnected");
@@ -366,5 +420,49 @@ impl Revalidation {
                 tracing::info!(closed, "revalidation closed sockets whose session ended");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(uri)
+            .header("host", "example.com")
+            .header("cookie", "sid=a")
+            .header("cookie", "theme=dark")
+            .header("user-agent", "Mozilla/5.0 (a long browser string)")
+            .header("accept-language", "en")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_handshake_keeps_only_the_headers_read_later() {
+        let kept: KeptHeaders = ["cookie", "host", "sec-websocket-key"]
+            .map(http::HeaderName::from_static)
+            .into();
+        let req = detach_handshake_head(request("/socket.io/?EIO=4&transport=websocket"), &kept);
+        let headers = req.headers();
+        assert_eq!(headers.len(), 4, "{headers:?}");
+        let cookies: Vec<_> = headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["sid=a", "theme=dark"]);
+        assert_eq!(headers["host"], "example.com");
+        assert!(headers.get("user-agent").is_none());
+        assert!(headers.get("accept-language").is_none());
+        assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=websocket");
+    }
+
+    #[test]
+    fn traffic_of_an_open_session_is_left_alone() {
+        let kept: KeptHeaders = [http::HeaderName::from_static("cookie")].into();
+        let req = detach_handshake_head(
+            request("/socket.io/?EIO=4&transport=polling&sid=abc"),
+            &kept,
+        );
+        assert_eq!(req.headers().len(), 6);
     }
 }
