@@ -654,6 +654,47 @@ test('SIGTERM: work that outlives the drain deadline is cut at the deadline, not
 // ---------------------------------------------------------------------------
 // 7. Connection cap
 // ---------------------------------------------------------------------------
+test('heartbeat: a client that stops answering pings is closed after ping interval + timeout; one that answers stays', async (t) => {
+  const INTERVAL = 200;
+  const TIMEOUT = 300;
+  const s = await startStack({
+    env: { SIDECAR_REALTIME__PING_INTERVAL_MS: String(INTERVAL), SIDECAR_REALTIME__PING_TIMEOUT_MS: String(TIMEOUT) },
+  });
+  try {
+    // Answers every ping: still open after ten intervals, and pinged all along.
+    const alive = await rawEngineSocket(s.url, { cookie: 'sid=user-hb-alive' });
+    alive.ws.on('message', (data) => data.toString() === '2' && alive.ws.send('3'));
+    // Never answers.
+    const silent = await rawEngineSocket(s.url, { cookie: 'sid=user-hb-silent' });
+    silent.markSent();
+    const closed = await withTimeout(silent.closed, 5000, 'the silent client to be closed');
+    const silentPings = silent.messages.filter((m) => m === '2').length;
+    t.diagnostic(`fault: silent client closed ${closed.ms} ms after its open (code ${closed.code}), after ${silentPings} ping(s)`);
+    assert.equal(silentPings, 1, 'one ping, then the timeout');
+    assert.ok(closed.ms >= INTERVAL + TIMEOUT - 50, `not closed before interval + timeout: ${closed.ms} ms`);
+    assert.ok(closed.ms < INTERVAL + TIMEOUT + 1000, `closed soon after interval + timeout: ${closed.ms} ms`);
+
+    await sleep(INTERVAL * 10 - closed.ms);
+    const alivePings = alive.messages.filter((m) => m === '2').length;
+    t.diagnostic(`fault: answering client got ${alivePings} pings in ${INTERVAL * 10} ms and is ${alive.ws.readyState === WebSocket.OPEN ? 'open' : 'closed'}`);
+    assert.equal(alive.ws.readyState, WebSocket.OPEN);
+    assert.ok(alivePings >= 7 && alivePings <= 11, `a ping every ${INTERVAL} ms: ${alivePings}`);
+    alive.ws.close();
+
+    // Polling: a session that is never polled again is closed the same way.
+    const { sid } = await pollingHandshake(s.url, 'sid=user-hb-poll');
+    assert.ok(sid, 'polling handshake');
+    await sleep(INTERVAL + TIMEOUT + 300);
+    const late = await httpGet(`${s.url}/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`, {
+      headers: { cookie: 'sid=user-hb-poll' },
+    });
+    t.diagnostic(`fault: polling session idle past the timeout → ${late.status} ${JSON.stringify(late.body)}`);
+    assert.equal(late.status, 400, 'the idle polling session is gone');
+  } finally {
+    await s.stop();
+  }
+});
+
 test('connection cap: the 6th handshake gets 503 while the proxy keeps working', async (t) => {
   const s = await startStack({ env: { SIDECAR_REALTIME__MAX_CONNECTIONS: '5' } });
   const t0 = Date.now();
