@@ -14,6 +14,8 @@ FROM rust:1-bookworm AS sockgate
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# engineioxide with sockgate's memory patches, used through [patch.crates-io].
+COPY vendor ./vendor
 # The workspace also lists the benchmark's load generator; cargo needs its manifest.
 COPY bench/loadgen ./bench/loadgen
 RUN cargo build --release --locked --bin sockgate \
