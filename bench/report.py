@@ -63,8 +63,8 @@ def wrk_med(out, pattern):
     }
 
 
-def sockets(out, design):
-    runs = [load_json(p) for p in sorted(glob.glob(os.path.join(out, f"sockets-{design}-*.json")))]
+def sockets(out, design, phase="sockets"):
+    runs = [load_json(p) for p in sorted(glob.glob(os.path.join(out, f"{phase}-{design}-*.json")))]
     if not runs:
         return None
     levels = sorted({lv["n"] for r in runs for lv in r["levels"]})
@@ -202,6 +202,8 @@ def main():
     out = sys.argv[1]
     quick = "--quick" in sys.argv
     sg, sd = sockets(out, "sockgate"), sockets(out, "seed")
+    sg2, sd2 = sockets(out, "sockgate", "bothcores"), sockets(out, "seed", "bothcores")
+    both = sorted((sg2 or {"levels": {}})["levels"].keys())
     ssr = {k: wrk_med(out, f"ssr-{k}-*.txt".replace("-*", "-[0-9]*")) for k in []}
     ssr = {}
     for d in ("seed", "sockgate"):
@@ -213,6 +215,7 @@ def main():
     streams = {d: load_json(p) for d in ("seed", "sockgate")
                for p in [os.path.join(out, f"stream-{d}.json")] if os.path.exists(p)}
     proxy = {k: wrk_med(out, f"proxy-{k}-*.txt") for k in ("sockgate", "nginx", "direct")}
+    own = {k: wrk_med(out, f"page-own-{k}-*.txt") for k in ("direct", "sockgate")}
     m = machine(out)
     levels = sorted((sg or {"levels": {}})["levels"].keys())
     big = [n for n in levels if n >= 10000] or levels
@@ -224,7 +227,7 @@ def main():
              f"Node {m['node']}, nginx {m['nginx']}, wrk {m['wrk']}, {m['rustc']}. "
              f"Load average at start: {m['load_start']}; at end: {m['load_end']}.\n")
     L.append(f"sockgate build: commit {m['sockgate']} (release profile).\n")
-    L.append("Servers on core 0 (`taskset -c 0`: sockgate and the Node app share it), load generators on core 1.\n")
+    L.append("Servers on core 0 (`taskset -c 0`: sockgate and the Node app share it), load generators on core 1, except in the both-cores broadcast table.\n")
 
     # Sockets table
     L.append("### Sockets: memory, connect rate, broadcast\n")
@@ -255,6 +258,20 @@ def main():
             f"N={n:,}: sockgate {f(sg['levels'][n]['rss_per_socket_kib'], 2)} / {f(sg['levels'][n]['bcast_p50_ms'], 1)}"
             + (f", Node {f(sd['levels'].get(n, {}).get('rss_per_socket_kib'), 2)} / {f(sd['levels'].get(n, {}).get('bcast_p50_ms'), 1)}" if sd else "")
             for n in levels) + "\n")
+
+    if both:
+        L.append("### Broadcast when the server may use both cores\n")
+        L.append("Each server on cores 0–1 (`taskset -c 0,1`; the load generator stays on core 1). Node runs "
+                 "JavaScript on one thread; sockgate's runtime has one worker per core.\n")
+        L.append("| | " + " | ".join(f"sockgate N={n:,}" for n in both) + " | " + " | ".join(f"Node N={n:,}" for n in both) + " |")
+        L.append("|---|" + "---|" * (2 * len(both)))
+        for label, key, nd in (("broadcast to all: last delivery p50 (ms)", "bcast_p50_ms", 1),
+                               ("broadcast to all: last delivery p99 (ms)", "bcast_p99_ms", 1),
+                               ("server CPU per recipient (µs)", "bcast_cpu_us", 2)):
+            cells = [f((d or {"levels": {}})["levels"].get(n, {}).get(key), nd) for d in (sg2, sd2) for n in both]
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
+        L.append(f"\nBroadcasts lost: sockgate {sum(v['bcast_lost'] for v in sg2['levels'].values())}, "
+                 f"Node {sum(v['bcast_lost'] for v in sd2['levels'].values()) if sd2 else '–'}.\n")
 
     L.append("### Per-user publish: highest sustained rate with p99 publish→deliver ≤ 50 ms\n")
     L.append("| | sockgate | Node socket.io (seed) | ratio |")
@@ -300,12 +317,19 @@ def main():
                      ("nginx", "fast upstream through nginx (1 worker, keepalive 64)")):
         w = proxy.get(k)
         L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
+    for w, label in ((own["direct"], "Node SSR page, direct (app on its own core)"),
+                     (own["sockgate"], "Node SSR page through sockgate (each on its own core)")):
+        L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
     via = ssr.get(("sockgate", "idle", "sat"))
     via_paced = ssr.get(("sockgate", "idle", "paced"))
     for w, label in ((direct, "Node SSR page, direct (sat)"), (via, "Node SSR page through sockgate (sat)"),
                      (direct_paced, "Node SSR page, direct (paced)"), (via_paced, "Node SSR page through sockgate (paced)")):
         L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
-    L.append("\nwrk: 64 connections for the fast upstream (which runs on core 1 with wrk), 16 for the SSR page.\n")
+    for w, label in ((own["direct"], "Node SSR page, direct (app on its own core)"),
+                     (own["sockgate"], "Node SSR page through sockgate (each on its own core)")):
+        L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
+    L.append("\nwrk: 64 connections for the fast upstream (which runs on core 1 with wrk), 16 for the SSR page; "
+             "with each on its own core, the app runs on core 1 and sockgate and wrk on core 0.\n")
 
     # Targets
     L.append("### Targets\n")
@@ -320,7 +344,13 @@ def main():
         a = sg and sg["levels"][n]["bcast_p50_ms"]
         b = sd and sd["levels"].get(n, {}).get("bcast_p50_ms")
         r = ratio(a, b)
-        L.append(f"| broadcast last delivery ≤ 0.7× Node (N={n:,}, p50) | {f(r, 2)}× ({f(a, 1)} vs {f(b, 1)} ms) | "
+        L.append(f"| broadcast last delivery ≤ 0.7× Node (N={n:,}, p50, one core each) | {f(r, 2)}× ({f(a, 1)} vs {f(b, 1)} ms) | "
+                 f"{verdict(None if r is None else r <= 0.7)} |")
+    for n in both:
+        a = sg2["levels"][n]["bcast_p50_ms"]
+        b = sd2 and sd2["levels"].get(n, {}).get("bcast_p50_ms")
+        r = ratio(a, b)
+        L.append(f"| broadcast last delivery ≤ 0.7× Node (N={n:,}, p50, both cores each) | {f(r, 2)}× ({f(a, 1)} vs {f(b, 1)} ms) | "
                  f"{verdict(None if r is None else r <= 0.7)} |")
     for key, want in (("batch", 5), ("single", 2)):
         r = ratio(sg and sg[key] and sg[key]["best"], sd and sd[key] and sd[key]["best"])
@@ -335,14 +365,17 @@ def main():
                  f"{f(seed and seed['p99'], 2)} ms | {verdict(better)} |")
     r = ratio(proxy["sockgate"] and proxy["sockgate"]["rps"], proxy["nginx"] and proxy["nginx"]["rps"])
     L.append(f"| proxy ≥ 1.2× nginx req/s | {f(r, 2)}× | {verdict(None if r is None else r >= 1.2)} |")
+    r = ratio(own["sockgate"] and own["sockgate"]["rps"], own["direct"] and own["direct"]["rps"])
+    L.append(f"| Node page through sockgate ≥ 97 % of direct (each on its own core) | {f(r and r * 100, 1)} % | "
+             f"{verdict(None if r is None else r >= 0.97)} |")
     r = ratio(via and via["rps"], direct and direct["rps"])
-    L.append(f"| Node page through sockgate ≥ 97 % of direct | {f(r and r * 100, 1)} % | "
+    L.append(f"| Node page through sockgate ≥ 97 % of direct (both on one core) | {f(r and r * 100, 1)} % | "
              f"{verdict(None if r is None else r >= 0.97)} |")
     L.append("\n![memory per socket and broadcast time vs N](bench/chart.svg)\n")
     section = "\n".join(L)
 
-    results = {"machine": m, "sockgate": sg, "seed": sd,
-               "ssr": {"-".join(k): v for k, v in ssr.items()}, "ssr_direct": direct, "ssr_direct_paced": direct_paced, "streams": streams, "proxy": proxy,
+    results = {"machine": m, "sockgate": sg, "seed": sd, "sockgate_both_cores": sg2, "seed_both_cores": sd2,
+               "ssr": {"-".join(k): v for k, v in ssr.items()}, "ssr_direct": direct, "ssr_direct_paced": direct_paced, "page_own_cores": own, "streams": streams, "proxy": proxy,
                "quick": quick}
     print(section)
     if quick:

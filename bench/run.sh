@@ -6,7 +6,8 @@
 #     — memory per idle authenticated socket, connect rate, broadcast delivery time and CPU,
 #       per-user publish rate, and the app's SSR page under realtime load;
 #   * sockgate vs nginx as a plain reverse proxy, and the Node page direct vs through sockgate.
-# Servers run on core 0 (taskset -c 0), load generators on core 1. Each figure is the median of
+# Servers run on core 0 (taskset -c 0), load generators on core 1; one broadcast phase lets
+# each server use both cores. Each figure is the median of
 # RUNS runs (3; 1 with --quick). Results: BENCHMARKS.md (table, machine, chart bench/chart.svg),
 # raw data in target/bench/<timestamp>/ and bench/results.json.
 #
@@ -19,10 +20,10 @@ ROOT=$PWD
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 if [ "$QUICK" = 1 ]; then
-  LEVELS=${LEVELS:-1000,2000}; RUNS=${RUNS:-1}; BCASTS=${BCASTS:-20}; STEP_SECS=${STEP_SECS:-1.5}
+  LEVELS=${LEVELS:-1000,2000}; BOTH_LEVELS=${BOTH_LEVELS:-2000}; RUNS=${RUNS:-1}; BCASTS=${BCASTS:-20}; STEP_SECS=${STEP_SECS:-1.5}
   STREAM_N=${STREAM_N:-1000}; STREAM_RATE=${STREAM_RATE:-500}; WRK_SECS=${WRK_SECS:-3}
 else
-  LEVELS=${LEVELS:-2000,5000,10000,19000}; RUNS=${RUNS:-3}; BCASTS=${BCASTS:-20}; STEP_SECS=${STEP_SECS:-2.5}
+  LEVELS=${LEVELS:-2000,5000,10000,19000}; BOTH_LEVELS=${BOTH_LEVELS:-10000,19000}; RUNS=${RUNS:-3}; BCASTS=${BCASTS:-20}; STEP_SECS=${STEP_SECS:-2.5}
   STREAM_N=${STREAM_N:-10000}; STREAM_RATE=${STREAM_RATE:-5000}; WRK_SECS=${WRK_SECS:-6}
 fi
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -53,7 +54,9 @@ say "building sockgate and loadgen (release)"
 cargo build --release --quiet -p sockgate -p loadgen
 SOCKGATE=$ROOT/target/release/sockgate
 { git rev-parse --short HEAD 2>/dev/null || echo unknown
-  [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] && echo " + uncommitted changes in src/ or Cargo.*"
+  if [ -n "$(git status --porcelain -- src vendor Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    echo " + uncommitted changes in src/, vendor/ or Cargo.*"
+  fi
 } | tr -d '\n' >"$OUT/version.txt"
 LOADGEN=$ROOT/target/release/loadgen
 ulimit -n "$(ulimit -Hn)"
@@ -92,21 +95,21 @@ done
 SG_SOCK=$OUT/sockgate.sock; SEED_SOCK=$OUT/seed.sock
 
 start_app() {
-  PORT=$APP_PORT taskset -c 0 node bench/node-app/app.mjs >>"$OUT/app.log" 2>&1 &
+  PORT=$APP_PORT taskset -c "${APP_CPUS:-0}" node bench/node-app/app.mjs >>"$OUT/app.log" 2>&1 &
   APP_PID=$!; PIDS+=("$APP_PID"); wait_http "http://127.0.0.1:$APP_PORT/hello"
 }
 start_sockgate() { # public-port upstream-url
   rm -f "$SG_SOCK"
   (cd "$OUT" && SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$1 SIDECAR_UPSTREAM__URL=$2 \
     SIDECAR_PUBLISH__SOCKET=$SG_SOCK SIDECAR_LOG__FILTER=warn SIDECAR_AUTH__REVALIDATE_INTERVAL_MS=0 \
-    exec taskset -c 0 "$SOCKGATE" >>"$OUT/sockgate.log" 2>&1) &
+    exec taskset -c "${SG_CPUS:-0}" "$SOCKGATE" >>"$OUT/sockgate.log" 2>&1) &
   SG_PID=$!; PIDS+=("$SG_PID")
   wait_file "$SG_SOCK" 10
   for _ in $(seq 100); do curl -so /dev/null "http://127.0.0.1:$1/" && break; sleep 0.1; done
 }
 start_seed() {
   rm -f "$SEED_SOCK"
-  PORT=$SEED_PORT PUBLISH_SOCKET=$SEED_SOCK taskset -c 0 node --expose-gc bench/node-socketio/server.mjs >>"$OUT/seed.log" 2>&1 &
+  PORT=$SEED_PORT PUBLISH_SOCKET=$SEED_SOCK taskset -c "${SEED_CPUS:-0}" node --expose-gc bench/node-socketio/server.mjs >>"$OUT/seed.log" 2>&1 &
   SEED_PID=$!; PIDS+=("$SEED_PID"); wait_http "http://127.0.0.1:$SEED_PORT/hello"; wait_file "$SEED_SOCK" 10
 }
 LG=(taskset -c 1 "$LOADGEN")
@@ -127,6 +130,24 @@ for r in $(seq "$RUNS"); do
   "${LG[@]}" sockets --addr 127.0.0.1:$SEED_PORT --publish-socket "$SEED_SOCK" --server-pids "$SEED_PID" --gc 1 \
     --levels "$LEVELS" --broadcasts "$BCASTS" --step-secs "$STEP_SECS" --single-start 1000 --batch-start 2000 \
     --out "$OUT/sockets-seed-$r.json" 2>>"$OUT/loadgen.log"
+  stop "$SEED_PID"
+done
+
+# --- 1b. broadcast when the server may use both cores -----------------------------------------
+# Node runs JavaScript on one thread; sockgate's runtime has a worker per core. Each server gets
+# cores 0 and 1 (the load generator stays on core 1, so it competes with the server there).
+for r in $(seq "$RUNS"); do
+  say "broadcast, both cores, run $r/$RUNS: sockgate (levels $BOTH_LEVELS)"
+  start_app; SG_CPUS=0,1 start_sockgate $SG_PORT "http://127.0.0.1:$APP_PORT"
+  "${LG[@]}" sockets --addr 127.0.0.1:$SG_PORT --publish-socket "$SG_SOCK" --server-pids "$SG_PID" \
+    --levels "$BOTH_LEVELS" --broadcasts "$BCASTS" --rate-search 0 \
+    --out "$OUT/bothcores-sockgate-$r.json" 2>>"$OUT/loadgen.log"
+  stop "$SG_PID" "$APP_PID"
+  say "broadcast, both cores, run $r/$RUNS: node socket.io (seed)"
+  SEED_CPUS=0,1 start_seed
+  "${LG[@]}" sockets --addr 127.0.0.1:$SEED_PORT --publish-socket "$SEED_SOCK" --server-pids "$SEED_PID" --gc 1 \
+    --levels "$BOTH_LEVELS" --broadcasts "$BCASTS" --rate-search 0 \
+    --out "$OUT/bothcores-seed-$r.json" 2>>"$OUT/loadgen.log"
   stop "$SEED_PID"
 done
 
@@ -211,6 +232,19 @@ for r in $(seq "$RUNS"); do
   "${WRK_PROXY[@]}" "http://127.0.0.1:$NGX_PORT/" >"$OUT/proxy-nginx-$r.txt"
 done
 stop "$SG_PID" "$NGX_PID" "$UP_PID"
+
+# --- 3b. the app's page with sockgate on its own core -----------------------------------------
+# The usual deployment on 2+ cores: the app on core 1, sockgate on core 0; wrk shares core 0
+# with sockgate (which, if anything, handicaps sockgate). One warm-up round first.
+say "SSR page: direct vs through sockgate, each on its own core"
+APP_CPUS=1 start_app; start_sockgate $SG_PORT "http://127.0.0.1:$APP_PORT"
+WRK_OWN=(taskset -c 0 wrk -t1 -c16 -d"${WRK_SECS}s" --latency)
+"${WRK_OWN[@]}" "http://127.0.0.1:$SG_PORT/ssr" >/dev/null
+for r in $(seq "$RUNS"); do
+  "${WRK_OWN[@]}" "http://127.0.0.1:$APP_PORT/ssr" >"$OUT/page-own-direct-$r.txt"
+  "${WRK_OWN[@]}" "http://127.0.0.1:$SG_PORT/ssr" >"$OUT/page-own-sockgate-$r.txt"
+done
+stop "$SG_PID" "$APP_PID"
 
 uptime >"$OUT/uptime-end.txt"
 say "done measuring in $(( $(date +%s) - T0 )) s; writing BENCHMARKS.md"
