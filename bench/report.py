@@ -313,20 +313,17 @@ def main():
     L.append("### Proxy\n")
     L.append("| | req/s | p50 ms | p99 ms |")
     L.append("|---|---|---|---|")
-    for k, label in (("direct", "fast upstream, direct (reference)"), ("sockgate", "fast upstream through sockgate"),
-                     ("nginx", "fast upstream through nginx (1 worker, keepalive 64)")):
-        w = proxy.get(k)
-        L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
-    for w, label in ((own["direct"], "Node SSR page, direct (app on its own core)"),
-                     (own["sockgate"], "Node SSR page through sockgate (each on its own core)")):
-        L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
     via = ssr.get(("sockgate", "idle", "sat"))
     via_paced = ssr.get(("sockgate", "idle", "paced"))
-    for w, label in ((direct, "Node SSR page, direct (sat)"), (via, "Node SSR page through sockgate (sat)"),
-                     (direct_paced, "Node SSR page, direct (paced)"), (via_paced, "Node SSR page through sockgate (paced)")):
-        L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
-    for w, label in ((own["direct"], "Node SSR page, direct (app on its own core)"),
-                     (own["sockgate"], "Node SSR page through sockgate (each on its own core)")):
+    for w, label in ((proxy.get("direct"), "fast upstream, direct (reference)"),
+                     (proxy.get("sockgate"), "fast upstream through sockgate"),
+                     (proxy.get("nginx"), "fast upstream through nginx (1 worker, keepalive 64)"),
+                     (own["direct"], "Node SSR page, direct (app on its own core)"),
+                     (own["sockgate"], "Node SSR page through sockgate (each on its own core)"),
+                     (direct, "Node SSR page, direct (one shared core, sat)"),
+                     (via, "Node SSR page through sockgate (one shared core, sat)"),
+                     (direct_paced, "Node SSR page, direct (one shared core, paced)"),
+                     (via_paced, "Node SSR page through sockgate (one shared core, paced)")):
         L.append(f"| {label} | {f(w and w['rps'], 0)} | {f(w and w['p50'], 2)} | {f(w and w['p99'], 2)} |")
     L.append("\nwrk: 64 connections for the fast upstream (which runs on core 1 with wrk), 16 for the SSR page; "
              "with each on its own core, the app runs on core 1 and sockgate and wrk on core 0.\n")
