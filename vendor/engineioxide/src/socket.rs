@@ -362,7 +362,9 @@ where
 
         // sockgate patch: one timer, reset in place, instead of an `Interval` and a `Timeout`
         // per ping. This task lives as long as the socket; its state was ≈ 1.1 KiB.
-        // Pings still go out every `interval` from the first one, as `Interval` ticks did.
+        // Pings go out every `interval` from the first one, as `Interval` ticks did; the first
+        // one `interval` after the open (the `Interval`'s first tick was immediate), as the
+        // reference JavaScript server does — a burst of new sessions is not pinged at once.
         let timer = tokio::time::sleep(interval);
         tokio::pin!(timer);
         (&mut timer).await;
