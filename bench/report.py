@@ -151,18 +151,24 @@ def verdict(ok):
 # ------------------------------------------------------------------------------------------------
 # Chart
 # ------------------------------------------------------------------------------------------------
-def chart(sg, sd, path):
+def chart(sg, sd, sg2, sd2, path):
     W, H, PW = 900, 360, 400
-    series = [("sockgate", sg, "#d9480f"), ("Node socket.io (seed)", sd, "#1c7ed6")]
-    panels = [("Memory per idle authenticated socket (KiB)", "rss_per_socket_kib"),
-              ("Broadcast to all N: last delivery, median (ms)", "bcast_p50_ms")]
+    memory, broadcast = "rss_per_socket_kib", "bcast_p50_ms"
+    # (legend, data, colour, dashed, panels it is drawn in)
+    series = [("sockgate", sg, "#d9480f", False, {memory, broadcast}),
+              ("Node socket.io (seed)", sd, "#1c7ed6", False, {memory, broadcast}),
+              ("sockgate, both cores", sg2, "#d9480f", True, {broadcast}),
+              ("Node, both cores", sd2, "#1c7ed6", True, {broadcast})]
+    series = [x for x in series if x[1]]
+    panels = [("Memory per idle authenticated socket (KiB)", memory),
+              ("Broadcast to all N: last delivery, median (ms)", broadcast)]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
              'font-family="sans-serif" font-size="12">',
              f'<rect width="{W}" height="{H}" fill="white"/>']
     for pi, (title, key) in enumerate(panels):
         x0, y0, pw, ph = 60 + pi * (PW + 60), 40, PW - 40, H - 110
-        pts = {name: sorted((n, v[key]) for n, v in (d or {"levels": {}})["levels"].items() if v[key] is not None)
-               for name, d, _ in series}
+        pts = {name: sorted((n, v[key]) for n, v in d["levels"].items() if v[key] is not None)
+               for name, d, _, _, keys in series if key in keys}
         xs = [n for p in pts.values() for n, _ in p] or [1]
         ys = [v for p in pts.values() for _, v in p] or [1]
         xmax, ymax = max(xs) * 1.05, max(ys) * 1.15 or 1
@@ -178,19 +184,27 @@ def chart(sg, sd, path):
         for n in sorted(set(xs)):
             parts.append(f'<text x="{sx(n):.1f}" y="{y0 + ph + 16}" text-anchor="middle">{n:,}</text>')
         parts.append(f'<text x="{x0 + pw / 2}" y="{y0 + ph + 34}" text-anchor="middle">N sockets</text>')
-        for si, (name, _, color) in enumerate(series):
-            p = pts[name]
+        for si, (name, _, color, dashed, _) in enumerate(series):
+            p = pts.get(name)
             if not p:
                 continue
-            d = " ".join(f"{sx(n):.1f},{sy(v):.1f}" for n, v in [(0, p[0][1])][:0] + p)
-            parts.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
+            d = " ".join(f"{sx(n):.1f},{sy(v):.1f}" for n, v in p)
+            dash = ' stroke-dasharray="6 4"' if dashed else ""
+            parts.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
             for n, v in p:
                 parts.append(f'<circle cx="{sx(n):.1f}" cy="{sy(v):.1f}" r="3.5" fill="{color}"/>')
-                dy = -6 if si == 0 else 16
-                parts.append(f'<text x="{sx(n) + 5:.1f}" y="{sy(v) + dy:.1f}" fill="{color}">{v:.1f}</text>')
-    for i, (name, _, color) in enumerate(series):
-        x = 60 + i * 260
-        parts.append(f'<rect x="{x}" y="{H - 28}" width="14" height="14" fill="{color}"/>')
+                dy = -6 if si % 2 == 0 else 16
+                # Dashed series label to the left of their points, solid ones to the right.
+                tx, anchor = (sx(n) - 6, "end") if dashed else (sx(n) + 5, "start")
+                parts.append(f'<text x="{tx:.1f}" y="{sy(v) + dy:.1f}" fill="{color}" '
+                             f'text-anchor="{anchor}">{v:.1f}</text>')
+    for i, (name, _, color, dashed, _) in enumerate(series):
+        x = 60 + i * 210
+        if dashed:
+            parts.append(f'<line x1="{x}" y1="{H - 21}" x2="{x + 14}" y2="{H - 21}" stroke="{color}" '
+                         'stroke-width="2" stroke-dasharray="4 2"/>')
+        else:
+            parts.append(f'<rect x="{x}" y="{H - 28}" width="14" height="14" fill="{color}"/>')
         parts.append(f'<text x="{x + 20}" y="{H - 16}">{name}</text>')
     parts.append("</svg>")
     with open(path, "w") as fh:
@@ -378,10 +392,10 @@ def main():
     if quick:
         with open(os.path.join(out, "section.md"), "w") as fh:
             fh.write(section)
-        chart(sg, sd, os.path.join(out, "chart.svg"))
+        chart(sg, sd, sg2, sd2, os.path.join(out, "chart.svg"))
         json.dump(results, open(os.path.join(out, "results.json"), "w"), indent=1, default=str)
         return
-    chart(sg, sd, os.path.join(ROOT, "bench", "chart.svg"))
+    chart(sg, sd, sg2, sd2, os.path.join(ROOT, "bench", "chart.svg"))
     json.dump(results, open(os.path.join(ROOT, "bench", "results.json"), "w"), indent=1, default=str)
     path = os.path.join(ROOT, "BENCHMARKS.md")
     doc = open(path).read() if os.path.exists(path) else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
