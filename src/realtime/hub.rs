@@ -8,8 +8,8 @@ use std::sync::Arc;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
-use super::connecting_room;
 use super::history::Journal;
+use super::{CONNECTING_ROOM_PREFIX, connecting_room};
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
 
@@ -282,14 +282,24 @@ impl Hub {
                 Scope::Local,
             )),
         };
-        let users = rooms
-            .iter()
-            .filter(|r| r.starts_with(&self.room_prefix))
-            .count();
+        // A user counts from the handshake on, like in presence: a socket still replaying
+        // missed messages waits in its connecting room, not yet in the user room.
+        let mut users = std::collections::HashSet::new();
+        let mut public_rooms = 0;
+        for room in &rooms {
+            if let Some(user) = room.strip_prefix(CONNECTING_ROOM_PREFIX) {
+                users.insert(user);
+                continue;
+            }
+            public_rooms += 1;
+            if let Some(user) = room.strip_prefix(self.room_prefix.as_str()) {
+                users.insert(user);
+            }
+        }
         HubStats {
             connections,
-            users,
-            rooms: rooms.len(),
+            users: users.len(),
+            rooms: public_rooms,
             publishes: self.metrics.publishes_total(),
             deliveries: self.metrics.deliveries_total(),
             scope,

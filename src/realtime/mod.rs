@@ -368,8 +368,9 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
 /// The room a user's socket waits in between its handshake and the end of its replay.
 /// Outside `realtime.room_prefix` on purpose: it is not a user room and never published to.
 pub(crate) fn connecting_room(user_id: &str) -> String {
-    format!("sockgate:connecting:{user_id}")
+    format!("{CONNECTING_ROOM_PREFIX}{user_id}")
 }
+pub(crate) const CONNECTING_ROOM_PREFIX: &str = "sockgate:connecting:";
 
 /// The event a client gets when its missed messages cannot be replayed.
 pub const RECOVERY_FAILED: &str = "recovery_failed";
