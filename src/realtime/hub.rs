@@ -166,8 +166,15 @@ impl Hub {
         let _joining = self.journal.lock(&room).await;
         match history.append(&room, event, data).await {
             Some(offset) => {
+                // This user's sockets still waiting for their replay (it waits for the lock
+                // held here) get the message from it: they are recipients too.
+                let replaying = room
+                    .strip_prefix(self.room_prefix.as_str())
+                    .map(|user| with_io!(self, io => io.local().to(connecting_room(user)).sockets().len()))
+                    .unwrap_or(0);
                 let meta = serde_json::json!({ "offset": offset });
-                self.deliver(Some(room), event, &(data, meta)).await
+                let (delivered, dropped) = self.deliver(Some(room), event, &(data, meta)).await?;
+                Ok((delivered + replaying, dropped))
             }
             None => self.deliver(Some(room), event, data).await,
         }
