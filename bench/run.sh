@@ -118,37 +118,35 @@ say "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), load: $(u
 uptime >"$OUT/uptime-start.txt"
 
 # --- 1. sockets: memory, connect rate, broadcast, per-user publish ----------------------------
+measure_sockets() { # design(sockgate|seed) phase run server-cpus loadgen-args...
+  local design=$1 phase=$2 r=$3 cpus=$4; shift 4
+  say "$phase run $r/$RUNS: $design"
+  if [ "$design" = sockgate ]; then
+    start_app; SG_CPUS=$cpus start_sockgate $SG_PORT "http://127.0.0.1:$APP_PORT"
+    "${LG[@]}" sockets --addr 127.0.0.1:$SG_PORT --publish-socket "$SG_SOCK" --server-pids "$SG_PID" "$@" \
+      --out "$OUT/$phase-sockgate-$r.json" 2>>"$OUT/loadgen.log"
+    stop "$SG_PID" "$APP_PID"
+  else
+    SEED_CPUS=$cpus start_seed
+    "${LG[@]}" sockets --addr 127.0.0.1:$SEED_PORT --publish-socket "$SEED_SOCK" --server-pids "$SEED_PID" --gc 1 "$@" \
+      --out "$OUT/$phase-seed-$r.json" 2>>"$OUT/loadgen.log"
+    stop "$SEED_PID"
+  fi
+}
 for r in $(seq "$RUNS"); do
-  say "sockets run $r/$RUNS: sockgate (levels $LEVELS)"
-  start_app; start_sockgate $SG_PORT "http://127.0.0.1:$APP_PORT"
-  "${LG[@]}" sockets --addr 127.0.0.1:$SG_PORT --publish-socket "$SG_SOCK" --server-pids "$SG_PID" \
-    --levels "$LEVELS" --broadcasts "$BCASTS" --step-secs "$STEP_SECS" --single-start 2000 --batch-start 5000 \
-    --out "$OUT/sockets-sockgate-$r.json" 2>>"$OUT/loadgen.log"
-  stop "$SG_PID" "$APP_PID"
-  say "sockets run $r/$RUNS: node socket.io (seed)"
-  start_seed
-  "${LG[@]}" sockets --addr 127.0.0.1:$SEED_PORT --publish-socket "$SEED_SOCK" --server-pids "$SEED_PID" --gc 1 \
-    --levels "$LEVELS" --broadcasts "$BCASTS" --step-secs "$STEP_SECS" --single-start 1000 --batch-start 2000 \
-    --out "$OUT/sockets-seed-$r.json" 2>>"$OUT/loadgen.log"
-  stop "$SEED_PID"
+  measure_sockets sockgate sockets "$r" 0 --levels "$LEVELS" --broadcasts "$BCASTS" --step-secs "$STEP_SECS" \
+    --single-start 2000 --batch-start 5000
+  measure_sockets seed sockets "$r" 0 --levels "$LEVELS" --broadcasts "$BCASTS" --step-secs "$STEP_SECS" \
+    --single-start 1000 --batch-start 2000
 done
 
 # --- 1b. broadcast when the server may use both cores -----------------------------------------
 # Node runs JavaScript on one thread; sockgate's runtime has a worker per core. Each server gets
 # cores 0 and 1 (the load generator stays on core 1, so it competes with the server there).
 for r in $(seq "$RUNS"); do
-  say "broadcast, both cores, run $r/$RUNS: sockgate (levels $BOTH_LEVELS)"
-  start_app; SG_CPUS=0,1 start_sockgate $SG_PORT "http://127.0.0.1:$APP_PORT"
-  "${LG[@]}" sockets --addr 127.0.0.1:$SG_PORT --publish-socket "$SG_SOCK" --server-pids "$SG_PID" \
-    --levels "$BOTH_LEVELS" --broadcasts "$BCASTS" --rate-search 0 \
-    --out "$OUT/bothcores-sockgate-$r.json" 2>>"$OUT/loadgen.log"
-  stop "$SG_PID" "$APP_PID"
-  say "broadcast, both cores, run $r/$RUNS: node socket.io (seed)"
-  SEED_CPUS=0,1 start_seed
-  "${LG[@]}" sockets --addr 127.0.0.1:$SEED_PORT --publish-socket "$SEED_SOCK" --server-pids "$SEED_PID" --gc 1 \
-    --levels "$BOTH_LEVELS" --broadcasts "$BCASTS" --rate-search 0 \
-    --out "$OUT/bothcores-seed-$r.json" 2>>"$OUT/loadgen.log"
-  stop "$SEED_PID"
+  for design in sockgate seed; do
+    measure_sockets "$design" bothcores "$r" 0,1 --levels "$BOTH_LEVELS" --broadcasts "$BCASTS" --rate-search 0
+  done
 done
 
 # --- 2. the app's SSR page, idle and under realtime load --------------------------------------
