@@ -304,7 +304,8 @@ impl Default for AuthConfig {
 impl Default for PublishConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from("/tmp/sockgate.sock"),
+            // Empty: resolved at load time to a private per-user path (`default_socket_path`).
+            socket: PathBuf::new(),
             socket_mode: "0660".into(),
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
@@ -365,8 +366,14 @@ impl Config {
     /// `sidecar.toml` in the working directory is read if present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let figment = Self::figment(file, overrides)?;
-        let config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
+        let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
         config.validate(&figment)?;
+        if config.publish.socket.as_os_str().is_empty() {
+            config.publish.socket = crate::publish::default_socket_path(
+                std::env::var_os("XDG_RUNTIME_DIR"),
+                crate::publish::current_uid(),
+            );
+        }
         Ok(config)
     }
 
@@ -681,7 +688,15 @@ mod tests {
             jail.clear_env();
             let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
             let config = Config::load(Some(&shipped), &Overrides::default()).expect("loads");
-            assert_eq!(config, Config::default());
+            let mut expected = Config::default();
+            expected.publish.socket = PathBuf::from(format!(
+                "/tmp/sockgate-{}/sockgate.sock",
+                crate::publish::current_uid()
+            ));
+            assert_eq!(
+                config, expected,
+                "the default socket path is private, per user"
+            );
             Ok(())
         });
     }
