@@ -154,6 +154,12 @@ async fn binary_attachment_floods_do_not_grow_memory() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = rss_kib(pid);
+    eprintln!(
+        "binary flood: RSS {} MiB before, {} MiB with the floods open, {} MiB after",
+        before / 1024,
+        during / 1024,
+        after / 1024
+    );
     assert!(
         during.max(after).saturating_sub(before) < 48 * 1024,
         "RSS {} MiB before, {} MiB with the floods open, {} MiB after they closed",
@@ -461,19 +467,64 @@ async fn h2c_upgrade_is_not_tunnelled_and_forwarded_headers_stay_ours() {
     assert!(h.get("http2-settings").is_none(), "{h}");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
 
-    // WebSocket tunnels still work, and their first request carries our forwarded headers.
-    let (mut ws, resp) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/ws", sg.port()))
-            .await
-            .expect("upgrade through sockgate");
-    assert_eq!(resp.status(), 101);
-    ws.send(Message::text("hi")).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+    // WebSocket tunnels still work, and their first request carries our forwarded headers,
+    // not the client's.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut upgrade = format!("ws://127.0.0.1:{}/ws-headers", sg.port())
+        .into_client_request()
+        .unwrap();
+    upgrade
+        .headers_mut()
+        .insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(upgrade)
         .await
-        .expect("echo in time")
+        .expect("upgrade through sockgate");
+    assert_eq!(resp.status(), 101);
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("headers in time")
         .expect("a message")
         .expect("ok");
-    assert_eq!(reply.into_text().unwrap().as_str(), "echo:hi");
+    let seen: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+}
+
+/// An Engine.IO long-polling session: its sid, after the open packet.
+async fn polling_session(port: u16) -> String {
+    let open = body_text(get(port, "/socket.io/?EIO=4&transport=polling").await).await;
+    let json = open.strip_prefix('0').expect("open packet");
+    let v: serde_json::Value = serde_json::from_str(json).expect("open JSON");
+    v["sid"].as_str().expect("sid").to_owned()
+}
+
+#[tokio::test]
+async fn polling_binary_and_oversized_bodies_are_refused() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let path = |sid: &str| format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+
+    // A binary packet (`b` + base64 in Engine.IO v4 polling) ends the session.
+    let sid = polling_session(sg.port()).await;
+    let header = attachment_header(2, 0);
+    let body = format!("{header}\u{1e}bAQIDBA==");
+    let resp = send(sg.port(), request("POST", &path(&sid), body)).await;
+    assert_eq!(resp.status(), 400, "{}", body_text(resp).await);
+    let next = get(sg.port(), &path(&sid)).await;
+    assert_eq!(next.status(), 400, "the session survived a binary packet");
+
+    // A body over realtime.max_poll_payload_bytes (16 KiB by default) is refused.
+    let sid = polling_session(sg.port()).await;
+    let resp = send(
+        sg.port(),
+        request("POST", &path(&sid), attachment_header(1, 20 * 1024)),
+    )
+    .await;
+    assert_eq!(resp.status(), 413);
+
+    // A pong is fine.
+    let sid = polling_session(sg.port()).await;
+    let resp = send(sg.port(), request("POST", &path(&sid), "3")).await;
+    assert_eq!(resp.status(), 200);
 }
 
 /// Runs sockgate with only `env` (plus PATH and a free port) and returns its exit status and
