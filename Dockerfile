@@ -36,7 +36,9 @@ FROM node:20-bookworm-slim
 ENV NODE_ENV=production \
     PORT=3000 \
     SIDECAR_UPSTREAM__URL=http://127.0.0.1:4321 \
-    SIDECAR_PUBLISH__SOCKET=/tmp/sockgate.sock
+    SIDECAR_PUBLISH__SOCKET=/tmp/sockgate-node/sockgate.sock
+# (sockgate creates that directory 0750 for the `node` user and refuses to start if it exists
+# and belongs to someone else; the healthcheck below reads the same variable.)
 WORKDIR /app
 COPY --from=sockgate /src/target/release/sockgate /usr/local/bin/sockgate
 COPY --from=app /app /app

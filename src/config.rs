@@ -47,6 +47,14 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// Public readiness path for platform health checks (e.g. `/healthz`); empty = off.
     pub health_path: String,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike; hyper has no idle timeout of its own for HTTP/2).
+    pub idle_timeout_ms: u64,
+    /// Most client connections open at once (upgraded ones included); further connections
+    /// are accepted and closed at once. `0` = half the process's file descriptor limit.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// The Node app sockgate fronts.
@@ -71,6 +79,11 @@ pub struct ProxyConfig {
     /// Trust `X-Forwarded-*` sent by the client (true only behind a load balancer that sets
     /// them): append to them instead of overwriting.
     pub trust_forwarded: bool,
+    /// Slowest request body accepted once the grace period is over (time the app spends not
+    /// reading does not count); slower uploads get `408`. `0` = no minimum.
+    pub min_body_rate_bytes_per_sec: u64,
+    /// Time an upload may take before its rate is checked.
+    pub min_body_rate_grace_ms: u64,
 }
 
 /// The Socket.IO endpoint sockgate answers itself.
@@ -83,9 +96,13 @@ pub struct RealtimeConfig {
     pub transports: Vec<Transport>,
     pub ping_interval_ms: u64,
     pub ping_timeout_ms: u64,
-    /// Largest HTTP long-polling body accepted from a client.
+    /// Largest HTTP long-polling POST body accepted from a client. Clients only send
+    /// handshakes and pongs (sockgate takes no client events), so this is small. Also the
+    /// most sockgate batches into one polling response (a larger message goes alone).
     pub max_poll_payload_bytes: u64,
-    /// Largest WebSocket message accepted from a client.
+    /// Largest WebSocket message (and frame) accepted from a client; a larger one closes the
+    /// socket. Binary attachments are refused whatever their size. What sockgate sends is
+    /// not limited by it.
     pub max_ws_message_bytes: usize,
     /// Packets queued per socket before it counts as a slow consumer.
     pub max_buffer_size: usize,
@@ -217,6 +234,9 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             drain_timeout_ms: 10_000,
             health_path: String::new(),
+            idle_timeout_ms: 60_000,
+            max_connections: 0,
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -233,11 +253,12 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[allow(clippy::derivable_impls)] // spelled out so every default lives in one place
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             trust_forwarded: false,
+            min_body_rate_bytes_per_sec: 240,
+            min_body_rate_grace_ms: 5_000,
         }
     }
 }
@@ -249,8 +270,8 @@ impl Default for RealtimeConfig {
             transports: vec![Transport::Polling, Transport::Websocket],
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
-            max_poll_payload_bytes: 100_000,
-            max_ws_message_bytes: 1024 * 1024,
+            max_poll_payload_bytes: 16 * 1024,
+            max_ws_message_bytes: 16 * 1024,
             max_buffer_size: 128,
             ws_read_buffer_bytes: 256,
             allowed_origins: Vec::new(),
@@ -283,7 +304,8 @@ impl Default for AuthConfig {
 impl Default for PublishConfig {
     fn default() -> Self {
         Self {
-            socket: PathBuf::from("/tmp/sockgate.sock"),
+            // Empty: resolved at load time to a private per-user path (`default_socket_path`).
+            socket: PathBuf::new(),
             socket_mode: "0660".into(),
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
@@ -344,8 +366,14 @@ impl Config {
     /// `sidecar.toml` in the working directory is read if present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let figment = Self::figment(file, overrides)?;
-        let config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
+        let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
         config.validate(&figment)?;
+        if config.publish.socket.as_os_str().is_empty() {
+            config.publish.socket = crate::publish::default_socket_path(
+                std::env::var_os("XDG_RUNTIME_DIR"),
+                crate::publish::current_uid(),
+            );
+        }
         Ok(config)
     }
 
@@ -528,6 +556,27 @@ impl Config {
                 ));
             }
         }
+        if self.realtime.max_ws_message_bytes < 1024 || self.realtime.max_poll_payload_bytes < 1024
+        {
+            let key = if self.realtime.max_ws_message_bytes < 1024 {
+                "realtime.max_ws_message_bytes"
+            } else {
+                "realtime.max_poll_payload_bytes"
+            };
+            return Err(fail(
+                key,
+                "must be at least 1024 (a CONNECT with its auth payload must fit)".into(),
+            ));
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err(fail(
+                "server.max_concurrent_streams",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.server.idle_timeout_ms == 0 {
+            return Err(fail("server.idle_timeout_ms", "must be at least 1".into()));
+        }
         if self.publish.max_batch == 0 {
             return Err(fail("publish.max_batch", "must be at least 1".into()));
         }
@@ -639,7 +688,15 @@ mod tests {
             jail.clear_env();
             let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
             let config = Config::load(Some(&shipped), &Overrides::default()).expect("loads");
-            assert_eq!(config, Config::default());
+            let mut expected = Config::default();
+            expected.publish.socket = PathBuf::from(format!(
+                "/tmp/sockgate-{}/sockgate.sock",
+                crate::publish::current_uid()
+            ));
+            assert_eq!(
+                config, expected,
+                "the default socket path is private, per user"
+            );
             Ok(())
         });
     }

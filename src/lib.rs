@@ -13,6 +13,7 @@
 pub mod body;
 pub mod cluster;
 pub mod config;
+pub mod connection;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
@@ -22,6 +23,7 @@ pub mod server;
 pub mod shutdown;
 pub mod supervisor;
 pub mod telemetry;
+pub mod upload;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -61,6 +63,7 @@ pub async fn run(
         config.proxy.trust_forwarded,
         shutdown.clone(),
         metrics.clone(),
+        upload::MinRate::from(&config.proxy),
     );
     let auth = Arc::new(SessionAuth::new(
         &config.auth,

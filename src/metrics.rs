@@ -58,6 +58,7 @@ pub struct Metrics {
     proxied: Family<Label, Counter>,
     upstream_seconds: Histogram,
     upstream_errors: Family<Label, Counter>,
+    client_errors: Family<Label, Counter>,
     tunnels_opened: Counter,
     pub tunnels_open: Gauge,
 }
@@ -84,6 +85,7 @@ impl Metrics {
             proxied: Family::default(),
             upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             upstream_errors: Family::default(),
+            client_errors: Family::default(),
             tunnels_opened: Counter::default(),
             tunnels_open: Gauge::default(),
         };
@@ -150,6 +152,11 @@ impl Metrics {
             "Upgrade tunnels currently open",
             m.tunnels_open.clone(),
         );
+        r.register(
+            "client_errors",
+            "Proxied requests refused because of the client (malformed, aborted or too slow body), by reason",
+            m.client_errors.clone(),
+        );
         m
     }
 
@@ -211,6 +218,12 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn client_error(&self, reason: &'static str) {
+        self.client_errors
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub fn tunnel_opened(&self) {

@@ -18,6 +18,7 @@ use tower::ServiceExt;
 
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, is_under, ms};
+use crate::connection::{Connection, ConnectionLimit};
 use crate::metrics::{Metrics, Reject};
 use crate::ops::Ops;
 use crate::proxy::{Proxy, mark_forwarded};
@@ -133,8 +134,17 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // A peer that stops answering PINGs is gone, even in the middle of a long stream.
+        .keep_alive_interval(Some(ms(config.idle_timeout_ms)))
+        .keep_alive_timeout(ms(config.header_read_timeout_ms));
     let graceful = GracefulShutdown::new();
+    let limit = ConnectionLimit::new(config.max_connections);
+    tracing::debug!(
+        max = limit.max(),
+        "client connection cap (server.max_connections)"
+    );
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -149,17 +159,24 @@ pub async fn serve(
             },
             _ = shutdown.draining() => break,
         };
+        let Some(place) = limit.admit() else {
+            tracing::debug!(%peer, max = limit.max(), "connection refused: too many open (server.max_connections)");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let header_read_timeout = ms(config.header_read_timeout_ms);
+        let (stream, activity) = Connection::new(stream, place, ms(config.idle_timeout_ms));
         let router = router.clone();
         let service = hyper::service::service_fn(move |req| {
             let router = router.clone();
-            async move { Ok::<_, Infallible>(router.handle(req, peer).await) }
+            let request = activity.request();
+            async move { Ok::<_, Infallible>(request.respond(router.handle(req, peer).await)) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if !request_started(&stream, header_read_timeout).await {
+            if !request_started(stream.stream(), header_read_timeout).await {
                 tracing::debug!(%peer, "connection closed: no request within the header read timeout");
                 return;
             }

@@ -15,9 +15,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{UpstreamConfig, ms};
+use crate::upload::Upload;
 
 /// A request body sent upstream: the client's streamed body, or nothing.
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
 
 /// Why the app did not answer.
 #[derive(Debug, thiserror::Error)]

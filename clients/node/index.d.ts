@@ -1,5 +1,7 @@
 import type { Agent } from 'node:http';
 
+/** `$XDG_RUNTIME_DIR/sockgate/sockgate.sock`, else `/tmp/sockgate-<uid>/sockgate.sock` (sockgate's own default). */
+export declare function defaultSocketPath(env?: NodeJS.ProcessEnv, uid?: number): string;
 export declare const DEFAULT_SOCKET_PATH: string;
 
 /** Exactly one target: userId, userIds, room or broadcast. */
@@ -19,7 +21,7 @@ export interface DisconnectResult { ok: true; disconnected: number }
 export interface UserStatus { userId: string; online: boolean; sockets: number }
 
 export interface ClientOptions {
-  /** Default: $SOCKGATE_SOCKET or /tmp/sockgate.sock */
+  /** Default: $SOCKGATE_SOCKET or defaultSocketPath() */
   socketPath?: string;
   /** Per-request timeout, default 5000 ms. */
   timeoutMs?: number;

@@ -2,8 +2,22 @@
 // Dependency-free; uses node:http with a keep-alive agent.
 
 import http from 'node:http';
+import path from 'node:path';
 
-export const DEFAULT_SOCKET_PATH = '/tmp/sockgate.sock';
+/**
+ * Where sockgate listens when publish.socket is not set, by the same rule sockgate uses:
+ * `$XDG_RUNTIME_DIR/sockgate/sockgate.sock`, else `/tmp/sockgate-<uid>/sockgate.sock`
+ * (a private per-user directory, so another local user cannot squat the socket).
+ * @param {NodeJS.ProcessEnv} [env]
+ * @param {number} [uid]
+ */
+export function defaultSocketPath(env = process.env, uid = process.geteuid?.() ?? process.getuid?.() ?? 0) {
+  const runtime = env.XDG_RUNTIME_DIR;
+  if (runtime) return path.join(runtime, 'sockgate', 'sockgate.sock');
+  return `/tmp/sockgate-${uid}/sockgate.sock`;
+}
+
+export const DEFAULT_SOCKET_PATH = defaultSocketPath();
 const DEFAULT_TIMEOUT_MS = 5000;
 const NOT_RUNNING_CODES = new Set(['ENOENT', 'ECONNREFUSED']);
 

@@ -9,7 +9,8 @@
 # Environment:
 #   PORT             public port (default 3000)
 #   UPSTREAM_PORT    where the app listens, on 127.0.0.1 (default 4321)
-#   SOCKGATE_SOCKET  publish socket path (default ${TMPDIR:-/tmp}/sockgate-demo.sock)
+#   SOCKGATE_SOCKET  publish socket path (default: sockgate's own, $XDG_RUNTIME_DIR/sockgate/sockgate.sock
+#                    or /tmp/sockgate-<uid>/sockgate.sock: a private per-user directory)
 #   SOCKGATE_BIN     use this sockgate binary instead of building target/release/sockgate
 set -euo pipefail
 
@@ -17,7 +18,9 @@ APP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$APP_DIR/../.." && pwd)"
 PORT="${PORT:-3000}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-4321}"
-SOCK="${SOCKGATE_SOCKET:-${TMPDIR:-/tmp}/sockgate-demo.sock}"
+if [ -n "${XDG_RUNTIME_DIR:-}" ]; then DEFAULT_SOCK="$XDG_RUNTIME_DIR/sockgate/sockgate.sock"
+else DEFAULT_SOCK="/tmp/sockgate-$(id -u)/sockgate.sock"; fi
+SOCK="${SOCKGATE_SOCKET:-$DEFAULT_SOCK}"
 
 say() { if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
 die() { printf 'demo.sh: %s\n' "$*" >&2; exit 1; }

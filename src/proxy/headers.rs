@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// non-standard ones proxies conventionally drop.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// non-standard ones proxies conventionally drop. `HTTP2-Settings` belongs to an h2c upgrade
+/// (RFC 7540 §3.2.1), which is never passed on.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -15,9 +16,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("http2-settings"),
 ];
 
-/// Removes hop-by-hop headers and every header the `Connection` header names.
+/// End-to-end headers a `Connection` header may name but never removes: without them the app
+/// would see another host (`Host`), lose the user's session or credentials, get a different
+/// framing, or lose the client address sockgate vouches for. A client listing them in
+/// `Connection` is not a reason to drop them (nginx keeps them too).
+const NEVER_HOP_BY_HOP: [HeaderName; 9] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::COOKIE,
+    header::AUTHORIZATION,
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+];
+
+/// Removes hop-by-hop headers and every header the `Connection` header names, except the
+/// end-to-end ones in [`NEVER_HOP_BY_HOP`].
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -25,6 +44,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -32,7 +52,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::PROXY_AUTHENTICATE);
 }
 
-/// The protocol an `Upgrade` request asks for, if it is one (HTTP/1.1 only).
+/// The protocol an `Upgrade` request asks for, if it is one sockgate passes on (HTTP/1.1
+/// only). An `h2c` upgrade never is: tunnelled, it would let the client speak HTTP/2 straight
+/// to the app, with forwarded headers of its own choosing; it is served as a plain request.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -40,11 +62,11 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    let protocol = headers.get(header::UPGRADE).filter(|_| asks)?;
+    let h2c = protocol.to_str().map_or(true, |v| {
+        v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+    });
+    (!h2c).then(|| protocol.clone())
 }
 
 /// What the app should learn about the original request.
@@ -167,5 +189,23 @@ mod tests {
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
         assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+        h.insert(header::UPGRADE, HeaderValue::from_static("H2C"));
+        assert!(upgrade_protocol(&h).is_none());
+    }
+
+    #[test]
+    fn connection_cannot_name_end_to_end_headers_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, Host, cookie, x-forwarded-for, http2-settings"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("app.test"));
+        h.insert(header::COOKIE, HeaderValue::from_static("sid=1"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABk"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert!(!h.contains_key("http2-settings"));
     }
 }

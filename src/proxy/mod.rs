@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::upload::{ClientFault, MinRate, Upload};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use headers::effective_host;
@@ -30,6 +31,7 @@ pub struct Proxy {
     trust_forwarded: bool,
     tunnels: Tunnels,
     metrics: Arc<Metrics>,
+    min_rate: MinRate,
 }
 
 impl Proxy {
@@ -38,12 +40,14 @@ impl Proxy {
         trust_forwarded: bool,
         shutdown: Shutdown,
         metrics: Arc<Metrics>,
+        min_rate: MinRate,
     ) -> Self {
         Self {
             upstream,
             trust_forwarded,
             tunnels: Tunnels::new(shutdown, metrics.clone()),
             metrics,
+            min_rate,
         }
     }
 
@@ -52,7 +56,7 @@ impl Proxy {
     }
 
     /// Forwards one request from `peer` to the app and returns the app's answer, or a 502/504
-    /// page that says why there is none.
+    /// page that says why there is none, or a 400/408 when the client's body is at fault.
     pub async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let upgrade = (req.version() == Version::HTTP_11)
             .then(|| headers::upgrade_protocol(req.headers()))
@@ -81,11 +85,18 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
+        let (body, client_fault) = Upload::new(body, self.min_rate);
         let req = Request::from_parts(parts, Either::Left(body));
 
         let started = Instant::now();
         let mut resp = match self.upstream.send(req, None).await {
             Ok(resp) => resp,
+            Err(_) if let Some(fault) = client_fault.get() => {
+                // The app is fine: the client sent a broken body, gave up, or trickled.
+                tracing::debug!(%method, %path, %peer, "{fault}");
+                self.metrics.client_error(fault.label());
+                return client_fault_page(fault);
+            }
             Err(error) => {
                 tracing::warn!(%method, %path, %peer, "{error}");
                 self.metrics.upstream_error(match error {
@@ -129,6 +140,19 @@ pub fn mark_forwarded(headers: &mut http::HeaderMap, peer: SocketAddr, trust_for
             trust_incoming: trust_forwarded,
         },
     );
+}
+
+/// The answer to a request whose body the client got wrong. The connection is closed: the
+/// rest of the body cannot be trusted (and a trickling client must not keep it).
+fn client_fault_page(fault: &ClientFault) -> Response<Body> {
+    let status = match fault {
+        ClientFault::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+        ClientFault::BadBody(_) => StatusCode::BAD_REQUEST,
+    };
+    let mut resp = body::text(status, fault.to_string());
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// The page a browser shows when the app cannot answer: short, and saying whose fault it is.

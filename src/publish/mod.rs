@@ -5,6 +5,7 @@
 
 mod api;
 mod message;
+mod socket_dir;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -20,6 +21,7 @@ use crate::shutdown::Shutdown;
 
 pub use api::PublishApi;
 pub use message::{InvalidField, Publish, parse_batch, parse_publish};
+pub use socket_dir::{current_uid, default_socket_path};
 
 /// Why the publish socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,11 @@ pub enum BindError {
     NotASocket(PathBuf),
     #[error("publish socket {0}: {1}")]
     Io(PathBuf, io::Error),
+    #[error(
+        "publish socket {0}: {1}; refusing to start (set publish.socket / SIDECAR_PUBLISH__SOCKET \
+         to a path in a directory only this user can change)"
+    )]
+    Unsafe(PathBuf, String),
 }
 
 /// The bound socket; its file is removed when this is dropped.
@@ -42,10 +49,12 @@ pub struct PublishSocket {
 }
 
 impl PublishSocket {
-    /// Binds `path` with file mode `mode`. A stale file left by a crashed run is replaced; a
+    /// Binds `path` with file mode `mode`, in a directory only we can change (created if
+    /// missing, see `socket_dir`). A stale file of ours left by a crashed run is replaced; a
     /// socket another live process listens on is not.
     pub async fn bind(path: &Path, mode: u32) -> Result<Self, BindError> {
         let io_err = |e| BindError::Io(path.to_owned(), e);
+        socket_dir::prepare(path, mode)?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {
                 return Err(BindError::NotASocket(path.to_owned()));
@@ -59,9 +68,6 @@ impl PublishSocket {
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
         }
         let listener = UnixListener::bind(path).map_err(io_err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;

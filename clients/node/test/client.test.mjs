@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import {
   closeDefaultClient,
   createClient,
+  defaultSocketPath,
   disconnectUser,
   publish,
   pushNotification,
@@ -347,6 +348,44 @@ describe('client against a real sockgate', { skip: haveBinary ? false : `no sock
     } finally {
       client.close();
       agent.destroy();
+    }
+  });
+});
+
+describe('default socket path', () => {
+  test('is private per user, by the same rule as sockgate', () => {
+    assert.equal(defaultSocketPath({ XDG_RUNTIME_DIR: '/run/user/1000' }, 1000), '/run/user/1000/sockgate/sockgate.sock');
+    assert.equal(defaultSocketPath({}, 1000), '/tmp/sockgate-1000/sockgate.sock');
+    assert.equal(defaultSocketPath({ XDG_RUNTIME_DIR: '' }, 7), '/tmp/sockgate-7/sockgate.sock');
+  });
+
+  test('finds a sockgate started without publish.socket', { skip: haveBinary ? false : `no sockgate binary at ${SOCKGATE_BIN}` }, async () => {
+    const runtime = tmpDir();
+    const env = { PATH: process.env.PATH, XDG_RUNTIME_DIR: runtime };
+    const [port, upstreamPort] = [await freePort(), await freePort()];
+    const child = spawn(SOCKGATE_BIN, [], {
+      cwd: runtime,
+      env: {
+        ...env,
+        SIDECAR_SERVER__HOST: '127.0.0.1',
+        SIDECAR_SERVER__PORT: String(port),
+        SIDECAR_UPSTREAM__URL: `http://127.0.0.1:${upstreamPort}`,
+      },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    const client = createClient({ socketPath: defaultSocketPath(env) });
+    try {
+      const deadline = Date.now() + 15_000;
+      while (!existsSync(defaultSocketPath(env))) {
+        if (Date.now() > deadline) throw new Error('sockgate did not create its default socket');
+        await sleep(50);
+      }
+      const health = await client.health();
+      assert.equal(health.ok, true);
+    } finally {
+      client.close();
+      child.kill('SIGKILL');
+      rmSync(runtime, { recursive: true, force: true });
     }
   });
 });

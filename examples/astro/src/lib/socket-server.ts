@@ -1,5 +1,5 @@
 // Replaces the old src/lib/pusher.ts: same `pushNotification(userId, payload)` signature,
-// but publishes through sockgate's Unix socket (SOCKGATE_SOCKET, default /tmp/sockgate.sock).
+// but publishes through sockgate's Unix socket (SOCKGATE_SOCKET, default: sockgate's private per-user path).
 // sockgate emits `notification` to every socket in room `user:{userId}`.
 import { pushNotification as publishToSockgate } from '@sockgate/client';
 

@@ -199,9 +199,12 @@ where
                 engine.handler.on_message(msg, socket.clone());
                 Ok(())
             }
-            Ok(Packet::Binary(bin) | Packet::BinaryV3(bin)) => {
-                engine.handler.on_binary(bin, socket.clone());
-                Ok(())
+            // sockgate patch: binary from a client is refused, as on the WebSocket transport.
+            Ok(p @ (Packet::Binary(_) | Packet::BinaryV3(_))) => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(%sid, "binary packet from a client refused");
+                engine.close_session(sid, DisconnectReason::PacketParsingError);
+                return Err(Error::BadPacket(p));
             }
             Ok(p) => {
                 #[cfg(feature = "tracing")]

@@ -273,14 +273,10 @@ where
                 }
                 p => return Err(Error::BadPacket(p)),
             },
-            Message::Binary(mut data) => {
-                if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
-                    // The first byte is the message type, which we don't need.
-                    data = data.split_off(1);
-                }
-                engine.handler.on_binary(data, socket.clone());
-                Ok(())
-            }
+            // sockgate patch: a client never sends binary to sockgate, and Socket.IO would
+            // buffer every attachment of an event until the last arrives: refuse the first
+            // one and close the session (tungstenite has read at most ws_max_message_size).
+            Message::Binary(data) => return Err(Error::BadPacket(Packet::Binary(data))),
             Message::Close(_) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("websocket closed, closing session");

@@ -1,0 +1,264 @@
+//! One client connection on the public port: its place under `server.max_connections`, held
+//! for as long as the socket is open (after an upgrade too), and its idle timer.
+//!
+//! hyper closes an HTTP/1.1 connection that is slow to send a request head, but has no idle
+//! timeout for HTTP/2: a client that sends the preface and then nothing would hold its socket
+//! forever. So the connection's reads end (as if the client had closed) once no request has
+//! been in flight for `server.idle_timeout_ms`. Only requests count as activity (HTTP/2 PINGs
+//! do not), and a request counts until its response body is finished. An upgraded connection
+//! (WebSocket, tunnel) belongs to whoever took it over and has no idle timer here.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{self, Body, BoxError};
+
+/// The cap on open client connections.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    /// `configured == 0` means half the soft file descriptor limit: the other half is left for
+    /// the app connections those clients cause, the publish socket and the rest.
+    pub fn new(configured: usize) -> Self {
+        let max = match configured {
+            0 => fd_limit().map_or(10_000, |n| (n / 2).max(64)),
+            n => n,
+        };
+        Self {
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            max,
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A place for one more connection, if there is one.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
+fn fd_limit() -> Option<usize> {
+    let (soft, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    usize::try_from(soft).ok()
+}
+
+/// What the connection's requests have been doing, shared by its I/O and its service.
+pub struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` of the last request start or end.
+    last_ms: AtomicU64,
+    upgraded: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            upgraded: AtomicBool::new(false),
+        })
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.born + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Counts a request from now until its response body is dropped, which `respond` ties
+    /// to the response.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        InFlight(self.clone())
+    }
+}
+
+/// One request in flight; see [`Activity::request`].
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// The response, with this request counted until its body is finished. A `101` hands
+    /// the connection over for good.
+    pub fn respond(self, resp: Response<Body>) -> Response<Body> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            self.0.upgraded.store(true, Ordering::Relaxed);
+        }
+        resp.map(|inner| {
+            body::boxed(Tracked {
+                inner,
+                _in_flight: self,
+            })
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's socket, holding its place under the cap and ending its reads when idle.
+pub struct Connection {
+    stream: TcpStream,
+    _place: OwnedSemaphorePermit,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Connection {
+    pub fn new(
+        stream: TcpStream,
+        place: OwnedSemaphorePermit,
+        idle_timeout: Duration,
+    ) -> (Self, Arc<Activity>) {
+        let activity = Activity::new();
+        let conn = Self {
+            stream,
+            _place: place,
+            activity: activity.clone(),
+            idle_timeout,
+            timer: Box::pin(tokio::time::sleep(idle_timeout)),
+        };
+        (conn, activity)
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Whether the connection has been idle for the whole timeout; otherwise arms the timer
+    /// for the next moment it could be.
+    fn idle(&mut self, cx: &mut Context<'_>) -> bool {
+        let activity = &self.activity;
+        if activity.upgraded.load(Ordering::Relaxed) {
+            return false;
+        }
+        loop {
+            if activity.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: only keep the timer armed, so the idle check runs after the request.
+                if self.timer.is_elapsed() {
+                    self.timer
+                        .as_mut()
+                        .reset(Instant::now() + self.idle_timeout);
+                }
+            } else {
+                let due = activity.last() + self.idle_timeout;
+                if self.timer.deadline() != due {
+                    self.timer.as_mut().reset(due);
+                }
+            }
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                // Recheck: a request may have started or ended since the timer was armed.
+                Poll::Ready(()) => {
+                    let idle = activity.in_flight.load(Ordering::Acquire) == 0
+                        && Instant::now() >= activity.last() + self.idle_timeout;
+                    if idle {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Pending if self.idle(cx) => {
+                tracing::debug!("connection closed: idle for server.idle_timeout_ms");
+                // End of stream: hyper closes the connection as if the client had.
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

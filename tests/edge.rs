@@ -1,0 +1,649 @@
+//! Attacks on the public edge by clients that never authenticate, performed at the wire level
+//! against a real sockgate in front of the real Node fixture: oversized and binary Socket.IO
+//! traffic, idle HTTP/2 connections, trickled and malformed uploads, and header tricks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// An Engine.IO WebSocket that has received its open packet and sends nothing else yet: the
+/// state of a client that never sends a Socket.IO CONNECT, so it is never authenticated.
+async fn engine_io_socket(port: u16) -> Ws {
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket handshake");
+    let open = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("open packet in time")
+        .expect("a message")
+        .expect("ok");
+    assert!(open.to_text().unwrap_or("").starts_with('0'), "{open:?}");
+    ws
+}
+
+/// Whether the server ends the WebSocket within `limit` (a close frame, an error or EOF).
+async fn closed_within(ws: &mut Ws, limit: Duration) -> bool {
+    let ended = async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, ended).await.is_ok()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A Socket.IO event header announcing `attachments` binary attachments, padded to `pad`
+/// bytes of payload: until the attachments arrive, Socket.IO keeps it pending.
+fn attachment_header(attachments: usize, pad: usize) -> String {
+    let placeholders: Vec<String> = (0..attachments)
+        .map(|n| format!("{{\"_placeholder\":true,\"num\":{n}}}"))
+        .collect();
+    format!(
+        "45{attachments}-[\"upload\",\"{}\",{}]",
+        "a".repeat(pad),
+        placeholders.join(",")
+    )
+}
+
+#[tokio::test]
+async fn binary_and_oversized_client_messages_close_the_websocket() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+
+    let mut binary = engine_io_socket(sg.port()).await;
+    binary
+        .send(Message::text(attachment_header(2, 0)))
+        .await
+        .expect("send");
+    binary
+        .send(Message::binary(vec![7u8; 100]))
+        .await
+        .expect("send");
+    assert!(
+        closed_within(&mut binary, Duration::from_secs(5)).await,
+        "a binary attachment was accepted"
+    );
+
+    let mut big = engine_io_socket(sg.port()).await;
+    let _ = big
+        .send(Message::text(attachment_header(1, 64 * 1024)))
+        .await;
+    assert!(
+        closed_within(&mut big, Duration::from_secs(5)).await,
+        "a 64 KiB client message was accepted"
+    );
+
+    // A small, legitimate packet keeps the socket open.
+    let mut small = engine_io_socket(sg.port()).await;
+    small.send(Message::text("3")).await.expect("send");
+    assert!(
+        !closed_within(&mut small, Duration::from_millis(800)).await,
+        "a pong closed the socket"
+    );
+}
+
+#[tokio::test]
+async fn binary_attachment_floods_do_not_grow_memory() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let pid = sg.proc.pid();
+    // Warm up: one socket through its whole life, so lazily built state is not counted.
+    drop(engine_io_socket(sg.port()).await);
+    let before = rss_kib(pid);
+
+    // 20 sockets each announce 10 attachments and send 9 of 1 MB, then hold on.
+    let floods: Vec<_> = (0..20)
+        .map(|_| {
+            let port = sg.port();
+            tokio::spawn(async move {
+                let mut ws = engine_io_socket(port).await;
+                let _ = ws.send(Message::text(attachment_header(10, 0))).await;
+                for _ in 0..9 {
+                    if ws
+                        .send(Message::binary(vec![1u8; 1_000_000]))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                ws
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for flood in floods {
+        let ws = tokio::time::timeout(Duration::from_secs(60), flood)
+            .await
+            .expect("flood ends")
+            .expect("task");
+        held.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_kib(pid);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = rss_kib(pid);
+    eprintln!(
+        "binary flood: RSS {} MiB before, {} MiB with the floods open, {} MiB after",
+        before / 1024,
+        during / 1024,
+        after / 1024
+    );
+    assert!(
+        during.max(after).saturating_sub(before) < 48 * 1024,
+        "RSS {} MiB before, {} MiB with the floods open, {} MiB after they closed",
+        before / 1024,
+        during / 1024,
+        after / 1024
+    );
+    assert_eq!(get(sg.port(), "/").await.status(), 200);
+}
+
+#[tokio::test]
+async fn idle_h2c_connections_are_closed() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_SERVER__HEADER_READ_TIMEOUT_MS", "2000"),
+            ("SIDECAR_SERVER__IDLE_TIMEOUT_MS", "2000"),
+        ],
+    );
+    let pid = sg.proc.pid();
+    let fds_before = open_fds(pid);
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut conn = TcpStream::connect(("127.0.0.1", sg.port()))
+            .await
+            .expect("connect");
+        conn.write_all(PREFACE).await.expect("preface");
+        conn.write_all(SETTINGS).await.expect("settings");
+        idle.push(conn);
+    }
+    let accepting = Instant::now();
+    // (A few fds of the baseline may be short-lived: the harness's port probe.)
+    while open_fds(pid) < fds_before + 45 {
+        assert!(
+            accepting.elapsed() < Duration::from_millis(1500),
+            "the connections were not accepted: {} fds, {fds_before} before",
+            open_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    for conn in &mut idle {
+        let mut sink = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut sink)).await;
+        assert!(
+            ended.is_ok(),
+            "an idle h2c connection was still open {:?} after the test started waiting",
+            started.elapsed()
+        );
+    }
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        open_fds(pid) < fds_before + 5,
+        "fds: {} before, {} after",
+        fds_before,
+        open_fds(pid)
+    );
+    // A connection in use is not cut: a request slower than the idle timeout completes.
+    assert_eq!(
+        body_text(get(sg.port(), "/slow?ms=3000").await).await,
+        "slow done"
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_server_max_connections_are_closed() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[("SIDECAR_SERVER__MAX_CONNECTIONS", "5")]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        let mut conn = TcpStream::connect(("127.0.0.1", sg.port())).await.unwrap();
+        conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        waits.push(tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut sink)).await;
+            (closed.is_ok(), conn)
+        }));
+    }
+    let mut closed = 0;
+    let mut held = Vec::new();
+    for wait in waits {
+        let (was_closed, conn) = wait.await.unwrap();
+        closed += usize::from(was_closed);
+        held.push(conn);
+    }
+    assert_eq!(
+        closed, 3,
+        "of 8 connections with a cap of 5, {closed} were closed"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(sg.port(), "/").await.status(), 200);
+}
+
+/// Open TCP connections the fixture app holds, asked directly (the asking connection counts).
+async fn app_connections(app_port: u16) -> i64 {
+    let stats = body_json(get(app_port, "/__stats").await).await;
+    stats["openConnections"].as_i64().expect("openConnections")
+}
+
+/// Sends `head` and then `body` one byte every `every`, until the server answers or closes.
+/// Returns the raw response (empty if the connection was closed without one).
+async fn trickle(port: u16, head: String, body: Vec<u8>, every: Duration) -> String {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let writer = tokio::spawn(async move {
+        for byte in body {
+            if write.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    let mut response = Vec::new();
+    let _ = read.read_to_end(&mut response).await;
+    writer.abort();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn trickled_upload_gets_408_and_frees_the_app_connection() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_PROXY__MIN_BODY_RATE_BYTES_PER_SEC", "240"),
+            ("SIDECAR_PROXY__MIN_BODY_RATE_GRACE_MS", "1000"),
+        ],
+    );
+    let baseline = app_connections(app.port).await;
+    let head = "POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n".to_string();
+    let started = Instant::now();
+    let uploads: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(trickle(
+                sg.port(),
+                head.clone(),
+                vec![b'x'; 100],
+                Duration::from_millis(500),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let during = app_connections(app.port).await;
+    assert!(
+        during >= baseline + 5,
+        "uploads did not reach the app: {baseline} → {during}"
+    );
+    for upload in uploads {
+        let response = tokio::time::timeout(Duration::from_secs(15), upload)
+            .await
+            .expect("the trickling client was cut within 15 s")
+            .expect("task");
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = app_connections(app.port).await;
+    assert!(
+        after <= baseline + 1,
+        "app connections: {baseline} before, {during} during, {after} after"
+    );
+
+    // A normal upload is unaffected.
+    let resp = send(
+        sg.port(),
+        request("POST", "/upload", vec![b'y'; 256 * 1024]),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_json(resp).await["bytes"], 256 * 1024);
+}
+
+/// The publish socket's `/metrics`, as text.
+async fn metrics(sg: &Sockgate) -> String {
+    let stream = tokio::net::UnixStream::connect(&sg.socket).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/metrics")
+        .header("host", "sockgate")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    body_text(sender.send_request(req).await.unwrap()).await
+}
+
+/// The sum of every sample of `metric` (all label sets).
+fn metric_sum(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sends a raw request and returns everything the server writes before closing.
+async fn raw(port: u16, bytes: &[u8], then_close_write: bool) -> String {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    if then_close_write {
+        let _ = conn.shutdown().await;
+    }
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut response)).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_are_client_errors_not_upstream_errors() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let head = "POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (name, body) in [
+        ("negative size", "-1\r\nx\r\n0\r\n\r\n"),
+        ("0x prefix", "0x5\r\nhello\r\n0\r\n\r\n"),
+        ("u64 overflow", "1FFFFFFFFFFFFFFFFF\r\nhello\r\n0\r\n\r\n"),
+        ("data without CRLF", "5\r\nhelloXY0\r\n\r\n"),
+    ] {
+        let response = raw(sg.port(), format!("{head}{body}").as_bytes(), false).await;
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{name}: expected 400, got {response:?}"
+        );
+    }
+    // A client that gives up mid-upload: its connection is gone, nothing to answer.
+    let response = raw(
+        sg.port(),
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\nonly-part",
+        true,
+    )
+    .await;
+    assert!(!response.contains(" 502 "), "{response}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let text = metrics(&sg).await;
+    assert_eq!(
+        metric_sum(&text, "sockgate_upstream_errors_total"),
+        0.0,
+        "client mistakes counted as upstream errors:\n{text}"
+    );
+    assert!(
+        metric_sum(&text, "sockgate_client_errors_total") >= 5.0,
+        "client errors not counted:\n{text}"
+    );
+    assert_eq!(get(sg.port(), "/").await.status(), 200);
+}
+
+#[tokio::test]
+async fn connection_header_cannot_strip_end_to_end_headers() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let req = Request::get("/headers")
+        .header("host", "myapp.test")
+        .header(
+            "connection",
+            "close, host, cookie, authorization, content-length, x-forwarded-for, x-drop",
+        )
+        .header("cookie", "sid=alice-token")
+        .header("authorization", "Bearer t")
+        .header("x-drop", "1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let seen = body_json(send(sg.port(), req).await).await;
+    let h = &seen["headers"];
+    assert_eq!(h["host"], "myapp.test", "{h}");
+    assert_eq!(h["cookie"], "sid=alice-token", "{h}");
+    assert_eq!(h["authorization"], "Bearer t", "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert!(h.get("x-drop").is_none(), "{h}");
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_not_tunnelled_and_forwarded_headers_stay_ours() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let response = raw(
+        sg.port(),
+        b"GET /headers HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+        false,
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = &response[response.find("\r\n\r\n").expect("head end") + 4..];
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).expect("JSON");
+    let h = &seen["headers"];
+    assert!(h.get("upgrade").is_none(), "{h}");
+    assert!(h.get("http2-settings").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+
+    // WebSocket tunnels still work, and their first request carries our forwarded headers,
+    // not the client's.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut upgrade = format!("ws://127.0.0.1:{}/ws-headers", sg.port())
+        .into_client_request()
+        .unwrap();
+    upgrade
+        .headers_mut()
+        .insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(upgrade)
+        .await
+        .expect("upgrade through sockgate");
+    assert_eq!(resp.status(), 101);
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("headers in time")
+        .expect("a message")
+        .expect("ok");
+    let seen: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
+}
+
+/// An Engine.IO long-polling session: its sid, after the open packet.
+async fn polling_session(port: u16) -> String {
+    let open = body_text(get(port, "/socket.io/?EIO=4&transport=polling").await).await;
+    let json = open.strip_prefix('0').expect("open packet");
+    let v: serde_json::Value = serde_json::from_str(json).expect("open JSON");
+    v["sid"].as_str().expect("sid").to_owned()
+}
+
+#[tokio::test]
+async fn polling_binary_and_oversized_bodies_are_refused() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let path = |sid: &str| format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+
+    // A binary packet (`b` + base64 in Engine.IO v4 polling) ends the session.
+    let sid = polling_session(sg.port()).await;
+    let header = attachment_header(2, 0);
+    let body = format!("{header}\u{1e}bAQIDBA==");
+    let resp = send(sg.port(), request("POST", &path(&sid), body)).await;
+    assert_eq!(resp.status(), 400, "{}", body_text(resp).await);
+    let next = get(sg.port(), &path(&sid)).await;
+    assert_eq!(next.status(), 400, "the session survived a binary packet");
+
+    // A body over realtime.max_poll_payload_bytes (16 KiB by default) is refused.
+    let sid = polling_session(sg.port()).await;
+    let resp = send(
+        sg.port(),
+        request("POST", &path(&sid), attachment_header(1, 20 * 1024)),
+    )
+    .await;
+    assert_eq!(resp.status(), 413);
+
+    // A pong is fine.
+    let sid = polling_session(sg.port()).await;
+    let resp = send(sg.port(), request("POST", &path(&sid), "3")).await;
+    assert_eq!(resp.status(), 200);
+}
+
+/// Runs sockgate with only `env` (plus PATH and a free port) and returns its exit status and
+/// stderr if it stops within `limit`, or `None` (and kills it) if it keeps running.
+fn sockgate_exit(
+    upstream_port: u16,
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    let mut child = std::process::Command::new(sockgate_bin())
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SIDECAR_SERVER__HOST", "127.0.0.1")
+        .env("SIDECAR_SERVER__PORT", free_port().to_string())
+        .env(
+            "SIDECAR_UPSTREAM__URL",
+            format!("http://127.0.0.1:{upstream_port}"),
+        )
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sockgate runs");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            return Some((status, stderr));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn publish_socket_in_a_directory_others_control_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = fixture(&[]);
+    let base = temp_dir("squat");
+    // World-writable without the sticky bit: anyone could replace the socket.
+    let open = base.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = open.join("sockgate.sock");
+    let socket_env = socket.to_string_lossy().into_owned();
+    let outcome = sockgate_exit(
+        app.port,
+        &[("SIDECAR_PUBLISH__SOCKET", socket_env.as_str())],
+        Duration::from_secs(5),
+    );
+    let (status, stderr) =
+        outcome.expect("sockgate started with a world-writable socket directory");
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&socket_env) && stderr.contains("writable by group or others"),
+        "{stderr}"
+    );
+
+    // A socket another user bound first, in a directory of ours: never taken over.
+    let ours = base.join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    let socket = ours.join("sockgate.sock");
+    let squatter = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    drop(squatter); // stale, so sockgate would replace it if it were its own
+    if std::os::unix::fs::chown(&socket, Some(65534), Some(65534)).is_ok() {
+        let socket_env = socket.to_string_lossy().into_owned();
+        let outcome = sockgate_exit(
+            app.port,
+            &[("SIDECAR_PUBLISH__SOCKET", socket_env.as_str())],
+            Duration::from_secs(5),
+        );
+        let (status, stderr) = outcome.expect("sockgate took over another user's socket path");
+        assert!(!status.success());
+        assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[tokio::test]
+async fn default_publish_socket_is_in_a_private_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let app = fixture(&[]);
+    let runtime_dir = temp_dir("xdg");
+    let port = free_port();
+    let child = std::process::Command::new(sockgate_bin())
+        .current_dir(&runtime_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .env("SIDECAR_SERVER__HOST", "127.0.0.1")
+        .env("SIDECAR_SERVER__PORT", port.to_string())
+        .env(
+            "SIDECAR_UPSTREAM__URL",
+            format!("http://127.0.0.1:{}", app.port),
+        )
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("sockgate runs");
+    let _sg = Proc { child, port };
+    wait_for_port(port, Duration::from_secs(10), "sockgate");
+    let dir = runtime_dir.join("sockgate");
+    let meta = std::fs::symlink_metadata(&dir).expect("the private directory exists");
+    assert!(meta.is_dir());
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o750,
+        "group may enter (socket_mode 0660), nobody else"
+    );
+    let socket = dir.join("sockgate.sock");
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .expect("the publish socket listens there");
+    drop(stream);
+    drop(_sg);
+    let _ = std::fs::remove_dir_all(&runtime_dir);
+}
