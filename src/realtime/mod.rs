@@ -372,8 +372,15 @@ pub(crate) fn connecting_room(user_id: &str) -> String {
 }
 pub(crate) const CONNECTING_ROOM_PREFIX: &str = "sockgate:connecting:";
 
+/// Rooms and events whose names start with this are sockgate's own: the publish API refuses
+/// them, so an app cannot reach a socket that is still being let in, or impersonate sockgate.
+pub const INTERNAL_PREFIX: &str = "sockgate:";
+
 /// The event a client gets when its missed messages cannot be replayed.
 pub const RECOVERY_FAILED: &str = "recovery_failed";
+
+/// Every event sockgate itself emits to clients; the publish API refuses them.
+pub const SOCKGATE_EVENTS: [&str; 1] = [RECOVERY_FAILED];
 
 /// Periodic re-check of connected sockets' sessions.
 pub struct Revalidation {
@@ -455,6 +462,11 @@ mod tests {
         assert!(headers.get("user-agent").is_none());
         assert!(headers.get("accept-language").is_none());
         assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=websocket");
+    }
+
+    #[test]
+    fn internal_rooms_carry_the_internal_prefix() {
+        assert!(connecting_room("alice").starts_with(INTERNAL_PREFIX));
     }
 
     #[test]
