@@ -5,6 +5,7 @@
 //! joins its user's room. It is one-way by design: the server emits, and whatever a client
 //! emits is dropped unread (no handlers are registered).
 
+mod admission;
 mod auth;
 mod history;
 mod hub;
@@ -32,7 +33,8 @@ use crate::config::{Config, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
-pub use auth::{AuthError, Credentials, SessionAuth};
+pub use admission::{Admission, Refusal, Ticket};
+pub use auth::{AuthError, CredentialError, CredentialKey, Credentials, SessionAuth};
 use history::{History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
@@ -53,6 +55,7 @@ pub struct Realtime {
     pub service: RealtimeService,
     pub hub: Arc<Hub>,
     pub open: OpenSockets,
+    pub admission: Admission,
 }
 
 /// Realtime connections open or opening on this instance: each holds a [`Slot`] from its
@@ -143,7 +146,8 @@ pub async fn start(
         .ws_max_message_size(config.max_ws_message_bytes)
         .ws_max_frame_size(config.max_ws_message_bytes)
         .max_buffer_size(config.max_buffer_size)
-        .ws_read_buffer_size(config.ws_read_buffer_bytes);
+        .ws_read_buffer_size(config.ws_read_buffer_bytes)
+        .connect_timeout(ms(config.connect_timeout_ms));
     let has = |t| config.transports.contains(&t);
     let builder = match (has(Transport::Polling), has(Transport::Websocket)) {
         (true, false) => builder.transports([TransportType::Polling]),
@@ -159,6 +163,7 @@ pub async fn start(
     kept_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     kept_headers.dedup();
     let kept_headers: KeptHeaders = kept_headers.into();
+    let admission = Admission::new(auth.clone(), config.max_pending_connections);
     let handlers = Handlers {
         auth: auth.clone(),
         metrics: metrics.clone(),
@@ -194,6 +199,7 @@ pub async fn start(
         service,
         hub: Arc::new(hub),
         open,
+        admission,
     })
 }
 
@@ -283,7 +289,7 @@ async fn authenticate<A: Adapter>(
 ) -> Result<(), AuthError> {
     let result = check_session(&socket, auth, &handlers).await;
     if let Err(e) = &result {
-        tracing::debug!(sid = %socket.id, "socket refused: {e}");
+        tracing::debug!(socket = %log_id(socket.id), "socket refused: {e}");
         handlers.metrics.rejected(match e {
             AuthError::Unauthorized => Reject::Unauthorized,
             AuthError::Unavailable(_) => Reject::SessionUnavailable,
@@ -300,10 +306,13 @@ async fn check_session<A: Adapter>(
     let credentials = handlers
         .auth
         .credentials(&socket.req_parts().headers)
-        .ok_or(AuthError::Unauthorized)?;
+        .map_err(|_| AuthError::Unauthorized)?;
     let user_id = handlers.auth.authenticate(&credentials).await?;
+    if let Some(ticket) = socket.req_parts().extensions.get::<Ticket>() {
+        ticket.connected();
+    }
     let room = format!("{}{user_id}", handlers.room_prefix);
-    tracing::debug!(sid = %socket.id, user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
+    tracing::debug!(socket = %log_id(socket.id), user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
     match handlers.journal.history() {
         // socketioxide sends the client its CONNECT before the connect handler runs, so the
         // room is joined here: a publish made as soon as the client reports "connected" must
@@ -345,7 +354,7 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         match history.replay(&room, &since).await {
             Replay::Entries(entries) => {
                 if !entries.is_empty() {
-                    tracing::debug!(sid = %socket.id, replayed = entries.len(), "replaying missed messages");
+                    tracing::debug!(socket = %log_id(socket.id), replayed = entries.len(), "replaying missed messages");
                 }
                 for entry in entries {
                     let meta = serde_json::json!({ "offset": entry.offset });
@@ -353,7 +362,7 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
                 }
             }
             Replay::Gap => {
-                tracing::debug!(sid = %socket.id, "history gap: client told to refetch");
+                tracing::debug!(socket = %log_id(socket.id), "history gap: client told to refetch");
                 let _ = socket.emit(
                     RECOVERY_FAILED,
                     &serde_json::json!({ "reason": "messages since the last offset are no longer kept" }),
@@ -363,6 +372,15 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         socket.join(room);
         socket.leave(connecting_room(&identity.user_id));
     }
+}
+
+/// How a socket is named in logs. Its id is the Engine.IO sid, which lets whoever holds it
+/// poll the session (with matching credentials), so logs get a short hash of it instead:
+/// enough to follow one socket through the log, useless to reach it.
+pub(crate) fn log_id(sid: impl std::fmt::Display) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(sid.to_string().as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The room a user's socket waits in between its handshake and the end of its replay.
@@ -404,13 +422,13 @@ impl Revalidation {
             }
             let checks = io.local().sockets().into_iter().filter_map(|socket| {
                 let identity = socket.extensions.get::<Identity>()?;
-                let credentials = auth.credentials(&socket.req_parts().headers)?;
+                let credentials = auth.credentials(&socket.req_parts().headers).ok()?;
                 let auth = auth.clone();
                 Some(async move {
                     match auth.authenticate(&credentials).await {
                         Ok(id) if id == identity.user_id => false,
                         Ok(_) | Err(AuthError::Unauthorized) => {
-                            tracing::info!(sid = %socket.id, user = %identity.user_id, "session ended: socket disconnected");
+                            tracing::info!(socket = %log_id(socket.id), user = %identity.user_id, "session ended: socket disconnected");
                             let _ = socket.disconnect();
                             true
                         }
