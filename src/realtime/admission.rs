@@ -226,6 +226,8 @@ fn open_packet_sid(body: &[u8]) -> Option<&str> {
     Some(&json[start..start + len]).filter(|sid| !sid.is_empty())
 }
 
+/// The sid a request is for: the first `sid=` pair, exactly as engineioxide's parser reads
+/// it, so the session checked here is the session served.
 fn query_sid(query: &str) -> Option<&str> {
     query.split('&').find_map(|pair| pair.strip_prefix("sid="))
 }
@@ -246,5 +248,6 @@ mod tests {
             Some("abc")
         );
         assert_eq!(query_sid("EIO=4&transport=polling"), None);
+        assert_eq!(query_sid("sid=first&sid=second"), Some("first"));
     }
 }
