@@ -149,7 +149,9 @@ impl PublishApi {
                 let id = user_id(id)?;
                 // Forgotten first: a socket reconnecting as soon as it is dropped must find
                 // no cached session to come back on.
-                self.auth.forget_user(&id);
+                if let Err(reason) = self.auth.forget_user(&id).await {
+                    tracing::warn!(user = %id, "kick not shared with the other instances: {reason}");
+                }
                 let disconnected = self.hub.disconnect_user(&id).await.map_err(internal)?;
                 Ok(json!({"ok": true, "userId": id, "disconnected": disconnected}))
             }

@@ -7,11 +7,10 @@
 //! credentials wait for one call; calls in flight are capped, and so are the look-ups waiting
 //! for a place, so a deploy that reconnects every browser at once does not stampede the app
 //! and nobody waits longer than `auth.timeout_ms`. A kick ([`SessionAuth::forget_user`])
-//! makes every earlier answer about that user untrusted.
+//! makes every earlier answer about that user untrusted (`kicks`).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,6 +22,7 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::kicks::{Kicks, Stamp};
 use crate::config::{AuthConfig, ms};
 use crate::metrics::{Lookup, Metrics};
 use crate::upstream::Upstream;
@@ -61,11 +61,11 @@ enum Verdict {
     Rejected,
 }
 
-/// A verdict and the kick generation current when the app was asked.
+/// A verdict and when the app was asked (for [`Kicks::kicked_since`]).
 #[derive(Debug, Clone)]
 struct Answer {
     verdict: Verdict,
-    asked_at: u64,
+    asked_at: Stamp,
 }
 
 /// The SHA-256 of a handshake's credential headers: what the cache and the session binding
@@ -132,49 +132,6 @@ impl Expiry<CredentialKey, Answer> for VerdictExpiry {
     }
 }
 
-/// Users kicked recently. Every session-route call is stamped with the generation current
-/// when it was sent; an answer about a user kicked at a later generation is stale, whether it
-/// sits in the cache or was still on its way when the kick came.
-struct Kicks {
-    state: Mutex<KickState>,
-    /// Past this, no answer from before a kick can still be cached or in flight.
-    remember: Duration,
-}
-
-#[derive(Default)]
-struct KickState {
-    generation: u64,
-    users: HashMap<Arc<str>, (u64, Instant)>,
-}
-
-impl Kicks {
-    fn generation(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .generation
-    }
-
-    fn kick(&self, user: &str) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        state
-            .users
-            .retain(|_, (_, at)| now.duration_since(*at) < self.remember);
-        state.generation += 1;
-        let generation = state.generation;
-        state.users.insert(user.into(), (generation, now));
-    }
-
-    fn kicked_since(&self, user: &str, generation: u64) -> bool {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state
-            .users
-            .get(user)
-            .is_some_and(|(kicked, at)| *kicked > generation && at.elapsed() < self.remember)
-    }
-}
-
 /// One look-up waiting for a place under `auth.max_concurrent`.
 struct Waiting<'a>(&'a AtomicUsize);
 
@@ -231,10 +188,9 @@ impl SessionAuth {
             permits: Semaphore::new(config.max_concurrent),
             waiting: AtomicUsize::new(0),
             max_waiting: config.max_waiting,
-            kicks: Kicks {
-                state: Mutex::default(),
-                remember: ms(config.cache_ttl_ms) + ms(config.timeout_ms) + Duration::from_secs(1),
-            },
+            kicks: Kicks::new(
+                ms(config.cache_ttl_ms) + ms(config.timeout_ms) + Duration::from_secs(1),
+            ),
             metrics,
         }
     }
@@ -323,13 +279,19 @@ impl SessionAuth {
                     (false, false) => Lookup::Coalesced,
                 });
             let Answer { verdict, asked_at } = entry.into_value();
-            match verdict {
-                Verdict::User(id) if self.kicks.kicked_since(&id, asked_at) => {
-                    // Given before the user was kicked: not trusted, the app is asked again.
-                    self.cache.invalidate(&credentials.key).await;
-                }
-                Verdict::User(id) => return Ok(id),
+            let id = match verdict {
+                Verdict::User(id) => id,
                 Verdict::Rejected => return Err(AuthError::Unauthorized),
+            };
+            match self.kicks.kicked_since(&id, asked_at).await {
+                Ok(false) => return Ok(id),
+                // Given before the user was kicked: not trusted, the app is asked again.
+                Ok(true) => self.cache.invalidate(&credentials.key).await,
+                Err(reason) => {
+                    tracing::warn!("socket refused: {reason}");
+                    self.metrics.session_lookup(Lookup::Error);
+                    return Err(AuthError::Unavailable(reason));
+                }
             }
         }
         Err(AuthError::Unavailable(
@@ -339,9 +301,16 @@ impl SessionAuth {
 
     /// Forgets every session of `user_id` (a kick: logout, ban): cached answers and answers
     /// still on their way are not trusted any more, so the next socket of that user is let in
-    /// only on a fresh answer from the app. This instance only.
-    pub fn forget_user(&self, user_id: &str) {
-        self.kicks.kick(user_id);
+    /// only on a fresh answer from the app — on every instance, once [`Self::share_kicks`]
+    /// was called. Returns why the kick could not be shared with the other instances.
+    pub async fn forget_user(&self, user_id: &str) -> Result<(), String> {
+        self.kicks.kick(user_id).await
+    }
+
+    /// Cluster mode: kicks are written to and read from Redis through `client`, each command
+    /// bounded by `timeout`.
+    pub fn share_kicks(&self, client: fred::clients::Client, timeout: Duration) {
+        self.kicks.share_through(client, timeout);
     }
 
     async fn ask_app(&self, headers: &HeaderMap) -> Result<Answer, String> {
@@ -363,7 +332,7 @@ impl SessionAuth {
                 })?
                 .map_err(|_| "session checks are shut down".to_string())?
         };
-        let asked_at = self.kicks.generation();
+        let asked_at = self.kicks.stamp();
         let remaining = self.timeout.saturating_sub(started.elapsed());
         let called = Instant::now();
         let result = tokio::time::timeout(remaining, self.call_session_route(headers, remaining))
@@ -563,17 +532,6 @@ mod tests {
                 max: 1024
             }
         ));
-    }
-
-    #[test]
-    fn a_kick_outdates_answers_given_before_it_only() {
-        let auth = auth();
-        let before = auth.kicks.generation();
-        auth.forget_user("alice");
-        assert!(auth.kicks.kicked_since("alice", before));
-        assert!(!auth.kicks.kicked_since("bob", before));
-        let after = auth.kicks.generation();
-        assert!(!auth.kicks.kicked_since("alice", after));
     }
 
     #[test]

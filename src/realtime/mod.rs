@@ -9,6 +9,7 @@ mod admission;
 mod auth;
 mod history;
 mod hub;
+mod kicks;
 mod origin;
 
 use std::convert::Infallible;
@@ -138,6 +139,9 @@ pub async fn start(
         )),
     };
     let journal = Arc::new(Journal::new(history));
+    if let Some(c) = &cluster {
+        auth.share_kicks(c.commands.clone(), ms(settings.cluster.request_timeout_ms));
+    }
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
         .ping_interval(ms(config.ping_interval_ms))

@@ -9,9 +9,15 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { findRedisServer, startRedis } from './cluster-helpers.mjs';
 import {
   REPO_ROOT,
   startStack,
+  startFixture,
+  startSockgate,
+  fixtureControl,
+  freePort,
+  publishApi,
   client,
   connect,
   connectError,
@@ -269,6 +275,49 @@ test('a kick during an in-flight session lookup is not undone by its (older) ans
     assert.equal(sessionCalls, 2, 'the answer given before the kick was not trusted: the app was asked again');
   } finally {
     await s.control({ reset: true });
+  }
+});
+
+test('cluster: a kick on instance A stops instance B from letting the user back in from its cache', {
+  skip: findRedisServer() ? false : 'redis-server is not on PATH',
+}, async () => {
+  const fixture = await startFixture();
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort);
+  const env = {
+    SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+    SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+  };
+  const [A, B] = await Promise.all([
+    startSockgate({ upstreamUrl: fixture.url, env }),
+    startSockgate({ upstreamUrl: fixture.url, env }),
+  ]);
+  const sockets = [];
+  try {
+    const first = await connect(B.url, { cookie: 'sid=user-ckick', transports: ['websocket'] });
+    sockets.push(first);
+    const gone = nextEvent(first, 'disconnect', 5000);
+    await fixtureControl(fixture.url, { logout: 'user-ckick' }); // the app ends the session, then kicks on A
+    const kick = await publishApi(A.publishSocket, 'POST', '/users/ckick/disconnect');
+    assert.equal(kick.status, 200, kick.text);
+    await gone; // the kick reached B's socket through Redis
+    await sleep(100);
+    const again = client(B.url, { cookie: 'sid=user-ckick', transports: ['websocket'] });
+    sockets.push(again);
+    const outcome = await withTimeout(
+      new Promise((resolve) => {
+        again.once('connect', () => resolve('connected'));
+        again.once('connect_error', (e) => resolve(`connect_error ${e.message}`));
+      }),
+      5000,
+      'reconnect to B after the kick on A',
+    );
+    assert.equal(outcome, 'connect_error unauthorized');
+  } finally {
+    closeAll(sockets);
+    await Promise.all([A.stop(), B.stop()]);
+    await fixture.stop();
+    await redis.kill('SIGKILL').catch(() => {});
   }
 });
 
