@@ -504,8 +504,10 @@ test('abandoned handshakes with credentials under the cap are freed after the co
     const afterSecond = rssKiB(ab.sockgate.pid);
     const line = `RSS ${mib(before)} → ${mib(afterFirst)} → ${mib(afterSecond)} MiB (two floods of 1500 abandoned 15 KB-cookie handshakes, 4 s apart)`;
     console.log(line);
-    assert.ok(afterSecond - afterFirst < 10 * 1024, line);
-    assert.ok(afterSecond - before < 40 * 1024, line);
+    // Generous bounds for a loaded CI machine: measured +30 MiB for the first flood (≈ 20 KiB
+    // per pending polling session) and +0–2 MiB for the second.
+    assert.ok(afterSecond - afterFirst < 15 * 1024, line);
+    assert.ok(afterSecond - before < 80 * 1024, line);
   } finally {
     await ab.stop();
   }
