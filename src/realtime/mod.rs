@@ -34,8 +34,9 @@ use crate::config::{Config, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
-pub use admission::{Admission, Refusal, Ticket};
-pub use auth::{AuthError, CredentialError, CredentialKey, Credentials, SessionAuth};
+pub use admission::Admission;
+use admission::Ticket;
+pub use auth::{AuthError, Credentials, SessionAuth};
 use history::{History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
