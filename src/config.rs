@@ -115,6 +115,12 @@ pub struct RealtimeConfig {
     pub room_prefix: String,
     /// Most sockets open at once; further handshakes get 503 (the proxy keeps working).
     pub max_connections: usize,
+    /// Most Engine.IO sessions that have not completed their Socket.IO CONNECT (new ones,
+    /// and ones whose session check failed); further handshakes get 503.
+    pub max_pending_connections: usize,
+    /// Time a new session gets to complete its Socket.IO CONNECT (including the session
+    /// check) before it is closed and its memory freed.
+    pub connect_timeout_ms: u64,
 }
 
 /// An Engine.IO transport.
@@ -143,6 +149,12 @@ pub struct AuthConfig {
     pub max_concurrent: usize,
     /// How often connected sockets are re-checked; `0` turns revalidation off.
     pub revalidate_interval_ms: u64,
+    /// Most session checks waiting for one of the `max_concurrent` places; further ones are
+    /// refused at once ("session unavailable").
+    pub max_waiting: usize,
+    /// Largest credentials (the handshake headers the session check reads, together) a
+    /// handshake may carry; larger ones get 431 before a session is made.
+    pub max_credential_bytes: usize,
 }
 
 /// The publish API the app calls over a Unix socket.
@@ -277,6 +289,8 @@ impl Default for RealtimeConfig {
             allowed_origins: Vec::new(),
             room_prefix: "user:".into(),
             max_connections: 50_000,
+            max_pending_connections: 1024,
+            connect_timeout_ms: 10_000,
         }
     }
 }
@@ -297,6 +311,8 @@ impl Default for AuthConfig {
             cache_max_entries: 100_000,
             max_concurrent: 32,
             revalidate_interval_ms: 300_000,
+            max_waiting: 512,
+            max_credential_bytes: 16 * 1024,
         }
     }
 }
@@ -497,6 +513,28 @@ impl Config {
         }
         if self.auth.max_concurrent == 0 {
             return Err(fail("auth.max_concurrent", "must be at least 1".into()));
+        }
+        if self.realtime.max_pending_connections == 0 {
+            return Err(fail(
+                "realtime.max_pending_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.realtime.connect_timeout_ms <= self.auth.timeout_ms {
+            return Err(fail(
+                "realtime.connect_timeout_ms",
+                format!(
+                    "{} must be longer than auth.timeout_ms ({}): the session check happens \
+                     within it",
+                    self.realtime.connect_timeout_ms, self.auth.timeout_ms
+                ),
+            ));
+        }
+        if self.auth.max_credential_bytes < 256 {
+            return Err(fail(
+                "auth.max_credential_bytes",
+                "must be at least 256 (a session cookie has to fit)".into(),
+            ));
         }
         if parse_mode(&self.publish.socket_mode).is_none() {
             return Err(fail(

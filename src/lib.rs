@@ -70,6 +70,8 @@ pub async fn run(
         upstream.clone(),
         metrics.clone(),
     ));
+    // The publish API's kicks make the session check forget the kicked user.
+    let kicks = auth.clone();
     let cluster = match config.cluster.redis_url.as_str() {
         "" => None,
         url => {
@@ -112,6 +114,7 @@ pub async fn run(
         ops: ops.clone(),
         metrics: metrics.clone(),
         trust_forwarded: config.proxy.trust_forwarded,
+        admission: realtime.admission,
     });
 
     // Listen: public port, publish socket, optional admin port.
@@ -138,6 +141,7 @@ pub async fn run(
     let api = PublishApi::new(
         hub.clone(),
         ops,
+        kicks,
         config.publish.max_body_bytes,
         config.publish.max_batch,
     );

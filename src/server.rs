@@ -22,7 +22,7 @@ use crate::connection::{Connection, ConnectionLimit};
 use crate::metrics::{Metrics, Reject};
 use crate::ops::Ops;
 use crate::proxy::{Proxy, mark_forwarded};
-use crate::realtime::{OpenSockets, OriginPolicy, RealtimeService, is_handshake};
+use crate::realtime::{Admission, OpenSockets, OriginPolicy, RealtimeService, is_handshake};
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
 
@@ -41,6 +41,8 @@ pub struct Router {
     pub ops: Ops,
     pub metrics: Arc<Metrics>,
     pub trust_forwarded: bool,
+    /// Credentials and pending places of handshakes; the binding of sessions to them.
+    pub admission: Admission,
 }
 
 impl Router {
@@ -67,22 +69,54 @@ impl Router {
         let mut req = req;
         // The session route sees the client's address like the app's pages do.
         mark_forwarded(req.headers_mut(), peer, self.trust_forwarded);
-        if is_handshake(&req) {
-            match self.open_sockets.reserve(self.max_connections) {
-                Some(slot) => {
-                    req.extensions_mut().insert(slot);
+        if !is_handshake(&req) {
+            if let Err(refusal) = self.admission.check(&req) {
+                if refusal.status == StatusCode::FORBIDDEN {
+                    self.metrics.rejected(Reject::Unauthorized);
+                    tracing::warn!(%peer, "Socket.IO request refused: {}", refusal.message);
                 }
-                None => {
-                    self.metrics.rejected(Reject::Capacity);
-                    tracing::warn!(%peer, max = self.max_connections, "Socket.IO handshake refused: connection cap reached (realtime.max_connections)");
-                    return unavailable("too many realtime connections; retry later");
+                return refusal.response();
+            }
+            return call_realtime(self.realtime.clone(), req).await;
+        }
+        let ticket = match self.admission.admit(&req) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                self.metrics.rejected(match refusal.status {
+                    StatusCode::SERVICE_UNAVAILABLE => Reject::Capacity,
+                    _ => Reject::Unauthorized,
+                });
+                tracing::debug!(%peer, "Socket.IO handshake refused: {}", refusal.message);
+                let mut resp = refusal.response();
+                if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+                    resp.headers_mut().insert(
+                        http::header::RETRY_AFTER,
+                        http::HeaderValue::from_static("1"),
+                    );
                 }
+                return resp;
+            }
+        };
+        match self.open_sockets.reserve(self.max_connections) {
+            Some(slot) => {
+                req.extensions_mut().insert(slot);
+            }
+            None => {
+                self.metrics.rejected(Reject::Capacity);
+                tracing::warn!(%peer, max = self.max_connections, "Socket.IO handshake refused: connection cap reached (realtime.max_connections)");
+                return unavailable("too many realtime connections; retry later");
             }
         }
-        match self.realtime.clone().oneshot(req).await {
-            Ok(resp) => resp.map(body::boxed),
-            Err(never) => match never {},
-        }
+        req.extensions_mut().insert(ticket.clone());
+        let resp = call_realtime(self.realtime.clone(), req).await;
+        ticket.bind(resp).await
+    }
+}
+
+async fn call_realtime(service: RealtimeService, req: Request<Incoming>) -> Response<Body> {
+    match service.oneshot(req).await {
+        Ok(resp) => resp.map(body::boxed),
+        Err(never) => match never {},
     }
 }
 

@@ -306,7 +306,12 @@ async fn socket_io_admin_belongs_to_the_app() {
     let resp = get(sg.port(), "/socket.io-admin").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(body_text(resp).await, "app socket.io-admin");
-    let resp = get(sg.port(), "/socket.io/?EIO=4&transport=polling").await;
+    let mut handshake = request("GET", "/socket.io/?EIO=4&transport=polling", Bytes::new());
+    // A handshake without credentials is refused (401) before it gets a session.
+    handshake
+        .headers_mut()
+        .insert("cookie", "sid=alice-token".parse().unwrap());
+    let resp = send(sg.port(), handshake).await;
     assert_eq!(resp.status(), 200);
     assert!(body_text(resp).await.starts_with("0{\"sid\""));
 }

@@ -9,12 +9,14 @@ use serde_json::{Value, json};
 use super::message::{parse_batch, parse_publish};
 use crate::body::{self, Body};
 use crate::ops::Ops;
-use crate::realtime::Hub;
+use crate::realtime::{Hub, SessionAuth};
 
 #[derive(Clone)]
 pub struct PublishApi {
     hub: Arc<Hub>,
     ops: Ops,
+    /// Told about kicks, so a kicked user's cached session is not reused.
+    auth: Arc<SessionAuth>,
     max_body_bytes: usize,
     max_batch: usize,
     /// `Authorization: Bearer <token>` every request must carry (the TCP listener's).
@@ -31,10 +33,17 @@ impl Failure {
 }
 
 impl PublishApi {
-    pub fn new(hub: Arc<Hub>, ops: Ops, max_body_bytes: usize, max_batch: usize) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        ops: Ops,
+        auth: Arc<SessionAuth>,
+        max_body_bytes: usize,
+        max_batch: usize,
+    ) -> Self {
         Self {
             hub,
             ops,
+            auth,
             max_body_bytes,
             max_batch,
             token: None,
@@ -138,6 +147,11 @@ impl PublishApi {
             ["users", id, "disconnect"] => {
                 allow(&Method::POST)?;
                 let id = user_id(id)?;
+                // Forgotten first: a socket reconnecting as soon as it is dropped must find
+                // no cached session to come back on.
+                if let Err(reason) = self.auth.forget_user(&id).await {
+                    tracing::warn!(user = %id, "kick not shared with the other instances: {reason}");
+                }
                 let disconnected = self.hub.disconnect_user(&id).await.map_err(internal)?;
                 Ok(json!({"ok": true, "userId": id, "disconnected": disconnected}))
             }

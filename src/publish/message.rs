@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::realtime::Target;
+use crate::realtime::{INTERNAL_PREFIX, SOCKGATE_EVENTS, Target};
 
 /// Events the Socket.IO client reserves for itself; publishing them would confuse clients.
 const RESERVED_EVENTS: [&str; 6] = [
@@ -98,6 +98,15 @@ pub fn parse_publish(value: &Value, prefix: &str) -> Result<Publish, InvalidFiel
                 format!("`{e}` is reserved by Socket.IO"),
             ));
         }
+        Some(Value::String(e))
+            if SOCKGATE_EVENTS.contains(&e.as_str()) || e.starts_with(INTERNAL_PREFIX) =>
+        {
+            return Err(invalid(
+                prefix,
+                "event",
+                format!("`{e}` is an event sockgate itself sends to clients"),
+            ));
+        }
         Some(Value::String(e)) => e.clone(),
         Some(other) => return Err(invalid(prefix, "event", expected("a string", other))),
     };
@@ -139,6 +148,11 @@ fn parse_target(
                 .map(Target::Users)
         }
         "room" => match value {
+            Value::String(room) if room.starts_with(INTERNAL_PREFIX) => Err(invalid(
+                prefix,
+                name,
+                format!("rooms starting with `{INTERNAL_PREFIX}` are sockgate's own"),
+            )),
             Value::String(room) if !room.is_empty() => Ok(Target::Room(room.clone())),
             Value::String(_) => Err(invalid(prefix, name, "must not be empty")),
             other => Err(invalid(prefix, name, expected("a string", other))),
@@ -244,6 +258,16 @@ mod tests {
         assert_eq!(field(json!({"userIds": ["a", null]})), "userIds[1]");
         assert_eq!(field(json!({"userId": "a", "event": 3})), "event");
         assert_eq!(field(json!({"userId": "a", "event": "connect"})), "event");
+        assert_eq!(
+            field(json!({"userId": "a", "event": "recovery_failed"})),
+            "event"
+        );
+        assert_eq!(
+            field(json!({"userId": "a", "event": "sockgate:x"})),
+            "event"
+        );
+        assert_eq!(field(json!({"room": "sockgate:connecting:a"})), "room");
+        assert_eq!(field(json!({"room": "sockgate:"})), "room");
         assert_eq!(field(json!({"userId": "a", "dat": 1})), "dat");
         assert_eq!(field(json!({"broadcast": false})), "broadcast");
         assert_eq!(field(json!([1])), "(body)");

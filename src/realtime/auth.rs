@@ -1,13 +1,16 @@
 //! Socket authentication through the app's own session route.
 //!
-//! A handshake's credentials (its `Cookie`, or `Authorization`) are sent to the app's session
-//! route, and the user id is read from the JSON answer. Answers are cached per credentials
-//! (positive and negative TTLs, bounded size); concurrent look-ups of the same credentials wait
-//! for one call; and calls in flight are capped, so a deploy that reconnects every browser at
-//! once does not stampede the app.
+//! A handshake's credentials (the headers the session route gets: `Cookie`, `Host` and
+//! `auth.forward_headers`, plus `Authorization`) are sent to the app's session route, and the
+//! user id is read from the JSON answer. Answers are cached under a SHA-256 of exactly those
+//! header bytes (positive and negative TTLs, bounded size); concurrent look-ups of the same
+//! credentials wait for one call; calls in flight are capped, and so are the look-ups waiting
+//! for a place, so a deploy that reconnects every browser at once does not stampede the app
+//! and nobody waits longer than `auth.timeout_ms`. A kick ([`SessionAuth::forget_user`])
+//! makes every earlier answer about that user untrusted (`kicks`).
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,8 +19,10 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Empty, Limited};
 use moka::Expiry;
 use moka::future::Cache;
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::kicks::{Kicks, Stamp};
 use crate::config::{AuthConfig, ms};
 use crate::metrics::{Lookup, Metrics};
 use crate::upstream::Upstream;
@@ -25,14 +30,28 @@ use crate::upstream::Upstream;
 /// Largest session-route answer read; a session object is small.
 const MAX_SESSION_BODY: usize = 64 * 1024;
 
+/// How often one check asks the app again when its user was kicked while it was answered.
+const STALE_RETRIES: usize = 3;
+
 /// Why a socket was not let in. The `Display` text is what the client sees in `connect_error`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum AuthError {
     #[error("unauthorized")]
     Unauthorized,
-    /// The app could not say (down, slow, 5xx): fail closed, with a message of its own.
+    /// The app could not say (down, slow, 5xx, too busy): fail closed, with a message of its own.
     #[error("session unavailable")]
     Unavailable(String),
+}
+
+/// Why a handshake's credentials are not even looked at.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum CredentialError {
+    #[error("no credentials: a Socket.IO handshake needs the session cookie (or Authorization)")]
+    Missing,
+    #[error(
+        "credentials of {bytes} bytes are over the limit of {max} bytes (auth.max_credential_bytes)"
+    )]
+    TooLarge { bytes: usize, max: usize },
 }
 
 /// The user a session belongs to, or the app's "no".
@@ -42,22 +61,55 @@ enum Verdict {
     Rejected,
 }
 
-/// What a handshake presented: the headers forwarded to the session route and their cache key.
+/// A verdict and when the app was asked (for [`Kicks::kicked_since`]).
+#[derive(Debug, Clone)]
+struct Answer {
+    verdict: Verdict,
+    asked_at: Stamp,
+}
+
+/// The SHA-256 of a handshake's credential headers: what the cache and the session binding
+/// compare. Two requests with the same key sent the session route the same bytes.
+pub type CredentialKey = [u8; 32];
+
+/// What a handshake presented: the headers forwarded to the session route and their keys.
 #[derive(Debug, Clone)]
 pub struct Credentials {
-    key: u128,
+    key: CredentialKey,
+    secret: CredentialKey,
     headers: HeaderMap,
+}
+
+impl Credentials {
+    /// Over every header read: what the session cache is keyed by.
+    pub fn key(&self) -> &CredentialKey {
+        &self.key
+    }
+
+    /// Over the secrets only (`Cookie`, `Authorization`): what an open session is bound to.
+    /// `User-Agent`, `Host` or the client address prove nothing (anyone can send them), and
+    /// they legitimately differ between one client's requests: Node's socket.io-client sends
+    /// a `User-Agent` on polling requests but none on its WebSocket upgrade, and a phone's
+    /// address changes.
+    pub fn secret(&self) -> &CredentialKey {
+        &self.secret
+    }
 }
 
 pub struct SessionAuth {
     upstream: Upstream,
     path: PathAndQuery,
-    forward: Vec<HeaderName>,
+    /// Every header the key covers, in a fixed order; `forwarded` says which are sent on.
+    read: Vec<HeaderName>,
+    forwarded: Vec<bool>,
+    max_credential_bytes: usize,
     pointer: String,
     timeout: Duration,
-    cache: Cache<u128, Verdict>,
+    cache: Cache<CredentialKey, Answer>,
     permits: Semaphore,
-    hash_keys: (RandomState, RandomState),
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    kicks: Kicks,
     metrics: Arc<Metrics>,
 }
 
@@ -66,12 +118,37 @@ struct VerdictExpiry {
     negative: Duration,
 }
 
-impl Expiry<u128, Verdict> for VerdictExpiry {
-    fn expire_after_create(&self, _: &u128, verdict: &Verdict, _: Instant) -> Option<Duration> {
-        Some(match verdict {
+impl Expiry<CredentialKey, Answer> for VerdictExpiry {
+    fn expire_after_create(
+        &self,
+        _: &CredentialKey,
+        answer: &Answer,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(match answer.verdict {
             Verdict::User(_) => self.positive,
             Verdict::Rejected => self.negative,
         })
+    }
+}
+
+/// One look-up waiting for a place under `auth.max_concurrent`.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -84,116 +161,213 @@ impl SessionAuth {
                 negative: ms(config.negative_ttl_ms),
             })
             .build();
-        let forward = config
+        let mut forward: Vec<HeaderName> = config
             .forward_headers
             .iter()
             .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
             .collect();
+        // The app sees the host the browser used, as it does for its pages.
+        forward.push(header::HOST);
+        let mut read = forward.clone();
+        read.extend([header::COOKIE, header::AUTHORIZATION]);
+        read.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        read.dedup();
+        let forwarded = read.iter().map(|name| forward.contains(name)).collect();
         Self {
             upstream,
             path: config
                 .session_path
                 .parse()
                 .unwrap_or_else(|_| PathAndQuery::from_static("/api/session")),
-            forward,
+            read,
+            forwarded,
+            max_credential_bytes: config.max_credential_bytes,
             pointer: config.user_id_pointer.clone(),
             timeout: ms(config.timeout_ms),
             cache,
             permits: Semaphore::new(config.max_concurrent),
-            hash_keys: (RandomState::new(), RandomState::new()),
+            waiting: AtomicUsize::new(0),
+            max_waiting: config.max_waiting,
+            kicks: Kicks::new(
+                ms(config.cache_ttl_ms) + ms(config.timeout_ms) + Duration::from_secs(1),
+            ),
             metrics,
         }
     }
 
     /// The request headers [`Self::credentials`] reads.
     pub fn read_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        [&header::COOKIE, &header::AUTHORIZATION, &header::HOST]
-            .into_iter()
-            .chain(&self.forward)
+        self.read.iter()
     }
 
-    /// The credentials in a handshake, or `None` when it carries none (no cookie, no
-    /// `Authorization`): such a socket is refused without asking the app.
-    pub fn credentials(&self, request_headers: &HeaderMap) -> Option<Credentials> {
-        let cookie = request_headers.get(header::COOKIE);
-        let authorization = request_headers.get(header::AUTHORIZATION);
-        if cookie.is_none() && authorization.is_none() {
-            return None;
+    /// The credentials in a request: the headers forwarded to the session route, and a key
+    /// over every header read (`Cookie` lines — HTTP/2 crumbs included — joined with "; " as
+    /// RFC 9113 §8.2.3 says, so the app and the key see the same cookie). Refused without
+    /// asking the app when there is neither a cookie nor `Authorization`, or when they are
+    /// over `auth.max_credential_bytes`.
+    pub fn credentials(&self, request_headers: &HeaderMap) -> Result<Credentials, CredentialError> {
+        if !request_headers.contains_key(header::COOKIE)
+            && !request_headers.contains_key(header::AUTHORIZATION)
+        {
+            return Err(CredentialError::Missing);
         }
-        // Two independent 64-bit keyed hashes: a collision (two sessions sharing a cache slot)
-        // is out of reach, and the cache never holds the cookie itself.
-        let material = (
-            cookie.map(HeaderValue::as_bytes),
-            authorization.map(HeaderValue::as_bytes),
-        );
-        let key = (u128::from(self.hash_keys.0.hash_one(material)) << 64)
-            | u128::from(self.hash_keys.1.hash_one(material));
+        let bytes: usize = self
+            .read
+            .iter()
+            .flat_map(|name| request_headers.get_all(name))
+            .map(|value| value.len())
+            .sum();
+        if bytes > self.max_credential_bytes {
+            return Err(CredentialError::TooLarge {
+                bytes,
+                max: self.max_credential_bytes,
+            });
+        }
+        let mut digest = Sha256::new();
+        let mut secret = Sha256::new();
         let mut headers = HeaderMap::new();
-        for name in &self.forward {
-            for value in request_headers.get_all(name) {
-                headers.append(name.clone(), value.clone());
+        for (name, forwarded) in self.read.iter().zip(&self.forwarded) {
+            let values = canonical_values(name, request_headers);
+            let is_secret = name == header::COOKIE || name == header::AUTHORIZATION;
+            // Length-prefixed, so no two different header sets hash the same bytes.
+            let mut update = |bytes: &[u8]| {
+                digest.update(bytes);
+                if is_secret {
+                    secret.update(bytes);
+                }
+            };
+            update(&(name.as_str().len() as u64).to_be_bytes());
+            update(name.as_str().as_bytes());
+            update(&(values.len() as u64).to_be_bytes());
+            for value in &values {
+                update(&(value.len() as u64).to_be_bytes());
+                update(value.as_bytes());
+            }
+            if *forwarded {
+                for value in values {
+                    headers.append(name.clone(), value);
+                }
             }
         }
-        // The app sees the host the browser used, as it does for its pages.
-        if let Some(host) = request_headers.get(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
-        Some(Credentials { key, headers })
+        Ok(Credentials {
+            key: digest.finalize().into(),
+            secret: secret.finalize().into(),
+            headers,
+        })
     }
 
     /// The user id for these credentials, from the cache or from one session-route call.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Arc<str>, AuthError> {
-        let cached = self.cache.contains_key(&credentials.key);
-        let entry = self
-            .cache
-            .entry(credentials.key)
-            .or_try_insert_with(self.ask_app(&credentials.headers))
-            .await;
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                self.metrics.session_lookup(Lookup::Error);
-                return Err(AuthError::Unavailable(e.to_string()));
+        for _ in 0..STALE_RETRIES {
+            let cached = self.cache.contains_key(&credentials.key);
+            let entry = self
+                .cache
+                .entry(credentials.key)
+                .or_try_insert_with(self.ask_app(&credentials.headers))
+                .await;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.metrics.session_lookup(Lookup::Error);
+                    return Err(AuthError::Unavailable(e.to_string()));
+                }
+            };
+            self.metrics
+                .session_lookup(match (entry.is_fresh(), cached) {
+                    (true, _) => Lookup::Miss,
+                    (false, true) => Lookup::Hit,
+                    (false, false) => Lookup::Coalesced,
+                });
+            let Answer { verdict, asked_at } = entry.into_value();
+            let id = match verdict {
+                Verdict::User(id) => id,
+                Verdict::Rejected => return Err(AuthError::Unauthorized),
+            };
+            match self.kicks.kicked_since(&id, asked_at).await {
+                Ok(false) => return Ok(id),
+                // Given before the user was kicked: not trusted, the app is asked again.
+                Ok(true) => self.cache.invalidate(&credentials.key).await,
+                Err(reason) => {
+                    tracing::warn!("socket refused: {reason}");
+                    self.metrics.session_lookup(Lookup::Error);
+                    return Err(AuthError::Unavailable(reason));
+                }
             }
-        };
-        self.metrics
-            .session_lookup(match (entry.is_fresh(), cached) {
-                (true, _) => Lookup::Miss,
-                (false, true) => Lookup::Hit,
-                (false, false) => Lookup::Coalesced,
-            });
-        match entry.into_value() {
-            Verdict::User(id) => Ok(id),
-            Verdict::Rejected => Err(AuthError::Unauthorized),
         }
+        Err(AuthError::Unavailable(
+            "the user was kicked during every session check".into(),
+        ))
     }
 
-    async fn ask_app(&self, headers: &HeaderMap) -> Result<Verdict, String> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| "session checks are shut down".to_string())?;
+    /// Forgets every session of `user_id` (a kick: logout, ban): cached answers and answers
+    /// still on their way are not trusted any more, so the next socket of that user is let in
+    /// only on a fresh answer from the app — on every instance, once [`Self::share_kicks`]
+    /// was called. Returns why the kick could not be shared with the other instances.
+    pub async fn forget_user(&self, user_id: &str) -> Result<(), String> {
+        self.kicks.kick(user_id).await
+    }
+
+    /// Cluster mode: kicks are written to and read from Redis through `client`, each command
+    /// bounded by `timeout`.
+    pub fn share_kicks(&self, client: fred::clients::Client, timeout: Duration) {
+        self.kicks.share_through(client, timeout);
+    }
+
+    async fn ask_app(&self, headers: &HeaderMap) -> Result<Answer, String> {
         let started = Instant::now();
-        let result = self.call_session_route(headers).await;
-        self.metrics.session_call(started.elapsed());
-        if let Err(reason) = &result {
-            tracing::warn!(path = %self.path, "session route failed, socket refused: {reason}");
+        let permit = {
+            let _waiting = Waiting::enter(&self.waiting, self.max_waiting).ok_or_else(|| {
+                format!(
+                    "{} session checks already wait for the app (auth.max_waiting)",
+                    self.max_waiting
+                )
+            })?;
+            tokio::time::timeout(self.timeout, self.permits.acquire())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no session-route call could start within {:?} (auth.max_concurrent calls busy)",
+                        self.timeout
+                    )
+                })?
+                .map_err(|_| "session checks are shut down".to_string())?
+        };
+        let asked_at = self.kicks.stamp();
+        let remaining = self.timeout.saturating_sub(started.elapsed());
+        let called = Instant::now();
+        let result = tokio::time::timeout(remaining, self.call_session_route(headers, remaining))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "session route did not answer within {:?} (auth.timeout_ms, slot wait included)",
+                    self.timeout
+                ))
+            });
+        drop(permit);
+        self.metrics.session_call(called.elapsed());
+        match result {
+            Ok(verdict) => Ok(Answer { verdict, asked_at }),
+            Err(reason) => {
+                tracing::warn!(path = %self.path, "session route failed, socket refused: {reason}");
+                Err(reason)
+            }
         }
-        result
     }
 
-    async fn call_session_route(&self, headers: &HeaderMap) -> Result<Verdict, String> {
+    async fn call_session_route(
+        &self,
+        headers: &HeaderMap,
+        timeout: Duration,
+    ) -> Result<Verdict, String> {
         let mut req = Request::new(Either::Right(Empty::new()));
         *req.method_mut() = Method::GET;
         *req.uri_mut() = self.upstream.uri(Some(&self.path));
         *req.headers_mut() = headers.clone();
         req.headers_mut()
             .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let started = Instant::now();
         let resp = self
             .upstream
-            .send(req, Some(self.timeout))
+            .send(req, Some(timeout))
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status();
@@ -203,15 +377,11 @@ impl SessionAuth {
         if !status.is_success() {
             return Err(format!("session route answered {status}"));
         }
-        let remaining = self.timeout.saturating_sub(started.elapsed());
-        let body = tokio::time::timeout(
-            remaining,
-            Limited::new(resp.into_body(), MAX_SESSION_BODY).collect(),
-        )
-        .await
-        .map_err(|_| format!("session route body not read within {:?}", self.timeout))?
-        .map_err(|e| format!("session route body: {e}"))?
-        .to_bytes();
+        let body = Limited::new(resp.into_body(), MAX_SESSION_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("session route body: {e}"))?
+            .to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("session route answered {status} without JSON: {e}"))?;
         Ok(match user_id_at(&json, &self.pointer) {
@@ -219,6 +389,26 @@ impl SessionAuth {
             // A 2xx without a user (e.g. `{"userId": null}`) is the app's way to say "nobody".
             None => Verdict::Rejected,
         })
+    }
+}
+
+/// A header's values as the session route gets them: `Cookie` lines (or HTTP/2 crumbs)
+/// joined into one, every other header line as it came.
+fn canonical_values(name: &HeaderName, headers: &HeaderMap) -> Vec<HeaderValue> {
+    let values: Vec<HeaderValue> = headers.get_all(name).iter().cloned().collect();
+    if name != header::COOKIE || values.len() < 2 {
+        return values;
+    }
+    let joined = values
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    match HeaderValue::from_bytes(&joined) {
+        Ok(one) => vec![one],
+        // Cannot happen (valid values joined by "; " stay valid); if it did, every line is
+        // still keyed and forwarded.
+        Err(_) => values,
     }
 }
 
@@ -235,6 +425,114 @@ fn user_id_at(json: &serde_json::Value, pointer: &str) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn auth() -> SessionAuth {
+        let config = AuthConfig {
+            max_credential_bytes: 1024,
+            ..AuthConfig::default()
+        };
+        let upstream = Upstream::new(
+            &crate::config::UpstreamConfig::default(),
+            http::uri::Authority::from_static("127.0.0.1:9"),
+        );
+        SessionAuth::new(&config, upstream, Arc::new(Metrics::new()))
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn key(auth: &SessionAuth, pairs: &[(&str, &str)]) -> CredentialKey {
+        *auth.credentials(&headers(pairs)).unwrap().key()
+    }
+
+    #[test]
+    fn the_key_covers_every_cookie_line_not_just_the_first() {
+        let auth = auth();
+        let both = key(&auth, &[("cookie", "lang=en"), ("cookie", "sid=alice")]);
+        let first = key(&auth, &[("cookie", "lang=en")]);
+        assert_ne!(both, first);
+        // HTTP/2 crumbs and one joined line are the same bytes for the app, so the same key.
+        assert_eq!(both, key(&auth, &[("cookie", "lang=en; sid=alice")]));
+        let forwarded = auth
+            .credentials(&headers(&[("cookie", "lang=en"), ("cookie", "sid=alice")]))
+            .unwrap()
+            .headers;
+        let cookies: Vec<_> = forwarded.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["lang=en; sid=alice"]);
+    }
+
+    #[test]
+    fn the_key_covers_every_forwarded_header_and_authorization() {
+        let auth = auth();
+        let base = [("cookie", "sid=a"), ("host", "a.test"), ("user-agent", "x")];
+        let k = key(&auth, &base);
+        for changed in [
+            [("cookie", "sid=a"), ("host", "b.test"), ("user-agent", "x")],
+            [("cookie", "sid=a"), ("host", "a.test"), ("user-agent", "y")],
+            [
+                ("cookie", "sid=a"),
+                ("host", "a.test"),
+                ("x-forwarded-for", "1.2.3.4"),
+            ],
+            [
+                ("cookie", "sid=a"),
+                ("host", "a.test"),
+                ("authorization", "Bearer t"),
+            ],
+        ] {
+            assert_ne!(k, key(&auth, &changed), "{changed:?}");
+        }
+        // The secret covers the cookie and Authorization only.
+        let secret = |pairs: &[(&str, &str)]| *auth.credentials(&headers(pairs)).unwrap().secret();
+        assert_eq!(
+            secret(&base),
+            secret(&[("cookie", "sid=a"), ("user-agent", "z")])
+        );
+        assert_ne!(secret(&base), secret(&[("cookie", "sid=b")]));
+        assert_ne!(
+            secret(&base),
+            secret(&[("cookie", "sid=a"), ("authorization", "Bearer t")])
+        );
+        // A header nobody reads does not change the key.
+        let mut unread = base.to_vec();
+        unread.push(("accept-language", "fr"));
+        assert_eq!(k, key(&auth, &unread));
+        // Length prefixes: moving bytes between values changes the key.
+        assert_ne!(
+            key(&auth, &[("cookie", "a"), ("user-agent", "bc")]),
+            key(&auth, &[("cookie", "ab"), ("user-agent", "c")])
+        );
+    }
+
+    #[test]
+    fn credentials_are_required_and_bounded() {
+        let auth = auth();
+        assert_eq!(
+            auth.credentials(&headers(&[("host", "a.test")]))
+                .unwrap_err(),
+            CredentialError::Missing
+        );
+        assert!(
+            auth.credentials(&headers(&[("authorization", "Bearer t")]))
+                .is_ok()
+        );
+        let big = "x".repeat(1025);
+        assert!(matches!(
+            auth.credentials(&headers(&[("cookie", &big)])).unwrap_err(),
+            CredentialError::TooLarge {
+                bytes: 1025,
+                max: 1024
+            }
+        ));
+    }
 
     #[test]
     fn user_id_accepts_strings_and_numbers_only() {

@@ -5,9 +5,11 @@
 //! joins its user's room. It is one-way by design: the server emits, and whatever a client
 //! emits is dropped unread (no handlers are registered).
 
+mod admission;
 mod auth;
 mod history;
 mod hub;
+mod kicks;
 mod origin;
 
 use std::convert::Infallible;
@@ -32,6 +34,8 @@ use crate::config::{Config, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
+pub use admission::Admission;
+use admission::Ticket;
 pub use auth::{AuthError, Credentials, SessionAuth};
 use history::{History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
@@ -53,6 +57,7 @@ pub struct Realtime {
     pub service: RealtimeService,
     pub hub: Arc<Hub>,
     pub open: OpenSockets,
+    pub admission: Admission,
 }
 
 /// Realtime connections open or opening on this instance: each holds a [`Slot`] from its
@@ -135,6 +140,9 @@ pub async fn start(
         )),
     };
     let journal = Arc::new(Journal::new(history));
+    if let Some(c) = &cluster {
+        auth.share_kicks(c.commands.clone(), ms(settings.cluster.request_timeout_ms));
+    }
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
         .ping_interval(ms(config.ping_interval_ms))
@@ -143,7 +151,8 @@ pub async fn start(
         .ws_max_message_size(config.max_ws_message_bytes)
         .ws_max_frame_size(config.max_ws_message_bytes)
         .max_buffer_size(config.max_buffer_size)
-        .ws_read_buffer_size(config.ws_read_buffer_bytes);
+        .ws_read_buffer_size(config.ws_read_buffer_bytes)
+        .connect_timeout(ms(config.connect_timeout_ms));
     let has = |t| config.transports.contains(&t);
     let builder = match (has(Transport::Polling), has(Transport::Websocket)) {
         (true, false) => builder.transports([TransportType::Polling]),
@@ -159,6 +168,7 @@ pub async fn start(
     kept_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     kept_headers.dedup();
     let kept_headers: KeptHeaders = kept_headers.into();
+    let admission = Admission::new(auth.clone(), config.max_pending_connections);
     let handlers = Handlers {
         auth: auth.clone(),
         metrics: metrics.clone(),
@@ -194,6 +204,7 @@ pub async fn start(
         service,
         hub: Arc::new(hub),
         open,
+        admission,
     })
 }
 
@@ -283,7 +294,7 @@ async fn authenticate<A: Adapter>(
 ) -> Result<(), AuthError> {
     let result = check_session(&socket, auth, &handlers).await;
     if let Err(e) = &result {
-        tracing::debug!(sid = %socket.id, "socket refused: {e}");
+        tracing::debug!(socket = %log_id(socket.id), "socket refused: {e}");
         handlers.metrics.rejected(match e {
             AuthError::Unauthorized => Reject::Unauthorized,
             AuthError::Unavailable(_) => Reject::SessionUnavailable,
@@ -300,10 +311,13 @@ async fn check_session<A: Adapter>(
     let credentials = handlers
         .auth
         .credentials(&socket.req_parts().headers)
-        .ok_or(AuthError::Unauthorized)?;
+        .map_err(|_| AuthError::Unauthorized)?;
     let user_id = handlers.auth.authenticate(&credentials).await?;
+    if let Some(ticket) = socket.req_parts().extensions.get::<Ticket>() {
+        ticket.connected();
+    }
     let room = format!("{}{user_id}", handlers.room_prefix);
-    tracing::debug!(sid = %socket.id, user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
+    tracing::debug!(socket = %log_id(socket.id), user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
     match handlers.journal.history() {
         // socketioxide sends the client its CONNECT before the connect handler runs, so the
         // room is joined here: a publish made as soon as the client reports "connected" must
@@ -345,7 +359,7 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         match history.replay(&room, &since).await {
             Replay::Entries(entries) => {
                 if !entries.is_empty() {
-                    tracing::debug!(sid = %socket.id, replayed = entries.len(), "replaying missed messages");
+                    tracing::debug!(socket = %log_id(socket.id), replayed = entries.len(), "replaying missed messages");
                 }
                 for entry in entries {
                     let meta = serde_json::json!({ "offset": entry.offset });
@@ -353,7 +367,7 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
                 }
             }
             Replay::Gap => {
-                tracing::debug!(sid = %socket.id, "history gap: client told to refetch");
+                tracing::debug!(socket = %log_id(socket.id), "history gap: client told to refetch");
                 let _ = socket.emit(
                     RECOVERY_FAILED,
                     &serde_json::json!({ "reason": "messages since the last offset are no longer kept" }),
@@ -365,6 +379,15 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     }
 }
 
+/// How a socket is named in logs. Its id is the Engine.IO sid, which lets whoever holds it
+/// poll the session (with matching credentials), so logs get a short hash of it instead:
+/// enough to follow one socket through the log, useless to reach it.
+pub(crate) fn log_id(sid: impl std::fmt::Display) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(sid.to_string().as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The room a user's socket waits in between its handshake and the end of its replay.
 /// Outside `realtime.room_prefix` on purpose: it is not a user room and never published to.
 pub(crate) fn connecting_room(user_id: &str) -> String {
@@ -372,8 +395,15 @@ pub(crate) fn connecting_room(user_id: &str) -> String {
 }
 pub(crate) const CONNECTING_ROOM_PREFIX: &str = "sockgate:connecting:";
 
+/// Rooms and events whose names start with this are sockgate's own: the publish API refuses
+/// them, so an app cannot reach a socket that is still being let in, or impersonate sockgate.
+pub const INTERNAL_PREFIX: &str = "sockgate:";
+
 /// The event a client gets when its missed messages cannot be replayed.
 pub const RECOVERY_FAILED: &str = "recovery_failed";
+
+/// Every event sockgate itself emits to clients; the publish API refuses them.
+pub const SOCKGATE_EVENTS: [&str; 1] = [RECOVERY_FAILED];
 
 /// Periodic re-check of connected sockets' sessions.
 pub struct Revalidation {
@@ -397,13 +427,13 @@ impl Revalidation {
             }
             let checks = io.local().sockets().into_iter().filter_map(|socket| {
                 let identity = socket.extensions.get::<Identity>()?;
-                let credentials = auth.credentials(&socket.req_parts().headers)?;
+                let credentials = auth.credentials(&socket.req_parts().headers).ok()?;
                 let auth = auth.clone();
                 Some(async move {
                     match auth.authenticate(&credentials).await {
                         Ok(id) if id == identity.user_id => false,
                         Ok(_) | Err(AuthError::Unauthorized) => {
-                            tracing::info!(sid = %socket.id, user = %identity.user_id, "session ended: socket disconnected");
+                            tracing::info!(socket = %log_id(socket.id), user = %identity.user_id, "session ended: socket disconnected");
                             let _ = socket.disconnect();
                             true
                         }
@@ -455,6 +485,11 @@ mod tests {
         assert!(headers.get("user-agent").is_none());
         assert!(headers.get("accept-language").is_none());
         assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=websocket");
+    }
+
+    #[test]
+    fn internal_rooms_carry_the_internal_prefix() {
+        assert!(connecting_room("alice").starts_with(INTERNAL_PREFIX));
     }
 
     #[test]

@@ -199,6 +199,11 @@ describe('session route faults (auth.timeout_ms=300, auth.max_concurrent=4)', ()
   });
 
   test('40 distinct cookies at once with max_concurrent=4 → ≤ 4 calls in flight, all 40 connect', async (t) => {
+    // Waiting for a free call counts against auth.timeout_ms (issue 18): ten rounds of
+    // 100 ms calls need more than this suite's 300 ms, so this test gets its own stack.
+    const s = await startStack({
+      env: { SIDECAR_AUTH__TIMEOUT_MS: '5000', SIDECAR_AUTH__MAX_CONCURRENT: '4' },
+    });
     await s.control({ reset: true, sessionDelayMs: 100 });
     const started = Date.now();
     const sockets = await Promise.all(
@@ -218,7 +223,7 @@ describe('session route faults (auth.timeout_ms=300, auth.max_concurrent=4)', ()
       assert.equal(stats.sessionCalls, 40, 'one call per distinct cookie');
     } finally {
       closeAll(sockets);
-      await s.control({ reset: true });
+      await s.stop();
     }
   });
 });

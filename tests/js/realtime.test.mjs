@@ -90,9 +90,12 @@ test('cookie header with other cookies around sid still authenticates', async ()
   }
 });
 
-test('no cookie → connect_error "unauthorized"', async () => {
-  const err = await connectError(s.url, {});
-  assert.equal(err.message, 'unauthorized');
+test('no cookie → the handshake itself is refused (401), before any session exists', async () => {
+  const raw = await rawGet(`${s.url}/socket.io/?EIO=4&transport=polling`);
+  assert.equal(raw.status, 401, `status ${raw.status} body ${raw.text}`);
+  assert.match(raw.text, /no credentials/);
+  const err = await connectError(s.url, { transports: ['polling'] });
+  assert.equal(err.description, 401, `connect_error ${err.message} description ${err.description}`);
 });
 
 test('bad cookie → connect_error "unauthorized"', async () => {
