@@ -313,15 +313,24 @@ async fn check_session<A: Adapter>(
         // published from now on until then is part of the replay. Meanwhile the socket waits
         // in a room of its own, where a kick (`disconnect`) still finds it.
         Some(history) => {
-            socket.join(connecting_room(&user_id));
             let offset = auth
                 .as_ref()
                 .and_then(|a| a.get("offset"))
                 .and_then(|o| o.as_str())
                 .map(str::to_owned);
             let since = match offset {
-                Some(offset) => Since::Client(offset),
-                None => Since::Head(history.head(&room).await),
+                Some(offset) => {
+                    socket.join(connecting_room(&user_id));
+                    Since::Client(offset)
+                }
+                None => {
+                    // Under the room lock: a message is either published before (and in the
+                    // head, delivered to no one here) or after (and the socket, now in its
+                    // connecting room, counts as a recipient and gets it from the replay).
+                    let _publishing = handlers.journal.lock(&room).await;
+                    socket.join(connecting_room(&user_id));
+                    Since::Head(history.head(&room).await)
+                }
             };
             socket.extensions.insert(ReplayFrom(since));
         }
@@ -362,6 +371,11 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         }
         socket.join(room);
         socket.leave(connecting_room(&identity.user_id));
+        // A socket that closed while its replay waited was removed from its rooms already;
+        // the join above would keep it in the room map for good.
+        if !socket.connected() {
+            socket.leave_all();
+        }
     }
 }
 

@@ -1,0 +1,216 @@
+// Recovery under races and timing: every promise of "Never miss a notification" holds when a
+// room expires, when the history is longer than `max_messages`, when a Redis stream expires or
+// Redis loses its data, and when a socket goes away while its replay waits. A client that
+// cannot be given everything it missed gets `recovery_failed` — never a silent gap.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  startFixture, startSockgate, client, nextEvent, recorder, waitFor, freePort, sleep, publishOk, publishApi,
+} from './harness.mjs';
+import { findRedisServer, startRedis } from './cluster-helpers.mjs';
+
+const haveRedis = !!findRedisServer();
+const noRedis = !haveRedis && 'redis-server not installed';
+
+/** A client that remembers the last offset it saw and reports it on every (re)connect. */
+function recoveringClient(url, cookie, opts = {}) {
+  const state = { lastOffset: null };
+  const socket = client(url, {
+    cookie,
+    transports: ['websocket'],
+    autoConnect: false,
+    auth: (cb) => cb(state.lastOffset ? { offset: state.lastOffset } : {}),
+    ...opts,
+  });
+  socket.onAny((_event, _data, meta) => {
+    if (meta && typeof meta.offset === 'string') state.lastOffset = meta.offset;
+  });
+  return { socket, state };
+}
+
+async function connected(socket) {
+  const done = nextEvent(socket, 'connect', 5000);
+  socket.connect();
+  await done;
+}
+
+async function gone(sg, userId) {
+  await waitFor(async () => (await publishApi(sg.publishSocket, 'GET', `/users/${userId}`)).json?.sockets === 0, {
+    message: `sockgate saw ${userId} leave`,
+  });
+}
+
+const WS = { SIDECAR_REALTIME__TRANSPORTS: '["websocket"]' };
+
+async function memoryStack(env) {
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const sg = await startSockgate({ upstreamUrl: fixture.url, env: { ...WS, ...env } });
+  after(() => sg.stop());
+  return sg;
+}
+
+async function clusterStack(env, instances = 1) {
+  const redis = await startRedis(await freePort());
+  after(() => redis.kill());
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const all = { ...WS, SIDECAR_CLUSTER__REDIS_URL: redis.url, ...env };
+  const sgs = [];
+  for (let i = 0; i < instances; i++) sgs.push(await startSockgate({ upstreamUrl: fixture.url, env: all }));
+  after(() => Promise.all(sgs.map((s) => s.stop())));
+  return { redis, fixture, sgs, env: all };
+}
+
+/** After a reconnect: either everything in `expected`, in order, or recovery_failed and no partial replay. */
+function assertWholeOrFailed(rec, before, expected, message) {
+  const after = rec.events.slice(before);
+  const failed = after.some((e) => e.event === 'recovery_failed');
+  const got = after.filter((e) => e.event === 'notification').map((e) => e.args[0]);
+  if (failed) assert.deepEqual(got, [], `${message}: nothing partial is replayed with recovery_failed`);
+  else assert.deepEqual(got, expected, `${message}: every missed message, once, in order (got ${JSON.stringify(got)})`);
+  return failed;
+}
+
+test('memory: an offset from before a room expired is never taken for a new one', async () => {
+  const sg = await memoryStack({ SIDECAR_HISTORY__MAX_AGE_MS: '1500' });
+  const { socket, state } = recoveringClient(sg.url, 'sid=user-exp');
+  const rec = recorder(socket);
+  await connected(socket);
+  for (let n = 1; n <= 5; n++) await publishOk(sg.publishSocket, { userId: 'exp', data: n });
+  await rec.waitCount(5);
+  const seen = state.lastOffset;
+  socket.disconnect();
+  await gone(sg, 'exp');
+  await sleep(2000); // the room expires
+  for (let n = 6; n <= 12; n++) await publishOk(sg.publishSocket, { userId: 'exp', data: n });
+  const before = rec.events.length;
+  await connected(socket);
+  await sleep(500);
+  assertWholeOrFailed(rec, before, [6, 7, 8, 9, 10, 11, 12], 'reconnect after the room expired');
+  assert.ok(rec.metas.slice(before).every((m) => !m || m.offset !== seen), 'no offset is issued twice');
+});
+
+test('cluster: a client far behind gets everything the stream keeps, or recovery_failed — never part', { skip: noRedis }, async () => {
+  const { sgs: [sg] } = await clusterStack({ SIDECAR_HISTORY__MAX_MESSAGES: '5' });
+  const { socket } = recoveringClient(sg.url, 'sid=user-far');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'far', data: 0 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'far');
+  const missed = Array.from({ length: 60 }, (_, i) => i + 1);
+  for (const n of missed) await publishOk(sg.publishSocket, { userId: 'far', data: n });
+  const before = rec.events.length;
+  await connected(socket);
+  await sleep(800);
+  await publishOk(sg.publishSocket, { userId: 'far', data: 61 });
+  await rec.waitFor((e) => e.event === 'notification' && e.args[0] === 61, 'the live message');
+  const failed = assertWholeOrFailed(
+    { events: rec.events.filter((e) => e.args[0] !== 61) }, before, missed, 'replay 60 behind',
+  );
+  assert.ok(!failed, 'the stream (MAXLEN ~ keeps whole nodes) still had all 60: they are replayed');
+});
+
+test('cluster: a stream that expired and was recreated is a gap, not a short replay', { skip: noRedis }, async () => {
+  const { sgs: [sg] } = await clusterStack({ SIDECAR_HISTORY__MAX_AGE_MS: '1000' });
+  const { socket } = recoveringClient(sg.url, 'sid=user-sx');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'sx', data: 1 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'sx');
+  await publishOk(sg.publishSocket, { userId: 'sx', data: 2 }); // missed
+  await sleep(2500); // the stream expires with message 2 in it
+  await publishOk(sg.publishSocket, { userId: 'sx', data: 3 });
+  const before = rec.events.length;
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed', 5000);
+  assertWholeOrFailed(rec, before, [2, 3], 'reconnect across an expired stream');
+});
+
+test('cluster: Redis restarted empty — recovery across the outage fails loudly', { skip: noRedis }, async () => {
+  const { redis, fixture, sgs: [sg] } = await clusterStack({});
+  const { socket } = recoveringClient(sg.url, 'sid=user-rr');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'rr', data: 1 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'rr');
+  await redis.kill('SIGKILL');
+  await publishOk(sg.publishSocket, { userId: 'rr', data: 2 }); // during the outage: not kept
+  const again = await startRedis(redis.port); // empty: --save '' --appendonly no
+  after(() => again.kill());
+  await waitFor(async () => (await publishApi(sg.publishSocket, 'GET', '/stats')).json?.scope === 'cluster', {
+    message: 'sockgate back on Redis', timeout: 15_000,
+  });
+  await publishOk(sg.publishSocket, { userId: 'rr', data: 3 });
+  const before = rec.events.length;
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed', 5000);
+  assertWholeOrFailed(rec, before, [2, 3], 'reconnect across a Redis restart');
+  void fixture;
+});
+
+test('cluster: a message that could not be kept (Redis stalled) makes recovery across it fail', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  const { socket } = recoveringClient(sg.url, 'sid=user-st');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'st', data: 1 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'st');
+  process.kill(redis.pid, 'SIGSTOP');
+  try {
+    // Not kept: XADD times out. The publish itself still answers (live delivery only).
+    await publishApi(sg.publishSocket, 'POST', '/publish', { userId: 'st', data: 2 }, { timeout: 15_000 });
+  } finally {
+    process.kill(redis.pid, 'SIGCONT');
+  }
+  await waitFor(async () => (await publishApi(sg.publishSocket, 'GET', '/stats')).json?.scope === 'cluster', {
+    message: 'sockgate back on Redis', timeout: 15_000,
+  });
+  await publishOk(sg.publishSocket, { userId: 'st', data: 3 });
+  const before = rec.events.length;
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed', 5000);
+  assertWholeOrFailed(rec, before, [2, 3], 'reconnect across a message that was not kept');
+});
+
+test('cluster: a socket closed while its replay waits leaves no room behind', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  await publishOk(sg.publishSocket, { userId: 'lk', data: 0 });
+  const { socket, state } = recoveringClient(sg.url, 'sid=user-lk');
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'lk', data: 1 });
+  await waitFor(() => state.lastOffset, { message: 'an offset' });
+  socket.disconnect();
+  await gone(sg, 'lk');
+  process.kill(redis.pid, 'SIGSTOP');
+  let publishing;
+  try {
+    // Holds the room lock while its XADD waits on the stalled Redis.
+    publishing = publishApi(sg.publishSocket, 'POST', '/publish', { userId: 'lk', data: 2 }, { timeout: 15_000 });
+    await sleep(100);
+    const { socket: waiting } = recoveringClient(sg.url, 'sid=user-lk');
+    waiting.auth = { offset: state.lastOffset };
+    await connected(waiting); // CONNECT comes before the replay, which waits for the lock
+    waiting.disconnect();
+    await sleep(200);
+  } finally {
+    process.kill(redis.pid, 'SIGCONT');
+  }
+  await publishing;
+  await waitFor(
+    async () => {
+      const s = (await publishApi(sg.publishSocket, 'GET', '/stats')).json;
+      return s && s.connections === 0 && s.rooms === 0 && s.users === 0 && s;
+    },
+    { message: '/stats rooms and users back to 0', timeout: 8000 },
+  );
+});
