@@ -102,7 +102,7 @@ fn main() -> ExitCode {
                 shutdown.begin_drain();
                 let again = termination_signal().await;
                 tracing::warn!("{again} received again: stopping now");
-                shutdown.force();
+                shutdown.abort();
             }
         });
         let app = (!cli.app.is_empty()).then_some(cli.app);

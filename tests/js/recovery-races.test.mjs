@@ -214,3 +214,57 @@ test('cluster: a socket closed while its replay waits leaves no room behind', { 
     { message: '/stats rooms and users back to 0', timeout: 8000 },
   );
 });
+
+/**
+ * A socket whose client sent CONNECT and then stopped reading, with `count` × `size` bytes
+ * published to it: sockgate's writer to it is stuck on a full TCP window.
+ */
+async function stuckReader(sg, userId, { count = 100, size = 512 * 1024 } = {}) {
+  const { WebSocket } = await import('./fault-helpers.mjs');
+  const ws = new WebSocket(`${sg.url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`, {
+    headers: { cookie: `sid=user-${userId}` },
+  });
+  ws.on('error', () => {});
+  const connectedNs = new Promise((resolve, reject) => {
+    ws.on('message', (data) => {
+      const text = data.toString();
+      if (text.startsWith('0')) ws.send('40');
+      if (text.startsWith('40')) resolve();
+    });
+    ws.on('close', () => reject(new Error('closed before CONNECT')));
+  });
+  await connectedNs;
+  ws._socket.pause(); // stop reading: the kernel buffers fill, then sockgate's writes block
+  const blob = 'x'.repeat(size);
+  for (let i = 0; i < count; i++) {
+    await publishApi(sg.publishSocket, 'POST', '/publish', { userId, data: { i, blob } }, { timeout: 10_000 });
+  }
+  return ws;
+}
+
+const DRAIN = { SIDECAR_SERVER__DRAIN_TIMEOUT_MS: '2000', SIDECAR_PUBLISH__MAX_BODY_BYTES: String(1024 * 1024) };
+
+test('drain: a client that stops reading does not hold shutdown past the deadline', async () => {
+  const sg = await memoryStack(DRAIN);
+  const ws = await stuckReader(sg, 'stuck');
+  const started = Date.now();
+  sg.proc.child.kill('SIGTERM');
+  const { code } = await sg.proc.waitExit(2000 + 4000);
+  const took = Date.now() - started;
+  ws.terminate();
+  assert.ok(took < 6000, `exited ${took} ms after SIGTERM (drain_timeout_ms 2000)`);
+  assert.equal(code, 0);
+});
+
+test('drain: a second SIGTERM stops at once, stuck writers or not', async () => {
+  const sg = await memoryStack({ ...DRAIN, SIDECAR_SERVER__DRAIN_TIMEOUT_MS: '30000' });
+  const ws = await stuckReader(sg, 'stuck2');
+  sg.proc.child.kill('SIGTERM');
+  await sleep(500);
+  const started = Date.now();
+  sg.proc.child.kill('SIGTERM');
+  await sg.proc.waitExit(3000);
+  const took = Date.now() - started;
+  ws.terminate();
+  assert.ok(took < 3000, `exited ${took} ms after the second SIGTERM`);
+});
