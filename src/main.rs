@@ -81,6 +81,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     sockgate::telemetry::init(&config.log);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

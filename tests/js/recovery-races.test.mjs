@@ -268,3 +268,9 @@ test('drain: a second SIGTERM stops at once, stuck writers or not', async () => 
   ws.terminate();
   assert.ok(took < 3000, `exited ${took} ms after the second SIGTERM`);
 });
+
+test('config: a warning about a setting is in sockgate\'s output', async () => {
+  const sg = await memoryStack({ SIDECAR_UPSTREAM__POOL_IDLE_TIMEOUT_MS: '6000' });
+  await waitFor(() => sg.proc.text().includes('sockgate ready'), { message: 'ready line' });
+  assert.match(sg.proc.text(), /WARN.*upstream\.pool_idle_timeout_ms = 6000 is not below/);
+});
