@@ -274,3 +274,61 @@ test('config: a warning about a setting is in sockgate\'s output', async () => {
   await waitFor(() => sg.proc.text().includes('sockgate ready'), { message: 'ready line' });
   assert.match(sg.proc.text(), /WARN.*upstream\.pool_idle_timeout_ms = 6000 is not below/);
 });
+
+/** Whether offset `a` comes after `b` (the rule of examples/astro/src/hooks/useSocket.ts). */
+function isNewerOffset(a, b) {
+  if (!b) return true;
+  const parse = (o) => {
+    const colon = o.indexOf(':');
+    if (colon >= 0) return [o.slice(0, colon), o.slice(colon + 1).split('-').map(Number)];
+    const dash = o.indexOf('-');
+    return [o.slice(0, dash), [Number(o.slice(dash + 1))]];
+  };
+  const [ra, na] = parse(a);
+  const [rb, nb] = parse(b);
+  if (ra !== rb) return true;
+  for (let i = 0; i < Math.max(na.length, nb.length); i++) {
+    if ((na[i] ?? 0) !== (nb[i] ?? 0)) return (na[i] ?? 0) > (nb[i] ?? 0);
+  }
+  return false;
+}
+
+test('cluster: reconnecting through B while A publishes — no duplicate, no silent gap', { skip: noRedis }, async () => {
+  const { sgs: [a, b] } = await clusterStack({}, 2);
+  const TOTAL = 2000;
+  const RECONNECTS = 50;
+  // The client of the hook: drops what is not newer than the last offset it saw.
+  const { socket, state } = recoveringClient(b.url, 'sid=user-xi');
+  const got = [];
+  let repeats = 0;
+  let failures = 0;
+  socket.offAny();
+  socket.onAny((event, data, meta) => {
+    if (event === 'recovery_failed') return void failures++;
+    if (!meta || typeof meta.offset !== 'string') return;
+    if (!isNewerOffset(meta.offset, state.lastOffset)) return void repeats++;
+    state.lastOffset = meta.offset;
+    got.push(data.n);
+  });
+  await connected(socket);
+  let published = 0;
+  const publishing = (async () => {
+    for (let n = 1; n <= TOTAL; n++) {
+      await publishOk(a.publishSocket, { userId: 'xi', data: { n } });
+      published = n;
+    }
+  })();
+  for (let i = 0; i < RECONNECTS && published < TOTAL; i++) {
+    await sleep(20 + Math.floor(Math.random() * 30));
+    socket.disconnect();
+    await connected(socket);
+  }
+  await publishing;
+  await waitFor(() => got.at(-1) === TOTAL, { message: `the last message (got ${got.length}, last ${got.at(-1)})`, timeout: 10_000 });
+  const missing = [];
+  const seen = new Set(got);
+  for (let n = 1; n <= TOTAL; n++) if (!seen.has(n)) missing.push(n);
+  assert.equal(got.length, seen.size, 'no message reaches the app twice');
+  if (failures === 0) assert.deepEqual(missing, [], `missed without recovery_failed (repeats dropped: ${repeats})`);
+  assert.deepEqual(got, [...got].sort((x, y) => x - y), 'in order');
+});
