@@ -332,3 +332,22 @@ test('cluster: reconnecting through B while A publishes — no duplicate, no sil
   if (failures === 0) assert.deepEqual(missing, [], `missed without recovery_failed (repeats dropped: ${repeats})`);
   assert.deepEqual(got, [...got].sort((x, y) => x - y), 'in order');
 });
+
+test('cluster: a fresh client whose head cannot be read is told to refetch, not given old messages', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  for (let n = 1; n <= 3; n++) await publishOk(sg.publishSocket, { userId: 'hd', data: n }); // before the client
+  const { socket } = recoveringClient(sg.url, 'sid=user-hd');
+  const rec = recorder(socket);
+  process.kill(redis.pid, 'SIGSTOP'); // the head read at the handshake times out
+  let connecting;
+  try {
+    connecting = connected(socket);
+    await sleep(1500);
+  } finally {
+    process.kill(redis.pid, 'SIGCONT');
+  }
+  await connecting;
+  await sleep(800);
+  assert.deepEqual(rec.of('notification'), [], 'messages from before the handshake are not replayed');
+  assert.ok(rec.events.some((e) => e.event === 'recovery_failed'), 'recovery_failed: the client refetches');
+});
