@@ -685,6 +685,26 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_read_is_whole_or_nothing() {
+        let s = |t: &str| RedisValue::String(t.into());
+        let entry = |id: &str, data: &str| {
+            RedisValue::Array(vec![
+                s(id),
+                RedisValue::Array(vec![s("e"), s("n"), s("d"), s(data)]),
+            ])
+        };
+        let reply =
+            |entries| RedisValue::Array(vec![s("g1"), s("5-0"), RedisValue::Array(entries)]);
+        let (epoch, deleted, entries) =
+            parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{\"a\":2}")])).unwrap();
+        assert_eq!((epoch.as_str(), deleted.as_str()), ("g1", "5-0"));
+        let ids: Vec<_> = entries.iter().map(|(id, ..)| id.as_str()).collect();
+        assert_eq!(ids, ["6-0", "7-0"]);
+        // One unreadable entry fails the read (a gap), instead of being skipped.
+        assert!(parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{")])).is_none());
+    }
+
+    #[test]
     fn stream_ids_compare_numerically() {
         assert!(stream_id_after("1700000000001-0", "1700000000000-9"));
         assert!(stream_id_after("5-10", "5-9"));
