@@ -94,6 +94,12 @@ impl History {
         }
     }
 
+    /// Whether other instances write this history too (their publishes do not take this
+    /// process's room locks).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, History::Redis(_))
+    }
+
     /// Messages of `room` after `since`.
     pub async fn replay(&self, room: &str, since: &Since) -> Replay {
         match self {

@@ -5,9 +5,8 @@
 // per attempt), so sockgate replays what was published meanwhile, in order, before live
 // messages. If that is older than what sockgate keeps, it emits `recovery_failed` and the hook
 // calls `onReconnect` so the app refetches. Handlers still receive just the payload.
-// A message whose offset is not newer than the last one seen is dropped: in cluster mode a
-// message published through another instance during a reconnect can come twice (replayed,
-// then live).
+// A message whose offset was seen already is dropped: in cluster mode a message published
+// through another instance during a reconnect can come twice (replayed, then live).
 import { useEffect, useRef, useState } from 'react';
 import { io } from 'socket.io-client';
 
@@ -87,14 +86,21 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
 
     // Set by trackOffset, which Socket.IO runs (onAny) just before the event's own handler.
     let repeated = false;
+    // The offsets seen lately: repeats come within a reconnect, so a short memory suffices.
+    const seen = new Set<string>();
+    const seenOrder: string[] = [];
     const handleNotification = (payload: T) => {
       if (!repeated) onNotificationRef.current?.(payload);
     };
     // Offsets count every message to the user, whatever its event name.
     const trackOffset = (_event: string, _payload: unknown, meta?: { offset?: string }) => {
       const offset = meta?.offset;
-      repeated = typeof offset === 'string' && !isNewerOffset(offset, lastOffset);
-      if (typeof offset === 'string' && !repeated) lastOffset = offset;
+      repeated = typeof offset === 'string' && seen.has(offset);
+      if (typeof offset !== 'string' || repeated) return;
+      seen.add(offset);
+      seenOrder.push(offset);
+      if (seenOrder.length > 1000) seen.delete(seenOrder.shift()!);
+      if (isNewerOffset(offset, lastOffset)) lastOffset = offset;
     };
     // Messages were missed and cannot be replayed: the app refetches.
     const handleRecoveryFailed = () => onReconnectRef.current?.();
