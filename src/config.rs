@@ -618,16 +618,23 @@ impl Config {
         if self.publish.max_batch == 0 {
             return Err(fail("publish.max_batch", "must be at least 1".into()));
         }
-        if self.upstream.pool_idle_timeout_ms >= 5_000 {
-            tracing::warn!(
-                "upstream.pool_idle_timeout_ms = {} is not below Node's 5 s keep-alive; \
-                 reused connections may be closed under a request",
-                self.upstream.pool_idle_timeout_ms
-            );
-        }
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| fail("log.filter", format!("`{}`: {e}", self.log.filter)))?;
         Ok(())
+    }
+
+    /// Settings that are valid but likely wrong. Returned, not logged: configuration is loaded
+    /// before logging is set up, so the caller logs them once it is.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.upstream.pool_idle_timeout_ms >= 5_000 {
+            warnings.push(format!(
+                "upstream.pool_idle_timeout_ms = {} is not below Node's 5 s keep-alive; \
+                 reused connections may be closed under a request",
+                self.upstream.pool_idle_timeout_ms
+            ));
+        }
+        warnings
     }
 
     /// The upstream's `host:port`, as the proxy connects to it.

@@ -207,7 +207,12 @@ pub async fn run(
             shutdown.force();
         })
     };
-    hub.close_all().await;
+    // Closing waits for each socket's writer, which a client that stopped reading holds
+    // forever: the deadline (or a second signal) cuts it; the process exiting closes the rest.
+    tokio::select! {
+        _ = hub.close_all() => {}
+        _ = shutdown.forced() => tracing::warn!("drain deadline passed: sockets still closing are cut"),
+    }
     let _ = serving.await;
     proxy.tunnels().closed().await;
     shutdown.finish();
@@ -215,7 +220,11 @@ pub async fn run(
     deadline.abort();
     let code = match (app_died, supervisor) {
         (Some(code), _) => code,
-        (None, Some(child)) => child.stop(ms(config.server.drain_timeout_ms)).await,
+        (None, Some(child)) => {
+            child
+                .stop(ms(config.server.drain_timeout_ms), shutdown.aborted())
+                .await
+        }
         (None, None) => 0,
     };
     tracing::info!(code, "sockgate stopped");

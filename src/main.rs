@@ -81,6 +81,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     sockgate::telemetry::init(&config.log);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -102,7 +105,7 @@ fn main() -> ExitCode {
                 shutdown.begin_drain();
                 let again = termination_signal().await;
                 tracing::warn!("{again} received again: stopping now");
-                shutdown.force();
+                shutdown.abort();
             }
         });
         let app = (!cli.app.is_empty()).then_some(cli.app);

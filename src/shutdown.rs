@@ -4,7 +4,8 @@
 //! in-flight work may finish. `forced` fires when the drain deadline passes: whatever is still
 //! open (tunnels, sockets, slow responses) is cut so the process can exit. `finished` comes
 //! once the public side is done: the local endpoints (publish socket, admin listener), which
-//! kept answering meanwhile — readiness says "draining" there — close last.
+//! kept answering meanwhile — readiness says "draining" there — close last. `aborted` (a second
+//! signal) forces at once and skips the app's grace too.
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -13,6 +14,7 @@ pub struct Shutdown {
     draining: CancellationToken,
     forced: CancellationToken,
     finished: CancellationToken,
+    aborted: CancellationToken,
 }
 
 impl Shutdown {
@@ -47,6 +49,16 @@ impl Shutdown {
 
     pub fn forced(&self) -> WaitForCancellationFuture<'_> {
         self.forced.cancelled()
+    }
+
+    /// A second signal: stop now, without waiting for anything (not even the app's grace).
+    pub fn abort(&self) {
+        self.force();
+        self.aborted.cancel();
+    }
+
+    pub fn aborted(&self) -> WaitForCancellationFuture<'_> {
+        self.aborted.cancelled()
     }
 }
 

@@ -5,8 +5,16 @@
 //! Ctrl-C reaches sockgate alone, which drains before stopping the app.
 //! Until it accepts connections, the gate is closed (proxied requests get 503 with
 //! `Retry-After`, Socket.IO handshakes are refused). On shutdown sockgate drains first, then
-//! sends the child SIGTERM, so requests in flight are not cut by the app going away. If the
-//! child dies on its own, sockgate stops with a failure status so the platform restarts it.
+//! sends SIGTERM to the app's whole process group (`bash -c 'node app & wait'` stops its node
+//! too) and SIGKILL to what is left after the grace, so requests in flight are not cut by the
+//! app going away and nothing outlives sockgate's own shutdown. If the child dies on its own,
+//! sockgate stops with a failure status so the platform restarts it, and the rest of its group
+//! gets SIGTERM.
+//!
+//! Not covered: if sockgate itself is SIGKILLed or aborts, the app is not signalled (a
+//! parent-death signal needs `pre_exec`, which is `unsafe`; the project forbids it). Run
+//! sockgate as the container's main process (`exec sockgate -- …`): the runtime then ends the
+//! container, app included.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
@@ -102,23 +110,67 @@ impl Supervisor {
     /// Resolves when the app exits on its own, with the status sockgate should exit with:
     /// never 0, since an app that stops by itself is a failure for the platform to see.
     pub async fn exited(&mut self) -> i32 {
-        match self.child.wait().await {
+        let group = self.group();
+        let status = self.child.wait().await;
+        if let Some(group) = group.filter(|g| group_alive(*g)) {
+            tracing::warn!(
+                pgid = group.as_raw(),
+                "the app left processes behind: SIGTERM to its group"
+            );
+            let _ = killpg(group, Signal::SIGTERM);
+        }
+        match status {
             Ok(status) => status.code().filter(|c| *c != 0).unwrap_or(1),
             Err(_) => 1,
         }
     }
 
-    /// Sends SIGTERM and waits up to `grace` for the app to exit, then kills it. Returns the
-    /// app's exit status.
-    pub async fn stop(mut self, grace: Duration) -> i32 {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            tracing::info!(pid, "sending SIGTERM to the app");
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    /// The app leads its own group (`process_group(0)`): the group id is its pid.
+    fn group(&self) -> Option<Pid> {
+        self.child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw)
+    }
+
+    /// Sends SIGTERM to the app's process group (the app and whatever it started) and waits
+    /// up to `grace` for all of it to exit — or until `abort` (a second signal) — then kills
+    /// what is left of the group. Returns the app's exit status.
+    pub async fn stop(mut self, grace: Duration, abort: impl Future<Output = ()>) -> i32 {
+        let group = self.group();
+        if let Some(group) = group {
+            tracing::info!(
+                pgid = group.as_raw(),
+                "sending SIGTERM to the app's process group"
+            );
+            let _ = killpg(group, Signal::SIGTERM);
         }
-        let status = match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => status.ok(),
-            Err(_) => {
-                tracing::warn!(program = %self.program, "app did not exit within {grace:?}: killed");
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut abort = std::pin::pin!(abort);
+        let mut aborted = false;
+        let status = tokio::select! {
+            waited = tokio::time::timeout_at(deadline, self.child.wait()) => waited.ok().and_then(Result::ok),
+            _ = &mut abort => {
+                aborted = true;
+                None
+            }
+        };
+        if let Some(group) = group {
+            // The app's own children get what is left of the grace, then the group is killed.
+            while !aborted && group_alive(group) && tokio::time::Instant::now() < deadline {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = &mut abort => aborted = true,
+                }
+            }
+            if group_alive(group) {
+                tracing::warn!(program = %self.program, "app's process group still running after {grace:?} (or a second signal): killed");
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        let status = match status {
+            Some(status) => Some(status),
+            None => {
                 let _ = self.child.kill().await;
                 self.child.wait().await.ok()
             }
@@ -138,4 +190,9 @@ impl Supervisor {
         tracing::info!(code, "app exited");
         code
     }
+}
+
+/// Whether any process of `group` is still there (signal 0 checks without sending).
+fn group_alive(group: Pid) -> bool {
+    killpg(group, None::<Signal>).is_ok()
 }

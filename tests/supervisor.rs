@@ -33,8 +33,8 @@ fn supervise(script: &str) -> (Sockgate, u16) {
 
 #[tokio::test]
 async fn answers_503_until_the_app_listens_then_proxies_to_it() {
-    let (sg, upstream) = supervise(&app_script(1500, 0));
-    let (proc, socket) = (&sg.proc, &sg.socket);
+    let (mut sg, upstream) = supervise(&app_script(1500, 0));
+    let (proc, socket) = (&sg.proc, sg.socket.clone());
     let resp = get(proc.port, "/").await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
@@ -57,6 +57,9 @@ async fn answers_503_until_the_app_listens_then_proxies_to_it() {
     assert_eq!(seen["host"], "127.0.0.1");
     assert_eq!(seen["port"], upstream.to_string());
     assert_eq!(seen["socket"], socket.to_string_lossy().as_ref());
+    // Stopped, not SIGKILLed by the drop: a SIGKILLed sockgate cannot stop its app.
+    sg.proc.signal("TERM");
+    sg.proc.wait_exit(Duration::from_secs(10)).expect("exits");
 }
 
 #[tokio::test]
@@ -97,4 +100,43 @@ async fn an_app_that_dies_takes_sockgate_down_with_a_failure_status() {
             "{path}: the platform must see a failure"
         );
     }
+}
+
+/// Whether `port` on loopback accepts a TCP connection.
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_apps_own_children_too() {
+    // The app is a shell that starts the real server in the background and waits: the server
+    // is sockgate's grandchild, in the app's process group.
+    let script = format!("node -e {} & wait", shell_quote(&app_script(0, 0)));
+    let upstream = free_port();
+    let mut sg = sockgate_with_args(upstream, &[], &["--", "bash", "-c", &script]);
+    let proc = &mut sg.proc;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(proc.port, "/").await.status() != 200 {
+        assert!(Instant::now() < deadline, "the app never became reachable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proc.signal("TERM");
+    proc.wait_exit(Duration::from_secs(15))
+        .expect("sockgate exits");
+    let gone_by = Instant::now() + Duration::from_secs(2);
+    while listening(upstream) && Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !listening(upstream),
+        "the app's background server still listens on {upstream} after sockgate exited"
+    );
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }

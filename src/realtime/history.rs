@@ -6,13 +6,14 @@
 //! cluster mode, so a client that comes back through another instance recovers too. A client
 //! that reports an offset older than what is kept is told, never silently skipped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client as RedisClient;
-use fred::interfaces::{KeysInterface, StreamsInterface};
+use fred::interfaces::{KeysInterface, LuaInterface};
 use fred::types::Value as RedisValue;
 use serde_json::Value;
 
@@ -23,9 +24,20 @@ use crate::cluster::Link;
 pub enum Since {
     /// A client that has seen nothing: replay what is published from the handshake on (this
     /// closes the window between the client seeing "connected" and the socket joining).
-    Head(Option<String>),
+    Head(Head),
     /// A client that reports the last offset it saw.
     Client(String),
+}
+
+/// A room's newest offset, read at a socket's handshake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head {
+    /// Nothing kept: everything in the room is newer than the handshake.
+    Empty,
+    At(String),
+    /// The history could not be read: where the client stands is unknown, so it is told to
+    /// refetch rather than given old messages or none.
+    Unknown,
 }
 
 /// One kept message.
@@ -61,6 +73,7 @@ impl History {
             link,
             max_messages,
             max_age,
+            unkept: Arc::default(),
         })
     }
 
@@ -73,12 +86,18 @@ impl History {
         }
     }
 
-    /// The newest offset of `room`, if any.
-    pub async fn head(&self, room: &str) -> Option<String> {
+    /// The newest offset of `room`.
+    pub async fn head(&self, room: &str) -> Head {
         match self {
             History::Memory(h) => h.head(room),
             History::Redis(h) => h.head(room).await,
         }
+    }
+
+    /// Whether other instances write this history too (their publishes do not take this
+    /// process's room locks).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, History::Redis(_))
     }
 
     /// Messages of `room` after `since`.
@@ -139,15 +158,19 @@ impl RoomLocks {
 }
 
 struct RoomLog {
-    next: u64,
+    /// Offsets up to this one were issued before this log was created: whatever this room had
+    /// among them is gone.
+    born_after: u64,
     /// Highest offset no longer kept.
     dropped_through: u64,
+    last: u64,
     last_at: Instant,
     entries: VecDeque<(u64, Instant, Arc<str>, Arc<Value>)>,
 }
 
-/// Single-instance history. Offsets are `<run id>-<n>`: an offset from before a restart is
-/// recognised as such (its messages are gone) instead of being confused with a new one.
+/// Single-instance history. Offsets are `<run id>-<n>`, `n` counting across all rooms of the
+/// run: an offset from before a restart is recognised as such (its messages are gone), and a
+/// room that expired and starts again never hands out an offset it handed out before.
 pub struct MemoryHistory {
     run: String,
     rooms: Mutex<Rooms>,
@@ -158,16 +181,26 @@ pub struct MemoryHistory {
 #[derive(Default)]
 struct Rooms {
     logs: HashMap<String, RoomLog>,
+    /// The last offset issued in this run, in any room.
+    issued: u64,
     /// Expired rooms are dropped at most this often, so memory stays bounded by the users
     /// active within `max_age` without a scan on every publish.
     last_sweep: Option<Instant>,
 }
 
+/// A token that differs between runs and between calls: names a run or a stream generation.
+fn fresh_token() -> String {
+    use std::sync::atomic::AtomicU64;
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let token = RandomState::new().hash_one((Instant::now(), std::process::id(), call));
+    format!("{token:016x}")
+}
+
 impl MemoryHistory {
     fn new(max_messages: usize, max_age: Duration) -> Self {
-        let run = format!("{:08x}", RandomState::new().hash_one(Instant::now()) as u32);
         Self {
-            run,
+            run: fresh_token()[..8].to_owned(),
             rooms: Mutex::default(),
             max_messages: max_messages.max(1),
             max_age,
@@ -186,6 +219,7 @@ impl MemoryHistory {
     fn append(&self, room: &str, event: &str, data: &Value) -> String {
         let now = Instant::now();
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let rooms = &mut *rooms;
         if rooms
             .last_sweep
             .is_none_or(|at| now.duration_since(at) >= self.max_age)
@@ -196,17 +230,30 @@ impl MemoryHistory {
                 .retain(|_, log| now.duration_since(log.last_at) < max_age);
             rooms.last_sweep = Some(now);
         }
+        let born_after = rooms.issued;
         let log = rooms
             .logs
             .entry(room.to_owned())
             .or_insert_with(|| RoomLog {
-                next: 1,
+                born_after,
                 dropped_through: 0,
+                last: 0,
                 last_at: now,
                 entries: VecDeque::new(),
             });
-        let n = log.next;
-        log.next += 1;
+        if now.duration_since(log.last_at) > self.max_age {
+            // Expired but not swept yet: what it kept is gone all the same.
+            *log = RoomLog {
+                born_after,
+                dropped_through: 0,
+                last: 0,
+                last_at: now,
+                entries: VecDeque::new(),
+            };
+        }
+        rooms.issued += 1;
+        let n = rooms.issued;
+        log.last = n;
         log.last_at = now;
         log.entries
             .push_back((n, now, event.into(), Arc::new(data.clone())));
@@ -223,14 +270,12 @@ impl MemoryHistory {
         self.offset(n)
     }
 
-    fn head(&self, room: &str) -> Option<String> {
+    fn head(&self, room: &str) -> Head {
         let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms
-            .logs
-            .get(room)
-            .map(|log| log.next - 1)
-            .filter(|n| *n > 0)
-            .map(|n| self.offset(n))
+        match rooms.logs.get(room) {
+            Some(log) => Head::At(self.offset(log.last)),
+            None => Head::Empty,
+        }
     }
 
     fn replay(&self, room: &str, since: &Since) -> Replay {
@@ -240,10 +285,15 @@ impl MemoryHistory {
             .get(room)
             .filter(|log| log.last_at.elapsed() <= self.max_age);
         let after = match since {
-            Since::Head(None) => 0,
-            Since::Head(Some(head)) => self.parse(head).unwrap_or(0),
+            Since::Head(Head::Unknown) => return Replay::Gap,
+            Since::Head(Head::Empty) => 0,
+            Since::Head(Head::At(head)) => self.parse(head).unwrap_or(0),
             Since::Client(offset) => match (self.parse(offset), log) {
-                (Some(n), Some(log)) if n >= log.dropped_through && n < log.next => n,
+                (Some(n), Some(log))
+                    if n >= log.born_after && n >= log.dropped_through && n <= rooms.issued =>
+                {
+                    n
+                }
                 // From another run, older than what is kept, expired, or never issued.
                 _ => return Replay::Gap,
             },
@@ -266,7 +316,11 @@ impl MemoryHistory {
 }
 
 /// Cluster history: one Redis stream per room (`sockgate:history:<room>`), trimmed to about
-/// `max_messages` entries, expiring `max_age` after its last message. Offsets are stream ids.
+/// `max_messages` entries, expiring `max_age` after its last message, and beside it the
+/// stream's generation (`…:epoch`, same lifetime), created together with the stream by one
+/// script. Offsets are `<generation>:<stream id>`: a stream that expired, was lost with
+/// Redis's data, or was retired because a message could not be kept starts a new generation,
+/// and an offset of an older one is a gap, not a position in the new stream.
 #[derive(Clone)]
 pub struct RedisHistory {
     client: RedisClient,
@@ -276,105 +330,285 @@ pub struct RedisHistory {
     link: Link,
     max_messages: usize,
     max_age: Duration,
+    /// Rooms with a message that could not be kept: their stream's generation is retired as
+    /// soon as Redis answers, so no instance replays across the hole.
+    unkept: Arc<Unkept>,
 }
 
+#[derive(Default)]
+struct Unkept {
+    rooms: Mutex<HashSet<String>>,
+    retiring: AtomicBool,
+}
+
+/// Keeps a message, starting a new generation when there is none (new, expired or lost
+/// stream) or when asked to (a message of this room could not be kept).
+/// KEYS: stream, generation. ARGV: new generation, max len, ttl ms, event, data, "1" = retire.
+const APPEND_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if (not epoch) or ARGV[6] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[4], 'd', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {epoch, id}
+";
+
+/// Reads, in one step, the generation, the highest trimmed id and the entries after ARGV[1]
+/// (at most ARGV[2]). KEYS: stream, generation.
+const REPLAY_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {'', '0-0', {}} end
+local deleted = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+end
+return {epoch, deleted, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+";
+
+/// The generation and the newest id, in one step. KEYS: stream, generation.
+const HEAD_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {} end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest == 0 then return {} end
+return {epoch, newest[1][1]}
+";
+
+/// How many entries a replay reads at most beyond `max_messages`: `MAXLEN ~` trims whole
+/// nodes (100 entries by default), so a stream holds up to that many more. A replay that
+/// would need more is a gap, never a partial replay.
+const TRIM_SLACK: usize = 1_000;
+
 impl RedisHistory {
-    fn key(room: &str) -> String {
+    /// The stream and its generation.
+    fn keys(room: &str) -> Vec<String> {
+        let stream = Self::stream_key(room);
+        let epoch = Self::epoch_key(&stream);
+        vec![stream, epoch]
+    }
+
+    fn stream_key(room: &str) -> String {
         format!("sockgate:history:{room}")
+    }
+
+    fn epoch_key(stream: &str) -> String {
+        format!("{stream}:epoch")
+    }
+
+    fn is_unkept(&self, room: &str) -> bool {
+        let rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.contains(room)
+    }
+
+    /// Remembers that `room` lost a message, and retires its generation once Redis answers.
+    fn mark_unkept(&self, room: &str) {
+        let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.insert(room.to_owned());
+        drop(rooms);
+        if !self.unkept.retiring.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().retire_unkept());
+        }
+    }
+
+    /// Deletes the generation of every room that lost a message (a reconnect on any instance
+    /// then gets a gap, and the next message starts a new generation), retrying until Redis
+    /// answers.
+    async fn retire_unkept(self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !self.link.is_up() {
+                continue;
+            }
+            let rooms: Vec<String> = {
+                let rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                rooms.iter().cloned().collect()
+            };
+            for room in rooms {
+                let epoch = Self::epoch_key(&Self::stream_key(&room));
+                let retired: Result<i64, _> = self.client.del(epoch).await;
+                if retired.is_ok() {
+                    let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                    rooms.remove(&room);
+                }
+            }
+            let rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if rooms.is_empty() {
+                self.unkept.retiring.store(false, Ordering::Release);
+                return;
+            }
+        }
     }
 
     async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
         if !self.link.is_up() {
+            self.mark_unkept(room);
             return None;
         }
-        let key = Self::key(room);
-        let fields = vec![("e", event.to_owned()), ("d", data.to_string())];
-        let added: Result<String, _> = self
+        let retire = if self.is_unkept(room) { "1" } else { "0" };
+        let ttl_ms = self.max_age.as_millis().max(1) as u64;
+        let args: Vec<String> = vec![
+            fresh_token(),
+            self.max_messages.to_string(),
+            ttl_ms.to_string(),
+            event.to_owned(),
+            data.to_string(),
+            retire.to_owned(),
+        ];
+        let added: Result<Vec<String>, _> = self
             .client
-            .xadd(
-                &key,
-                false,
-                ("MAXLEN", "~", self.max_messages as i64),
-                "*",
-                fields,
-            )
+            .eval(APPEND_SCRIPT, Self::keys(room), args)
             .await;
-        let id = match added {
-            Ok(id) => id,
+        match added.map(<[String; 2]>::try_from) {
+            Ok(Ok([epoch, id])) => {
+                if retire == "1" {
+                    let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                    rooms.remove(room);
+                }
+                Some(format!("{epoch}:{id}"))
+            }
+            Ok(Err(reply)) => {
+                tracing::warn!(room, "history not kept (unexpected Redis reply {reply:?})");
+                self.mark_unkept(room);
+                None
+            }
             Err(e) => {
                 tracing::warn!(room, "history not kept (Redis): {e}");
-                return None;
+                self.mark_unkept(room);
+                None
             }
-        };
-        let seconds = self.max_age.as_secs().max(1) as i64;
-        let _: Result<RedisValue, _> = self.client.expire(&key, seconds, None).await;
-        Some(id)
+        }
     }
 
-    async fn head(&self, room: &str) -> Option<String> {
+    async fn head(&self, room: &str) -> Head {
         if !self.link.is_up() {
-            return None;
+            return Head::Empty;
         }
-        let newest: Result<Vec<(String, HashMap<String, String>)>, _> = self
+        let newest: Result<Vec<String>, _> = self
             .client
-            .xrevrange_values(Self::key(room), "+", "-", Some(1))
+            .eval(HEAD_SCRIPT, Self::keys(room), Vec::<String>::new())
             .await;
-        newest.ok()?.into_iter().next().map(|(id, _)| id)
+        match newest.map(<[String; 2]>::try_from) {
+            Ok(Ok([epoch, id])) => Head::At(format!("{epoch}:{id}")),
+            Ok(Err(_)) => Head::Empty,
+            Err(e) => {
+                tracing::warn!(room, "history head unknown (Redis): {e}");
+                Head::Unknown
+            }
+        }
     }
 
     async fn replay(&self, room: &str, since: &Since) -> Replay {
         if !self.link.is_up() {
             return match since {
-                Since::Client(_) => Replay::Gap,
+                Since::Client(_) | Since::Head(Head::Unknown) => Replay::Gap,
                 Since::Head(_) => Replay::Entries(Vec::new()),
             };
         }
-        let key = Self::key(room);
-        let start = match since {
-            Since::Head(None) => "-".to_string(),
-            Since::Head(Some(id)) | Since::Client(id) => format!("({id}"),
-        };
-        if let Since::Client(offset) = since
-            && self.lost_after(&key, offset).await
-        {
+        if self.is_unkept(room) && !matches!(since, Since::Head(_)) {
             return Replay::Gap;
         }
-        let read: Result<Vec<(String, HashMap<String, String>)>, _> = self
+        let (epoch, after) = match since {
+            Since::Head(Head::Unknown) => return Replay::Gap,
+            Since::Head(Head::Empty) => (None, None),
+            Since::Head(Head::At(offset)) | Since::Client(offset) => match offset.split_once(':') {
+                Some((epoch, id)) => (Some(epoch), Some(id)),
+                None => return Replay::Gap,
+            },
+        };
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let limit = self.max_messages + TRIM_SLACK;
+        let read: Result<RedisValue, _> = self
             .client
-            .xrange_values(&key, start, "+", Some(self.max_messages as u64 * 2))
+            .eval(
+                REPLAY_SCRIPT,
+                Self::keys(room),
+                vec![start, (limit + 1).to_string()],
+            )
             .await;
-        let Ok(read) = read else {
+        let Some((current, deleted, entries)) = read.ok().and_then(parse_replay) else {
             return Replay::Gap;
         };
-        let entries = read
-            .into_iter()
-            .filter_map(|(offset, fields)| {
-                let event = fields.get("e")?.as_str().into();
-                let data = serde_json::from_str(fields.get("d")?).ok()?;
-                Some(Entry {
-                    offset,
+        let client = matches!(since, Since::Client(_));
+        if epoch.is_some_and(|e| e != current) {
+            // Another generation: the stream this offset points into is gone.
+            return if client {
+                Replay::Gap
+            } else {
+                // A head read at the handshake, then the stream was recreated: everything
+                // in the new one came later.
+                self.whole(room).await
+            };
+        }
+        if client && after.is_some_and(|id| stream_id_after(&deleted, id)) {
+            return Replay::Gap;
+        }
+        if entries.len() > limit {
+            return Replay::Gap;
+        }
+        Replay::Entries(
+            entries
+                .into_iter()
+                .map(|(id, event, data)| Entry {
+                    offset: format!("{current}:{id}"),
                     event,
-                    data: Arc::new(data),
+                    data,
                 })
-            })
-            .collect();
-        Replay::Entries(entries)
+                .collect(),
+        )
     }
 
-    /// Whether entries after `offset` may have been trimmed or expired.
-    async fn lost_after(&self, key: &str, offset: &str) -> bool {
-        let info: Result<HashMap<String, RedisValue>, _> =
-            self.client.xinfo_stream(key, false, None).await;
-        let Ok(info) = info else {
-            // No stream: it expired (or never existed), so whatever followed `offset` is gone.
-            return true;
-        };
-        let deleted = info
-            .get("max-deleted-entry-id")
-            .and_then(|v| v.as_string())
-            .unwrap_or_default();
-        stream_id_after(&deleted, offset)
+    /// The whole current stream (a head from a retired generation).
+    async fn whole(&self, room: &str) -> Replay {
+        Box::pin(self.replay(room, &Since::Head(Head::Empty))).await
     }
+}
+
+/// (generation, highest trimmed id, entries) from the replay script's answer.
+type Read = (String, String, Vec<(String, Arc<str>, Arc<Value>)>);
+
+fn parse_replay(reply: RedisValue) -> Option<Read> {
+    let RedisValue::Array(parts) = reply else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let epoch = parts.next()?.into_string()?;
+    let deleted = parts.next()?.into_string()?;
+    let RedisValue::Array(raw) = parts.next()? else {
+        return None;
+    };
+    let mut entries = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let RedisValue::Array(entry) = entry else {
+            return None;
+        };
+        let mut entry = entry.into_iter();
+        let id = entry.next()?.into_string()?;
+        let RedisValue::Array(fields) = entry.next()? else {
+            return None;
+        };
+        let fields: Vec<String> = fields
+            .into_iter()
+            .map(|f| f.into_string())
+            .collect::<Option<_>>()?;
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0] == name)
+                .and_then(|kv| kv.get(1))
+        };
+        // An entry that cannot be read makes the whole read fail: a gap, never a skip.
+        let data = serde_json::from_str(field("d")?).ok()?;
+        let event = field("e")?;
+        entries.push((id, event.as_str().into(), Arc::new(data)));
+    }
+    Some((epoch, deleted, entries))
 }
 
 /// Whether stream id `a` comes after `b` ("ms-seq" ids compare numerically, part by part).
@@ -421,11 +655,59 @@ mod tests {
         );
         assert!(offsets(h.replay("user:a", &Since::Client(o[4].clone()))).is_empty());
         assert_eq!(
-            offsets(h.replay("user:a", &Since::Head(Some(o[3].clone())))),
+            offsets(h.replay("user:a", &Since::Head(Head::At(o[3].clone())))),
             vec![o[4].clone()]
         );
-        assert!(offsets(h.replay("user:b", &Since::Head(None))).is_empty());
-        assert_eq!(h.head("user:a"), Some(o[4].clone()));
+        assert!(offsets(h.replay("user:b", &Since::Head(Head::Empty))).is_empty());
+        assert_eq!(h.head("user:a"), Head::At(o[4].clone()));
+    }
+
+    #[test]
+    fn a_room_that_expired_never_reissues_an_offset() {
+        let h = MemoryHistory::new(100, Duration::from_millis(50));
+        let old: Vec<String> = (0..5).map(|i| h.append("user:a", "n", &json!(i))).collect();
+        std::thread::sleep(Duration::from_millis(80));
+        let new: Vec<String> = (0..7).map(|i| h.append("user:a", "n", &json!(i))).collect();
+        assert!(new.iter().all(|o| !old.contains(o)), "{old:?} {new:?}");
+        // Nothing of this room was issued between the old last offset and the new log.
+        assert_eq!(
+            offsets(h.replay("user:a", &Since::Client(old[4].clone()))),
+            new
+        );
+        // An older offset: its successors expired with the old log.
+        assert_eq!(
+            offsets(h.replay("user:a", &Since::Client(old[3].clone()))),
+            vec!["gap"]
+        );
+        // Other rooms published meanwhile: what this room had then cannot be told apart.
+        let seen = h.append("user:b", "n", &json!(0));
+        std::thread::sleep(Duration::from_millis(80));
+        h.append("user:c", "n", &json!(0));
+        h.append("user:b", "n", &json!(1));
+        assert_eq!(
+            offsets(h.replay("user:b", &Since::Client(seen))),
+            vec!["gap"]
+        );
+    }
+
+    #[test]
+    fn a_replay_read_is_whole_or_nothing() {
+        let s = |t: &str| RedisValue::String(t.into());
+        let entry = |id: &str, data: &str| {
+            RedisValue::Array(vec![
+                s(id),
+                RedisValue::Array(vec![s("e"), s("n"), s("d"), s(data)]),
+            ])
+        };
+        let reply =
+            |entries| RedisValue::Array(vec![s("g1"), s("5-0"), RedisValue::Array(entries)]);
+        let (epoch, deleted, entries) =
+            parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{\"a\":2}")])).unwrap();
+        assert_eq!((epoch.as_str(), deleted.as_str()), ("g1", "5-0"));
+        let ids: Vec<_> = entries.iter().map(|(id, ..)| id.as_str()).collect();
+        assert_eq!(ids, ["6-0", "7-0"]);
+        // One unreadable entry fails the read (a gap), instead of being skipped.
+        assert!(parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{")])).is_none());
     }
 
     #[test]

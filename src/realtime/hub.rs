@@ -176,7 +176,19 @@ impl Hub {
                 let (delivered, dropped) = self.deliver(Some(room), event, &(data, meta)).await?;
                 Ok((delivered + replaying, dropped))
             }
-            None => self.deliver(Some(room), event, data).await,
+            None => {
+                // Not kept, so no replay will carry it: sockets still waiting for their
+                // replay get it live too (their replay reports the hole as a gap).
+                let (delivered, dropped) = self.deliver(Some(room.clone()), event, data).await?;
+                let waiting = match room.strip_prefix(self.room_prefix.as_str()) {
+                    Some(user) => {
+                        self.deliver(Some(connecting_room(user)), event, data)
+                            .await?
+                    }
+                    None => (0, 0),
+                };
+                Ok((delivered + waiting.0, dropped + waiting.1))
+            }
         }
     }
 

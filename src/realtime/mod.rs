@@ -37,7 +37,7 @@ use crate::shutdown::Shutdown;
 pub use admission::Admission;
 use admission::Ticket;
 pub use auth::{AuthError, Credentials, SessionAuth};
-use history::{History, Journal, Replay, Since};
+use history::{Head, History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 
@@ -327,15 +327,24 @@ async fn check_session<A: Adapter>(
         // published from now on until then is part of the replay. Meanwhile the socket waits
         // in a room of its own, where a kick (`disconnect`) still finds it.
         Some(history) => {
-            socket.join(connecting_room(&user_id));
             let offset = auth
                 .as_ref()
                 .and_then(|a| a.get("offset"))
                 .and_then(|o| o.as_str())
                 .map(str::to_owned);
             let since = match offset {
-                Some(offset) => Since::Client(offset),
-                None => Since::Head(history.head(&room).await),
+                Some(offset) => {
+                    socket.join(connecting_room(&user_id));
+                    Since::Client(offset)
+                }
+                None => {
+                    // Under the room lock: a message is either published before (and in the
+                    // head, delivered to no one here) or after (and the socket, now in its
+                    // connecting room, counts as a recipient and gets it from the replay).
+                    let _publishing = handlers.journal.lock(&room).await;
+                    socket.join(connecting_room(&user_id));
+                    Since::Head(history.head(&room).await)
+                }
             };
             socket.extensions.insert(ReplayFrom(since));
         }
@@ -353,29 +362,76 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         socket.extensions.get::<Identity>(),
     ) {
         let room = format!("{}{}", handlers.room_prefix, identity.user_id);
-        // Held while replaying and joining: a publish to this room waits, so each message is
-        // either replayed or delivered live — once, in order.
+        // Held while replaying and joining: a publish to this room through this instance
+        // waits, so each message is either replayed or delivered live — once, in order.
         let _publishing = handlers.journal.lock(&room).await;
-        match history.replay(&room, &since).await {
-            Replay::Entries(entries) => {
-                if !entries.is_empty() {
-                    tracing::debug!(socket = %log_id(socket.id), replayed = entries.len(), "replaying missed messages");
-                }
-                for entry in entries {
-                    let meta = serde_json::json!({ "offset": entry.offset });
-                    let _ = socket.emit(&*entry.event, &(&*entry.data, meta));
-                }
-            }
-            Replay::Gap => {
-                tracing::debug!(socket = %log_id(socket.id), "history gap: client told to refetch");
-                let _ = socket.emit(
-                    RECOVERY_FAILED,
-                    &serde_json::json!({ "reason": "messages since the last offset are no longer kept" }),
-                );
-            }
+        let Some(replayed) = replay(&socket, history, &room, &since).await else {
+            finish_joining(&socket, room, &identity.user_id);
+            return;
+        };
+        finish_joining(&socket, room.clone(), &identity.user_id);
+        if history.is_shared() {
+            // Another instance publishes without this lock: a message it appended after the
+            // read above may have reached this instance live before the join, and so this
+            // socket neither way. Read again from where the replay ended; what also came
+            // live is sent twice, and clients drop an offset that is not newer than the
+            // last they saw.
+            let since = match replayed.or(since_offset(since)) {
+                Some(offset) => Since::Client(offset),
+                None => Since::Head(Head::Empty),
+            };
+            replay(&socket, history, &room, &since).await;
         }
-        socket.join(room);
-        socket.leave(connecting_room(&identity.user_id));
+    }
+}
+
+/// The offset a replay starts after, if any.
+fn since_offset(since: Since) -> Option<String> {
+    match since {
+        Since::Client(offset) | Since::Head(Head::At(offset)) => Some(offset),
+        Since::Head(_) => None,
+    }
+}
+
+/// Sends `socket` what `room` has after `since`, or `recovery_failed`. Returns `None` after a
+/// gap, else the last offset sent (`None` inside when nothing was).
+async fn replay<A: Adapter>(
+    socket: &SocketRef<A>,
+    history: &History,
+    room: &str,
+    since: &Since,
+) -> Option<Option<String>> {
+    match history.replay(room, since).await {
+        Replay::Entries(entries) => {
+            if !entries.is_empty() {
+                tracing::debug!(socket = %log_id(socket.id), replayed = entries.len(), "replaying missed messages");
+            }
+            let last = entries.last().map(|e| e.offset.clone());
+            for entry in entries {
+                let meta = serde_json::json!({ "offset": entry.offset });
+                let _ = socket.emit(&*entry.event, &(&*entry.data, meta));
+            }
+            Some(last)
+        }
+        Replay::Gap => {
+            tracing::debug!(socket = %log_id(socket.id), "history gap: client told to refetch");
+            let _ = socket.emit(
+                RECOVERY_FAILED,
+                &serde_json::json!({ "reason": "messages since the last offset are no longer kept" }),
+            );
+            None
+        }
+    }
+}
+
+/// Moves a socket from its connecting room to its user room.
+fn finish_joining<A: Adapter>(socket: &SocketRef<A>, room: String, user_id: &str) {
+    socket.join(room);
+    socket.leave(connecting_room(user_id));
+    // A socket that closed while its replay waited was removed from its rooms already; the
+    // join above would keep it in the room map for good.
+    if !socket.connected() {
+        socket.leave_all();
     }
 }
 

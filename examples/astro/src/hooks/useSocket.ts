@@ -5,6 +5,8 @@
 // per attempt), so sockgate replays what was published meanwhile, in order, before live
 // messages. If that is older than what sockgate keeps, it emits `recovery_failed` and the hook
 // calls `onReconnect` so the app refetches. Handlers still receive just the payload.
+// A message whose offset was seen already is dropped: in cluster mode a message published
+// through another instance during a reconnect can come twice (replayed, then live).
 import { useEffect, useRef, useState } from 'react';
 import { io } from 'socket.io-client';
 
@@ -25,6 +27,25 @@ const RETRY_BASE_MS = 500;
 const RETRY_MAX_MS = 15_000;
 const retryDelay = (attempt: number) =>
   Math.min(RETRY_BASE_MS * 2 ** attempt, RETRY_MAX_MS) * (1 + Math.random());
+
+/** Whether `offset` comes after `last`. Offsets are `<run>-<n>` (one sockgate) or
+ * `<generation>:<ms>-<seq>` (cluster); another run or generation counts as newer. */
+export function isNewerOffset(offset: string, last: string | null): boolean {
+  if (!last) return true;
+  const parse = (o: string): [string, number[]] => {
+    const colon = o.indexOf(':');
+    if (colon >= 0) return [o.slice(0, colon), o.slice(colon + 1).split('-').map(Number)];
+    const dash = o.indexOf('-');
+    return [o.slice(0, dash), [Number(o.slice(dash + 1))]];
+  };
+  const [runA, a] = parse(offset);
+  const [runB, b] = parse(last);
+  if (runA !== runB) return true;
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) > (b[i] ?? 0);
+  }
+  return false;
+}
 
 export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: UseSocketOptions<T>): UseSocketResult {
   const [isConnected, setIsConnected] = useState(false);
@@ -63,10 +84,23 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
       }, retryDelay(retryAttempt++));
     };
 
-    const handleNotification = (payload: T) => onNotificationRef.current?.(payload);
+    // Set by trackOffset, which Socket.IO runs (onAny) just before the event's own handler.
+    let repeated = false;
+    // The offsets seen lately: repeats come within a reconnect, so a short memory suffices.
+    const seen = new Set<string>();
+    const seenOrder: string[] = [];
+    const handleNotification = (payload: T) => {
+      if (!repeated) onNotificationRef.current?.(payload);
+    };
     // Offsets count every message to the user, whatever its event name.
     const trackOffset = (_event: string, _payload: unknown, meta?: { offset?: string }) => {
-      if (typeof meta?.offset === 'string') lastOffset = meta.offset;
+      const offset = meta?.offset;
+      repeated = typeof offset === 'string' && seen.has(offset);
+      if (typeof offset !== 'string' || repeated) return;
+      seen.add(offset);
+      seenOrder.push(offset);
+      if (seenOrder.length > 1000) seen.delete(seenOrder.shift()!);
+      if (isNewerOffset(offset, lastOffset)) lastOffset = offset;
     };
     // Messages were missed and cannot be replayed: the app refetches.
     const handleRecoveryFailed = () => onReconnectRef.current?.();

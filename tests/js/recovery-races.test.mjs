@@ -1,0 +1,436 @@
+// Recovery under races and timing: every promise of "Never miss a notification" holds when a
+// room expires, when the history is longer than `max_messages`, when a Redis stream expires or
+// Redis loses its data, and when a socket goes away while its replay waits. A client that
+// cannot be given everything it missed gets `recovery_failed` — never a silent gap.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+
+import {
+  startFixture, startSockgate, client, nextEvent, recorder, waitFor, freePort, sleep, publishOk, publishApi,
+} from './harness.mjs';
+import { findRedisServer, startRedis } from './cluster-helpers.mjs';
+
+const haveRedis = !!findRedisServer();
+const noRedis = !haveRedis && 'redis-server not installed';
+
+/** A client that remembers the last offset it saw and reports it on every (re)connect. */
+function recoveringClient(url, cookie, opts = {}) {
+  const state = { lastOffset: null };
+  const socket = client(url, {
+    cookie,
+    transports: ['websocket'],
+    autoConnect: false,
+    auth: (cb) => cb(state.lastOffset ? { offset: state.lastOffset } : {}),
+    ...opts,
+  });
+  socket.onAny((_event, _data, meta) => {
+    if (meta && typeof meta.offset === 'string') state.lastOffset = meta.offset;
+  });
+  return { socket, state };
+}
+
+async function connected(socket) {
+  const done = nextEvent(socket, 'connect', 5000);
+  socket.connect();
+  await done;
+}
+
+async function gone(sg, userId) {
+  await waitFor(async () => (await publishApi(sg.publishSocket, 'GET', `/users/${userId}`)).json?.sockets === 0, {
+    message: `sockgate saw ${userId} leave`,
+  });
+}
+
+const WS = { SIDECAR_REALTIME__TRANSPORTS: '["websocket"]' };
+
+async function memoryStack(env) {
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const sg = await startSockgate({ upstreamUrl: fixture.url, env: { ...WS, ...env } });
+  after(() => sg.stop());
+  return sg;
+}
+
+async function clusterStack(env, instances = 1) {
+  const redis = await startRedis(await freePort());
+  after(() => redis.kill());
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const all = { ...WS, SIDECAR_CLUSTER__REDIS_URL: redis.url, ...env };
+  const sgs = [];
+  for (let i = 0; i < instances; i++) sgs.push(await startSockgate({ upstreamUrl: fixture.url, env: all }));
+  after(() => Promise.all(sgs.map((s) => s.stop())));
+  return { redis, fixture, sgs, env: all };
+}
+
+/** After a reconnect: either everything in `expected`, in order, or recovery_failed and no partial replay. */
+function assertWholeOrFailed(rec, before, expected, message) {
+  const after = rec.events.slice(before);
+  const failed = after.some((e) => e.event === 'recovery_failed');
+  const got = after.filter((e) => e.event === 'notification').map((e) => e.args[0]);
+  if (failed) assert.deepEqual(got, [], `${message}: nothing partial is replayed with recovery_failed`);
+  else assert.deepEqual(got, expected, `${message}: every missed message, once, in order (got ${JSON.stringify(got)})`);
+  return failed;
+}
+
+test('memory: an offset from before a room expired is never taken for a new one', async () => {
+  const sg = await memoryStack({ SIDECAR_HISTORY__MAX_AGE_MS: '1500' });
+  const { socket, state } = recoveringClient(sg.url, 'sid=user-exp');
+  const rec = recorder(socket);
+  await connected(socket);
+  for (let n = 1; n <= 5; n++) await publishOk(sg.publishSocket, { userId: 'exp', data: n });
+  await rec.waitCount(5);
+  const seen = state.lastOffset;
+  socket.disconnect();
+  await gone(sg, 'exp');
+  await sleep(2000); // the room expires
+  for (let n = 6; n <= 12; n++) await publishOk(sg.publishSocket, { userId: 'exp', data: n });
+  const before = rec.events.length;
+  await connected(socket);
+  await sleep(500);
+  assertWholeOrFailed(rec, before, [6, 7, 8, 9, 10, 11, 12], 'reconnect after the room expired');
+  assert.ok(rec.metas.slice(before).every((m) => !m || m.offset !== seen), 'no offset is issued twice');
+});
+
+test('cluster: a client far behind gets everything the stream keeps, or recovery_failed — never part', { skip: noRedis }, async () => {
+  const { sgs: [sg] } = await clusterStack({ SIDECAR_HISTORY__MAX_MESSAGES: '5' });
+  const { socket } = recoveringClient(sg.url, 'sid=user-far');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'far', data: 0 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'far');
+  const missed = Array.from({ length: 60 }, (_, i) => i + 1);
+  for (const n of missed) await publishOk(sg.publishSocket, { userId: 'far', data: n });
+  const before = rec.events.length;
+  await connected(socket);
+  await sleep(800);
+  await publishOk(sg.publishSocket, { userId: 'far', data: 61 });
+  await rec.waitFor((e) => e.event === 'notification' && e.args[0] === 61, 'the live message');
+  const failed = assertWholeOrFailed(
+    { events: rec.events.filter((e) => e.args[0] !== 61) }, before, missed, 'replay 60 behind',
+  );
+  assert.ok(!failed, 'the stream (MAXLEN ~ keeps whole nodes) still had all 60: they are replayed');
+});
+
+test('cluster: a stream that expired and was recreated is a gap, not a short replay', { skip: noRedis }, async () => {
+  const { sgs: [sg] } = await clusterStack({ SIDECAR_HISTORY__MAX_AGE_MS: '1000' });
+  const { socket } = recoveringClient(sg.url, 'sid=user-sx');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'sx', data: 1 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'sx');
+  await publishOk(sg.publishSocket, { userId: 'sx', data: 2 }); // missed
+  await sleep(2500); // the stream expires with message 2 in it
+  await publishOk(sg.publishSocket, { userId: 'sx', data: 3 });
+  const before = rec.events.length;
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed', 5000);
+  assertWholeOrFailed(rec, before, [2, 3], 'reconnect across an expired stream');
+});
+
+test('cluster: Redis restarted empty — recovery across the outage fails loudly', { skip: noRedis }, async () => {
+  const { redis, fixture, sgs: [sg] } = await clusterStack({});
+  const { socket } = recoveringClient(sg.url, 'sid=user-rr');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'rr', data: 1 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'rr');
+  await redis.kill('SIGKILL');
+  await publishOk(sg.publishSocket, { userId: 'rr', data: 2 }); // during the outage: not kept
+  const again = await startRedis(redis.port); // empty: --save '' --appendonly no
+  after(() => again.kill());
+  await waitFor(async () => (await publishApi(sg.publishSocket, 'GET', '/stats')).json?.scope === 'cluster', {
+    message: 'sockgate back on Redis', timeout: 15_000,
+  });
+  await publishOk(sg.publishSocket, { userId: 'rr', data: 3 });
+  const before = rec.events.length;
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed', 5000);
+  assertWholeOrFailed(rec, before, [2, 3], 'reconnect across a Redis restart');
+  void fixture;
+});
+
+test('cluster: a message that could not be kept (Redis stalled) makes recovery across it fail', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  const { socket } = recoveringClient(sg.url, 'sid=user-st');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'st', data: 1 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'st');
+  process.kill(redis.pid, 'SIGSTOP');
+  try {
+    // Not kept: XADD times out. The publish itself still answers (live delivery only).
+    await publishApi(sg.publishSocket, 'POST', '/publish', { userId: 'st', data: 2 }, { timeout: 15_000 });
+  } finally {
+    process.kill(redis.pid, 'SIGCONT');
+  }
+  await waitFor(async () => (await publishApi(sg.publishSocket, 'GET', '/stats')).json?.scope === 'cluster', {
+    message: 'sockgate back on Redis', timeout: 15_000,
+  });
+  await publishOk(sg.publishSocket, { userId: 'st', data: 3 });
+  const before = rec.events.length;
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed', 5000);
+  assertWholeOrFailed(rec, before, [2, 3], 'reconnect across a message that was not kept');
+});
+
+test('cluster: a socket closed while its replay waits leaves no room behind', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  await publishOk(sg.publishSocket, { userId: 'lk', data: 0 });
+  const { socket, state } = recoveringClient(sg.url, 'sid=user-lk');
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'lk', data: 1 });
+  await waitFor(() => state.lastOffset, { message: 'an offset' });
+  socket.disconnect();
+  await gone(sg, 'lk');
+  process.kill(redis.pid, 'SIGSTOP');
+  let publishing;
+  try {
+    // Holds the room lock while its XADD waits on the stalled Redis.
+    publishing = publishApi(sg.publishSocket, 'POST', '/publish', { userId: 'lk', data: 2 }, { timeout: 15_000 });
+    await sleep(100);
+    const { socket: waiting } = recoveringClient(sg.url, 'sid=user-lk');
+    waiting.auth = { offset: state.lastOffset };
+    await connected(waiting); // CONNECT comes before the replay, which waits for the lock
+    waiting.disconnect();
+    await sleep(200);
+  } finally {
+    process.kill(redis.pid, 'SIGCONT');
+  }
+  await publishing;
+  await waitFor(
+    async () => {
+      const s = (await publishApi(sg.publishSocket, 'GET', '/stats')).json;
+      return s && s.connections === 0 && s.rooms === 0 && s.users === 0 && s;
+    },
+    { message: '/stats rooms and users back to 0', timeout: 8000 },
+  );
+});
+
+/**
+ * A socket whose client sent CONNECT and then stopped reading, with `count` × `size` bytes
+ * published to it: sockgate's writer to it is stuck on a full TCP window.
+ */
+async function stuckReader(sg, userId, { count = 100, size = 512 * 1024 } = {}) {
+  const { WebSocket } = await import('./fault-helpers.mjs');
+  const ws = new WebSocket(`${sg.url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`, {
+    headers: { cookie: `sid=user-${userId}` },
+  });
+  ws.on('error', () => {});
+  const connectedNs = new Promise((resolve, reject) => {
+    ws.on('message', (data) => {
+      const text = data.toString();
+      if (text.startsWith('0')) ws.send('40');
+      if (text.startsWith('40')) resolve();
+    });
+    ws.on('close', () => reject(new Error('closed before CONNECT')));
+  });
+  await connectedNs;
+  ws._socket.pause(); // stop reading: the kernel buffers fill, then sockgate's writes block
+  const blob = 'x'.repeat(size);
+  for (let i = 0; i < count; i++) {
+    await publishApi(sg.publishSocket, 'POST', '/publish', { userId, data: { i, blob } }, { timeout: 10_000 });
+  }
+  return ws;
+}
+
+const DRAIN = { SIDECAR_SERVER__DRAIN_TIMEOUT_MS: '2000', SIDECAR_PUBLISH__MAX_BODY_BYTES: String(1024 * 1024) };
+
+test('drain: a client that stops reading does not hold shutdown past the deadline', async () => {
+  const sg = await memoryStack(DRAIN);
+  const ws = await stuckReader(sg, 'stuck');
+  const started = Date.now();
+  sg.proc.child.kill('SIGTERM');
+  const { code } = await sg.proc.waitExit(2000 + 4000);
+  const took = Date.now() - started;
+  ws.terminate();
+  assert.ok(took < 6000, `exited ${took} ms after SIGTERM (drain_timeout_ms 2000)`);
+  assert.equal(code, 0);
+});
+
+test('drain: a second SIGTERM stops at once, stuck writers or not', async () => {
+  const sg = await memoryStack({ ...DRAIN, SIDECAR_SERVER__DRAIN_TIMEOUT_MS: '30000' });
+  const ws = await stuckReader(sg, 'stuck2');
+  sg.proc.child.kill('SIGTERM');
+  await sleep(500);
+  const started = Date.now();
+  sg.proc.child.kill('SIGTERM');
+  await sg.proc.waitExit(3000);
+  const took = Date.now() - started;
+  ws.terminate();
+  assert.ok(took < 3000, `exited ${took} ms after the second SIGTERM`);
+});
+
+test('config: a warning about a setting is in sockgate\'s output', async () => {
+  const sg = await memoryStack({ SIDECAR_UPSTREAM__POOL_IDLE_TIMEOUT_MS: '6000' });
+  await waitFor(() => sg.proc.text().includes('sockgate ready'), { message: 'ready line' });
+  assert.match(sg.proc.text(), /WARN.*upstream\.pool_idle_timeout_ms = 6000 is not below/);
+});
+
+/** Whether offset `a` comes after `b` (as in examples/astro/src/hooks/useSocket.ts). */
+function isNewerOffset(a, b) {
+  if (!b) return true;
+  const parse = (o) => {
+    const colon = o.indexOf(':');
+    if (colon >= 0) return [o.slice(0, colon), o.slice(colon + 1).split('-').map(Number)];
+    const dash = o.indexOf('-');
+    return [o.slice(0, dash), [Number(o.slice(dash + 1))]];
+  };
+  const [ra, na] = parse(a);
+  const [rb, nb] = parse(b);
+  if (ra !== rb) return true;
+  for (let i = 0; i < Math.max(na.length, nb.length); i++) {
+    if ((na[i] ?? 0) !== (nb[i] ?? 0)) return (na[i] ?? 0) > (nb[i] ?? 0);
+  }
+  return false;
+}
+
+test('cluster: reconnecting through B while A publishes — no duplicate, no silent gap', { skip: noRedis }, async () => {
+  const { sgs: [a, b] } = await clusterStack({}, 2);
+  const TOTAL = 2000;
+  const RECONNECTS = 50;
+  // The client of the hook: drops an offset it saw already, reports the newest one.
+  const { socket, state } = recoveringClient(b.url, 'sid=user-xi');
+  const got = [];
+  const seenOffsets = new Set();
+  let repeats = 0;
+  let failures = 0;
+  socket.offAny();
+  socket.onAny((event, data, meta) => {
+    if (event === 'recovery_failed') return void failures++;
+    if (!meta || typeof meta.offset !== 'string') return;
+    if (seenOffsets.has(meta.offset)) return void repeats++;
+    seenOffsets.add(meta.offset);
+    if (isNewerOffset(meta.offset, state.lastOffset)) state.lastOffset = meta.offset;
+    got.push(data.n);
+  });
+  await connected(socket);
+  let published = 0;
+  const publishing = (async () => {
+    for (let n = 1; n <= TOTAL; n++) {
+      await publishOk(a.publishSocket, { userId: 'xi', data: { n } });
+      published = n;
+    }
+  })();
+  for (let i = 0; i < RECONNECTS && published < TOTAL; i++) {
+    await sleep(20 + Math.floor(Math.random() * 30));
+    socket.disconnect();
+    await connected(socket);
+  }
+  await publishing;
+  await waitFor(() => got.includes(TOTAL), { message: `the last message (got ${got.length}, last ${got.at(-1)})`, timeout: 10_000 });
+  await sleep(300);
+  const missing = [];
+  const seen = new Set(got);
+  for (let n = 1; n <= TOTAL; n++) if (!seen.has(n)) missing.push(n);
+  assert.equal(got.length, seen.size, 'no message reaches the app twice');
+  if (failures === 0) assert.deepEqual(missing, [], `missed without recovery_failed (repeats dropped: ${repeats})`);
+});
+
+test('cluster: a fresh client whose head cannot be read is told to refetch, not given old messages', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  for (let n = 1; n <= 3; n++) await publishOk(sg.publishSocket, { userId: 'hd', data: n }); // before the client
+  const { socket } = recoveringClient(sg.url, 'sid=user-hd');
+  const rec = recorder(socket);
+  process.kill(redis.pid, 'SIGSTOP'); // the head read at the handshake times out
+  let connecting;
+  try {
+    connecting = connected(socket);
+    await sleep(1500);
+  } finally {
+    process.kill(redis.pid, 'SIGCONT');
+  }
+  await connecting;
+  await sleep(800);
+  assert.deepEqual(rec.of('notification'), [], 'messages from before the handshake are not replayed');
+  assert.ok(rec.events.some((e) => e.event === 'recovery_failed'), 'recovery_failed: the client refetches');
+});
+
+/**
+ * A TCP proxy to Redis that holds back replies by `delayMs` on every connection except the
+ * subscriber one (recognised by its SUBSCRIBE): an instance behind it reads streams slowly
+ * while it gets published messages at once — the reconnect race, made wide.
+ */
+async function slowCommandsProxy(redisPort, delayMs) {
+  const net = await import('node:net');
+  const port = await freePort();
+  const server = net.createServer((client) => {
+    const upstream = net.connect({ port: redisPort, host: '127.0.0.1' });
+    let fast = false;
+    let last = 0;
+    client.on('data', (d) => {
+      if (/subscribe/i.test(d.toString('latin1'))) fast = true;
+      upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      const at = Math.max(Date.now() + (fast ? 0 : delayMs), last);
+      last = at;
+      setTimeout(() => client.writable && client.write(d), at - Date.now());
+    });
+    const close = () => { client.destroy(); upstream.destroy(); };
+    client.on('error', close).on('close', close);
+    upstream.on('error', close).on('close', close);
+  });
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  after(() => server.close());
+  return `redis://127.0.0.1:${port}`;
+}
+
+test('cluster: a message published through A while B reads the stream for a reconnect is not missed', { skip: noRedis }, async () => {
+  const redis = await startRedis(await freePort());
+  after(() => redis.kill());
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const env = { ...WS, SIDECAR_CLUSTER__REDIS_URL: redis.url };
+  const a = await startSockgate({ upstreamUrl: fixture.url, env });
+  const b = await startSockgate({
+    upstreamUrl: fixture.url,
+    env: { ...env, SIDECAR_CLUSTER__REDIS_URL: await slowCommandsProxy(redis.port, Number(process.env.PROXY_DELAY ?? 300)) },
+  });
+  after(() => Promise.all([a.stop(), b.stop()]));
+  const { socket, state } = recoveringClient(b.url, 'sid=user-win');
+  const got = [];
+  socket.offAny();
+  const seenOffsets = new Set();
+  socket.onAny((event, data, meta) => {
+    if (event === 'recovery_failed') return void got.push('recovery_failed');
+    if (!meta || seenOffsets.has(meta.offset)) return;
+    seenOffsets.add(meta.offset);
+    if (isNewerOffset(meta.offset, state.lastOffset)) state.lastOffset = meta.offset;
+    got.push(data);
+  });
+  await connected(socket);
+  await sleep(1000); // B's first replay read is done: the socket is in its room
+  await publishOk(a.publishSocket, { userId: 'win', data: 1 });
+  await waitFor(() => got.includes(1), { message: 'message 1' });
+  socket.disconnect();
+  await gone(b, 'win');
+  // B sends CONNECT, then reads the stream (its reply 300 ms late): 2 is published while it
+  // reads (it reaches B live before the socket is in its room), 3 while B reads again after
+  // the join (3 reaches the socket live before the second read's 2 and 3).
+  const reconnected = nextEvent(socket, 'connect', 5000).then(async () => {
+    await sleep(100);
+    await publishOk(a.publishSocket, { userId: 'win', data: 2 });
+    await sleep(350);
+    await publishOk(a.publishSocket, { userId: 'win', data: 3 });
+  });
+  socket.connect();
+  await reconnected;
+  await sleep(1500);
+  await publishOk(a.publishSocket, { userId: 'win', data: 4 });
+  await waitFor(() => got.includes(4), { message: 'message 4' });
+  await sleep(200);
+  assert.deepEqual(
+    [...got].sort(),
+    [1, 2, 3, 4],
+    `each message once (got ${JSON.stringify(got)}), or recovery_failed says one is missing`,
+  );
+});
