@@ -207,13 +207,13 @@ impl Hub {
         }
         with_io!(self, io => match room {
             Some(room) => self.emit_each(io.local().to(room).sockets(), event, payload),
-            None => broadcast_locally(io, event, payload).await,
+            None => broadcast_locally(self, io, event, payload).await,
         })
     }
 
     /// Emits to each socket in turn, so a socket whose buffer is full (a client that stopped
-    /// reading) is known by name and disconnected: it reconnects and catches up instead of
-    /// holding memory. Returns (targeted, dropped).
+    /// reading) is known by name and closed: it reconnects and catches up instead of holding
+    /// memory. Returns (targeted, dropped).
     fn emit_each<A: Adapter, P: serde::Serialize + ?Sized>(
         &self,
         sockets: Vec<socketioxide::extract::SocketRef<A>>,
@@ -226,9 +226,7 @@ impl Hub {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                     dropped += 1;
-                    self.metrics.slow_consumer();
-                    tracing::warn!(sid = %socket.id, "socket buffer full: slow consumer disconnected");
-                    let _ = socket.clone().disconnect();
+                    self.close_slow_consumer(socket);
                 }
                 Err(SendError::Serialize(e)) => return Err(e.to_string()),
             }
@@ -236,21 +234,39 @@ impl Hub {
         Ok((sockets.len(), dropped))
     }
 
+    /// Closes a socket whose queue is full, counted and logged once per socket however many
+    /// messages it misses before it is gone.
+    fn close_slow_consumer<A: Adapter>(&self, socket: &socketioxide::extract::SocketRef<A>) {
+        if close_now(socket) {
+            self.metrics.slow_consumer();
+            tracing::warn!(sid = %socket.id, "socket buffer full: slow consumer disconnected");
+        }
+    }
+
     /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
-    /// were open on this one.
+    /// were open on this one. A socket whose queue is full cannot be sent the Socket.IO
+    /// disconnect packet: its transport is closed at once instead, and what was queued for it
+    /// is dropped (the client reconnects, and its session is checked again).
     pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
         let room = self.user_rooms(user_id);
-        let local = with_io!(self, io => io.local().to(room.clone()).sockets().len());
+        let sockets = with_io!(self, io => {
+            let sockets = io.local().to(room.clone()).sockets();
+            sockets.iter().for_each(disconnect);
+            sockets.len()
+        });
         if let Some(io) = self.cluster_io() {
-            match io.to(room.clone()).disconnect().await {
-                Ok(()) => return Ok(local),
-                Err(e) => {
-                    tracing::warn!("Redis disconnect failed, disconnecting locally only: {e}")
+            // The local sockets are closed already; this tells the other instances.
+            match io.to(room).disconnect().await {
+                Ok(()) => {}
+                Err(BroadcastError::Socket(errors)) => {
+                    tracing::debug!(?errors, "kick: sockets closing already");
                 }
+                Err(e) => tracing::warn!(
+                    "Redis disconnect failed, sockets on other instances stay connected: {e}"
+                ),
             }
         }
-        with_io!(self, io => io.local().to(room).disconnect().await.map_err(|e| e.to_string()))?;
-        Ok(local)
+        Ok(sockets)
     }
 
     /// How many sockets `user_id` has open (on every instance in cluster mode).
@@ -332,9 +348,10 @@ impl Hub {
     }
 }
 
-/// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it
-/// and are counted. Returns (targeted, dropped).
+/// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it,
+/// are counted, and closed as slow consumers. Returns (targeted, dropped).
 async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
+    hub: &Hub,
     io: &SocketIo<A>,
     event: &str,
     payload: &P,
@@ -349,10 +366,48 @@ async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
         Err(e) => return Err(e.to_string()),
     };
     if dropped > 0 {
-        tracing::warn!(
-            dropped,
-            "broadcast not delivered to sockets whose buffer is full"
-        );
+        // The errors do not say which sockets were full; their queues do.
+        for socket in io.local().sockets() {
+            if session(&socket).is_some_and(|s| s.is_full()) {
+                hub.close_slow_consumer(&socket);
+            }
+        }
     }
     Ok((recipients, dropped))
+}
+
+/// The Engine.IO session under a Socket.IO socket (its handshake request carries a handle).
+fn session<A: Adapter>(
+    socket: &socketioxide::extract::SocketRef<A>,
+) -> Option<engineioxide::SessionHandle> {
+    socket
+        .req_parts()
+        .extensions
+        .get::<engineioxide::SessionHandle>()
+        .cloned()
+}
+
+/// Disconnects a socket and closes its transport. When its queue has room, the client is told
+/// first (a Socket.IO disconnect: it does not reconnect by itself) and the transport closes
+/// once that is written (within engineioxide's `CLOSE_GRACE` for a client that does not read);
+/// otherwise the transport is closed at once.
+pub(crate) fn disconnect<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) {
+    match socket.clone().disconnect() {
+        Ok(()) => {
+            if let Some(session) = session(socket) {
+                session.close(engineioxide::DisconnectReason::ClosingServer);
+            }
+        }
+        Err(SocketError::InternalChannelFull) => {
+            close_now(socket);
+        }
+        Err(SocketError::Closed) => {}
+    }
+}
+
+/// Closes a socket's transport at once, whatever its queue holds: the session leaves its rooms,
+/// presence and counts, and frees its slot and file descriptor, as on any disconnect. True if
+/// this call closed it (false if it was closing already).
+fn close_now<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
+    session(socket).is_some_and(|s| s.abort(engineioxide::DisconnectReason::TransportError))
 }

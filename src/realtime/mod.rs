@@ -404,7 +404,7 @@ impl Revalidation {
                         Ok(id) if id == identity.user_id => false,
                         Ok(_) | Err(AuthError::Unauthorized) => {
                             tracing::info!(sid = %socket.id, user = %identity.user_id, "session ended: socket disconnected");
-                            let _ = socket.disconnect();
+                            hub::disconnect(&socket);
                             true
                         }
                         // The app is unreachable: keep the socket; the next round decides.

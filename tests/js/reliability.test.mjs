@@ -1,0 +1,144 @@
+// Reliability tests: dead and slow clients really leave (transport, rooms, presence, stats,
+// connection slot and file descriptor), and Redis faults never lose messages silently.
+//   SOCKGATE_BIN=$PWD/target/debug/sockgate node --test tests/js/reliability.test.mjs
+// Each test reproduces the fault at the wire level (a client that stops reading while its TCP
+// connection stays open; redis-server killed, restarted, or stopped with SIGSTOP).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startStack, connect, closeAll, waitFor, sleep, nextEvent, recorder } from './harness.mjs';
+import { metrics, stalledSocketIoClient, serverSideEstablished } from './fault-helpers.mjs';
+
+/** 60 KiB of payload: a few hundred of these fill any loopback socket buffer. */
+const BIG = 'x'.repeat(60 * 1024);
+
+async function stats(s) {
+  const r = await s.publishApi('GET', '/stats');
+  assert.equal(r.status, 200, r.text);
+  return r.json;
+}
+
+async function presence(s, user) {
+  const r = await s.publishApi('GET', `/users/${user}`);
+  assert.equal(r.status, 200, r.text);
+  return r.json.sockets;
+}
+
+const count = (text, needle) => text.split(needle).length - 1;
+
+/**
+ * Publishes BIG to `target` until `done()` or `max` messages; returns how many were sent.
+ * Bounded in count and in time.
+ */
+async function flood(s, target, { max = 400, until = () => false, deadlineMs = 30_000 } = {}) {
+  const stopAt = Date.now() + deadlineMs;
+  let sent = 0;
+  while (sent < max && Date.now() < stopAt) {
+    const r = await s.publishApi('POST', '/publish', { ...target, event: 'flood', data: BIG });
+    assert.equal(r.status, 200, r.text);
+    sent += 1;
+    if (sent % 10 === 0 && (await until())) break;
+  }
+  return sent;
+}
+
+/** The socket is gone for real: no presence, not in /stats, server side of TCP closed. */
+async function assertGone(s, stalled, user, message) {
+  await waitFor(async () => (await presence(s, user)) === 0, { timeout: 5000, message: `${message}: presence 0` });
+  await waitFor(async () => (await stats(s)).connections === 0, { timeout: 5000, message: `${message}: /stats 0` });
+  await waitFor(() => !serverSideEstablished(s.port, stalled.clientPort), {
+    timeout: 5000,
+    message: `${message}: server side of the TCP connection closed`,
+  });
+}
+
+for (const [name, target] of [
+  ['per-user publishes', { userId: 'slow' }],
+  ['broadcasts', { broadcast: true }],
+]) {
+  test(`slow consumer (${name}): a socket that stops reading is closed for real, once, and its slot is freed`, async (t) => {
+    const s = await startStack({
+      env: { SIDECAR_REALTIME__MAX_BUFFER_SIZE: '16', SIDECAR_REALTIME__MAX_CONNECTIONS: '1' },
+    });
+    try {
+      const stalled = await stalledSocketIoClient(s.url, { cookie: 'sid=user-slow' });
+      const slowCount = async () =>
+        (await metrics(s.publishSocket)).get('sockgate_slow_consumers_disconnected_total') ?? 0;
+      const sent = await flood(s, target, { until: async () => (await slowCount()) > 0 });
+      // Keep publishing a while after the first drop: each must not count again.
+      await flood(s, target, { max: 40 });
+      t.diagnostic(`fault: ${sent} × 60 KiB to a socket that stopped reading before it was dropped`);
+      await assertGone(s, stalled, 'slow', 'slow consumer');
+      assert.equal(await slowCount(), 1, 'counted once per socket');
+      assert.equal(count(s.sockgate.text(), 'slow consumer disconnected'), 1, 'logged once per socket');
+      // The only slot (max_connections = 1) is free again.
+      const next = await connect(s.url, { cookie: 'sid=user-next', transports: ['websocket'] });
+      closeAll([next]);
+    } finally {
+      await s.stop();
+    }
+  });
+}
+
+for (const [queue, size] of [
+  ['full (16 slots)', '16'],
+  ['not full (4096 slots) but stuck behind a full TCP buffer', '4096'],
+]) test(`kick of a socket that stopped reading, queue ${queue}: 200, the transport closes, nothing published after the kick arrives`, async (t) => {
+  const s = await startStack({ env: { SIDECAR_REALTIME__MAX_BUFFER_SIZE: size } });
+  try {
+    const stalled = await stalledSocketIoClient(s.url, { cookie: 'sid=user-kicked' });
+    // Fill the kernel buffers and the socket's queue.
+    await flood(s, { userId: 'kicked' }, { max: 200 });
+    const kick = await s.publishApi('POST', '/users/kicked/disconnect');
+    t.diagnostic(`fault: kick of a socket with a full queue → ${kick.status} ${kick.text}`);
+    assert.equal(kick.status, 200, kick.text);
+    const after = await s.publishApi('POST', '/publish', { userId: 'kicked', event: 'after-kick', data: 'late' });
+    assert.equal(after.status, 200, after.text);
+    await assertGone(s, stalled, 'kicked', 'kicked socket');
+    // The client reads again: it drains what was already on the wire, then sees the close.
+    stalled.resume();
+    const closed = await stalled.closed;
+    const late = stalled.messages.filter((m) => typeof m === 'string' && m.includes('after-kick'));
+    t.diagnostic(`fault: kicked client drained ${stalled.messages.length} frames, then close ${closed.code}`);
+    assert.equal(late.length, 0, 'a message published after the kick never reaches the kicked client');
+  } finally {
+    await s.stop();
+  }
+});
+
+test('heartbeat timeout of sockets stuck writing: rooms, stats, slots and TCP freed within ping interval + timeout', async (t) => {
+  const N = 4;
+  const INTERVAL = 1000;
+  const TIMEOUT = 1000;
+  const s = await startStack({
+    env: {
+      SIDECAR_REALTIME__PING_INTERVAL_MS: String(INTERVAL),
+      SIDECAR_REALTIME__PING_TIMEOUT_MS: String(TIMEOUT),
+      // A queue large enough never to overflow here: only the heartbeat can close them.
+      SIDECAR_REALTIME__MAX_BUFFER_SIZE: '4096',
+      SIDECAR_REALTIME__MAX_CONNECTIONS: String(N),
+    },
+  });
+  try {
+    const stalled = [];
+    for (let i = 0; i < N; i++) stalled.push(await stalledSocketIoClient(s.url, { cookie: `sid=user-hb${i}` }));
+    // A broadcast flood fills their kernel buffers: the writers block mid-write.
+    await flood(s, { broadcast: true }, { max: 250 });
+    const floodedAt = Date.now();
+    assert.equal((await stats(s)).connections, N, 'still counted right after the flood');
+    for (const c of stalled) {
+      await waitFor(() => !serverSideEstablished(s.port, c.clientPort), {
+        timeout: INTERVAL + TIMEOUT + 5000,
+        message: 'the stalled socket\'s TCP connection to be closed by the server',
+      });
+    }
+    await waitFor(async () => (await stats(s)).connections === 0, { timeout: 3000, message: '/stats 0' });
+    t.diagnostic(`fault: ${N} stalled sockets gone ${Date.now() - floodedAt} ms after the flood`);
+    for (let i = 0; i < N; i++) assert.equal(await presence(s, `hb${i}`), 0);
+    // Every slot is free again (max_connections = N).
+    const fresh = [];
+    for (let i = 0; i < N; i++) fresh.push(await connect(s.url, { cookie: `sid=user-new${i}`, transports: ['websocket'] }));
+    closeAll(fresh);
+  } finally {
+    await s.stop();
+  }
+});
