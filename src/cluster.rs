@@ -48,6 +48,11 @@ impl Link {
         self.subscribed.load(Ordering::Acquire) && self.client.is_connected()
     }
 
+    /// Why cross-instance delivery is off, if it is.
+    pub fn problem(&self) -> Option<String> {
+        (!self.is_up()).then(|| "the Redis link is down: delivering to local sockets only".into())
+    }
+
     /// Watches the connection: logs an outage once, and after every reconnect subscribes the
     /// adapter's (sharded) channels again before reporting the link up. fred's own
     /// `manage_subscriptions` replays plain channels first and stops at the first error, which

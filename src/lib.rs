@@ -92,7 +92,12 @@ pub async fn run(
         hub.clone(),
         shutdown.clone(),
         gate.clone(),
-        authority.clone(),
+        upstream.clone(),
+        config
+            .upstream
+            .ready_path
+            .parse()
+            .context("upstream.ready_path is not a path")?,
     );
     let router = Arc::new(Router {
         realtime_path: config.realtime.path.clone(),

@@ -329,6 +329,15 @@ impl Hub {
         }
     }
 
+    /// What keeps this instance from delivering across the cluster, if anything (`None` on
+    /// a single instance).
+    pub fn cluster_problem(&self) -> Option<String> {
+        match &self.io {
+            Io::Cluster(_, link) => link.problem(),
+            Io::Local(_) => None,
+        }
+    }
+
     /// Open sockets on this instance by transport: (polling, websocket).
     pub fn sockets_by_transport(&self) -> (usize, usize) {
         with_io!(self, io => {

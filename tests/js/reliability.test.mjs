@@ -4,8 +4,9 @@
 // Each test reproduces the fault at the wire level (a client that stops reading while its TCP
 // connection stays open; redis-server killed, restarted, or stopped with SIGSTOP).
 import { test } from 'node:test';
+import net from 'node:net';
 import assert from 'node:assert/strict';
-import { startStack, connect, closeAll, waitFor, sleep, nextEvent, recorder } from './harness.mjs';
+import { startStack, startSockgate, connect, closeAll, waitFor, freePort, publishApi } from './harness.mjs';
 import { metrics, stalledSocketIoClient, serverSideEstablished } from './fault-helpers.mjs';
 
 /** 60 KiB of payload: a few hundred of these fill any loopback socket buffer. */
@@ -138,6 +139,41 @@ test('heartbeat timeout of sockets stuck writing: rooms, stats, slots and TCP fr
     const fresh = [];
     for (let i = 0; i < N; i++) fresh.push(await connect(s.url, { cookie: `sid=user-new${i}`, transports: ['websocket'] }));
     closeAll(fresh);
+  } finally {
+    await s.stop();
+  }
+});
+
+test('readiness: an app that accepts TCP but never answers HTTP is not ready (503 with the reason); the real app is', async (t) => {
+  // Accepts connections, reads requests, never answers.
+  const held = [];
+  const mute = net.createServer((sock) => {
+    held.push(sock);
+    sock.on('error', () => {});
+  });
+  const port = await freePort();
+  await new Promise((r) => mute.listen(port, '127.0.0.1', r));
+  const sg = await startSockgate({ upstreamUrl: `http://127.0.0.1:${port}` });
+  try {
+    const started = Date.now();
+    const r = await publishApi(sg.publishSocket, 'GET', '/readyz');
+    t.diagnostic(`fault: app accepts TCP, never answers → /readyz ${r.status} ${r.text} in ${Date.now() - started} ms`);
+    assert.equal(r.status, 503, r.text);
+    assert.match(r.json.reason, /did not answer/);
+    assert.ok(Date.now() - started < 3000, 'answered promptly');
+    // A probe storm costs the app about one request per second, not one per probe.
+    const before = held.length;
+    await Promise.all(Array.from({ length: 20 }, () => publishApi(sg.publishSocket, 'GET', '/readyz')));
+    assert.ok(held.length - before <= 2, `${held.length - before} app connections for 20 probes`);
+  } finally {
+    await sg.stop();
+    for (const s of held) s.destroy();
+    mute.close();
+  }
+  const s = await startStack();
+  try {
+    const r = await s.publishApi('GET', '/readyz');
+    assert.equal(r.status, 200, r.text);
   } finally {
     await s.stop();
   }
