@@ -11,6 +11,7 @@
 //! ```
 
 pub mod body;
+pub mod canary;
 pub mod cluster;
 pub mod config;
 pub mod metrics;

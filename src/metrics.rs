@@ -60,6 +60,8 @@ pub struct Metrics {
     upstream_errors: Family<Label, Counter>,
     tunnels_opened: Counter,
     pub tunnels_open: Gauge,
+    cluster_canary_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    cluster_canary_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -86,6 +88,8 @@ impl Metrics {
             upstream_errors: Family::default(),
             tunnels_opened: Counter::default(),
             tunnels_open: Gauge::default(),
+            cluster_canary_seconds: Gauge::default(),
+            cluster_canary_failures: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -119,6 +123,16 @@ impl Metrics {
             "dropped_deliveries",
             "Messages not delivered because a socket's buffer was full",
             m.dropped_deliveries.clone(),
+        );
+        r.register(
+            "cluster_canary_seconds",
+            "Round trip of the last cluster self-check through Redis (cluster mode)",
+            m.cluster_canary_seconds.clone(),
+        );
+        r.register(
+            "cluster_canary_failures",
+            "Cluster self-checks through Redis that failed or came back late",
+            m.cluster_canary_failures.clone(),
         );
         r.register(
             "slow_consumers_disconnected",
@@ -191,6 +205,18 @@ impl Metrics {
 
     pub fn deliveries_total(&self) -> u64 {
         self.deliveries.get()
+    }
+
+    /// A cluster self-check: its round trip, or `None` when it failed or came back late.
+    pub fn cluster_canary(&self, round_trip: Option<Duration>) {
+        match round_trip {
+            Some(took) => {
+                self.cluster_canary_seconds.set(took.as_secs_f64());
+            }
+            None => {
+                self.cluster_canary_failures.inc();
+            }
+        }
     }
 
     pub fn slow_consumer(&self) {

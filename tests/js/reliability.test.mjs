@@ -6,7 +6,19 @@
 import { test } from 'node:test';
 import net from 'node:net';
 import assert from 'node:assert/strict';
-import { startStack, startSockgate, connect, closeAll, waitFor, freePort, publishApi } from './harness.mjs';
+import {
+  startStack,
+  startSockgate,
+  startFixture,
+  connect,
+  closeAll,
+  waitFor,
+  sleep,
+  freePort,
+  publishApi,
+  recorder,
+} from './harness.mjs';
+import { findRedisServer, startRedis } from './cluster-helpers.mjs';
 import { metrics, stalledSocketIoClient, serverSideEstablished } from './fault-helpers.mjs';
 
 /** 60 KiB of payload: a few hundred of these fill any loopback socket buffer. */
@@ -176,5 +188,169 @@ test('readiness: an app that accepts TCP but never answers HTTP is not ready (50
     assert.equal(r.status, 200, r.text);
   } finally {
     await s.stop();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Redis faults (cluster mode)
+// ---------------------------------------------------------------------------
+const NO_REDIS = findRedisServer() ? false : 'redis-server is not on PATH';
+
+async function cluster(redisPort, fixture) {
+  const env = {
+    SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+    SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+  };
+  return Promise.all([0, 1].map(() => startSockgate({ upstreamUrl: fixture.url, env })));
+}
+
+/** Publishes on `from` for `userId` until `rec` has it; resolves the ms it took, or throws. */
+async function crossDelivery(from, rec, userId, { timeout = 20_000 } = {}) {
+  const started = Date.now();
+  let n = 0;
+  while (Date.now() - started < timeout) {
+    const tag = `probe-${Date.now()}-${n++}`;
+    const r = await publishApi(from.publishSocket, 'POST', '/publish', { userId, event: 'probe', data: tag });
+    assert.equal(r.status, 200, r.text);
+    const deadline = Date.now() + 500;
+    while (Date.now() < deadline) {
+      if (rec.events.some((e) => e.event === 'probe' && e.args[0] === tag)) return Date.now() - started;
+      await sleep(25);
+    }
+  }
+  throw new Error(`no cross-instance delivery to ${userId} within ${timeout} ms`);
+}
+
+test('Redis restarted, then stalled (SIGSTOP) and resumed: publishes never wait on it, readiness says so, cross-instance delivery comes back', { skip: NO_REDIS, timeout: 120_000 }, async (t) => {
+  const fixture = await startFixture();
+  const redisPort = await freePort();
+  let redis = await startRedis(redisPort);
+  const [A, B] = await cluster(redisPort, fixture);
+  const aliceB = await connect(B.url, { cookie: 'sid=alice-token', transports: ['websocket'] });
+  const carolA = await connect(A.url, { cookie: 'sid=user-carol', transports: ['websocket'] });
+  const ra = recorder(aliceB);
+  const rc = recorder(carolA);
+  try {
+    await crossDelivery(A, ra, 'alice', { timeout: 5000 });
+
+    await redis.kill('SIGKILL');
+    await sleep(500);
+    redis = await startRedis(redisPort);
+    t.diagnostic(`fault: after a Redis restart, A → B delivery back in ${await crossDelivery(A, ra, 'alice')} ms`);
+
+    // --- stall: the process is stopped, its TCP connections stay up ---
+    process.kill(redis.pid, 'SIGSTOP');
+    const stalledAt = Date.now();
+    try {
+      // Readiness notices within a few seconds.
+      await waitFor(async () => (await publishApi(A.publishSocket, 'GET', '/readyz')).status === 503, {
+        timeout: 5000,
+        message: '/readyz on A to report the stalled Redis',
+      });
+      const ready = await publishApi(A.publishSocket, 'GET', '/readyz');
+      t.diagnostic(`fault: Redis stalled → /readyz ${ready.status} ${ready.text} after ${Date.now() - stalledAt} ms`);
+      assert.match(ready.json.reason, /Redis/);
+      // Five concurrent publishes to a user on A are neither slow nor serialised.
+      const started = Date.now();
+      const times = await Promise.all(
+        [0, 1, 2, 3, 4].map(async (i) => {
+          const r = await publishApi(A.publishSocket, 'POST', '/publish', { userId: 'carol', event: 'stall', data: i });
+          assert.equal(r.status, 200, r.text);
+          return Date.now() - started;
+        }),
+      );
+      t.diagnostic(`fault: 5 concurrent publishes during the stall finished at ${times.join(', ')} ms`);
+      assert.ok(Math.max(...times) < 1000, `publishes during a stall: ${times}`);
+      await waitFor(() => rc.of('stall').length === 5, { timeout: 3000, message: 'carol (on A) gets all 5' });
+      // Presence answers promptly (locally).
+      const p0 = Date.now();
+      const pres = await publishApi(A.publishSocket, 'GET', '/users/carol');
+      assert.equal(pres.json.sockets, 1, pres.text);
+      assert.ok(Date.now() - p0 < 500, `presence during the stall took ${Date.now() - p0} ms`);
+      await sleep(Math.max(0, 8000 - (Date.now() - stalledAt)));
+    } finally {
+      process.kill(redis.pid, 'SIGCONT');
+    }
+    const back = await crossDelivery(A, ra, 'alice', { timeout: 30_000 });
+    t.diagnostic(`fault: after an 8 s stall, A → B delivery back ${back} ms after SIGCONT`);
+    await waitFor(async () => (await publishApi(A.publishSocket, 'GET', '/readyz')).status === 200, {
+      timeout: 10_000,
+      message: '/readyz on A to be 200 again',
+    });
+    // And it stays: several in a row.
+    for (let i = 0; i < 5; i++) await crossDelivery(A, ra, 'alice', { timeout: 3000 });
+  } finally {
+    closeAll([aliceB, carolA]);
+    await Promise.all([A.stop(), B.stop()]);
+    await fixture.stop();
+    await redis.kill('SIGKILL').catch(() => {});
+  }
+});
+
+/** Sends one command to Redis over raw RESP and resolves its first reply line. */
+function redisCommand(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: '127.0.0.1' });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`redis ${args.join(' ')} timed out`));
+    }, 5000);
+    sock.once('error', reject);
+    sock.once('data', (d) => {
+      clearTimeout(timer);
+      sock.end();
+      resolve(d.toString().trim());
+    });
+    sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
+  });
+}
+
+test('a link that looks healthy but carries nothing (Redis answers PING, publishes held by CLIENT PAUSE WRITE): the self-check notices, logs why, /readyz 503, local publishes do not wait; recovers', { skip: NO_REDIS, timeout: 60_000 }, async (t) => {
+  const fixture = await startFixture();
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort);
+  const [A, B] = await cluster(redisPort, fixture);
+  const aliceB = await connect(B.url, { cookie: 'sid=alice-token', transports: ['websocket'] });
+  const carolA = await connect(A.url, { cookie: 'sid=user-carol', transports: ['websocket'] });
+  const ra = recorder(aliceB);
+  const rc = recorder(carolA);
+  try {
+    await crossDelivery(A, ra, 'alice', { timeout: 5000 });
+    const canary = async () => (await metrics(A.publishSocket)).get('sockgate_cluster_canary_seconds');
+    await waitFor(async () => (await canary()) > 0, { timeout: 5000, message: 'a first self-check round trip' });
+
+    // Redis keeps every connection and answers reads, but holds every publish.
+    const PAUSE_MS = 6000;
+    assert.equal(await redisCommand(redisPort, 'CLIENT', 'PAUSE', String(PAUSE_MS), 'WRITE'), '+OK');
+    const pausedAt = Date.now();
+    await waitFor(async () => (await publishApi(A.publishSocket, 'GET', '/readyz')).status === 503, {
+      timeout: 4000,
+      message: '/readyz on A to report that messages do not flow',
+    });
+    const ready = await publishApi(A.publishSocket, 'GET', '/readyz');
+    t.diagnostic(`fault: publishes held by Redis → A /readyz ${ready.status} ${ready.text} after ${Date.now() - pausedAt} ms`);
+    assert.match(ready.json.reason, /self-check/);
+    assert.match(A.proc.text(), /cluster self-check failed/);
+    assert.ok(((await metrics(A.publishSocket)).get('sockgate_cluster_canary_failures_total') ?? 0) >= 1);
+    const p0 = Date.now();
+    const r = await publishApi(A.publishSocket, 'POST', '/publish', { userId: 'carol', event: 'local', data: 1 });
+    assert.equal(r.status, 200, r.text);
+    t.diagnostic(`fault: a publish to a local user while Redis holds publishes took ${Date.now() - p0} ms`);
+    assert.ok(Date.now() - p0 < 1000, `local publish took ${Date.now() - p0} ms`);
+    await waitFor(() => rc.of('local').length === 1, { timeout: 2000, message: 'carol (on A) gets it' });
+
+    await sleep(Math.max(0, PAUSE_MS - (Date.now() - pausedAt)));
+    await waitFor(async () => (await publishApi(A.publishSocket, 'GET', '/readyz')).status === 200, {
+      timeout: 10_000,
+      message: '/readyz on A to be 200 again',
+    });
+    t.diagnostic(`fault: A ready again ${Date.now() - pausedAt - PAUSE_MS} ms after the pause ended`);
+    assert.match(A.proc.text(), /cluster self-check passes again/);
+    await crossDelivery(A, ra, 'alice', { timeout: 10_000 });
+  } finally {
+    closeAll([aliceB, carolA]);
+    await Promise.all([A.stop(), B.stop()]);
+    await fixture.stop();
+    await redis.kill('SIGKILL').catch(() => {});
   }
 });
