@@ -14,7 +14,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
@@ -163,7 +163,19 @@ struct AppProbe {
 }
 
 impl AppProbe {
+    /// A connect on every probe (cheap: an app that died is seen at once), an HTTP request
+    /// at most once per [`APP_PROBE_CACHE`] (a hung app is seen within about a second).
     async fn problem(&self) -> Option<String> {
+        let app = self.upstream.authority();
+        match tokio::time::timeout(APP_PROBE_TIMEOUT, TcpStream::connect(app.as_str())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Some(format!("the app at {app} is unreachable: {e}")),
+            Err(_) => {
+                return Some(format!(
+                    "the app at {app} did not accept within {APP_PROBE_TIMEOUT:?}"
+                ));
+            }
+        }
         let mut last = self.last.lock().await;
         if let Some((at, problem)) = last.as_ref()
             && at.elapsed() < APP_PROBE_CACHE
