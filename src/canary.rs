@@ -11,6 +11,7 @@
 //! the adapter's channels). Only the channel is ours, so no socket, room or adapter request
 //! is involved and no other instance has to answer: each instance judges its own path.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,17 +33,24 @@ pub const CHANNEL: &str = "sockgate-canary#";
 /// Canaries waiting to be read; the others' canaries are read while waiting for one's own.
 pub const BUFFER: usize = 256;
 
+/// Another instance counts as seen while its last canary is younger than this.
+const PEER_SEEN: Duration = Duration::from_secs(5);
+
 /// A subscription to the canary channel, and the driver to publish on it.
 pub struct Canary {
     pub driver: FredDriver,
     pub received: MessageStream<ChanItem>,
 }
 
+/// When each other instance's canary last arrived, by instance id.
+type Peers = HashMap<String, Instant>;
+
 impl Canary {
     /// Sends a canary every [`INTERVAL`] until the drain starts, and tells `link` whether it
     /// came back in time.
     pub async fn run(mut self, link: Link, metrics: Arc<Metrics>, shutdown: Shutdown) {
         let me = instance_id();
+        let mut peers = Peers::new();
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for seq in 0u64.. {
@@ -51,14 +59,16 @@ impl Canary {
                 _ = shutdown.draining() => return,
             }
             let canary = format!("{me}:{seq}").into_bytes();
-            let outcome = self.round_trip(canary).await;
-            metrics.cluster_canary(outcome.as_ref().ok().copied());
+            let outcome = self.round_trip(canary, &mut peers).await;
+            peers.retain(|_, seen| seen.elapsed() < PEER_SEEN);
+            metrics.cluster_canary(outcome.as_ref().ok().copied(), peers.len());
             link.canary(outcome.map(|_| ()));
         }
     }
 
-    /// Publishes `canary` and waits for it to come back, within [`TIMEOUT`] in all.
-    async fn round_trip(&mut self, canary: Vec<u8>) -> Result<Duration, String> {
+    /// Publishes `canary` and waits for it to come back, within [`TIMEOUT`] in all, noting
+    /// the other instances' canaries read meanwhile.
+    async fn round_trip(&mut self, canary: Vec<u8>, peers: &mut Peers) -> Result<Duration, String> {
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + TIMEOUT);
         match tokio::time::timeout_at(
@@ -74,8 +84,14 @@ impl Canary {
         loop {
             match tokio::time::timeout_at(deadline, self.received.next()).await {
                 Ok(Some((_, data))) if data == canary => return Ok(sent.elapsed()),
-                // Another instance's canary, or one of ours that came back too late.
-                Ok(Some(_)) => {}
+                Ok(Some((_, data))) => {
+                    // Another instance's canary, or one of ours that came back too late.
+                    let id = String::from_utf8_lossy(&data);
+                    let id = id.split(':').next().unwrap_or_default();
+                    if !canary.starts_with(id.as_bytes()) {
+                        peers.insert(id.to_owned(), Instant::now());
+                    }
+                }
                 Ok(None) => return Err("the canary subscription is closed".into()),
                 Err(_) => {
                     return Err(format!(

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub tunnels_open: Gauge,
     cluster_canary_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     cluster_canary_failures: Counter,
+    cluster_canary_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +91,7 @@ impl Metrics {
             tunnels_open: Gauge::default(),
             cluster_canary_seconds: Gauge::default(),
             cluster_canary_failures: Counter::default(),
+            cluster_canary_peers: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -133,6 +135,11 @@ impl Metrics {
             "cluster_canary_failures",
             "Cluster self-checks through Redis that failed or came back late",
             m.cluster_canary_failures.clone(),
+        );
+        r.register(
+            "cluster_canary_peers",
+            "Other instances whose self-check messages arrived in the last 5 s (cluster mode)",
+            m.cluster_canary_peers.clone(),
         );
         r.register(
             "slow_consumers_disconnected",
@@ -207,8 +214,10 @@ impl Metrics {
         self.deliveries.get()
     }
 
-    /// A cluster self-check: its round trip, or `None` when it failed or came back late.
-    pub fn cluster_canary(&self, round_trip: Option<Duration>) {
+    /// A cluster self-check: its round trip (`None` when it failed or came back late), and
+    /// how many other instances' checks were seen lately.
+    pub fn cluster_canary(&self, round_trip: Option<Duration>, peers: usize) {
+        self.cluster_canary_peers.set(peers as i64);
         match round_trip {
             Some(took) => {
                 self.cluster_canary_seconds.set(took.as_secs_f64());

@@ -320,6 +320,10 @@ test('a link that looks healthy but carries nothing (Redis answers PING, publish
     await crossDelivery(A, ra, 'alice', { timeout: 5000 });
     const canary = async () => (await metrics(A.publishSocket)).get('sockgate_cluster_canary_seconds');
     await waitFor(async () => (await canary()) > 0, { timeout: 5000, message: 'a first self-check round trip' });
+    await waitFor(async () => (await metrics(A.publishSocket)).get('sockgate_cluster_canary_peers') === 1, {
+      timeout: 5000,
+      message: "A to see B's self-check messages",
+    });
 
     // Redis keeps every connection and answers reads, but holds every publish.
     const PAUSE_MS = 6000;
