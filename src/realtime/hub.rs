@@ -199,6 +199,14 @@ impl Hub {
             };
             match sent {
                 Ok(()) => return Ok((local, 0)),
+                // Sent to the other instances; some local sockets were full.
+                Err(BroadcastError::Socket(errors)) => {
+                    let targeted = match &room {
+                        Some(room) => io.local().to(room.clone()).sockets(),
+                        None => io.local().sockets(),
+                    };
+                    return Ok((local, self.close_full(&errors, targeted)));
+                }
                 Err(BroadcastError::Adapter(e)) => {
                     tracing::warn!("Redis publish failed, delivering locally only: {e}");
                 }
@@ -241,6 +249,28 @@ impl Hub {
             self.metrics.slow_consumer();
             tracing::warn!(sid = %socket.id, "socket buffer full: slow consumer disconnected");
         }
+    }
+
+    /// After a broadcast to `targeted` failed with `errors`: closes the sockets whose queue is
+    /// full as slow consumers (the errors do not say which sockets they were; the queues do).
+    /// Returns how many sockets missed the message.
+    fn close_full<A: Adapter>(
+        &self,
+        errors: &[SocketError],
+        targeted: Vec<socketioxide::extract::SocketRef<A>>,
+    ) -> usize {
+        let dropped = errors
+            .iter()
+            .filter(|e| matches!(e, SocketError::InternalChannelFull))
+            .count();
+        if dropped > 0 {
+            for socket in &targeted {
+                if session(socket).is_some_and(|s| s.is_full()) {
+                    self.close_slow_consumer(socket);
+                }
+            }
+        }
+        dropped
     }
 
     /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
@@ -368,20 +398,9 @@ async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
     let recipients = io.local().sockets().len();
     let dropped = match io.local().emit(event, payload).await {
         Ok(()) => 0,
-        Err(BroadcastError::Socket(errors)) => errors
-            .iter()
-            .filter(|e| matches!(e, SocketError::InternalChannelFull))
-            .count(),
+        Err(BroadcastError::Socket(errors)) => hub.close_full(&errors, io.local().sockets()),
         Err(e) => return Err(e.to_string()),
     };
-    if dropped > 0 {
-        // The errors do not say which sockets were full; their queues do.
-        for socket in io.local().sockets() {
-            if session(&socket).is_some_and(|s| s.is_full()) {
-                hub.close_slow_consumer(&socket);
-            }
-        }
-    }
     Ok((recipients, dropped))
 }
 

@@ -360,3 +360,30 @@ test('a link that looks healthy but carries nothing (Redis answers PING, publish
     await redis.kill('SIGKILL').catch(() => {});
   }
 });
+
+test('cluster: a slow consumer is closed the same way (publish answers 200, socket gone, counted once)', { skip: NO_REDIS, timeout: 60_000 }, async (t) => {
+  const fixture = await startFixture();
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort);
+  const env = {
+    SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+    SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+    SIDECAR_REALTIME__MAX_BUFFER_SIZE: '16',
+  };
+  const [A, B] = await Promise.all([0, 1].map(() => startSockgate({ upstreamUrl: fixture.url, env })));
+  const a = { ...A, publishApi: (m, p, b, o) => publishApi(A.publishSocket, m, p, b, o) };
+  try {
+    const stalled = await stalledSocketIoClient(A.url, { cookie: 'sid=user-slow' });
+    const slowCount = async () =>
+      (await metrics(A.publishSocket)).get('sockgate_slow_consumers_disconnected_total') ?? 0;
+    const sent = await flood(a, { userId: 'slow' }, { until: async () => (await slowCount()) > 0 });
+    await flood(a, { broadcast: true }, { max: 20 });
+    t.diagnostic(`fault: cluster mode, ${sent} × 60 KiB before the slow consumer was closed`);
+    await assertGone(a, stalled, 'slow', 'slow consumer (cluster)');
+    assert.equal(await slowCount(), 1, 'counted once');
+  } finally {
+    await Promise.all([A.stop(), B.stop()]);
+    await fixture.stop();
+    await redis.kill('SIGKILL').catch(() => {});
+  }
+});
