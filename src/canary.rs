@@ -53,13 +53,25 @@ impl Canary {
         let mut peers = Peers::new();
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut now = false;
         for seq in 0u64.. {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.draining() => return,
+            if !std::mem::take(&mut now) {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = link.recheck_requested() => ticker.reset(),
+                    _ = shutdown.draining() => return,
+                }
             }
             let canary = format!("{me}:{seq}").into_bytes();
-            let outcome = self.round_trip(canary, &mut peers).await;
+            // A reconnect meanwhile: this round may have started on the lost connection;
+            // start over on the new one.
+            let outcome = tokio::select! {
+                outcome = self.round_trip(canary, &mut peers) => outcome,
+                () = link.recheck_requested() => {
+                    now = true;
+                    continue;
+                }
+            };
             peers.retain(|_, seen| seen.elapsed() < PEER_SEEN);
             metrics.cluster_canary(outcome.as_ref().ok().copied(), peers.len());
             link.canary(outcome.map(|_| ()));

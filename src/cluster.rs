@@ -17,9 +17,10 @@ use fred::types::RespVersion;
 use fred::types::config::UnresponsiveConfig;
 use socketioxide_redis::drivers::Driver;
 use socketioxide_redis::drivers::fred::FredDriver;
+use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
+use tokio::sync::Notify;
 
 use crate::canary::{self, Canary};
-use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 
 /// The Socket.IO adapter type in cluster mode.
 pub type ClusterAdapter = socketioxide_redis::FredAdapter<socketioxide::adapter::Emitter>;
@@ -47,6 +48,8 @@ pub struct Link {
     outage_logged: Arc<AtomicBool>,
     /// Why the last self-check ([`crate::canary`]) failed; `None` while they pass.
     canary_failure: Arc<Mutex<Option<String>>>,
+    /// Asks for a self-check now (after a reconnect).
+    recheck: Arc<Notify>,
 }
 
 impl Link {
@@ -97,6 +100,11 @@ impl Link {
         }
     }
 
+    /// Resolves when a self-check is wanted before the next tick.
+    pub(crate) async fn recheck_requested(&self) {
+        self.recheck.notified().await;
+    }
+
     /// Watches the connection: logs an outage once, and after every reconnect subscribes the
     /// adapter's (sharded) channels again before reporting the link up. fred's own
     /// `manage_subscriptions` replays plain channels first and stops at the first error, which
@@ -132,6 +140,9 @@ impl Link {
             match self.client.ssubscribe(channels.clone()).await {
                 Ok(()) => {
                     self.subscribed.store(true, Ordering::Release);
+                    // A fresh connection with its subscriptions back: check it now rather than
+                    // at the next tick, so delivery resumes as soon as it works.
+                    self.recheck.notify_one();
                     self.outage_logged.store(false, Ordering::Release);
                     tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes");
                     return;
@@ -193,6 +204,7 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         subscribed: Arc::new(AtomicBool::new(true)),
         outage_logged: Arc::new(AtomicBool::new(false)),
         canary_failure: Arc::new(Mutex::new(None)),
+        recheck: Arc::new(Notify::new()),
     };
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
