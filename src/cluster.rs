@@ -5,8 +5,8 @@
 //! hub sees [`Link::is_up`] turn false and delivers to local sockets only, so an instance
 //! keeps serving its own users until cross-instance delivery resumes.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,8 +14,13 @@ use fred::clients::SubscriberClient;
 use fred::interfaces::PubsubInterface;
 use fred::prelude::{Builder, ClientLike, Config as RedisConfig, EventInterface, ReconnectPolicy};
 use fred::types::RespVersion;
+use fred::types::config::UnresponsiveConfig;
+use socketioxide_redis::drivers::Driver;
 use socketioxide_redis::drivers::fred::FredDriver;
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
+use tokio::sync::Notify;
+
+use crate::canary::{self, Canary};
 
 /// The Socket.IO adapter type in cluster mode.
 pub type ClusterAdapter = socketioxide_redis::FredAdapter<socketioxide::adapter::Emitter>;
@@ -29,6 +34,8 @@ pub struct Cluster {
     pub link: Link,
     /// A regular (non-subscriber) connection, for the message history streams.
     pub commands: fred::clients::Client,
+    /// The end-to-end self-check, to be run once the adapter is subscribed.
+    pub canary: Canary,
 }
 
 /// The live connection to Redis.
@@ -39,13 +46,63 @@ pub struct Link {
     subscribed: Arc<AtomicBool>,
     /// Whether the current outage was logged already (one line per outage, not per retry).
     outage_logged: Arc<AtomicBool>,
+    /// Why the last self-check ([`crate::canary`]) failed; `None` while they pass.
+    canary_failure: Arc<Mutex<Option<String>>>,
+    /// Asks for a self-check now (after a reconnect).
+    recheck: Arc<Notify>,
 }
 
 impl Link {
     /// Whether cross-instance delivery can work right now. While it cannot, callers act
     /// locally at once instead of waiting on Redis commands that would time out.
     pub fn is_up(&self) -> bool {
-        self.subscribed.load(Ordering::Acquire) && self.client.is_connected()
+        self.subscribed.load(Ordering::Acquire)
+            && self.client.is_connected()
+            && self.canary_failure().is_none()
+    }
+
+    /// Why cross-instance delivery is off, if it is.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(failure) = self.canary_failure() {
+            return Some(format!("cluster self-check failed: {failure}"));
+        }
+        (!self.is_up()).then(|| "the Redis link is down: delivering to local sockets only".into())
+    }
+
+    fn canary_failure(&self) -> Option<String> {
+        self.canary_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records a self-check: a failure takes the link down (logged once per streak) until one
+    /// passes again.
+    pub(crate) fn canary(&self, outcome: Result<(), String>) {
+        let mut failure = self
+            .canary_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (outcome, failure.is_some()) {
+            (Ok(()), true) => {
+                tracing::info!("cluster self-check passes again; cross-instance delivery resumes");
+                *failure = None;
+            }
+            (Ok(()), false) => {}
+            (Err(e), was_failing) => {
+                if !was_failing {
+                    tracing::warn!(
+                        "cluster self-check failed, delivering to local sockets only: {e}"
+                    );
+                }
+                *failure = Some(e);
+            }
+        }
+    }
+
+    /// Resolves when a self-check is wanted before the next tick.
+    pub(crate) async fn recheck_requested(&self) {
+        self.recheck.notified().await;
     }
 
     /// Watches the connection: logs an outage once, and after every reconnect subscribes the
@@ -83,6 +140,9 @@ impl Link {
             match self.client.ssubscribe(channels.clone()).await {
                 Ok(()) => {
                     self.subscribed.store(true, Ordering::Release);
+                    // A fresh connection with its subscriptions back: check it now rather than
+                    // at the next tick, so delivery resumes as soon as it works.
+                    self.recheck.notify_one();
                     self.outage_logged.store(false, Ordering::Release);
                     tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes");
                     return;
@@ -111,6 +171,13 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_secs(2);
+            // A server that stops answering (stopped process, frozen host) while its TCP
+            // connection stays up: the connection is dropped and re-established once a
+            // command has waited this long, instead of every command timing out on it.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(Duration::from_secs(1)),
+                interval: Duration::from_millis(250),
+            };
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(1);
@@ -123,11 +190,21 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
 
     let driver = at_startup(&shown, FredDriver::new(client.clone())).await?;
+    let canary = Canary {
+        received: at_startup(
+            &shown,
+            driver.subscribe(canary::CHANNEL.into(), canary::BUFFER),
+        )
+        .await?,
+        driver: driver.clone(),
+    };
     at_startup(&shown, commands.init()).await?;
     let link = Link {
         client,
         subscribed: Arc::new(AtomicBool::new(true)),
         outage_logged: Arc::new(AtomicBool::new(false)),
+        canary_failure: Arc::new(Mutex::new(None)),
+        recheck: Arc::new(Notify::new()),
     };
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
@@ -138,6 +215,7 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         adapter,
         link,
         commands,
+        canary,
     })
 }
 

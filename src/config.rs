@@ -70,6 +70,9 @@ pub struct UpstreamConfig {
     /// by Node while a request is on its way.
     pub pool_idle_timeout_ms: u64,
     pub pool_max_idle_per_host: usize,
+    /// What readiness (`/readyz`) requests from the app to see it answer HTTP: any status
+    /// counts, no answer within 1 s does not. Must not need a login.
+    pub ready_path: String,
 }
 
 /// How proxied requests are rewritten.
@@ -261,6 +264,7 @@ impl Default for UpstreamConfig {
             response_timeout_ms: 60_000,
             pool_idle_timeout_ms: 4_000,
             pool_max_idle_per_host: 256,
+            ready_path: "/".into(),
         }
     }
 }
@@ -462,6 +466,13 @@ impl Config {
             return Err(fail(
                 "upstream.url",
                 format!("`{}` must not have a path", self.upstream.url),
+            ));
+        }
+        let ready = &self.upstream.ready_path;
+        if !ready.starts_with('/') || ready.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(fail(
+                "upstream.ready_path",
+                format!("`{ready}` must be a path starting with `/`"),
             ));
         }
         let path = &self.realtime.path;

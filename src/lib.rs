@@ -11,6 +11,7 @@
 //! ```
 
 pub mod body;
+pub mod canary;
 pub mod cluster;
 pub mod config;
 pub mod connection;
@@ -97,7 +98,12 @@ pub async fn run(
         hub.clone(),
         shutdown.clone(),
         gate.clone(),
-        authority.clone(),
+        upstream.clone(),
+        config
+            .upstream
+            .ready_path
+            .parse()
+            .context("upstream.ready_path is not a path")?,
     );
     let router = Arc::new(Router {
         realtime_path: config.realtime.path.clone(),

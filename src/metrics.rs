@@ -61,6 +61,9 @@ pub struct Metrics {
     client_errors: Family<Label, Counter>,
     tunnels_opened: Counter,
     pub tunnels_open: Gauge,
+    cluster_canary_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    cluster_canary_failures: Counter,
+    cluster_canary_peers: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,9 @@ impl Metrics {
             client_errors: Family::default(),
             tunnels_opened: Counter::default(),
             tunnels_open: Gauge::default(),
+            cluster_canary_seconds: Gauge::default(),
+            cluster_canary_failures: Counter::default(),
+            cluster_canary_peers: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -121,6 +127,21 @@ impl Metrics {
             "dropped_deliveries",
             "Messages not delivered because a socket's buffer was full",
             m.dropped_deliveries.clone(),
+        );
+        r.register(
+            "cluster_canary_seconds",
+            "Round trip of the last cluster self-check through Redis (cluster mode)",
+            m.cluster_canary_seconds.clone(),
+        );
+        r.register(
+            "cluster_canary_failures",
+            "Cluster self-checks through Redis that failed or came back late",
+            m.cluster_canary_failures.clone(),
+        );
+        r.register(
+            "cluster_canary_peers",
+            "Other instances whose self-check messages arrived in the last 5 s (cluster mode)",
+            m.cluster_canary_peers.clone(),
         );
         r.register(
             "slow_consumers_disconnected",
@@ -198,6 +219,20 @@ impl Metrics {
 
     pub fn deliveries_total(&self) -> u64 {
         self.deliveries.get()
+    }
+
+    /// A cluster self-check: its round trip (`None` when it failed or came back late), and
+    /// how many other instances' checks were seen lately.
+    pub fn cluster_canary(&self, round_trip: Option<Duration>, peers: usize) {
+        self.cluster_canary_peers.set(peers as i64);
+        match round_trip {
+            Some(took) => {
+                self.cluster_canary_seconds.set(took.as_secs_f64());
+            }
+            None => {
+                self.cluster_canary_failures.inc();
+            }
+        }
     }
 
     pub fn slow_consumer(&self) {

@@ -2,27 +2,32 @@
 //!
 //! Served on the publish socket, on the optional admin listener (`admin.listen`), and — the
 //! readiness check only, opt-in via `server.health_path` — on the public port for platform
-//! health checks. Readiness fails while draining and while the app is not reachable.
+//! health checks. Readiness fails while draining, while the app does not answer HTTP, and in
+//! cluster mode while the Redis link is down or its end-to-end check is late.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::uri::Authority;
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::realtime::Hub;
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
+use crate::upstream::Upstream;
 
-/// How long readiness waits for the app to accept a connection.
-const APP_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long readiness waits for the app's answer (its response head).
+const APP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an app probe's outcome is reused: a storm of readiness probes costs the app one
+/// request per second.
+const APP_PROBE_CACHE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Ops {
@@ -30,7 +35,7 @@ pub struct Ops {
     hub: Arc<Hub>,
     shutdown: Shutdown,
     gate: AppGate,
-    upstream: Authority,
+    app: Arc<AppProbe>,
 }
 
 impl Ops {
@@ -39,14 +44,19 @@ impl Ops {
         hub: Arc<Hub>,
         shutdown: Shutdown,
         gate: AppGate,
-        upstream: Authority,
+        upstream: Upstream,
+        ready_path: PathAndQuery,
     ) -> Self {
         Self {
             metrics,
             hub,
             shutdown,
             gate,
-            upstream,
+            app: Arc::new(AppProbe {
+                upstream,
+                path: ready_path,
+                last: tokio::sync::Mutex::new(None),
+            }),
         }
     }
 
@@ -81,22 +91,17 @@ impl Ops {
         resp
     }
 
-    /// 200 when sockgate accepts traffic and the app answers; 503 with the reason otherwise.
+    /// 200 when sockgate accepts traffic, the app answers HTTP and (in cluster mode) Redis
+    /// carries messages between instances; 503 with the reason otherwise.
     pub async fn readiness(&self) -> Response<Body> {
         let problem = if self.shutdown.is_draining() {
             Some("draining".to_string())
         } else if !self.gate.is_open() {
             Some("the app is starting".to_string())
+        } else if let Some(problem) = self.app.problem().await {
+            Some(problem)
         } else {
-            let probe = tokio::net::TcpStream::connect(self.upstream.as_str());
-            match tokio::time::timeout(APP_PROBE_TIMEOUT, probe).await {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(format!("the app at {} is unreachable: {e}", self.upstream)),
-                Err(_) => Some(format!(
-                    "the app at {} did not accept within {APP_PROBE_TIMEOUT:?}",
-                    self.upstream
-                )),
-            }
+            self.hub.cluster_problem()
         };
         match problem {
             None => body::json(StatusCode::OK, &json!({"ready": true})),
@@ -143,6 +148,56 @@ impl Ops {
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service),
             );
+        }
+    }
+}
+
+/// Whether the app answers HTTP: an app that accepts connections but never answers (stuck
+/// event loop, exhausted worker pool) is not ready, though a TCP connect succeeds.
+struct AppProbe {
+    upstream: Upstream,
+    path: PathAndQuery,
+    /// When the app was last asked, and what was wrong then (`None`: it answered). Held while
+    /// asking, so concurrent readiness probes wait for one request instead of each sending one.
+    last: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl AppProbe {
+    /// A connect on every probe (cheap: an app that died is seen at once), an HTTP request
+    /// at most once per [`APP_PROBE_CACHE`] (a hung app is seen within about a second).
+    async fn problem(&self) -> Option<String> {
+        let app = self.upstream.authority();
+        match tokio::time::timeout(APP_PROBE_TIMEOUT, TcpStream::connect(app.as_str())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Some(format!("the app at {app} is unreachable: {e}")),
+            Err(_) => {
+                return Some(format!(
+                    "the app at {app} did not accept within {APP_PROBE_TIMEOUT:?}"
+                ));
+            }
+        }
+        let mut last = self.last.lock().await;
+        if let Some((at, problem)) = last.as_ref()
+            && at.elapsed() < APP_PROBE_CACHE
+        {
+            return problem.clone();
+        }
+        let problem = self.ask().await;
+        *last = Some((Instant::now(), problem.clone()));
+        problem
+    }
+
+    /// Any status counts as an answer: readiness asks whether the app serves HTTP, not
+    /// whether this path succeeds.
+    async fn ask(&self) -> Option<String> {
+        let mut req = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+        *req.uri_mut() = self.upstream.uri(Some(&self.path));
+        if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        match self.upstream.send(req, Some(APP_PROBE_TIMEOUT)).await {
+            Ok(_) => None,
+            Err(e) => Some(format!("{e} (GET {}, upstream.ready_path)", self.path)),
         }
     }
 }

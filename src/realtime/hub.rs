@@ -211,6 +211,14 @@ impl Hub {
             };
             match sent {
                 Ok(()) => return Ok((local, 0)),
+                // Sent to the other instances; some local sockets were full.
+                Err(BroadcastError::Socket(errors)) => {
+                    let targeted = match &room {
+                        Some(room) => io.local().to(room.clone()).sockets(),
+                        None => io.local().sockets(),
+                    };
+                    return Ok((local, self.close_full(&errors, targeted)));
+                }
                 Err(BroadcastError::Adapter(e)) => {
                     tracing::warn!("Redis publish failed, delivering locally only: {e}");
                 }
@@ -219,13 +227,13 @@ impl Hub {
         }
         with_io!(self, io => match room {
             Some(room) => self.emit_each(io.local().to(room).sockets(), event, payload),
-            None => broadcast_locally(io, event, payload).await,
+            None => broadcast_locally(self, io, event, payload).await,
         })
     }
 
     /// Emits to each socket in turn, so a socket whose buffer is full (a client that stopped
-    /// reading) is known by name and disconnected: it reconnects and catches up instead of
-    /// holding memory. Returns (targeted, dropped).
+    /// reading) is known by name and closed: it reconnects and catches up instead of holding
+    /// memory. Returns (targeted, dropped).
     fn emit_each<A: Adapter, P: serde::Serialize + ?Sized>(
         &self,
         sockets: Vec<socketioxide::extract::SocketRef<A>>,
@@ -238,9 +246,7 @@ impl Hub {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => {
                     dropped += 1;
-                    self.metrics.slow_consumer();
-                    tracing::warn!(sid = %socket.id, "socket buffer full: slow consumer disconnected");
-                    let _ = socket.clone().disconnect();
+                    self.close_slow_consumer(socket);
                 }
                 Err(SendError::Serialize(e)) => return Err(e.to_string()),
             }
@@ -248,21 +254,61 @@ impl Hub {
         Ok((sockets.len(), dropped))
     }
 
-    /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
-    /// were open on this one.
-    pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
-        let room = self.user_rooms(user_id);
-        let local = with_io!(self, io => io.local().to(room.clone()).sockets().len());
-        if let Some(io) = self.cluster_io() {
-            match io.to(room.clone()).disconnect().await {
-                Ok(()) => return Ok(local),
-                Err(e) => {
-                    tracing::warn!("Redis disconnect failed, disconnecting locally only: {e}")
+    /// Closes a socket whose queue is full, counted and logged once per socket however many
+    /// messages it misses before it is gone.
+    fn close_slow_consumer<A: Adapter>(&self, socket: &socketioxide::extract::SocketRef<A>) {
+        if close_now(socket) {
+            self.metrics.slow_consumer();
+            tracing::warn!(socket = %super::log_id(socket.id), "socket buffer full: slow consumer disconnected");
+        }
+    }
+
+    /// After a broadcast to `targeted` failed with `errors`: closes the sockets whose queue is
+    /// full as slow consumers (the errors do not say which sockets they were; the queues do).
+    /// Returns how many sockets missed the message.
+    fn close_full<A: Adapter>(
+        &self,
+        errors: &[SocketError],
+        targeted: Vec<socketioxide::extract::SocketRef<A>>,
+    ) -> usize {
+        let dropped = errors
+            .iter()
+            .filter(|e| matches!(e, SocketError::InternalChannelFull))
+            .count();
+        if dropped > 0 {
+            for socket in &targeted {
+                if session(socket).is_some_and(|s| s.is_full()) {
+                    self.close_slow_consumer(socket);
                 }
             }
         }
-        with_io!(self, io => io.local().to(room).disconnect().await.map_err(|e| e.to_string()))?;
-        Ok(local)
+        dropped
+    }
+
+    /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
+    /// were open on this one. A socket whose queue is full cannot be sent the Socket.IO
+    /// disconnect packet: its transport is closed at once instead, and what was queued for it
+    /// is dropped (the client reconnects, and its session is checked again).
+    pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
+        let room = self.user_rooms(user_id);
+        let sockets = with_io!(self, io => {
+            let sockets = io.local().to(room.clone()).sockets();
+            sockets.iter().for_each(disconnect);
+            sockets.len()
+        });
+        if let Some(io) = self.cluster_io() {
+            // The local sockets are closed already; this tells the other instances.
+            match io.to(room).disconnect().await {
+                Ok(()) => {}
+                Err(BroadcastError::Socket(errors)) => {
+                    tracing::debug!(?errors, "kick: sockets closing already");
+                }
+                Err(e) => tracing::warn!(
+                    "Redis disconnect failed, sockets on other instances stay connected: {e}"
+                ),
+            }
+        }
+        Ok(sockets)
     }
 
     /// How many sockets `user_id` has open (on every instance in cluster mode).
@@ -325,6 +371,15 @@ impl Hub {
         }
     }
 
+    /// What keeps this instance from delivering across the cluster, if anything (`None` on
+    /// a single instance).
+    pub fn cluster_problem(&self) -> Option<String> {
+        match &self.io {
+            Io::Cluster(_, link) => link.problem(),
+            Io::Local(_) => None,
+        }
+    }
+
     /// Open sockets on this instance by transport: (polling, websocket).
     pub fn sockets_by_transport(&self) -> (usize, usize) {
         with_io!(self, io => {
@@ -344,9 +399,10 @@ impl Hub {
     }
 }
 
-/// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it
-/// and are counted. Returns (targeted, dropped).
+/// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it,
+/// are counted, and closed as slow consumers. Returns (targeted, dropped).
 async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
+    hub: &Hub,
     io: &SocketIo<A>,
     event: &str,
     payload: &P,
@@ -354,17 +410,44 @@ async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
     let recipients = io.local().sockets().len();
     let dropped = match io.local().emit(event, payload).await {
         Ok(()) => 0,
-        Err(BroadcastError::Socket(errors)) => errors
-            .iter()
-            .filter(|e| matches!(e, SocketError::InternalChannelFull))
-            .count(),
+        Err(BroadcastError::Socket(errors)) => hub.close_full(&errors, io.local().sockets()),
         Err(e) => return Err(e.to_string()),
     };
-    if dropped > 0 {
-        tracing::warn!(
-            dropped,
-            "broadcast not delivered to sockets whose buffer is full"
-        );
-    }
     Ok((recipients, dropped))
+}
+
+/// The Engine.IO session under a Socket.IO socket (its handshake request carries a handle).
+fn session<A: Adapter>(
+    socket: &socketioxide::extract::SocketRef<A>,
+) -> Option<engineioxide::SessionHandle> {
+    socket
+        .req_parts()
+        .extensions
+        .get::<engineioxide::SessionHandle>()
+        .cloned()
+}
+
+/// Disconnects a socket and closes its transport. When its queue has room, the client is told
+/// first (a Socket.IO disconnect: it does not reconnect by itself) and the transport closes
+/// once that is written (within engineioxide's `CLOSE_GRACE` for a client that does not read);
+/// otherwise the transport is closed at once.
+pub(crate) fn disconnect<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) {
+    match socket.clone().disconnect() {
+        Ok(()) => {
+            if let Some(session) = session(socket) {
+                session.close(engineioxide::DisconnectReason::ClosingServer);
+            }
+        }
+        Err(SocketError::InternalChannelFull) => {
+            close_now(socket);
+        }
+        Err(SocketError::Closed) => {}
+    }
+}
+
+/// Closes a socket's transport at once, whatever its queue holds: the session leaves its rooms,
+/// presence and counts, and frees its slot and file descriptor, as on any disconnect. True if
+/// this call closed it (false if it was closing already).
+fn close_now<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
+    session(socket).is_some_and(|s| s.abort(engineioxide::DisconnectReason::TransportError))
 }

@@ -186,13 +186,19 @@ pub async fn start(
                 Hub::local(io, room_prefix, metrics, journal),
             )
         }
-        Some(Cluster { adapter, link, .. }) => {
+        Some(Cluster {
+            adapter,
+            link,
+            canary,
+            ..
+        }) => {
             let (svc, io) = builder
                 .with_adapter::<ClusterAdapter>(adapter)
                 .build_with_inner_svc(not_found());
             register(&io, handlers).await.map_err(|e| {
                 anyhow::anyhow!("cannot subscribe to the cluster's Redis channels: {e}")
             })?;
+            tokio::spawn(canary.run(link.clone(), metrics.clone(), revalidation.shutdown.clone()));
             tokio::spawn(revalidation.run(io.clone(), auth));
             (
                 erase(svc, kept_headers),
@@ -490,7 +496,7 @@ impl Revalidation {
                         Ok(id) if id == identity.user_id => false,
                         Ok(_) | Err(AuthError::Unauthorized) => {
                             tracing::info!(socket = %log_id(socket.id), user = %identity.user_id, "session ended: socket disconnected");
-                            let _ = socket.disconnect();
+                            hub::disconnect(&socket);
                             true
                         }
                         // The app is unreachable: keep the socket; the next round decides.

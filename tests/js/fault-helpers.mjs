@@ -261,3 +261,44 @@ export function fileExists(p) {
     return false;
   }
 }
+
+/**
+ * A Socket.IO client that connects (raw WebSocket, namespace CONNECT acknowledged) and then
+ * stops reading while its TCP connection stays open: the kernel buffers fill and the server's
+ * writes block. Resolves {ws, messages, closed, clientPort, resume()}.
+ */
+export async function stalledSocketIoClient(url, { cookie, timeout = 5000 } = {}) {
+  const raw = await rawEngineSocket(url, { cookie, timeout });
+  raw.ws.send('40');
+  await waitFor(() => raw.messages.some((m) => typeof m === 'string' && m.startsWith('40')), {
+    timeout,
+    message: 'the namespace CONNECT to be acknowledged',
+  });
+  const clientPort = raw.ws._socket.localPort;
+  raw.ws.pause();
+  return { ...raw, clientPort, resume: () => raw.ws.resume() };
+}
+
+/**
+ * Whether the server side of the TCP connection from 127.0.0.1:`clientPort` to `serverPort`
+ * is still ESTABLISHED (read from /proc/net/tcp: the server's view, not the client's).
+ */
+export function serverSideEstablished(serverPort, clientPort) {
+  const hex = (n) => n.toString(16).toUpperCase().padStart(4, '0');
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const [, local, remote, state] = line.trim().split(/\s+/);
+      if (!local || !remote) continue;
+      if (local.endsWith(`:${hex(serverPort)}`) && remote.endsWith(`:${hex(clientPort)}`) && state === '01') {
+        return true;
+      }
+    }
+  }
+  return false;
+}

@@ -9,7 +9,7 @@ use http::request::Parts;
 use crate::{
     config::EngineIoConfig,
     handler::EngineIoHandler,
-    socket::{DisconnectReason, Socket},
+    socket::{DisconnectReason, SessionHandle, Socket},
 };
 
 type SocketMap<T> = RwLock<HashMap<Sid, Arc<T>>>;
@@ -49,15 +49,19 @@ impl<H: EngineIoHandler> EngineIo<H> {
         let engine = self.clone();
         let close_fn = Box::new(move |sid, reason| engine.close_session(sid, reason));
 
-        let socket = Socket::new(
-            protocol,
-            transport,
-            &self.config,
-            req,
-            close_fn,
-            supports_binary,
-        );
-        let socket = Arc::new(socket);
+        // sockgate patch: the request carries a handle on its session (see `SessionHandle`).
+        let socket = Arc::new_cyclic(|weak: &std::sync::Weak<Socket<H::Data>>| {
+            let mut req = req;
+            req.extensions.insert(SessionHandle::new(weak.clone()));
+            Socket::new(
+                protocol,
+                transport,
+                &self.config,
+                req,
+                close_fn,
+                supports_binary,
+            )
+        });
         self.sockets
             .write()
             .unwrap()

@@ -79,6 +79,73 @@ use tokio::sync::{
 pub use engineioxide_core::Sid;
 use tokio_util::{future::FutureExt as _, sync::CancellationToken};
 
+/// How long a closing session's writer may still take to write what was queued before the
+/// close (the Socket.IO disconnect packet, the Engine.IO close packet) to a peer that reads
+/// slowly. An aborted session gets no grace.
+///
+/// sockgate patch: without a bound, a writer blocked on a peer that stopped reading held the
+/// queue's lock forever, and the handler was never told the session had closed.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A handle on an Engine.IO session, found in its request's extensions
+/// (`socket.req_parts.extensions`), for code that only sees the request (e.g. a Socket.IO
+/// socket, which does not expose its Engine.IO socket).
+///
+/// sockgate patch: how sockgate closes a session whose queue is full (a kick, a slow
+/// consumer), which Socket.IO's `disconnect` cannot (it has to queue a packet first).
+#[derive(Clone)]
+pub struct SessionHandle(std::sync::Weak<dyn AbortSession>);
+
+impl SessionHandle {
+    pub(crate) fn new<D: Default + Send + Sync + 'static>(
+        socket: std::sync::Weak<Socket<D>>,
+    ) -> Self {
+        Self(socket)
+    }
+
+    /// [`Socket::abort`]; false if the session is gone or closing already.
+    pub fn abort(&self, reason: DisconnectReason) -> bool {
+        self.0.upgrade().is_some_and(|s| s.abort(reason))
+    }
+
+    /// [`Socket::close`]: what is queued is still written, for [`CLOSE_GRACE`] at most.
+    pub fn close(&self, reason: DisconnectReason) {
+        if let Some(socket) = self.0.upgrade() {
+            socket.close(reason);
+        }
+    }
+
+    /// [`Socket::is_full`]; false if the session is gone.
+    pub fn is_full(&self) -> bool {
+        self.0.upgrade().is_some_and(|s| s.is_full())
+    }
+}
+
+impl Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionHandle")
+    }
+}
+
+/// What a [`SessionHandle`] can do, whatever the socket's data type.
+trait AbortSession: Send + Sync {
+    fn abort(&self, reason: DisconnectReason) -> bool;
+    fn close(&self, reason: DisconnectReason);
+    fn is_full(&self) -> bool;
+}
+
+impl<D: Default + Send + Sync + 'static> AbortSession for Socket<D> {
+    fn abort(&self, reason: DisconnectReason) -> bool {
+        Socket::abort(self, reason)
+    }
+    fn close(&self, reason: DisconnectReason) {
+        Socket::close(self, reason)
+    }
+    fn is_full(&self) -> bool {
+        Socket::is_full(self)
+    }
+}
+
 /// A [`DisconnectReason`] represents the reason why a [`Socket`] was closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DisconnectReason {
@@ -207,6 +274,12 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
+    /// Set when the session is closed without flushing what is queued (see [`Socket::abort`]).
+    ///
+    /// sockgate patch: a peer that stops reading leaves the writer blocked on a full TCP send
+    /// buffer; a closing session gives it [`CLOSE_GRACE`] to finish, an aborted one none.
+    aborted: AtomicBool,
+
     /// Channel to send [`PacketBuf`] to the connection
     ///
     /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
@@ -271,6 +344,7 @@ where
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
@@ -321,7 +395,9 @@ where
         tokio::spawn(
             async move {
                 if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                    self.close(DisconnectReason::HeartbeatTimeout);
+                    // sockgate patch: a peer that does not answer pings will not read what
+                    // is queued either: nothing to flush.
+                    self.abort(DisconnectReason::HeartbeatTimeout);
                     #[cfg(feature = "tracing")]
                     tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
                 }
@@ -479,6 +555,37 @@ where
         (self.close_fn)(self.id, reason);
     }
 
+    /// Closes the session at once, dropping what is queued and whatever the writer is in the
+    /// middle of writing: for a peer that stopped reading, whose queue is full and whose
+    /// writer is blocked on a full TCP send buffer. The socket is removed from the `Engine`,
+    /// the TCP connection is dropped and the [`Handler`](crate::handler::EngineIoHandler) is
+    /// notified, as with [`Socket::close`].
+    ///
+    /// Returns true if this call closed the session, false if it was closing already.
+    ///
+    /// sockgate patch: [`Socket::close`] sends a close packet (lost when the queue is full) and
+    /// then waited for the writer, which never finished for a peer that does not read.
+    pub fn abort(&self, reason: DisconnectReason) -> bool {
+        if self.cancellation_token.is_cancelled() || self.aborted.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        (self.close_fn)(self.id, reason);
+        true
+    }
+
+    /// Whether the session is being closed without flushing (see [`Socket::abort`]).
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Whether the queue of packets waiting to be written has no free slot: a message emitted
+    /// now would be refused with [`TrySendError::Full`].
+    ///
+    /// sockgate patch: a broadcast reports how many sockets were full, not which.
+    pub fn is_full(&self) -> bool {
+        self.internal_tx.capacity() == 0
+    }
+
     /// Returns true if the socket is closed
     /// It means that no more packets can be sent to the client
     pub fn is_closed(&self) -> bool {
@@ -622,6 +729,7 @@ where
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,

@@ -33,7 +33,7 @@ use crate::{
     engine::EngineIo,
     errors::Error,
     handler::EngineIoHandler,
-    socket::{InternalRx, QueuedPackets},
+    socket::{CLOSE_GRACE, InternalRx, QueuedPackets},
     transport::make_open_packet,
 };
 
@@ -322,6 +322,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         volatile_rx,
         ..
     } = &mut *internal_rx;
+    // When the session closed, the writer stops writing at this instant (see `in_time`).
+    let mut give_up_at = None;
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
@@ -344,7 +346,15 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         // After a buffered batch, write whatever else is already queued before flushing.
         let mut next = Some(packets);
         while let Some(packets) = next {
-            write_packets(&socket, &mut tx, packets).await;
+            if !in_time(
+                &socket,
+                &mut give_up_at,
+                write_packets(&socket, &mut tx, packets),
+            )
+            .await
+            {
+                return;
+            }
             next = if buffered {
                 buffered_rx.try_recv().ok()
             } else {
@@ -354,14 +364,59 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
+        if !in_time(&socket, &mut give_up_at, tx.flush()).await {
+            return;
+        }
     }
 
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    tx.flush().await.ok();
-    tx.close().await.ok();
+    in_time(&socket, &mut give_up_at, async {
+        tx.flush().await.ok();
+        tx.close().await.ok();
+    })
+    .await;
+}
+
+/// Runs one write unless the session closes and its grace runs out first ([`CLOSE_GRACE`]
+/// from the close; none when aborted). Returns false when the write was given up: the writer
+/// then stops, dropping its half of the connection, so the queue's lock is released, the
+/// handler is told, and the TCP stream is dropped even if the peer never reads again.
+///
+/// sockgate patch: writes used to wait for a peer that stopped reading forever.
+async fn in_time<D, F>(
+    socket: &Socket<D>,
+    give_up_at: &mut Option<tokio::time::Instant>,
+    write: F,
+) -> bool
+where
+    D: Default + Send + Sync + 'static,
+    F: std::future::Future,
+{
+    tokio::pin!(write);
+    let deadline = match *give_up_at {
+        Some(at) => at,
+        None => {
+            tokio::select! {
+                biased;
+                _ = &mut write => return true,
+                () = socket.cancellation_token.cancelled() => {}
+            }
+            let grace = if socket.is_aborted() {
+                std::time::Duration::ZERO
+            } else {
+                CLOSE_GRACE
+            };
+            *give_up_at.insert(tokio::time::Instant::now() + grace)
+        }
+    };
+    let done = tokio::time::timeout_at(deadline, write).await.is_ok();
+    #[cfg(feature = "tracing")]
+    if !done {
+        tracing::debug!(sid = %socket.id, "ws writer gave up: the peer does not read");
+    }
+    done
 }
 
 /// Feed packets to the websocket sink (no flush). A write error is logged and the packet
