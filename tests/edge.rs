@@ -18,11 +18,20 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A cookie that names no session: an outsider needs one to get past the credential-less
+/// handshake check, and never sends a CONNECT, so the app is never asked about it.
+const ATTACKER_COOKIE: &str = "sid=nobody";
+
 /// An Engine.IO WebSocket that has received its open packet and sends nothing else yet: the
 /// state of a client that never sends a Socket.IO CONNECT, so it is never authenticated.
 async fn engine_io_socket(port: u16) -> Ws {
-    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+        .into_client_request()
+        .expect("WebSocket request");
+    req.headers_mut()
+        .insert("cookie", ATTACKER_COOKIE.parse().expect("cookie"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await
         .expect("WebSocket handshake");
     let open = tokio::time::timeout(Duration::from_secs(5), ws.next())
@@ -491,10 +500,26 @@ async fn h2c_upgrade_is_not_tunnelled_and_forwarded_headers_stay_ours() {
 
 /// An Engine.IO long-polling session: its sid, after the open packet.
 async fn polling_session(port: u16) -> String {
-    let open = body_text(get(port, "/socket.io/?EIO=4&transport=polling").await).await;
+    let open = body_text(
+        send(
+            port,
+            polling("GET", "/socket.io/?EIO=4&transport=polling", ""),
+        )
+        .await,
+    )
+    .await;
     let json = open.strip_prefix('0').expect("open packet");
     let v: serde_json::Value = serde_json::from_str(json).expect("open JSON");
     v["sid"].as_str().expect("sid").to_owned()
+}
+
+/// A long-polling request with the session's credentials (every request of a session must
+/// carry its handshake's).
+fn polling(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut req = request(method, path, body);
+    req.headers_mut()
+        .insert("cookie", ATTACKER_COOKIE.parse().expect("cookie"));
+    req
 }
 
 #[tokio::test]
@@ -507,23 +532,23 @@ async fn polling_binary_and_oversized_bodies_are_refused() {
     let sid = polling_session(sg.port()).await;
     let header = attachment_header(2, 0);
     let body = format!("{header}\u{1e}bAQIDBA==");
-    let resp = send(sg.port(), request("POST", &path(&sid), body)).await;
+    let resp = send(sg.port(), polling("POST", &path(&sid), body)).await;
     assert_eq!(resp.status(), 400, "{}", body_text(resp).await);
-    let next = get(sg.port(), &path(&sid)).await;
+    let next = send(sg.port(), polling("GET", &path(&sid), "")).await;
     assert_eq!(next.status(), 400, "the session survived a binary packet");
 
     // A body over realtime.max_poll_payload_bytes (16 KiB by default) is refused.
     let sid = polling_session(sg.port()).await;
     let resp = send(
         sg.port(),
-        request("POST", &path(&sid), attachment_header(1, 20 * 1024)),
+        polling("POST", &path(&sid), attachment_header(1, 20 * 1024)),
     )
     .await;
     assert_eq!(resp.status(), 413);
 
     // A pong is fine.
     let sid = polling_session(sg.port()).await;
-    let resp = send(sg.port(), request("POST", &path(&sid), "3")).await;
+    let resp = send(sg.port(), polling("POST", &path(&sid), "3")).await;
     assert_eq!(resp.status(), 200);
 }
 
