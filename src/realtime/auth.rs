@@ -307,10 +307,15 @@ impl SessionAuth {
         self.kicks.kick(user_id).await
     }
 
-    /// Cluster mode: kicks are written to and read from Redis through `client`, each command
-    /// bounded by `timeout`.
-    pub fn share_kicks(&self, client: fred::clients::Client, timeout: Duration) {
-        self.kicks.share_through(client, timeout);
+    /// Cluster mode: kicks are written to and read from Redis through `client` while `link`
+    /// is up, each command bounded by `timeout`.
+    pub fn share_kicks(
+        &self,
+        client: fred::clients::Client,
+        link: crate::cluster::Link,
+        timeout: Duration,
+    ) {
+        self.kicks.share_through(client, link, timeout);
     }
 
     async fn ask_app(&self, headers: &HeaderMap) -> Result<Answer, String> {

@@ -5,7 +5,10 @@
 //! kick came. In cluster mode a kick is also written to Redis (`sockgate:kick:{user}`, the
 //! Unix time in ms, expiring when no answer from before it can be cached anywhere any more),
 //! and every instance reads it before letting a user in, so a kick on one instance holds on
-//! all of them.
+//! all of them — while Redis is reachable. While the cluster link is down (an outage the
+//! instance already knows about) the Redis read is skipped: refusing every new socket of
+//! every user for the length of an outage would be worse than letting a user kicked on
+//! another instance back in on its cached session, which is what happens meanwhile.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -14,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fred::clients::Client as RedisClient;
 use fred::interfaces::KeysInterface;
 use fred::types::Expiration;
+
+use crate::cluster::Link;
 
 /// When a session-route call was sent: a local generation, and the wall clock for comparing
 /// with kicks made on other instances.
@@ -38,6 +43,7 @@ struct Local {
 
 struct Shared {
     client: RedisClient,
+    link: Link,
     timeout: Duration,
 }
 
@@ -60,9 +66,14 @@ impl Kicks {
         }
     }
 
-    /// Shares kicks with the other instances through Redis; `timeout` bounds each command.
-    pub(super) fn share_through(&self, client: RedisClient, timeout: Duration) {
-        let _ = self.shared.set(Shared { client, timeout });
+    /// Shares kicks with the other instances through Redis while `link` is up; `timeout`
+    /// bounds each command.
+    pub(super) fn share_through(&self, client: RedisClient, link: Link, timeout: Duration) {
+        let _ = self.shared.set(Shared {
+            client,
+            link,
+            timeout,
+        });
     }
 
     pub(super) fn stamp(&self) -> Stamp {
@@ -89,6 +100,9 @@ impl Kicks {
         let Some(shared) = self.shared.get() else {
             return Ok(());
         };
+        if !shared.link.is_up() {
+            return Err("Redis is away".into());
+        }
         let expire = Expiration::PX(i64::try_from(self.remember.as_millis()).unwrap_or(i64::MAX));
         let set = shared.client.set::<(), _, _>(
             redis_key(user),
@@ -104,8 +118,8 @@ impl Kicks {
         }
     }
 
-    /// Whether `user` was kicked after `stamp`. In cluster mode this asks Redis, and an
-    /// answer that cannot be had is an error: the caller fails closed.
+    /// Whether `user` was kicked after `stamp`. In cluster mode this asks Redis while the link
+    /// is up, and an answer that cannot be had then is an error: the caller fails closed.
     pub(super) async fn kicked_since(&self, user: &str, stamp: Stamp) -> Result<bool, String> {
         let here = {
             let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -113,7 +127,11 @@ impl Kicks {
                 *kicked > stamp.generation && at.elapsed() < self.remember
             })
         };
-        let Some(shared) = self.shared.get().filter(|_| !here) else {
+        let Some(shared) = self
+            .shared
+            .get()
+            .filter(|shared| !here && shared.link.is_up())
+        else {
             return Ok(here);
         };
         let get = shared.client.get::<Option<String>, _>(redis_key(user));

@@ -141,7 +141,11 @@ pub async fn start(
     };
     let journal = Arc::new(Journal::new(history));
     if let Some(c) = &cluster {
-        auth.share_kicks(c.commands.clone(), ms(settings.cluster.request_timeout_ms));
+        auth.share_kicks(
+            c.commands.clone(),
+            c.link.clone(),
+            ms(settings.cluster.request_timeout_ms),
+        );
     }
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
