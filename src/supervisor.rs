@@ -11,10 +11,13 @@
 //! sockgate stops with a failure status so the platform restarts it, and the rest of its group
 //! gets SIGTERM.
 //!
-//! Not covered: if sockgate itself is SIGKILLed or aborts, the app is not signalled (a
-//! parent-death signal needs `pre_exec`, which is `unsafe`; the project forbids it). Run
-//! sockgate as the container's main process (`exec sockgate -- …`): the runtime then ends the
-//! container, app included.
+//! If sockgate itself is SIGKILLed or aborts, the app is told too: on Linux it is started
+//! through util-linux's `setpriv --pdeathsig TERM` (present on Debian/Ubuntu images), which
+//! sets the parent-death signal and then execs the app, so the app keeps its pid and gets
+//! SIGTERM when sockgate dies. Setting it in-process would need `pre_exec`, which is `unsafe`.
+//! Without `setpriv` on `PATH`, startup logs that the app would outlive a killed sockgate.
+//! The signal reaches the app's top process only: an app started through a shell should
+//! `exec` its server (`sh -c 'exec node server.mjs'`).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -49,6 +52,17 @@ pub struct Supervisor {
     program: String,
 }
 
+/// util-linux's `setpriv`, on Linux, when it is on `PATH`.
+fn setpriv() -> Option<std::path::PathBuf> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("setpriv"))
+        .find(|candidate| candidate.is_file())
+}
+
 impl Supervisor {
     /// Starts `command` with the environment the app needs to listen where sockgate expects.
     pub fn spawn(
@@ -60,7 +74,20 @@ impl Supervisor {
             .split_first()
             .ok_or_else(|| anyhow::anyhow!("no app command after `--`"))?;
         let port = upstream.port_u16().unwrap_or(80);
-        let child = Command::new(program)
+        let mut launch = match setpriv() {
+            Some(setpriv) => {
+                let mut launch = Command::new(setpriv);
+                launch.args(["--pdeathsig", "TERM", "--", program]);
+                launch
+            }
+            None => {
+                tracing::warn!(
+                    "`setpriv` (util-linux) not found: the app would outlive sockgate if sockgate were killed with SIGKILL"
+                );
+                Command::new(program)
+            }
+        };
+        let child = launch
             .args(args)
             .env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())

@@ -137,6 +137,28 @@ async fn sigterm_stops_the_apps_own_children_too() {
     );
 }
 
+#[tokio::test]
+async fn the_app_does_not_outlive_a_killed_sockgate() {
+    let (mut sg, upstream) = supervise(&app_script(0, 0));
+    let proc = &mut sg.proc;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(proc.port, "/").await.status() != 200 {
+        assert!(Instant::now() < deadline, "the app never became reachable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proc.signal("KILL");
+    proc.wait_exit(Duration::from_secs(5))
+        .expect("sockgate is gone");
+    let gone_by = Instant::now() + Duration::from_secs(5);
+    while listening(upstream) && Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !listening(upstream),
+        "the app still listens on {upstream} after sockgate was SIGKILLed"
+    );
+}
+
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
