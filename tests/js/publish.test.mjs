@@ -464,6 +464,9 @@ test('SIGTERM → sockgate removes the socket file and exits 0', async () => {
   const sg = await startSockgate({ upstreamUrl: fixture.url });
   try {
     const sock = await connect(sg.url, { cookie: 'sid=alice-token' });
+    // Past the polling → WebSocket upgrade: a server that goes away in the middle of the
+    // probe leaves socket.io-client waiting for its ping timeout, whatever the server does.
+    await waitFor(() => sock.io.engine.transport.name === 'websocket', { message: 'the upgrade' });
     assert.ok(fs.existsSync(sg.publishSocket));
     sg.proc.child.kill('SIGTERM');
     const { code, signal } = await sg.proc.waitExit(10_000);
