@@ -25,6 +25,9 @@ use crate::canary::{self, Canary};
 /// The Socket.IO adapter type in cluster mode.
 pub type ClusterAdapter = socketioxide_redis::FredAdapter<socketioxide::adapter::Emitter>;
 
+/// Cross-instance messages buffered between the Redis connection and socketioxide-redis.
+const PUBSUB_BUFFER: usize = 16 * 1024;
+
 /// How long startup waits for Redis before giving up with an error.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -181,6 +184,11 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(1);
+            // socketioxide-redis reads every published message from one broadcast channel of
+            // this size; fred's default (32) overflowed under a burst of cross-instance
+            // publishes, and a lagging reader loses messages with only a WARN
+            // (`pubsub channel lagged by N`). A slot is one message handle.
+            p.broadcast_channel_capacity = PUBSUB_BUFFER;
         });
     let client = builder
         .build_subscriber_client()

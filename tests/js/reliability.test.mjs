@@ -394,3 +394,41 @@ test('cluster: a slow consumer is closed the same way (publish answers 200, sock
     await redis.kill('SIGKILL').catch(() => {});
   }
 });
+
+test('a burst of cross-instance publishes is delivered whole (the subscriber buffer does not overflow)', { skip: NO_REDIS, timeout: 60_000 }, async (t) => {
+  const fixture = await startFixture();
+  const redis = await startRedis(await freePort());
+  const env = {
+    SIDECAR_CLUSTER__REDIS_URL: redis.url,
+    SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+    // Without the history's Redis round trips the publisher goes as fast as it can.
+    SIDECAR_HISTORY__ENABLED: 'false',
+  };
+  const [A, B] = await Promise.all([0, 1].map(() => startSockgate({ upstreamUrl: fixture.url, env })));
+  const aliceB = await connect(B.url, { cookie: 'sid=alice-token', transports: ['websocket'] });
+  const got = [];
+  aliceB.on('burst', (n) => got.push(n));
+  try {
+    const BATCHES = 8;
+    const SIZE = 500;
+    const started = Date.now();
+    await Promise.all(
+      Array.from({ length: BATCHES }, async (_, b) => {
+        const messages = Array.from({ length: SIZE }, (_, i) => ({ userId: 'alice', event: 'burst', data: b * SIZE + i }));
+        const r = await publishApi(A.publishSocket, 'POST', '/publish/batch', { messages });
+        assert.equal(r.status, 200, r.text);
+      }),
+    );
+    await waitFor(() => got.length >= BATCHES * SIZE, { timeout: 20_000, message: `all ${BATCHES * SIZE} on B (got ${got.length})` })
+      .catch((e) => {
+        throw new Error(`${e.message}; B's log:\n${B.proc.text().split('\n').filter((l) => /lagged|dropped/.test(l)).slice(0, 5).join('\n')}`);
+      });
+    t.diagnostic(`fault: ${got.length} cross-instance messages in a burst, all delivered in ${Date.now() - started} ms`);
+    assert.equal(new Set(got).size, BATCHES * SIZE, 'each once');
+  } finally {
+    closeAll([aliceB]);
+    await Promise.all([A.stop(), B.stop()]);
+    await fixture.stop();
+    await redis.kill('SIGKILL').catch(() => {});
+  }
+});
