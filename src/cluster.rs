@@ -137,7 +137,7 @@ impl Link {
             if !self.client.is_connected() {
                 return; // the next reconnect starts over
             }
-            match self.client.ssubscribe(channels.clone()).await {
+            match subscribe_each(&self.client, &channels).await {
                 Ok(()) => {
                     self.subscribed.store(true, Ordering::Release);
                     // A fresh connection with its subscriptions back: check it now rather than
@@ -155,6 +155,23 @@ impl Link {
             }
         }
     }
+}
+
+/// Subscribes `client` to the sharded `channels` again, one `SSUBSCRIBE` per channel. Redis
+/// confirms each channel of an `SSUBSCRIBE` with a reply of its own, and fred takes exactly one
+/// reply for it: with several channels in one command, the other confirmations were read as
+/// the replies of the next commands on the connection, and from then on every command got an
+/// earlier command's reply (a publish failing with "Cannot convert array to number", a
+/// subscriber count belonging to another request, the last commands waiting on replies that
+/// never came) until the connection was replaced.
+pub async fn subscribe_each(
+    client: &SubscriberClient,
+    channels: &[String],
+) -> Result<(), fred::error::Error> {
+    for channel in channels {
+        client.ssubscribe(channel.as_str()).await?;
+    }
+    Ok(())
 }
 
 /// Connects to Redis (≥ 7, RESP3). Fails with the (password-free) URL when Redis refuses
