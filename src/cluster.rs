@@ -100,6 +100,21 @@ impl Link {
         }
     }
 
+    /// Replaces the subscriber connection (its channels are subscribed again once it is back,
+    /// see [`Link::watch`]): for a path that stays broken while Redis answers, whatever broke
+    /// it. Logged once per rebuild, with `reason`.
+    pub(crate) fn rebuild(&self, reason: String) {
+        tracing::warn!("rebuilding the Redis subscription connection: {reason}");
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(STARTUP_TIMEOUT, client.force_reconnection()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("reconnecting to Redis failed: {e}"),
+                Err(_) => tracing::warn!("reconnecting to Redis took over {STARTUP_TIMEOUT:?}"),
+            }
+        });
+    }
+
     /// Resolves when a self-check is wanted before the next tick.
     pub(crate) async fn recheck_requested(&self) {
         self.recheck.notified().await;
@@ -207,13 +222,21 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
 
     let driver = at_startup(&shown, FredDriver::new(client.clone())).await?;
+    let prober = socketioxide_core::Uid::new();
     let canary = Canary {
         received: at_startup(
             &shown,
             driver.subscribe(canary::CHANNEL.into(), canary::BUFFER),
         )
         .await?,
+        answers: at_startup(
+            &shown,
+            driver.subscribe(canary::answer_channel(prober), canary::BUFFER),
+        )
+        .await?,
+        prober,
         driver: driver.clone(),
+        commands: commands.clone(),
     };
     at_startup(&shown, commands.init()).await?;
     let link = Link {
