@@ -47,7 +47,8 @@ pub const CHANNEL: &str = "sockgate-canary#";
 pub const BUFFER: usize = 256;
 /// Failed checks in a row, while Redis answers, before the subscription path is rebuilt.
 pub const REBUILD_AFTER: u32 = 5;
-/// Failed checks between two rebuilds while the path stays broken.
+/// Failed checks between two rebuilds while the path stays broken (counted from a rebuild, so
+/// a streak that began while Redis did not answer is rebuilt as soon as it does).
 pub const REBUILD_EVERY: u32 = 30;
 
 /// The adapter's channel prefix and the namespace the probe goes through (socketioxide-redis's
@@ -87,7 +88,9 @@ impl Canary {
     pub async fn run(mut self, link: Link, metrics: Arc<Metrics>, shutdown: Shutdown, server: Uid) {
         let me = instance_id();
         let mut peers = Peers::new();
+        // Failed checks in a row, and how many had failed at this streak's last rebuild.
         let mut failing = 0u32;
+        let mut rebuilt_at: Option<u32> = None;
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut now = false;
@@ -111,18 +114,23 @@ impl Canary {
             };
             peers.retain(|_, seen| seen.elapsed() < PEER_SEEN);
             metrics.cluster_canary(outcome.as_ref().ok().copied(), peers.len());
-            failing = if outcome.is_ok() { 0 } else { failing + 1 };
-            if let Err(e) = &outcome
-                && failing >= REBUILD_AFTER
-                && (failing - REBUILD_AFTER).is_multiple_of(REBUILD_EVERY)
+            let failure = outcome.err();
+            link.canary(failure.clone().map_or(Ok(()), Err));
+            let Some(e) = failure else {
+                (failing, rebuilt_at) = (0, None);
+                continue;
+            };
+            failing += 1;
+            if failing >= REBUILD_AFTER
+                && rebuilt_at.is_none_or(|at| failing - at >= REBUILD_EVERY)
                 && self.redis_answers().await
             {
+                rebuilt_at = Some(failing);
                 metrics.cluster_link_rebuilt();
                 link.rebuild(format!(
                     "{failing} self-checks in a row failed ({e}) while Redis answers"
                 ));
             }
-            link.canary(outcome.map(|_| ()));
         }
     }
 
