@@ -8,14 +8,27 @@
 //! The canary travels the path of every cross-instance message: published with `SPUBLISH` on
 //! the adapter's connection by the adapter's driver, received through the driver's dispatcher
 //! from a sharded subscription on that same connection (re-subscribed after a reconnect with
-//! the adapter's channels). Only the channel is ours, so no socket, room or adapter request
-//! is involved and no other instance has to answer: each instance judges its own path.
+//! the adapter's channels). Once it is back, a probe follows the rest of the way a broadcast
+//! takes: a request (fetch the sockets of a room nobody is in) on this instance's own request
+//! channel of the `/` namespace, from a made-up server id, must be read, decoded and answered
+//! by the namespace's adapter, and its answer come back on the made-up server's response
+//! channel. No other instance has to answer: each instance judges its own path.
+//!
+//! Checks that keep failing while Redis answers on another connection mean the subscription
+//! path itself is broken (whatever broke it): after [`REBUILD_AFTER`] failures in a row the
+//! subscriber connection is replaced and its channels subscribed again, logged once with the
+//! reason and counted (`sockgate_cluster_link_rebuilds_total`); again every
+//! [`REBUILD_EVERY`] failures while it stays broken.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fred::prelude::ClientLike;
 use futures_util::StreamExt;
+use socketioxide_core::Uid;
+use socketioxide_core::adapter::BroadcastOptions;
+use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
 use socketioxide_redis::drivers::fred::FredDriver;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 
@@ -32,6 +45,18 @@ pub const TIMEOUT: Duration = Duration::from_millis(1500);
 pub const CHANNEL: &str = "sockgate-canary#";
 /// Canaries waiting to be read; the others' canaries are read while waiting for one's own.
 pub const BUFFER: usize = 256;
+/// Failed checks in a row, while Redis answers, before the subscription path is rebuilt.
+pub const REBUILD_AFTER: u32 = 5;
+/// Failed checks between two rebuilds while the path stays broken (counted from a rebuild, so
+/// a streak that began while Redis did not answer is rebuilt as soon as it does).
+pub const REBUILD_EVERY: u32 = 30;
+
+/// The adapter's channel prefix and the namespace the probe goes through (socketioxide-redis's
+/// default prefix; sockgate's only namespace).
+const ADAPTER_PREFIX: &str = "socket.io";
+const NAMESPACE: &str = "/";
+/// A room no socket is ever in (sockgate's own prefix): the probe's answer stays empty.
+const PROBE_ROOM: &str = "sockgate:probe";
 
 /// Another instance counts as seen while its last canary is younger than this.
 const PEER_SEEN: Duration = Duration::from_secs(5);
@@ -40,17 +65,32 @@ const PEER_SEEN: Duration = Duration::from_secs(5);
 pub struct Canary {
     pub driver: FredDriver,
     pub received: MessageStream<ChanItem>,
+    /// The made-up server the probe's requests come from.
+    pub prober: Uid,
+    /// Answers to the probe, on the made-up server's response channel.
+    pub answers: MessageStream<ChanItem>,
+    /// Another connection, to tell "Redis is away" from "the subscription path is broken".
+    pub commands: fred::clients::Client,
+}
+
+/// The channel the probe's answers come back on.
+pub fn answer_channel(prober: Uid) -> String {
+    format!("{ADAPTER_PREFIX}-response#{NAMESPACE}#{prober}#")
 }
 
 /// When each other instance's canary last arrived, by instance id.
 type Peers = HashMap<String, Instant>;
 
 impl Canary {
-    /// Sends a canary every [`INTERVAL`] until the drain starts, and tells `link` whether it
-    /// came back in time.
-    pub async fn run(mut self, link: Link, metrics: Arc<Metrics>, shutdown: Shutdown) {
+    /// Sends a canary and a probe every [`INTERVAL`] until the drain starts, tells `link`
+    /// whether they came back in time, and rebuilds the link when they keep failing while
+    /// Redis answers. `server` is this instance's Socket.IO server id (the adapter's).
+    pub async fn run(mut self, link: Link, metrics: Arc<Metrics>, shutdown: Shutdown, server: Uid) {
         let me = instance_id();
         let mut peers = Peers::new();
+        // Failed checks in a row, and how many had failed at this streak's last rebuild.
+        let mut failing = 0u32;
+        let mut rebuilt_at: Option<u32> = None;
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut now = false;
@@ -66,7 +106,7 @@ impl Canary {
             // A reconnect meanwhile: this round may have started on the lost connection;
             // start over on the new one.
             let outcome = tokio::select! {
-                outcome = self.round_trip(canary, &mut peers) => outcome,
+                outcome = self.check(canary, server, &mut peers) => outcome,
                 () = link.recheck_requested() => {
                     now = true;
                     continue;
@@ -74,7 +114,76 @@ impl Canary {
             };
             peers.retain(|_, seen| seen.elapsed() < PEER_SEEN);
             metrics.cluster_canary(outcome.as_ref().ok().copied(), peers.len());
-            link.canary(outcome.map(|_| ()));
+            let failure = outcome.err();
+            link.canary(failure.clone().map_or(Ok(()), Err));
+            let Some(e) = failure else {
+                (failing, rebuilt_at) = (0, None);
+                continue;
+            };
+            failing += 1;
+            if failing >= REBUILD_AFTER
+                && rebuilt_at.is_none_or(|at| failing - at >= REBUILD_EVERY)
+                && self.redis_answers().await
+            {
+                rebuilt_at = Some(failing);
+                metrics.cluster_link_rebuilt();
+                link.rebuild(format!(
+                    "{failing} self-checks in a row failed ({e}) while Redis answers"
+                ));
+            }
+        }
+    }
+
+    /// Whether Redis answers a PING on the other connection within [`TIMEOUT`].
+    async fn redis_answers(&self) -> bool {
+        matches!(
+            tokio::time::timeout(TIMEOUT, self.commands.ping::<String>(None)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The canary's round trip, then the probe through the namespace's adapter.
+    async fn check(
+        &mut self,
+        canary: Vec<u8>,
+        server: Uid,
+        peers: &mut Peers,
+    ) -> Result<Duration, String> {
+        let took = self.round_trip(canary, peers).await?;
+        self.probe(server).await?;
+        Ok(took)
+    }
+
+    /// Asks this instance's adapter, through Redis, for the sockets of a room nobody is in,
+    /// as another instance would, and waits for its answer within [`TIMEOUT`].
+    async fn probe(&mut self, server: Uid) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.push(PROBE_ROOM.into());
+        let request = RequestOut::new(self.prober, RequestTypeOut::FetchSockets, &opts);
+        let id = request.id;
+        let request =
+            rmp_serde::to_vec(&request).map_err(|e| format!("cannot encode the probe: {e}"))?;
+        let channel = format!("{ADAPTER_PREFIX}-request#{NAMESPACE}#{server}#");
+        match tokio::time::timeout_at(deadline, self.driver.publish(channel, request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("publishing the probe through Redis failed: {e}")),
+            Err(_) => return Err(format!("Redis did not take the probe within {TIMEOUT:?}")),
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, self.answers.next()).await {
+                Ok(Some((_, answer))) if socketioxide_redis::read_req_id(&answer) == Some(id) => {
+                    return Ok(());
+                }
+                // A late answer to an earlier probe.
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("the probe's answer subscription is closed".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "the namespace's adapter did not answer a request through Redis within {TIMEOUT:?}"
+                    ));
+                }
+            }
         }
     }
 

@@ -103,6 +103,21 @@ impl Link {
         }
     }
 
+    /// Replaces the subscriber connection (its channels are subscribed again once it is back,
+    /// see [`Link::watch`]): for a path that stays broken while Redis answers, whatever broke
+    /// it. Logged once per rebuild, with `reason`.
+    pub(crate) fn rebuild(&self, reason: String) {
+        tracing::warn!("rebuilding the Redis subscription connection: {reason}");
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(STARTUP_TIMEOUT, client.force_reconnection()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("reconnecting to Redis failed: {e}"),
+                Err(_) => tracing::warn!("reconnecting to Redis took over {STARTUP_TIMEOUT:?}"),
+            }
+        });
+    }
+
     /// Resolves when a self-check is wanted before the next tick.
     pub(crate) async fn recheck_requested(&self) {
         self.recheck.notified().await;
@@ -140,7 +155,7 @@ impl Link {
             if !self.client.is_connected() {
                 return; // the next reconnect starts over
             }
-            match self.client.ssubscribe(channels.clone()).await {
+            match subscribe_each(&self.client, &channels).await {
                 Ok(()) => {
                     self.subscribed.store(true, Ordering::Release);
                     // A fresh connection with its subscriptions back: check it now rather than
@@ -158,6 +173,23 @@ impl Link {
             }
         }
     }
+}
+
+/// Subscribes `client` to the sharded `channels` again, one `SSUBSCRIBE` per channel. Redis
+/// confirms each channel of an `SSUBSCRIBE` with a reply of its own, and fred takes exactly one
+/// reply for it: with several channels in one command, the other confirmations were read as
+/// the replies of the next commands on the connection, and from then on every command got an
+/// earlier command's reply (a publish failing with "Cannot convert array to number", a
+/// subscriber count belonging to another request, the last commands waiting on replies that
+/// never came) until the connection was replaced.
+pub async fn subscribe_each(
+    client: &SubscriberClient,
+    channels: &[String],
+) -> Result<(), fred::error::Error> {
+    for channel in channels {
+        client.ssubscribe(channel.as_str()).await?;
+    }
+    Ok(())
 }
 
 /// Connects to Redis (≥ 7, RESP3). Fails with the (password-free) URL when Redis refuses
@@ -198,13 +230,21 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
 
     let driver = at_startup(&shown, FredDriver::new(client.clone())).await?;
+    let prober = socketioxide_core::Uid::new();
     let canary = Canary {
         received: at_startup(
             &shown,
             driver.subscribe(canary::CHANNEL.into(), canary::BUFFER),
         )
         .await?,
+        answers: at_startup(
+            &shown,
+            driver.subscribe(canary::answer_channel(prober), canary::BUFFER),
+        )
+        .await?,
+        prober,
         driver: driver.clone(),
+        commands: commands.clone(),
     };
     at_startup(&shown, commands.init()).await?;
     let link = Link {

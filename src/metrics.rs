@@ -64,6 +64,7 @@ pub struct Metrics {
     cluster_canary_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     cluster_canary_failures: Counter,
     cluster_canary_peers: Gauge,
+    cluster_link_rebuilds: Counter,
 }
 
 impl Default for Metrics {
@@ -94,6 +95,7 @@ impl Metrics {
             cluster_canary_seconds: Gauge::default(),
             cluster_canary_failures: Counter::default(),
             cluster_canary_peers: Gauge::default(),
+            cluster_link_rebuilds: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -142,6 +144,11 @@ impl Metrics {
             "cluster_canary_peers",
             "Other instances whose self-check messages arrived in the last 5 s (cluster mode)",
             m.cluster_canary_peers.clone(),
+        );
+        r.register(
+            "cluster_link_rebuilds",
+            "Subscriber connections replaced because self-checks kept failing while Redis answered",
+            m.cluster_link_rebuilds.clone(),
         );
         r.register(
             "slow_consumers_disconnected",
@@ -233,6 +240,11 @@ impl Metrics {
                 self.cluster_canary_failures.inc();
             }
         }
+    }
+
+    /// The cluster's subscriber connection was replaced (see [`crate::canary`]).
+    pub fn cluster_link_rebuilt(&self) {
+        self.cluster_link_rebuilds.inc();
     }
 
     pub fn slow_consumer(&self) {

@@ -202,7 +202,12 @@ pub async fn start(
             register(&io, handlers).await.map_err(|e| {
                 anyhow::anyhow!("cannot subscribe to the cluster's Redis channels: {e}")
             })?;
-            tokio::spawn(canary.run(link.clone(), metrics.clone(), revalidation.shutdown.clone()));
+            tokio::spawn(canary.run(
+                link.clone(),
+                metrics.clone(),
+                revalidation.shutdown.clone(),
+                io.config().server_id,
+            ));
             tokio::spawn(revalidation.run(io.clone(), auth));
             (
                 erase(svc, kept_headers),

@@ -395,6 +395,55 @@ test('cluster: a slow consumer is closed the same way (publish answers 200, sock
   }
 });
 
+test('self-healing: self-checks that keep failing while Redis answers rebuild the subscription connection, once per streak, logged with the reason and counted; delivery and cluster presence come back', { skip: NO_REDIS, timeout: 90_000 }, async (t) => {
+  const fixture = await startFixture();
+  const redisPort = await freePort();
+  const redis = await startRedis(redisPort);
+  const [A, B] = await cluster(redisPort, fixture);
+  const aliceB = await connect(B.url, { cookie: 'sid=alice-token', transports: ['websocket'] });
+  const ra = recorder(aliceB);
+  const rebuilds = async (s) => (await metrics(s.publishSocket)).get('sockgate_cluster_link_rebuilds_total') ?? 0;
+  try {
+    await crossDelivery(A, ra, 'alice', { timeout: 5000 });
+    assert.equal(await rebuilds(A), 0, 'no rebuild while the checks pass');
+
+    // Redis answers PING on every connection but holds every publish: the checks fail while
+    // Redis answers, the case a rebuild is for (a real broken path heals the same way).
+    const PAUSE_MS = 14_000;
+    assert.equal(await redisCommand(redisPort, 'CLIENT', 'PAUSE', String(PAUSE_MS), 'WRITE'), '+OK');
+    const pausedAt = Date.now();
+    await waitFor(async () => (await rebuilds(A)) === 1, {
+      timeout: PAUSE_MS - 1000,
+      interval: 200,
+      message: 'A to rebuild its subscription connection',
+    });
+    t.diagnostic(`fault: A rebuilt its subscription connection ${Date.now() - pausedAt} ms into the pause`);
+    assert.equal((await publishApi(A.publishSocket, 'GET', '/readyz')).status, 503);
+    await sleep(Math.max(0, PAUSE_MS - (Date.now() - pausedAt)));
+
+    await waitFor(async () => (await publishApi(A.publishSocket, 'GET', '/readyz')).status === 200, {
+      timeout: 15_000,
+      message: '/readyz on A to be 200 again',
+    });
+    t.diagnostic(`fault: A ready again ${Date.now() - pausedAt - PAUSE_MS} ms after the pause ended`);
+    await crossDelivery(A, ra, 'alice', { timeout: 10_000 });
+    const p = await publishApi(A.publishSocket, 'GET', '/users/alice');
+    assert.deepEqual([p.json.scope, p.json.sockets], ['cluster', 1], p.text);
+    // Once per streak: the next rebuild would come REBUILD_EVERY (30) failures later.
+    for (const s of [A, B]) {
+      assert.equal(await rebuilds(s), 1, 'one rebuild per instance');
+      const lines = s.proc.text().split('\n').filter((l) => l.includes('rebuilding the Redis subscription connection'));
+      assert.equal(lines.length, 1, lines.join('\n'));
+      assert.match(lines[0], /self-checks in a row failed .* while Redis answers/);
+    }
+  } finally {
+    closeAll([aliceB]);
+    await Promise.all([A.stop(), B.stop()]);
+    await fixture.stop();
+    await redis.kill('SIGKILL').catch(() => {});
+  }
+});
+
 test('a burst of cross-instance publishes is delivered whole (the subscriber buffer does not overflow)', { skip: NO_REDIS, timeout: 60_000 }, async (t) => {
   const fixture = await startFixture();
   const redis = await startRedis(await freePort());
