@@ -4,7 +4,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { startStack } from './harness.mjs';
+import net from 'node:net';
+import { startStack, waitFor, sleep } from './harness.mjs';
 import { pollingHandshake } from './fault-helpers.mjs';
 
 let s;
@@ -73,4 +74,52 @@ test('the sid of a session that just closed → numeric code too (answered by th
   assert.equal(r.status, 400, r.text);
   assert.equal(typeof r.json?.code, 'number', r.text);
   assert.deepEqual(r.json, { code: 1, message: 'Session ID unknown' });
+});
+
+/**
+ * Starts a long-poll GET on its own TCP connection and resolves, once the request is written
+ * and no answer has come for `settleMs`, with the raw socket (the poll is then pending).
+ */
+function pendingPoll(sid, cookie, settleMs = 300) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port: s.port, host: '127.0.0.1' }, () => {
+      sock.write(
+        `GET /socket.io/?EIO=4&transport=polling&sid=${sid} HTTP/1.1\r\n` +
+          `Host: 127.0.0.1:${s.port}\r\nCookie: ${cookie}\r\n\r\n`,
+      );
+      setTimeout(() => (answered ? reject(new Error(`the poll was answered: ${answered}`)) : resolve(sock)), settleMs);
+    });
+    let answered = '';
+    sock.on('data', (d) => (answered += d.toString('latin1')));
+    sock.on('error', reject);
+  });
+}
+
+test('a long-poll aborted by the client closes the session, as the reference server does', async () => {
+  const cookie = 'sid=user-aborted';
+  const { sid } = await pollingHandshake(s.url, cookie);
+  assert.ok(sid);
+  const connect = await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { method: 'POST', body: '40', cookie });
+  assert.equal(connect.status, 200, connect.text);
+  const first = await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { cookie });
+  assert.match(first.text, /^40\{"sid"/, 'the Socket.IO CONNECT reply');
+  await waitFor(async () => (await s.publishApi('GET', '/users/aborted')).json?.sockets === 1, {
+    message: 'the socket is connected',
+  });
+  // Nothing is queued: this poll waits (until the first ping, `ping_interval` away).
+  const sock = await pendingPoll(sid, cookie);
+  sock.destroy();
+  // Not probed with another poll first: a second poll while the first is pending closes the
+  // session anyway (multiple polling), which would hide whether the abort did.
+  await waitFor(async () => (await s.publishApi('GET', '/users/aborted')).json?.sockets === 0, {
+    timeout: 5000,
+    message: 'the socket left presence within 5 s of the abort (ping interval is 25 s)',
+  });
+  const next = await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { cookie });
+  assert.equal(next.status, 400, next.text);
+  assert.deepEqual(next.json, { code: 1, message: 'Session ID unknown' }, `body: ${next.text}`);
+  await waitFor(async () => (await s.publishApi('GET', '/stats')).json?.connections === 0, {
+    timeout: 5000,
+    message: '/stats connections back to 0',
+  });
 });
