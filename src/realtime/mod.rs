@@ -30,7 +30,7 @@ use tower::util::{BoxCloneSyncService, service_fn};
 
 use crate::body::{self, Body};
 use crate::cluster::{Cluster, ClusterAdapter};
-use crate::config::{Config, Transport, ms};
+use crate::config::{Config, Parser, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
@@ -177,6 +177,10 @@ pub async fn start(
         .max_buffer_size(config.max_buffer_size)
         .ws_read_buffer_size(config.ws_read_buffer_bytes)
         .connect_timeout(ms(config.connect_timeout_ms));
+    let builder = match config.parser {
+        Parser::Default => builder,
+        Parser::Msgpack => builder.with_parser(socketioxide::ParserConfig::msgpack()),
+    };
     let has = |t| config.transports.contains(&t);
     let builder = match (has(Transport::Polling), has(Transport::Websocket)) {
         (true, false) => builder.transports([TransportType::Polling]),
@@ -191,7 +195,10 @@ pub async fn start(
         .collect();
     kept_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     kept_headers.dedup();
-    let kept_headers: KeptHeaders = kept_headers.into();
+    let kept_headers = Handshake {
+        headers: kept_headers.into(),
+        accept_binary: config.parser == Parser::Msgpack,
+    };
     let admission = Admission::new(auth.clone(), config.max_pending_connections);
     let handlers = Handlers {
         auth: auth.clone(),
@@ -253,16 +260,35 @@ fn not_found() -> NotFound {
     }))
 }
 
-fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>, kept: KeptHeaders) -> RealtimeService {
+fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>, kept: Handshake) -> RealtimeService {
     let svc =
         ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(svc, body::boxed_response)
-            .map_request(move |req| detach_handshake_head(req, &kept));
+            .map_request(move |req| kept.prepare(req));
     BoxCloneSyncService::new(svc)
 }
 
 /// The headers a session keeps from its handshake: what the session check reads, and what
 /// Engine.IO reads from the request it is handed.
 type KeptHeaders = Arc<[http::HeaderName]>;
+
+/// How a handshake request is prepared before Engine.IO keeps it for the session's life.
+#[derive(Clone)]
+struct Handshake {
+    headers: KeptHeaders,
+    /// With the msgpack parser every Socket.IO packet from a client is an Engine.IO binary
+    /// message, which the engine refuses unless the session is marked.
+    accept_binary: bool,
+}
+
+impl Handshake {
+    fn prepare<B>(&self, req: http::Request<B>) -> http::Request<B> {
+        let mut req = detach_handshake_head(req, &self.headers);
+        if self.accept_binary && is_handshake(&req) {
+            req.extensions_mut().insert(engineioxide::AcceptBinary);
+        }
+        req
+    }
+}
 const ENGINE_IO_HEADERS: [&http::HeaderName; 2] = [
     &http::header::SEC_WEBSOCKET_KEY,
     &http::header::CONTENT_TYPE,

@@ -123,3 +123,25 @@ test('a long-poll aborted by the client closes the session, as the reference ser
     message: '/stats connections back to 0',
   });
 });
+
+test('with the default parser, binary from a client still closes its WebSocket (msgpack sessions only accept it)', async () => {
+  const { WebSocket } = await import('./fault-helpers.mjs');
+  const ws = new WebSocket(`${s.url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`, {
+    headers: { cookie: 'sid=user-binary' },
+  });
+  ws.on('error', () => {});
+  const frames = [];
+  const closed = new Promise((resolve) => ws.once('close', (code) => resolve(code)));
+  ws.on('message', (data, isBinary) => {
+    frames.push(data.toString());
+    if (!isBinary && data.toString().startsWith('0{')) ws.send('40');
+    if (!isBinary && data.toString().startsWith('40{')) {
+      // An event with one binary attachment: accepted, Socket.IO would complete (and drop) it.
+      ws.send('451-["hello",{"_placeholder":true,"num":0}]');
+      ws.send(Buffer.from([1, 2, 3]));
+    }
+  });
+  const code = await Promise.race([closed, sleep(5000).then(() => 'still open')]);
+  assert.notEqual(code, 'still open', `closed after a binary message: ${JSON.stringify(frames)}`);
+  assert.ok(frames.some((f) => f.startsWith('40{')), 'it had connected first');
+});

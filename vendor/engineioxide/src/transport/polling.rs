@@ -232,7 +232,12 @@ where
                 engine.handler.on_message(msg, socket.clone());
                 Ok(())
             }
-            // sockgate patch: binary from a client is refused, as on the WebSocket transport.
+            // sockgate patch: binary from a client is refused, as on the WebSocket transport,
+            // unless the session accepts it (see `AcceptBinary`).
+            Ok(Packet::Binary(data)) if socket.accepts_binary() => {
+                engine.handler.on_binary(data, socket.clone());
+                Ok(())
+            }
             Ok(p @ (Packet::Binary(_) | Packet::BinaryV3(_))) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(%sid, "binary packet from a client refused");
