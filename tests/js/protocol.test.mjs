@@ -13,6 +13,7 @@ import {
   startSockgate,
   freePort,
   connect,
+  connectError,
   client,
   nextEvent,
   publishOk,
@@ -142,3 +143,12 @@ test(
     recovering.close();
   },
 );
+
+test('a custom namespace is refused with connect_error "Invalid namespace", as a server without it', async () => {
+  const stack = await startStack();
+  after(() => stack.stop());
+  for (const transports of [['websocket'], ['polling']]) {
+    const err = await connectError(`${stack.url}/admin`, { cookie: 'sid=user-ns', transports });
+    assert.match(err.message, /Invalid namespace/, `${transports}: ${err.message}`);
+  }
+});
