@@ -124,6 +124,19 @@ pub struct RealtimeConfig {
     /// Time a new session gets to complete its Socket.IO CONNECT (including the session
     /// check) before it is closed and its memory freed.
     pub connect_timeout_ms: u64,
+    /// How Socket.IO packets are encoded: `default` (JSON text, socket.io-parser) or
+    /// `msgpack` (binary, for clients using socket.io-msgpack-parser). Every client of an
+    /// instance must use the same one, as with the reference server.
+    pub parser: Parser,
+}
+
+/// A Socket.IO packet encoding.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Parser {
+    #[default]
+    Default,
+    Msgpack,
 }
 
 /// An Engine.IO transport.
@@ -295,6 +308,7 @@ impl Default for RealtimeConfig {
             max_connections: 50_000,
             max_pending_connections: 1024,
             connect_timeout_ms: 10_000,
+            parser: Parser::Default,
         }
     }
 }

@@ -9,7 +9,7 @@ use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
 use super::history::Journal;
-use super::{CONNECTING_ROOM_PREFIX, connecting_room};
+use super::{CONNECTING_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, connecting_room, recovery_room};
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
 
@@ -119,8 +119,8 @@ impl Hub {
 
     /// Emits `event` with `data` to the target's sockets; returns how many sockets on this
     /// instance were targeted. A user room's messages get an offset and are kept in the
-    /// history (when enabled), and travel as `(data, {"offset"})`: handlers that take one
-    /// argument still get `data`.
+    /// history (when enabled); they travel as `(data, {"offset"})` to the sockets that asked
+    /// for offsets (in the user's recovery room) and as `data` alone to the others.
     pub async fn publish(
         &self,
         target: &Target,
@@ -128,7 +128,7 @@ impl Hub {
         data: &serde_json::Value,
     ) -> Result<usize, String> {
         let (recipients, dropped) = match target {
-            Target::Broadcast => self.deliver(None, event, data).await?,
+            Target::Broadcast => self.deliver(None, None, event, data).await?,
             Target::User(id) => {
                 self.publish_to_room(self.user_room(id), event, data)
                     .await?
@@ -160,7 +160,7 @@ impl Hub {
             .history()
             .filter(|_| room.starts_with(&self.room_prefix));
         let Some(history) = kept else {
-            return self.deliver(Some(room), event, data).await;
+            return self.deliver(Some(room), None, event, data).await;
         };
         // Held until delivered: a socket joining this room meanwhile replays it instead.
         let _joining = self.journal.lock(&room).await;
@@ -168,21 +168,30 @@ impl Hub {
             Some(offset) => {
                 // This user's sockets still waiting for their replay (it waits for the lock
                 // held here) get the message from it: they are recipients too.
-                let replaying = room
+                let user = room
                     .strip_prefix(self.room_prefix.as_str())
-                    .map(|user| with_io!(self, io => io.local().to(connecting_room(user)).sockets().len()))
-                    .unwrap_or(0);
+                    .unwrap_or_default();
+                let replaying =
+                    with_io!(self, io => io.local().to(connecting_room(user)).sockets().len());
+                // Two broadcasts, each encoded once: the plain one skips the recovery room.
+                let recovering = recovery_room(user);
+                let plain = self
+                    .deliver(Some(room), Some(recovering.clone()), event, data)
+                    .await?;
                 let meta = serde_json::json!({ "offset": offset });
-                let (delivered, dropped) = self.deliver(Some(room), event, &(data, meta)).await?;
-                Ok((delivered + replaying, dropped))
+                let with_offset = self
+                    .deliver(Some(recovering), None, event, &(data, meta))
+                    .await?;
+                Ok((plain.0 + with_offset.0 + replaying, plain.1 + with_offset.1))
             }
             None => {
                 // Not kept, so no replay will carry it: sockets still waiting for their
                 // replay get it live too (their replay reports the hole as a gap).
-                let (delivered, dropped) = self.deliver(Some(room.clone()), event, data).await?;
+                let (delivered, dropped) =
+                    self.deliver(Some(room.clone()), None, event, data).await?;
                 let waiting = match room.strip_prefix(self.room_prefix.as_str()) {
                     Some(user) => {
-                        self.deliver(Some(connecting_room(user)), event, data)
+                        self.deliver(Some(connecting_room(user)), None, event, data)
                             .await?
                     }
                     None => (0, 0),
@@ -192,21 +201,34 @@ impl Hub {
         }
     }
 
-    /// Hands one message to a room's sockets (all sockets when `room` is `None`): across
-    /// instances through Redis while it is reachable, else to this instance's sockets.
+    /// Hands one message to a room's sockets (all sockets when `room` is `None`) except those
+    /// also in `except`: across instances through Redis while it is reachable, else to this
+    /// instance's sockets.
     async fn deliver<P: serde::Serialize + ?Sized>(
         &self,
         room: Option<String>,
+        except: Option<String>,
         event: &str,
         payload: &P,
     ) -> Result<(usize, usize), String> {
+        let except: Vec<String> = except.into_iter().collect();
         if let Some(io) = self.cluster_io() {
             let local = match &room {
-                Some(room) => io.local().to(room.clone()).sockets().len(),
+                Some(room) => io
+                    .local()
+                    .to(room.clone())
+                    .except(except.clone())
+                    .sockets()
+                    .len(),
                 None => io.local().sockets().len(),
             };
             let sent = match &room {
-                Some(room) => io.to(room.clone()).emit(event, payload).await,
+                Some(room) => {
+                    io.to(room.clone())
+                        .except(except.clone())
+                        .emit(event, payload)
+                        .await
+                }
                 None => io.emit(event, payload).await,
             };
             match sent {
@@ -214,7 +236,7 @@ impl Hub {
                 // Sent to the other instances; some local sockets were full.
                 Err(BroadcastError::Socket(errors)) => {
                     let targeted = match &room {
-                        Some(room) => io.local().to(room.clone()).sockets(),
+                        Some(room) => io.local().to(room.clone()).except(except).sockets(),
                         None => io.local().sockets(),
                     };
                     return Ok((local, self.close_full(&errors, targeted)));
@@ -226,7 +248,7 @@ impl Hub {
             }
         }
         with_io!(self, io => match room {
-            Some(room) => self.emit_each(io.local().to(room).sockets(), event, payload),
+            Some(room) => self.emit_each(io.local().to(room).except(except).sockets(), event, payload),
             None => broadcast_locally(self, io, event, payload).await,
         })
     }
@@ -354,6 +376,10 @@ impl Hub {
         for room in &rooms {
             if let Some(user) = room.strip_prefix(CONNECTING_ROOM_PREFIX) {
                 users.insert(user);
+                continue;
+            }
+            // Its sockets are in their user room too.
+            if room.starts_with(RECOVERY_ROOM_PREFIX) {
                 continue;
             }
             public_rooms += 1;

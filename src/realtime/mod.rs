@@ -30,7 +30,7 @@ use tower::util::{BoxCloneSyncService, service_fn};
 
 use crate::body::{self, Body};
 use crate::cluster::{Cluster, ClusterAdapter};
-use crate::config::{Config, Transport, ms};
+use crate::config::{Config, Parser, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 
@@ -109,9 +109,33 @@ struct Handlers {
     journal: Arc<Journal>,
 }
 
-/// Where a socket's replay starts, decided at the handshake.
+/// Where a socket's replay starts, and in which shape it gets user messages, decided at the
+/// handshake.
 #[derive(Clone)]
-struct ReplayFrom(Since);
+struct ReplayFrom {
+    since: Since,
+    shape: Shape,
+}
+
+/// How a socket gets its user room's messages. Socket.IO clients in other languages call a
+/// handler with every argument sent (python-socketio raises on an extra one), so the offset
+/// goes only to sockets that asked for recovery.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Exactly what was published: one argument.
+    Plain,
+    /// `(data, {offset})`: the handshake's `auth` has an `offset` key (even `null`).
+    WithOffset,
+}
+
+impl Shape {
+    fn asked(auth: Option<&serde_json::Value>) -> Self {
+        match auth.and_then(|a| a.get("offset")) {
+            Some(_) => Shape::WithOffset,
+            None => Shape::Plain,
+        }
+    }
+}
 
 /// Builds the Socket.IO service once — in memory, or on the Redis adapter when `cluster` is
 /// given — and starts session revalidation.
@@ -157,6 +181,10 @@ pub async fn start(
         .max_buffer_size(config.max_buffer_size)
         .ws_read_buffer_size(config.ws_read_buffer_bytes)
         .connect_timeout(ms(config.connect_timeout_ms));
+    let builder = match config.parser {
+        Parser::Default => builder,
+        Parser::Msgpack => builder.with_parser(socketioxide::ParserConfig::msgpack()),
+    };
     let has = |t| config.transports.contains(&t);
     let builder = match (has(Transport::Polling), has(Transport::Websocket)) {
         (true, false) => builder.transports([TransportType::Polling]),
@@ -171,7 +199,10 @@ pub async fn start(
         .collect();
     kept_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     kept_headers.dedup();
-    let kept_headers: KeptHeaders = kept_headers.into();
+    let kept_headers = Handshake {
+        headers: kept_headers.into(),
+        accept_binary: config.parser == Parser::Msgpack,
+    };
     let admission = Admission::new(auth.clone(), config.max_pending_connections);
     let handlers = Handlers {
         auth: auth.clone(),
@@ -238,16 +269,35 @@ fn not_found() -> NotFound {
     }))
 }
 
-fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>, kept: KeptHeaders) -> RealtimeService {
+fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>, kept: Handshake) -> RealtimeService {
     let svc =
         ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(svc, body::boxed_response)
-            .map_request(move |req| detach_handshake_head(req, &kept));
+            .map_request(move |req| kept.prepare(req));
     BoxCloneSyncService::new(svc)
 }
 
 /// The headers a session keeps from its handshake: what the session check reads, and what
 /// Engine.IO reads from the request it is handed.
 type KeptHeaders = Arc<[http::HeaderName]>;
+
+/// How a handshake request is prepared before Engine.IO keeps it for the session's life.
+#[derive(Clone)]
+struct Handshake {
+    headers: KeptHeaders,
+    /// With the msgpack parser every Socket.IO packet from a client is an Engine.IO binary
+    /// message, which the engine refuses unless the session is marked.
+    accept_binary: bool,
+}
+
+impl Handshake {
+    fn prepare<B>(&self, req: http::Request<B>) -> http::Request<B> {
+        let mut req = detach_handshake_head(req, &self.headers);
+        if self.accept_binary && is_handshake(&req) {
+            req.extensions_mut().insert(engineioxide::AcceptBinary);
+        }
+        req
+    }
+}
 const ENGINE_IO_HEADERS: [&http::HeaderName; 2] = [
     &http::header::SEC_WEBSOCKET_KEY,
     &http::header::CONTENT_TYPE,
@@ -342,6 +392,7 @@ async fn check_session<A: Adapter>(
         // published from now on until then is part of the replay. Meanwhile the socket waits
         // in a room of its own, where a kick (`disconnect`) still finds it.
         Some(history) => {
+            let shape = Shape::asked(auth.as_ref());
             let offset = auth
                 .as_ref()
                 .and_then(|a| a.get("offset"))
@@ -361,7 +412,7 @@ async fn check_session<A: Adapter>(
                     Since::Head(history.head(&room).await)
                 }
             };
-            socket.extensions.insert(ReplayFrom(since));
+            socket.extensions.insert(ReplayFrom { since, shape });
         }
     }
     socket.extensions.insert(Identity { user_id });
@@ -370,7 +421,7 @@ async fn check_session<A: Adapter>(
 
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
-    if let (Some(history), Some(ReplayFrom(since)), Some(identity)) = (
+    if let (Some(history), Some(ReplayFrom { since, shape }), Some(identity)) = (
         handlers.journal.history(),
         // Taken, not copied: it is needed once, and each socket's memory counts.
         socket.extensions.remove::<ReplayFrom>(),
@@ -380,22 +431,24 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         // Held while replaying and joining: a publish to this room through this instance
         // waits, so each message is either replayed or delivered live — once, in order.
         let _publishing = handlers.journal.lock(&room).await;
-        let Some(replayed) = replay(&socket, history, &room, &since).await else {
-            finish_joining(&socket, room, &identity.user_id);
+        let Some(replayed) = replay(&socket, history, &room, &since, shape).await else {
+            finish_joining(&socket, room, &identity.user_id, shape);
             return;
         };
-        finish_joining(&socket, room.clone(), &identity.user_id);
-        if history.is_shared() {
+        finish_joining(&socket, room.clone(), &identity.user_id, shape);
+        if history.is_shared() && shape == Shape::WithOffset {
             // Another instance publishes without this lock: a message it appended after the
             // read above may have reached this instance live before the join, and so this
             // socket neither way. Read again from where the replay ended; what also came
             // live is sent twice, and clients drop an offset that is not newer than the
-            // last they saw.
+            // last they saw. A socket without offsets cannot tell a repeat, so it is not
+            // read again: like on a plain Socket.IO server, a message published while it
+            // was joining may miss it, but none comes twice.
             let since = match replayed.or(since_offset(since)) {
                 Some(offset) => Since::Client(offset),
                 None => Since::Head(Head::Empty),
             };
-            replay(&socket, history, &room, &since).await;
+            replay(&socket, history, &room, &since, shape).await;
         }
     }
 }
@@ -408,13 +461,14 @@ fn since_offset(since: Since) -> Option<String> {
     }
 }
 
-/// Sends `socket` what `room` has after `since`, or `recovery_failed`. Returns `None` after a
-/// gap, else the last offset sent (`None` inside when nothing was).
+/// Sends `socket` what `room` has after `since` in the socket's shape, or `recovery_failed`.
+/// Returns `None` after a gap, else the last offset sent (`None` inside when nothing was).
 async fn replay<A: Adapter>(
     socket: &SocketRef<A>,
     history: &History,
     room: &str,
     since: &Since,
+    shape: Shape,
 ) -> Option<Option<String>> {
     match history.replay(room, since).await {
         Replay::Entries(entries) => {
@@ -423,8 +477,13 @@ async fn replay<A: Adapter>(
             }
             let last = entries.last().map(|e| e.offset.clone());
             for entry in entries {
-                let meta = serde_json::json!({ "offset": entry.offset });
-                let _ = socket.emit(&*entry.event, &(&*entry.data, meta));
+                let _ = match shape {
+                    Shape::Plain => socket.emit(&*entry.event, &*entry.data),
+                    Shape::WithOffset => {
+                        let meta = serde_json::json!({ "offset": entry.offset });
+                        socket.emit(&*entry.event, &(&*entry.data, meta))
+                    }
+                };
             }
             Some(last)
         }
@@ -439,9 +498,13 @@ async fn replay<A: Adapter>(
     }
 }
 
-/// Moves a socket from its connecting room to its user room.
-fn finish_joining<A: Adapter>(socket: &SocketRef<A>, room: String, user_id: &str) {
-    socket.join(room);
+/// Moves a socket from its connecting room to its user room (and, when it gets offsets, to its
+/// user's recovery room, in the same call: a message is never delivered to it in between).
+fn finish_joining<A: Adapter>(socket: &SocketRef<A>, room: String, user_id: &str, shape: Shape) {
+    match shape {
+        Shape::Plain => socket.join(room),
+        Shape::WithOffset => socket.join([room, recovery_room(user_id)]),
+    }
     socket.leave(connecting_room(user_id));
     // A socket that closed while its replay waited was removed from its rooms already; the
     // join above would keep it in the room map for good.
@@ -465,6 +528,13 @@ pub(crate) fn connecting_room(user_id: &str) -> String {
     format!("{CONNECTING_ROOM_PREFIX}{user_id}")
 }
 pub(crate) const CONNECTING_ROOM_PREFIX: &str = "sockgate:connecting:";
+
+/// The room of a user's sockets that get `(data, {offset})`; they are in the user room too,
+/// which the hub's plain delivery excepts this room from. Internal, never published to by name.
+pub(crate) fn recovery_room(user_id: &str) -> String {
+    format!("{RECOVERY_ROOM_PREFIX}{user_id}")
+}
+pub(crate) const RECOVERY_ROOM_PREFIX: &str = "sockgate:recovery:";
 
 /// Rooms and events whose names start with this are sockgate's own: the publish API refuses
 /// them, so an app cannot reach a socket that is still being let in, or impersonate sockgate.
@@ -561,6 +631,7 @@ mod tests {
     #[test]
     fn internal_rooms_carry_the_internal_prefix() {
         assert!(connecting_room("alice").starts_with(INTERNAL_PREFIX));
+        assert!(recovery_room("alice").starts_with(INTERNAL_PREFIX));
     }
 
     #[test]

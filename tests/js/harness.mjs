@@ -506,8 +506,8 @@ export function nextEvent(socket, event, timeout = 5000) {
 
 /** Records every event received by `socket` as {event, args}. */
 export function recorder(socket) {
-  // sockgate sends a user room's messages as (data, {offset}); handlers see `data` first, as
-  // they always did. `events` keeps the payload only; `metas` keeps the second argument.
+  // sockgate sends a user room's messages as (data, {offset}) to sockets whose handshake asked
+  // for offsets, else as (data); handlers see `data` first either way. `events` keeps the payload only; `metas` keeps the second argument.
   const events = [];
   const metas = [];
   socket.onAny((event, data, meta) => {

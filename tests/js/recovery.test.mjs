@@ -17,7 +17,7 @@ function recoveringClient(url, cookie, opts = {}) {
     cookie,
     transports: ['websocket'],
     autoConnect: false,
-    auth: (cb) => cb(state.lastOffset ? { offset: state.lastOffset } : {}),
+    auth: (cb) => cb({ offset: state.lastOffset }),
     ...opts,
   });
   socket.onAny((_event, _data, meta) => {

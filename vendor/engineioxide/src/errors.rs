@@ -57,12 +57,13 @@ impl<B> From<Error> for Response<ResponseBody<B>> {
                 .body(ResponseBody::empty_response())
                 .unwrap(),
 
+            // sockgate patch: numeric `code`, as the reference server (see service/parser.rs).
             Error::UnknownSessionID(_) => {
-                conn_err_resp("{\"code\":\"1\",\"message\":\"Session ID unknown\"}")
+                conn_err_resp("{\"code\":1,\"message\":\"Session ID unknown\"}")
             }
 
             Error::TransportMismatch => {
-                conn_err_resp("{\"code\":\"3\",\"message\":\"Bad request\"}")
+                conn_err_resp("{\"code\":3,\"message\":\"Bad request\"}")
             }
 
             _e => {

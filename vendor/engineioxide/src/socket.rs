@@ -127,6 +127,13 @@ impl Debug for SessionHandle {
     }
 }
 
+/// sockgate patch: a handshake request carrying this extension opens a session whose client
+/// may send binary (Engine.IO binary messages), which is otherwise refused. For Socket.IO's
+/// msgpack parser, which encodes every packet as one binary message (no attachments to buffer
+/// across messages); each is bounded by `max_payload` / `ws_max_message_size` as any other.
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptBinary;
+
 /// What a [`SessionHandle`] can do, whatever the socket's data type.
 trait AbortSession: Send + Sync {
     fn abort(&self, reason: DisconnectReason) -> bool;
@@ -571,6 +578,13 @@ where
         }
         (self.close_fn)(self.id, reason);
         true
+    }
+
+    /// Whether this session's client may send binary (see [`AcceptBinary`]).
+    ///
+    /// sockgate patch.
+    pub(crate) fn accepts_binary(&self) -> bool {
+        self.req_parts.extensions.get::<AcceptBinary>().is_some()
     }
 
     /// Whether the session is being closed without flushing (see [`Socket::abort`]).

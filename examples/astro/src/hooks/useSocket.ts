@@ -1,8 +1,9 @@
 // Replaces usePusher: same interface, Socket.IO to the same origin (answered by sockgate).
 //
-// Missed messages: sockgate sends each user message as (payload, { offset }). The hook
-// remembers the last offset and reports it when it reconnects (the handshake `auth`, computed
-// per attempt), so sockgate replays what was published meanwhile, in order, before live
+// Missed messages: the hook asks for offsets in every handshake (`auth.offset`, `null` on the
+// first connect), so sockgate sends each user message as (payload, { offset }) — sockets that do
+// not ask get the payload alone. The hook remembers the last offset and reports it when it
+// reconnects (the handshake `auth`, computed per attempt), so sockgate replays what was published meanwhile, in order, before live
 // messages. If that is older than what sockgate keeps, it emits `recovery_failed` and the hook
 // calls `onReconnect` so the app refetches. Handlers still receive just the payload.
 // A message whose offset was seen already is dropped: in cluster mode a message published
@@ -68,7 +69,7 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
     const socket = io({
       path: '/socket.io',
       withCredentials: true,
-      auth: (cb) => cb(lastOffset ? { offset: lastOffset } : {}),
+      auth: (cb) => cb({ offset: lastOffset }),
       ...(forcePolling ? { transports: ['polling'] } : {}),
     });
 

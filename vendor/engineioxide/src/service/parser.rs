@@ -99,17 +99,19 @@ impl<B> From<ParseError> for Response<ResponseBody<B>> {
                 .body(ResponseBody::custom_response(message.into()))
                 .unwrap()
         };
+        // sockgate patch: `code` is a number, as the reference server (engine.io) sends it;
+        // clients that compare it (`code === 1`) or decode it into an integer rely on that.
         match err {
-            UnknownTransport => conn_err_resp("{\"code\":\"0\",\"message\":\"Transport unknown\"}"),
+            UnknownTransport => conn_err_resp("{\"code\":0,\"message\":\"Transport unknown\"}"),
             BadHandshakeMethod => {
-                conn_err_resp("{\"code\":\"2\",\"message\":\"Bad handshake method\"}")
+                conn_err_resp("{\"code\":2,\"message\":\"Bad handshake method\"}")
             }
-            TransportMismatch => conn_err_resp("{\"code\":\"3\",\"message\":\"Bad request\"}"),
+            TransportMismatch => conn_err_resp("{\"code\":3,\"message\":\"Bad request\"}"),
             UnsupportedProtocolVersion => {
-                conn_err_resp("{\"code\":\"5\",\"message\":\"Unsupported protocol version\"}")
+                conn_err_resp("{\"code\":5,\"message\":\"Unsupported protocol version\"}")
             }
             UnknownSessionId => {
-                conn_err_resp("{\"code\":\"1\",\"message\":\"Session ID unknown\"}")
+                conn_err_resp("{\"code\":1,\"message\":\"Session ID unknown\"}")
             }
         }
     }

@@ -12,8 +12,13 @@ use tokio_util::future::FutureExt as _;
 use engineioxide_core::{Packet, ProtocolVersion, Sid, TransportType};
 
 use crate::{
-    DisconnectReason, body::ResponseBody, engine::EngineIo, errors::Error,
-    handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    DisconnectReason,
+    body::ResponseBody,
+    engine::EngineIo,
+    errors::Error,
+    handler::EngineIoHandler,
+    socket::{InternalRx, Socket},
+    transport::make_open_packet,
 };
 
 /// Create a response for http request
@@ -116,6 +121,9 @@ where
     tracing::debug!(%sid, %protocol, supports_binary = socket.supports_binary, "polling request");
 
     let max_payload = engine.config.max_payload;
+    // sockgate patch: dropped unanswered, this poll was aborted by the client (hyper drops the
+    // request's future when its connection closes); see `AbortedPoll`.
+    let unanswered = AbortedPoll(Some(&*socket));
     let payload = {
         let InternalRx {
             buffered_rx,
@@ -135,6 +143,7 @@ where
             .await
     };
 
+    unanswered.answered();
     let Some(Payload {
         data,
         has_binary,
@@ -154,6 +163,30 @@ where
     tracing::trace!(%sid, %protocol, supports_binary = socket.supports_binary, "sending data: {:?}", data);
 
     Ok(http_response(StatusCode::OK, data, has_binary))
+}
+
+/// sockgate patch: closes the session when a pending poll is dropped before it was answered,
+/// i.e. the client aborted the request or its connection closed. The reference server does
+/// the same ("poll connection closed prematurely"; Engine.IO's test suite: "closes the session
+/// upon cancelled polling request"); without it the session, its Socket.IO socket and its
+/// place in the rooms and counts lingered until the ping timeout.
+struct AbortedPoll<'a, D: Default + Send + Sync + 'static>(Option<&'a Socket<D>>);
+
+impl<D: Default + Send + Sync + 'static> AbortedPoll<'_, D> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<D: Default + Send + Sync + 'static> Drop for AbortedPoll<'_, D> {
+    fn drop(&mut self) {
+        if let Some(socket) = self.0 {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "polling request aborted by the client, closing the session");
+            // Nothing can be written to this client any more: no close packet, no grace.
+            socket.abort(DisconnectReason::TransportError);
+        }
+    }
 }
 
 /// Handle http polling post request
@@ -199,7 +232,12 @@ where
                 engine.handler.on_message(msg, socket.clone());
                 Ok(())
             }
-            // sockgate patch: binary from a client is refused, as on the WebSocket transport.
+            // sockgate patch: binary from a client is refused, as on the WebSocket transport,
+            // unless the session accepts it (see `AcceptBinary`).
+            Ok(Packet::Binary(data)) if socket.accepts_binary() => {
+                engine.handler.on_binary(data, socket.clone());
+                Ok(())
+            }
             Ok(p @ (Packet::Binary(_) | Packet::BinaryV3(_))) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(%sid, "binary packet from a client refused");

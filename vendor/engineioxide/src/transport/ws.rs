@@ -273,9 +273,14 @@ where
                 }
                 p => return Err(Error::BadPacket(p)),
             },
-            // sockgate patch: a client never sends binary to sockgate, and Socket.IO would
+            // sockgate patch: unless the session accepts binary (the msgpack parser: one
+            // message per packet), a client never sends binary to sockgate, and Socket.IO would
             // buffer every attachment of an event until the last arrives: refuse the first
             // one and close the session (tungstenite has read at most ws_max_message_size).
+            Message::Binary(data) if socket.accepts_binary() => {
+                engine.handler.on_binary(data, socket.clone());
+                Ok(())
+            }
             Message::Binary(data) => return Err(Error::BadPacket(Packet::Binary(data))),
             Message::Close(_) => {
                 #[cfg(feature = "tracing")]
