@@ -534,3 +534,26 @@ export function closeAll(sockets) {
     registry.sockets.delete(s);
   }
 }
+
+/** A client that remembers the last offset it saw and reports it on every (re)connect. */
+export function recoveringClient(url, cookie, opts = {}) {
+  const state = { lastOffset: null };
+  const socket = client(url, {
+    cookie,
+    transports: ['websocket'],
+    autoConnect: false,
+    auth: (cb) => cb({ offset: state.lastOffset }),
+    ...opts,
+  });
+  socket.onAny((_event, _data, meta) => {
+    if (meta && typeof meta.offset === 'string') state.lastOffset = meta.offset;
+  });
+  return { socket, state };
+}
+
+/** Connects a client made with `autoConnect: false`; resolves on `connect`. */
+export async function connected(socket) {
+  const done = nextEvent(socket, 'connect', 5000);
+  socket.connect();
+  await done;
+}

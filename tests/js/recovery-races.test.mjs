@@ -7,33 +7,12 @@ import assert from 'node:assert/strict';
 
 import {
   startFixture, startSockgate, client, nextEvent, recorder, waitFor, freePort, sleep, publishOk, publishApi,
+  recoveringClient, connected,
 } from './harness.mjs';
 import { findRedisServer, startRedis } from './cluster-helpers.mjs';
 
 const haveRedis = !!findRedisServer();
 const noRedis = !haveRedis && 'redis-server not installed';
-
-/** A client that remembers the last offset it saw and reports it on every (re)connect. */
-function recoveringClient(url, cookie, opts = {}) {
-  const state = { lastOffset: null };
-  const socket = client(url, {
-    cookie,
-    transports: ['websocket'],
-    autoConnect: false,
-    auth: (cb) => cb({ offset: state.lastOffset }),
-    ...opts,
-  });
-  socket.onAny((_event, _data, meta) => {
-    if (meta && typeof meta.offset === 'string') state.lastOffset = meta.offset;
-  });
-  return { socket, state };
-}
-
-async function connected(socket) {
-  const done = nextEvent(socket, 'connect', 5000);
-  socket.connect();
-  await done;
-}
 
 async function gone(sg, userId) {
   await waitFor(async () => (await publishApi(sg.publishSocket, 'GET', `/users/${userId}`)).json?.sockets === 0, {

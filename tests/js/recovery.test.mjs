@@ -6,31 +6,9 @@ import { spawnSync, spawn } from 'node:child_process';
 
 import {
   startStack, startFixture, startSockgate, client, connect, nextEvent, recorder, waitFor, freePort, sleep,
-  publishOk, tmpDir,
+  publishOk, tmpDir, recoveringClient, connected,
 } from './harness.mjs';
 import path from 'node:path';
-
-/** A client that remembers the last offset it saw and reports it on every (re)connect. */
-function recoveringClient(url, cookie, opts = {}) {
-  const state = { lastOffset: null };
-  const socket = client(url, {
-    cookie,
-    transports: ['websocket'],
-    autoConnect: false,
-    auth: (cb) => cb({ offset: state.lastOffset }),
-    ...opts,
-  });
-  socket.onAny((_event, _data, meta) => {
-    if (meta && typeof meta.offset === 'string') state.lastOffset = meta.offset;
-  });
-  return { socket, state };
-}
-
-async function connected(socket) {
-  const done = nextEvent(socket, 'connect', 5000);
-  socket.connect();
-  await done;
-}
 
 test('single instance: 20 messages published while away arrive once, in order, before live ones', async () => {
   const stack = await startStack({ env: { SIDECAR_REALTIME__TRANSPORTS: '["websocket"]' } });
