@@ -33,11 +33,13 @@ pub struct ConnectionLimit {
 }
 
 impl ConnectionLimit {
-    /// `configured == 0` means half the soft file descriptor limit: the other half is left for
-    /// the app connections those clients cause, the publish socket and the rest.
+    /// `configured == 0` derives the cap from the file descriptor limit (raised to its hard
+    /// maximum first, as Go and nginx do: containers often start with a soft limit of 1,024),
+    /// keeping an eighth of it (at least 256) for the app connections those clients cause,
+    /// the publish socket and the rest.
     pub fn new(configured: usize) -> Self {
         let max = match configured {
-            0 => fd_limit().map_or(10_000, |n| (n / 2).max(64)),
+            0 => fd_limit().map_or(10_000, |n| n.saturating_sub((n / 8).max(256)).max(64)),
             n => n,
         };
         Self {
@@ -56,9 +58,22 @@ impl ConnectionLimit {
     }
 }
 
+/// The file descriptor limit, after raising the soft limit to the hard one (each socket is a
+/// descriptor; nothing is gained by refusing connections the system allows).
 fn fd_limit() -> Option<usize> {
-    let (soft, _) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()?;
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let soft = match soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        true => {
+            tracing::info!(
+                from = soft,
+                to = hard,
+                "raised the file descriptor limit (ulimit -n)"
+            );
+            hard
+        }
+        false => soft,
+    };
     usize::try_from(soft).ok()
 }
 

@@ -175,7 +175,7 @@ pub async fn serve(
         .keep_alive_timeout(ms(config.header_read_timeout_ms));
     let graceful = GracefulShutdown::new();
     let limit = ConnectionLimit::new(config.max_connections);
-    tracing::debug!(
+    tracing::info!(
         max = limit.max(),
         "client connection cap (server.max_connections)"
     );

@@ -672,3 +672,61 @@ async fn default_publish_socket_is_in_a_private_directory() {
     drop(_sg);
     let _ = std::fs::remove_dir_all(&runtime_dir);
 }
+
+/// A container that starts sockgate with a soft `ulimit -n` of 1,024 (and a higher hard
+/// limit) does not cap it at a few hundred connections: the soft limit is raised first, and
+/// the default cap leaves an eighth of it for app connections.
+#[test]
+fn the_default_connection_cap_follows_the_raised_fd_limit() {
+    use std::io::{BufRead, BufReader};
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("prlimit (util-linux) is not installed; skipped");
+        return;
+    }
+    let dir = temp_dir("fdlimit");
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=1024:8192", "--", sockgate_bin()])
+        .current_dir(&dir)
+        .env("SIDECAR_SERVER__HOST", "127.0.0.1")
+        .env("SIDECAR_SERVER__PORT", free_port().to_string())
+        .env(
+            "SIDECAR_UPSTREAM__URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("SIDECAR_PUBLISH__SOCKET", dir.join("sg.sock"))
+        .env("SIDECAR_LOG__FILTER", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sockgate runs under prlimit");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while let Ok(line) = read.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let done = line.contains("client connection cap");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    assert!(
+        log.contains("raised the file descriptor limit") && log.contains("to=8192"),
+        "{log}"
+    );
+    assert!(log.contains("max=7168"), "8192 less an eighth: {log}");
+}
