@@ -51,7 +51,7 @@ pub struct ServerConfig {
     /// and HTTP/2 alike; hyper has no idle timeout of its own for HTTP/2).
     pub idle_timeout_ms: u64,
     /// Most client connections open at once (upgraded ones included); further connections
-    /// are accepted and closed at once. `0` = the file descriptor limit (raised to the hard limit) less an eighth.
+    /// are accepted and closed at once. `0` = the file descriptor limit (raised to the hard limit) less 1/64 of it (256 to 4,096).
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,

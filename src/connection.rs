@@ -35,11 +35,13 @@ pub struct ConnectionLimit {
 impl ConnectionLimit {
     /// `configured == 0` derives the cap from the file descriptor limit (raised to its hard
     /// maximum first, as Go and nginx do: containers often start with a soft limit of 1,024),
-    /// keeping an eighth of it (at least 256) for the app connections those clients cause,
-    /// the publish socket and the rest.
+    /// keeping 1/64 of it (256 to 4,096 descriptors) for the app connections those clients
+    /// cause, the publish socket and the rest: sockets are what the descriptors are for.
     pub fn new(configured: usize) -> Self {
         let max = match configured {
-            0 => fd_limit().map_or(10_000, |n| n.saturating_sub((n / 8).max(256)).max(64)),
+            0 => fd_limit().map_or(10_000, |n| {
+                n.saturating_sub((n / 64).clamp(256, 4096)).max(64)
+            }),
             n => n,
         };
         Self {
@@ -171,7 +173,10 @@ pub struct Connection {
     _place: OwnedSemaphorePermit,
     activity: Arc<Activity>,
     idle_timeout: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// `None` once the connection is upgraded: a registered timer keeps the waker of the
+    /// task that last polled it, which would pin the finished HTTP task (≈ 2.4 KiB) for the
+    /// life of every WebSocket.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -186,7 +191,7 @@ impl Connection {
             _place: place,
             activity: activity.clone(),
             idle_timeout,
-            timer: Box::pin(tokio::time::sleep(idle_timeout)),
+            timer: Some(Box::pin(tokio::time::sleep(idle_timeout))),
         };
         (conn, activity)
     }
@@ -200,23 +205,25 @@ impl Connection {
     fn idle(&mut self, cx: &mut Context<'_>) -> bool {
         let activity = &self.activity;
         if activity.upgraded.load(Ordering::Relaxed) {
+            self.timer = None;
             return false;
         }
+        let Some(timer) = self.timer.as_mut() else {
+            return false;
+        };
         loop {
             if activity.in_flight.load(Ordering::Acquire) > 0 {
                 // Busy: only keep the timer armed, so the idle check runs after the request.
-                if self.timer.is_elapsed() {
-                    self.timer
-                        .as_mut()
-                        .reset(Instant::now() + self.idle_timeout);
+                if timer.is_elapsed() {
+                    timer.as_mut().reset(Instant::now() + self.idle_timeout);
                 }
             } else {
                 let due = activity.last() + self.idle_timeout;
-                if self.timer.deadline() != due {
-                    self.timer.as_mut().reset(due);
+                if timer.deadline() != due {
+                    timer.as_mut().reset(due);
                 }
             }
-            match self.timer.as_mut().poll(cx) {
+            match timer.as_mut().poll(cx) {
                 Poll::Pending => return false,
                 // Recheck: a request may have started or ended since the timer was armed.
                 Poll::Ready(()) => {
