@@ -296,6 +296,25 @@ fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
+impl Link {
+    /// A link whose connection was never made (down, as while Redis is away), with a
+    /// commands client on the same unconnected configuration.
+    pub(crate) fn never_connected() -> (Link, fred::clients::Client) {
+        let builder = Builder::default_centralized();
+        let link = Link {
+            client: builder
+                .build_subscriber_client()
+                .expect("default Redis configuration"),
+            subscribed: Arc::new(AtomicBool::new(false)),
+            outage_logged: Arc::new(AtomicBool::new(false)),
+            canary_failure: Arc::new(Mutex::new(None)),
+            recheck: Arc::new(Notify::new()),
+        };
+        (link, builder.build().expect("default Redis configuration"))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #[test]
     fn passwords_never_reach_logs() {

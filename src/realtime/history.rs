@@ -342,7 +342,10 @@ struct Unkept {
 }
 
 /// Keeps a message, starting a new generation when there is none (new, expired or lost
-/// stream) or when asked to (a message of this room could not be kept).
+/// stream) or when asked to (a message of this room could not be kept). Each entry names the
+/// entry before it (`p`, empty for a generation's first): trimming leaves no trace a reader
+/// can check (`max-deleted-entry-id` only follows `XDEL`), so a replay checks that the first
+/// entry it reads follows the offset it starts from.
 /// KEYS: stream, generation. ARGV: new generation, max len, ttl ms, event, data, "1" = retire.
 const APPEND_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[2])
@@ -351,25 +354,21 @@ if (not epoch) or ARGV[6] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
   epoch = ARGV[1]
   redis.call('SET', KEYS[2], epoch)
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[4], 'd', ARGV[5])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = ''
+if #newest > 0 then prev = newest[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'p', prev, 'e', ARGV[4], 'd', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return {epoch, id}
 ";
 
-/// Reads, in one step, the generation, the highest trimmed id and the entries after ARGV[1]
-/// (at most ARGV[2]). KEYS: stream, generation.
+/// Reads, in one step, the generation and the entries after ARGV[1] (at most ARGV[2]).
+/// KEYS: stream, generation.
 const REPLAY_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[2])
-if not epoch then return {'', '0-0', {}} end
-local deleted = '0-0'
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
-  end
-end
-return {epoch, deleted, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+if not epoch then return {'', {}} end
+return {epoch, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
 ";
 
 /// The generation and the newest id, in one step. KEYS: stream, generation.
@@ -488,7 +487,9 @@ impl RedisHistory {
 
     async fn head(&self, room: &str) -> Head {
         if !self.link.is_up() {
-            return Head::Empty;
+            // Not `Empty`: that would make everything the stream holds "newer than the
+            // handshake", and once the link is back the replay would send old messages.
+            return Head::Unknown;
         }
         let newest: Result<Vec<String>, _> = self
             .client
@@ -532,7 +533,7 @@ impl RedisHistory {
                 vec![start, (limit + 1).to_string()],
             )
             .await;
-        let Some((current, deleted, entries)) = read.ok().and_then(parse_replay) else {
+        let Some((current, entries)) = read.ok().and_then(parse_replay) else {
             return Replay::Gap;
         };
         let client = matches!(since, Since::Client(_));
@@ -546,7 +547,14 @@ impl RedisHistory {
                 self.whole(room).await
             };
         }
-        if client && after.is_some_and(|id| stream_id_after(&deleted, id)) {
+        // The first entry read must be the one right after the offset (or the generation's
+        // first): else what came between was trimmed (a client far behind, or a head read at
+        // the handshake followed by more messages than trimming keeps).
+        let follows = after.unwrap_or_default();
+        if entries
+            .first()
+            .is_some_and(|first| first.prev.as_deref() != Some(follows))
+        {
             return Replay::Gap;
         }
         if entries.len() > limit {
@@ -555,10 +563,10 @@ impl RedisHistory {
         Replay::Entries(
             entries
                 .into_iter()
-                .map(|(id, event, data)| Entry {
-                    offset: format!("{current}:{id}"),
-                    event,
-                    data,
+                .map(|kept| Entry {
+                    offset: format!("{current}:{}", kept.id),
+                    event: kept.event,
+                    data: kept.data,
                 })
                 .collect(),
         )
@@ -570,16 +578,23 @@ impl RedisHistory {
     }
 }
 
-/// (generation, highest trimmed id, entries) from the replay script's answer.
-type Read = (String, String, Vec<(String, Arc<str>, Arc<Value>)>);
+/// One stream entry as read.
+struct Kept {
+    id: String,
+    /// The entry before it in its generation (`""` for the first); `None` when the entry does
+    /// not say (written by an older sockgate): then it cannot be shown to follow anything.
+    prev: Option<String>,
+    event: Arc<str>,
+    data: Arc<Value>,
+}
 
-fn parse_replay(reply: RedisValue) -> Option<Read> {
+/// (generation, entries) from the replay script's answer.
+fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
     let RedisValue::Array(parts) = reply else {
         return None;
     };
     let mut parts = parts.into_iter();
     let epoch = parts.next()?.into_string()?;
-    let deleted = parts.next()?.into_string()?;
     let RedisValue::Array(raw) = parts.next()? else {
         return None;
     };
@@ -606,18 +621,14 @@ fn parse_replay(reply: RedisValue) -> Option<Read> {
         // An entry that cannot be read makes the whole read fail: a gap, never a skip.
         let data = serde_json::from_str(field("d")?).ok()?;
         let event = field("e")?;
-        entries.push((id, event.as_str().into(), Arc::new(data)));
+        entries.push(Kept {
+            id,
+            prev: field("p").cloned(),
+            event: event.as_str().into(),
+            data: Arc::new(data),
+        });
     }
-    Some((epoch, deleted, entries))
-}
-
-/// Whether stream id `a` comes after `b` ("ms-seq" ids compare numerically, part by part).
-fn stream_id_after(a: &str, b: &str) -> bool {
-    let parse = |id: &str| -> (u64, u64) {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    };
-    parse(a) > parse(b)
+    Some((epoch, entries))
 }
 
 #[cfg(test)]
@@ -696,24 +707,29 @@ mod tests {
         let entry = |id: &str, data: &str| {
             RedisValue::Array(vec![
                 s(id),
-                RedisValue::Array(vec![s("e"), s("n"), s("d"), s(data)]),
+                RedisValue::Array(vec![s("p"), s("5-0"), s("e"), s("n"), s("d"), s(data)]),
             ])
         };
-        let reply =
-            |entries| RedisValue::Array(vec![s("g1"), s("5-0"), RedisValue::Array(entries)]);
-        let (epoch, deleted, entries) =
+        let reply = |entries| RedisValue::Array(vec![s("g1"), RedisValue::Array(entries)]);
+        let (epoch, entries) =
             parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{\"a\":2}")])).unwrap();
-        assert_eq!((epoch.as_str(), deleted.as_str()), ("g1", "5-0"));
-        let ids: Vec<_> = entries.iter().map(|(id, ..)| id.as_str()).collect();
+        assert_eq!(epoch, "g1");
+        let ids: Vec<_> = entries.iter().map(|kept| kept.id.as_str()).collect();
         assert_eq!(ids, ["6-0", "7-0"]);
+        assert_eq!(entries[0].prev.as_deref(), Some("5-0"));
         // One unreadable entry fails the read (a gap), instead of being skipped.
         assert!(parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{")])).is_none());
     }
 
-    #[test]
-    fn stream_ids_compare_numerically() {
-        assert!(stream_id_after("1700000000001-0", "1700000000000-9"));
-        assert!(stream_id_after("5-10", "5-9"));
-        assert!(!stream_id_after("0-0", "5-9"));
+    #[tokio::test]
+    async fn a_head_read_while_the_link_is_down_is_unknown() {
+        let (link, client) = crate::cluster::Link::never_connected();
+        let history = History::redis(client, link, 5, Duration::from_secs(60));
+        // Not `Empty`, which would replay the whole stream once the link is back.
+        assert_eq!(history.head("user:a").await, Head::Unknown);
+        assert!(matches!(
+            history.replay("user:a", &Since::Head(Head::Unknown)).await,
+            Replay::Gap
+        ));
     }
 }

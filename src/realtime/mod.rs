@@ -487,6 +487,9 @@ async fn replay<A: Adapter>(
             }
             Some(last)
         }
+        // A client that asked for no offsets and has seen nothing: there is nothing it could
+        // refetch on this word, so it starts with live messages.
+        Replay::Gap if shape == Shape::Plain && *since == Since::Head(Head::Unknown) => Some(None),
         Replay::Gap => {
             tracing::debug!(socket = %log_id(socket.id), "history gap: client told to refetch");
             let _ = socket.emit(

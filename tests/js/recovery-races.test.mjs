@@ -4,6 +4,7 @@
 // cannot be given everything it missed gets `recovery_failed` — never a silent gap.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 
 import {
   startFixture, startSockgate, client, nextEvent, recorder, waitFor, freePort, sleep, publishOk, publishApi,
@@ -91,6 +92,55 @@ test('cluster: a client far behind gets everything the stream keeps, or recovery
     { events: rec.events.filter((e) => e.args[0] !== 61) }, before, missed, 'replay 60 behind',
   );
   assert.ok(!failed, 'the stream (MAXLEN ~ keeps whole nodes) still had all 60: they are replayed');
+});
+
+/** `redis-cli` against the test's own Redis, one reply per line (`--raw`). */
+function redisCli(redis, ...args) {
+  return execFileSync('redis-cli', ['-p', String(redis.port), '--raw', ...args], { encoding: 'utf8' }).trim().split('\n');
+}
+
+/** Connects a new recovering socket of `cookie` reporting `offset`; resolves with its recorder once it settled. */
+async function reconnectFrom(url, cookie, offset) {
+  const { socket, state } = recoveringClient(url, cookie);
+  state.lastOffset = offset;
+  const rec = recorder(socket);
+  await connected(socket);
+  return { socket, rec };
+}
+
+test('cluster: at the trim edge the replay is whole when continuous and recovery_failed when not (300 behind, max_messages 5)', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({ SIDECAR_HISTORY__MAX_MESSAGES: '5' });
+  // Stays connected: learns every offset, trimmed or not.
+  const { socket: listener } = recoveringClient(sg.url, 'sid=user-edge');
+  const all = recorder(listener);
+  await connected(listener);
+  const TOTAL = 300;
+  for (let n = 1; n <= TOTAL; n++) await publishOk(sg.publishSocket, { userId: 'edge', data: n });
+  await all.waitCount(TOTAL, `${TOTAL} live messages`, 10_000);
+  const offsets = all.metas.map((m) => m.offset);
+  const ids = offsets.map((o) => o.slice(o.indexOf(':') + 1));
+  const key = 'sockgate:history:user:edge';
+  const oldestKept = ids.indexOf(redisCli(redis, 'XRANGE', key, '-', '+', 'COUNT', '1')[0]);
+  assert.ok(oldestKept > 2, `the stream was trimmed (oldest kept: message ${oldestKept + 1} of ${TOTAL})`);
+  const messages = (from) => Array.from({ length: TOTAL - from }, (_, i) => from + i + 1);
+
+  // The offset of the last trimmed entry: nothing after it is gone.
+  const justBefore = await reconnectFrom(sg.url, 'sid=user-edge', offsets[oldestKept - 1]);
+  // The offset of the oldest kept entry.
+  const at = await reconnectFrom(sg.url, 'sid=user-edge', offsets[oldestKept]);
+  // One further back: the entry after it was trimmed.
+  const behind = await reconnectFrom(sg.url, 'sid=user-edge', offsets[oldestKept - 2]);
+  // Far behind: the first message's offset.
+  const far = await reconnectFrom(sg.url, 'sid=user-edge', offsets[0]);
+  await publishOk(sg.publishSocket, { userId: 'edge', data: TOTAL + 1 });
+  for (const { rec } of [justBefore, at, behind, far]) {
+    await rec.waitFor((e) => e.args[0] === TOTAL + 1, 'the live message after the replay');
+  }
+  const replayed = ({ rec }) => ({ events: rec.events.filter((e) => e.args[0] !== TOTAL + 1) });
+  assert.ok(!assertWholeOrFailed(replayed(justBefore), 0, messages(oldestKept), 'offset of the last trimmed entry'), 'continuous: replayed');
+  assert.ok(!assertWholeOrFailed(replayed(at), 0, messages(oldestKept + 1), 'offset of the oldest kept entry'), 'continuous: replayed');
+  assert.ok(assertWholeOrFailed(replayed(behind), 0, [], 'offset before the last trimmed entry'), 'a trimmed message: recovery_failed');
+  assert.ok(assertWholeOrFailed(replayed(far), 0, [], `${TOTAL} behind`), 'far behind: recovery_failed');
 });
 
 test('cluster: a stream that expired and was recreated is a gap, not a short replay', { skip: noRedis }, async () => {
@@ -302,10 +352,32 @@ test('cluster: a fresh client whose head cannot be read is told to refetch, not 
   assert.deepEqual(rec.of('notification'), [], 'messages from before the handshake are not replayed');
 });
 
+test('cluster: a fresh client without offsets whose head cannot be read starts live: no old messages, no recovery_failed', { skip: noRedis }, async () => {
+  const redis = await startRedis(await freePort());
+  after(() => redis.kill());
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const proxy = await headReadBlackhole(redis.port);
+  const sg = await startSockgate({ upstreamUrl: fixture.url, env: { ...WS, SIDECAR_CLUSTER__REDIS_URL: proxy.url } });
+  after(() => sg.stop());
+  for (let n = 1; n <= 3; n++) await publishOk(sg.publishSocket, { userId: 'hdp', data: n }); // before the client
+  const socket = client(sg.url, { cookie: 'sid=user-hdp', transports: ['websocket'], autoConnect: false });
+  const rec = recorder(socket);
+  proxy.arm();
+  await connected(socket); // CONNECT comes once the head read gave up
+  assert.ok(proxy.swallowed() > 0, 'the head read was the one left unanswered');
+  await sleep(200);
+  await publishOk(sg.publishSocket, { userId: 'hdp', data: 4 });
+  await rec.waitFor((e) => e.args[0] === 4, 'the live message', 5000);
+  await sleep(200);
+  assert.deepEqual(rec.events, [{ event: 'notification', args: [4] }], 'live messages only');
+});
+
 /**
  * A TCP proxy to Redis that, once armed, never answers a connection that asked for a
- * history head (the script reading `XREVRANGE … COUNT 1`): Redis replies in order, so that
- * connection's later replies are held back too, until the client gives up on it.
+ * history head (the head script, told apart from the append script, which reads the newest
+ * entry too, by its `#newest == 0`): Redis replies in order, so that connection's later
+ * replies are held back too, until the client gives up on it.
  */
 async function headReadBlackhole(redisPort) {
   const net = await import('node:net');
@@ -316,7 +388,7 @@ async function headReadBlackhole(redisPort) {
     const upstream = net.connect({ port: redisPort, host: '127.0.0.1' });
     let mute = false;
     client.on('data', (d) => {
-      if (armed && /XREVRANGE/.test(d.toString('latin1'))) mute = true;
+      if (armed && /#newest == 0/.test(d.toString('latin1'))) mute = true;
       upstream.write(d);
     });
     upstream.on('data', (d) => {
