@@ -474,6 +474,6 @@ pub(crate) fn disconnect<A: Adapter>(socket: &socketioxide::extract::SocketRef<A
 /// Closes a socket's transport at once, whatever its queue holds: the session leaves its rooms,
 /// presence and counts, and frees its slot and file descriptor, as on any disconnect. True if
 /// this call closed it (false if it was closing already).
-fn close_now<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
+pub(crate) fn close_now<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
     session(socket).is_some_and(|s| s.abort(engineioxide::DisconnectReason::TransportError))
 }

@@ -23,7 +23,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
-use socketioxide::{SocketIo, TransportType};
+use socketioxide::{SendError, SocketError, SocketIo, TransportType};
 use socketioxide_core::adapter::DefinedAdapter;
 use tower::ServiceExt;
 use tower::util::{BoxCloneSyncService, service_fn};
@@ -431,7 +431,9 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         // Held while replaying and joining: a publish to this room through this instance
         // waits, so each message is either replayed or delivered live — once, in order.
         let _publishing = handlers.journal.lock(&room).await;
-        let Some(replayed) = replay(&socket, history, &room, &since, shape).await else {
+        let Some(replayed) =
+            replay(&socket, &handlers.metrics, history, &room, &since, shape).await
+        else {
             finish_joining(&socket, room, &identity.user_id, shape);
             return;
         };
@@ -448,7 +450,7 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
                 Some(offset) => Since::Client(offset),
                 None => Since::Head(Head::Empty),
             };
-            replay(&socket, history, &room, &since, shape).await;
+            replay(&socket, &handlers.metrics, history, &room, &since, shape).await;
         }
     }
 }
@@ -465,6 +467,7 @@ fn since_offset(since: Since) -> Option<String> {
 /// Returns `None` after a gap, else the last offset sent (`None` inside when nothing was).
 async fn replay<A: Adapter>(
     socket: &SocketRef<A>,
+    metrics: &Metrics,
     history: &History,
     room: &str,
     since: &Since,
@@ -476,14 +479,26 @@ async fn replay<A: Adapter>(
                 tracing::debug!(socket = %log_id(socket.id), replayed = entries.len(), "replaying missed messages");
             }
             let last = entries.last().map(|e| e.offset.clone());
+            let deadline = tokio::time::Instant::now() + REPLAY_DEADLINE;
             for entry in entries {
-                let _ = match shape {
-                    Shape::Plain => socket.emit(&*entry.event, &*entry.data),
+                let sent = match shape {
+                    Shape::Plain => {
+                        emit_waiting(socket, &entry.event, &*entry.data, deadline).await
+                    }
                     Shape::WithOffset => {
                         let meta = serde_json::json!({ "offset": entry.offset });
-                        socket.emit(&*entry.event, &(&*entry.data, meta))
+                        emit_waiting(socket, &entry.event, &(&*entry.data, meta), deadline).await
                     }
                 };
+                if !sent {
+                    // Closed (by the client, or below for not reading): it reconnects with
+                    // the last offset it got, so nothing is skipped.
+                    if hub::close_now(socket) {
+                        metrics.slow_consumer();
+                        tracing::warn!(socket = %log_id(socket.id), "replay not read within {REPLAY_DEADLINE:?}: slow consumer disconnected");
+                    }
+                    return None;
+                }
             }
             Some(last)
         }
@@ -497,6 +512,36 @@ async fn replay<A: Adapter>(
                 &serde_json::json!({ "reason": "messages since the last offset are no longer kept" }),
             );
             None
+        }
+    }
+}
+
+/// How long a replay may wait for room in a socket's queue (a client that reads slower than
+/// its missed messages are sent): the room lock is held meanwhile, so publishes to the user
+/// through this instance wait too. Past it the socket is closed as a slow consumer.
+const REPLAY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Emits one replayed message, waiting (until `deadline`) while the socket's queue is full
+/// rather than dropping it: a replay is written as fast as it can be queued, and may be longer
+/// than the queue (`history.max_messages` above `realtime.max_buffer_size`). False if the
+/// socket is closed or the deadline passed.
+async fn emit_waiting<A: Adapter, T: serde::Serialize + ?Sized>(
+    socket: &SocketRef<A>,
+    event: &str,
+    payload: &T,
+    deadline: tokio::time::Instant,
+) -> bool {
+    /// The queue tells whether it is full, not when it has room again: polled.
+    const RECHECK: Duration = Duration::from_millis(5);
+    loop {
+        match socket.emit(event, payload) {
+            Ok(()) => return true,
+            Err(SendError::Socket(SocketError::InternalChannelFull))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(RECHECK).await;
+            }
+            Err(_) => return false,
         }
     }
 }

@@ -211,6 +211,29 @@ test('cluster: a message that could not be kept (Redis stalled) makes recovery a
   assertWholeOrFailed(rec, before, [2, 3], 'reconnect across a message that was not kept');
 });
 
+test('a replay longer than the socket queue waits for room: every message arrives, the socket stays', async () => {
+  const sg = await memoryStack({ SIDECAR_HISTORY__MAX_MESSAGES: '1000', SIDECAR_REALTIME__MAX_BUFFER_SIZE: '8' });
+  const { socket } = recoveringClient(sg.url, 'sid=user-long');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'long', data: 0 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'long');
+  const MISSED = 500;
+  for (let n = 1; n <= MISSED; n++) await publishOk(sg.publishSocket, { userId: 'long', data: n });
+  const before = rec.events.length;
+  let dropped = 0;
+  socket.on('disconnect', () => dropped++);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'long', data: MISSED + 1 });
+  await rec.waitFor((e) => e.args[0] === MISSED + 1, 'the live message after the replay', 10_000);
+  const got = rec.events.slice(before).map((e) => e.args[0]);
+  assert.deepEqual(got, Array.from({ length: MISSED + 1 }, (_, i) => i + 1), `${MISSED} replayed through a queue of 8, then live`);
+  assert.equal(dropped, 0, 'not closed as a slow consumer');
+  assert.doesNotMatch(sg.proc.text(), /slow consumer/);
+});
+
 /**
  * A socket whose client sent CONNECT and then stopped reading, with `count` × `size` bytes
  * published to it: sockgate's writer to it is stuck on a full TCP window.
