@@ -17,7 +17,8 @@
 //! channel. No other instance has to answer: each instance judges its own path.
 //!
 //! Checks that keep failing while Redis answers on another connection mean the subscription
-//! path itself is broken (whatever broke it): after [`REBUILD_AFTER`] failures in a row the
+//! path itself is broken (whatever broke it): after [`REBUILD_AFTER`] failures in a row, once
+//! Redis answered after two failed checks in a row (so not a stall that just ended), the
 //! subscriber connection is replaced and its channels subscribed again, logged once with the
 //! reason and counted (`sockgate_cluster_link_rebuilds_total`); again every
 //! [`REBUILD_EVERY`] failures while it stays broken.
@@ -93,6 +94,8 @@ impl Canary {
         // Failed checks in a row, and how many had failed at this streak's last rebuild.
         let mut failing = 0u32;
         let mut rebuilt_at: Option<u32> = None;
+        // Whether Redis answered after the last failed check (asked once a rebuild is due).
+        let mut answered = false;
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut now = false;
@@ -120,14 +123,17 @@ impl Canary {
             let failure = outcome.err();
             link.canary(begun, failure.clone().map_or(Ok(()), Err));
             let Some(e) = failure else {
-                (failing, rebuilt_at) = (0, None);
+                (failing, rebuilt_at, answered) = (0, None, false);
                 continue;
             };
             failing += 1;
-            if failing >= REBUILD_AFTER
-                && rebuilt_at.is_none_or(|at| failing - at >= REBUILD_EVERY)
-                && self.redis_answers().await
-            {
+            let due = failing >= REBUILD_AFTER
+                && rebuilt_at.is_none_or(|at| failing - at >= REBUILD_EVERY);
+            // Redis must answer after two failed checks in a row: a check sent during a stall
+            // that has just ended fails although the path is fine, and Redis answers then.
+            let answered_before =
+                std::mem::replace(&mut answered, due && self.redis_answers().await);
+            if answered && answered_before {
                 rebuilt_at = Some(failing);
                 metrics.cluster_link_rebuilt();
                 link.rebuild(format!(

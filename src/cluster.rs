@@ -282,7 +282,10 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
     config.version = RespVersion::RESP3;
     let mut builder = Builder::from_config(config);
     builder
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        // Retries at most 1 s apart: after a stall, or a restart, the link is back within
+        // about a second of Redis answering, and an attempt waits for Redis 2 s, so a 40 s
+        // stall costs each connection about a dozen attempts, not a storm.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_secs(2);
