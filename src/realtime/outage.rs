@@ -162,3 +162,27 @@ impl Outages {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_rooms_tell_everyone_instead() {
+        let mut missed = Missed::default();
+        for n in 0..=MAX_ROOMS {
+            missed.merge(Missed {
+                rooms: HashSet::from([format!("room-{n}")]),
+                ..Missed::default()
+            });
+        }
+        assert!(
+            missed.everyone,
+            "more than MAX_ROOMS rooms: everyone is told"
+        );
+        assert!(
+            missed.rooms.is_empty(),
+            "the set does not grow past the bound"
+        );
+    }
+}
