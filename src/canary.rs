@@ -1,9 +1,11 @@
 //! The cluster's end-to-end self-check. A Redis connection can look healthy (connected,
 //! subscribed, Redis counting the subscription) and still carry nothing: the server stopped
 //! (SIGSTOP, a frozen VM), publishes refused (`CLIENT PAUSE`), or messages lost between the
-//! Redis client and the adapter. So every second each instance publishes a canary and waits
-//! for it to come back; when it does not within 1.5 s the link counts as down — the hub then
-//! delivers to local sockets only, and `/readyz` says why — until one comes back again.
+//! Redis client and the adapter. So every 500 ms each instance publishes a canary and waits
+//! for it to come back; when the whole check does not pass within 1 s the link counts as down
+//! — the hub then delivers to local sockets only, and `/readyz` says why — until one passes
+//! again. A stall is noticed within 1.5 s at worst (sooner when a command times out first, see
+//! [`Link::suspect`]).
 //!
 //! The canary travels the path of every cross-instance message: published with `SPUBLISH` on
 //! the adapter's connection by the adapter's driver, received through the driver's dispatcher
@@ -15,7 +17,8 @@
 //! channel. No other instance has to answer: each instance judges its own path.
 //!
 //! Checks that keep failing while Redis answers on another connection mean the subscription
-//! path itself is broken (whatever broke it): after [`REBUILD_AFTER`] failures in a row the
+//! path itself is broken (whatever broke it): after [`REBUILD_AFTER`] failures in a row, once
+//! Redis answered after two failed checks in a row (so not a stall that just ended), the
 //! subscriber connection is replaced and its channels subscribed again, logged once with the
 //! reason and counted (`sockgate_cluster_link_rebuilds_total`); again every
 //! [`REBUILD_EVERY`] failures while it stays broken.
@@ -37,10 +40,10 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 /// How often a canary is sent.
-pub const INTERVAL: Duration = Duration::from_secs(1);
-/// How long a canary may take to come back before the link counts as down. A stall is
-/// noticed within `INTERVAL + TIMEOUT` at worst.
-pub const TIMEOUT: Duration = Duration::from_millis(1500);
+pub const INTERVAL: Duration = Duration::from_millis(500);
+/// How long a whole check (the canary's round trip, then the probe) may take before the link
+/// counts as down. A stall is noticed within `INTERVAL + TIMEOUT` at worst.
+pub const TIMEOUT: Duration = Duration::from_secs(1);
 /// The channel canaries travel on (every instance's pass there; each waits for its own).
 pub const CHANNEL: &str = "sockgate-canary#";
 /// Canaries waiting to be read; the others' canaries are read while waiting for one's own.
@@ -91,6 +94,8 @@ impl Canary {
         // Failed checks in a row, and how many had failed at this streak's last rebuild.
         let mut failing = 0u32;
         let mut rebuilt_at: Option<u32> = None;
+        // Whether Redis answered after the last failed check (asked once a rebuild is due).
+        let mut answered = false;
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut now = false;
@@ -103,8 +108,9 @@ impl Canary {
                 }
             }
             let canary = format!("{me}:{seq}").into_bytes();
-            // A reconnect meanwhile: this round may have started on the lost connection;
-            // start over on the new one.
+            let begun = link.outages_begun();
+            // A reconnect or a timed-out command meanwhile: this round may have started on
+            // the lost connection, or before the trouble; start over.
             let outcome = tokio::select! {
                 outcome = self.check(canary, server, &mut peers) => outcome,
                 () = link.recheck_requested() => {
@@ -115,16 +121,19 @@ impl Canary {
             peers.retain(|_, seen| seen.elapsed() < PEER_SEEN);
             metrics.cluster_canary(outcome.as_ref().ok().copied(), peers.len());
             let failure = outcome.err();
-            link.canary(failure.clone().map_or(Ok(()), Err));
+            link.canary(begun, failure.clone().map_or(Ok(()), Err));
             let Some(e) = failure else {
-                (failing, rebuilt_at) = (0, None);
+                (failing, rebuilt_at, answered) = (0, None, false);
                 continue;
             };
             failing += 1;
-            if failing >= REBUILD_AFTER
-                && rebuilt_at.is_none_or(|at| failing - at >= REBUILD_EVERY)
-                && self.redis_answers().await
-            {
+            let due = failing >= REBUILD_AFTER
+                && rebuilt_at.is_none_or(|at| failing - at >= REBUILD_EVERY);
+            // Redis must answer after two failed checks in a row: a check sent during a stall
+            // that has just ended fails although the path is fine, and Redis answers then.
+            let answered_before =
+                std::mem::replace(&mut answered, due && self.redis_answers().await);
+            if answered && answered_before {
                 rebuilt_at = Some(failing);
                 metrics.cluster_link_rebuilt();
                 link.rebuild(format!(
@@ -142,22 +151,23 @@ impl Canary {
         )
     }
 
-    /// The canary's round trip, then the probe through the namespace's adapter.
+    /// The canary's round trip, then the probe through the namespace's adapter, within
+    /// [`TIMEOUT`] in all.
     async fn check(
         &mut self,
         canary: Vec<u8>,
         server: Uid,
         peers: &mut Peers,
     ) -> Result<Duration, String> {
-        let took = self.round_trip(canary, peers).await?;
-        self.probe(server).await?;
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let took = self.round_trip(canary, deadline, peers).await?;
+        self.probe(server, deadline).await?;
         Ok(took)
     }
 
     /// Asks this instance's adapter, through Redis, for the sockets of a room nobody is in,
-    /// as another instance would, and waits for its answer within [`TIMEOUT`].
-    async fn probe(&mut self, server: Uid) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
+    /// as another instance would, and waits for its answer until `deadline`.
+    async fn probe(&mut self, server: Uid, deadline: tokio::time::Instant) -> Result<(), String> {
         let mut opts = BroadcastOptions::default();
         opts.rooms.push(PROBE_ROOM.into());
         let request = RequestOut::new(self.prober, RequestTypeOut::FetchSockets, &opts);
@@ -187,11 +197,15 @@ impl Canary {
         }
     }
 
-    /// Publishes `canary` and waits for it to come back, within [`TIMEOUT`] in all, noting
-    /// the other instances' canaries read meanwhile.
-    async fn round_trip(&mut self, canary: Vec<u8>, peers: &mut Peers) -> Result<Duration, String> {
+    /// Publishes `canary` and waits for it to come back until `deadline`, noting the other
+    /// instances' canaries read meanwhile.
+    async fn round_trip(
+        &mut self,
+        canary: Vec<u8>,
+        deadline: tokio::time::Instant,
+        peers: &mut Peers,
+    ) -> Result<Duration, String> {
         let sent = Instant::now();
-        let deadline = tokio::time::Instant::from_std(sent + TIMEOUT);
         match tokio::time::timeout_at(
             deadline,
             self.driver.publish(CHANNEL.into(), canary.clone()),

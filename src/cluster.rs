@@ -18,7 +18,7 @@ use fred::types::config::UnresponsiveConfig;
 use socketioxide_redis::drivers::Driver;
 use socketioxide_redis::drivers::fred::FredDriver;
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::canary::{self, Canary};
 
@@ -27,6 +27,11 @@ pub type ClusterAdapter = socketioxide_redis::FredAdapter<socketioxide::adapter:
 
 /// Cross-instance messages buffered between the Redis connection and socketioxide-redis.
 const PUBSUB_BUFFER: usize = 16 * 1024;
+
+/// Why the link is down while its connection is lost or being re-established.
+const LOST: &str = "the Redis link is down: delivering to local sockets only";
+/// How a failed self-check starts the reason it gives.
+const CANARY_FAILED: &str = "cluster self-check failed";
 
 /// How long startup waits for Redis before giving up with an error.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,18 +46,36 @@ pub struct Cluster {
     pub canary: Canary,
 }
 
-/// The live connection to Redis.
+/// The live connection to Redis, and whether cross-instance delivery works right now.
+///
+/// An outage starts at the first sign of trouble — the connection lost or re-established, a
+/// self-check late ([`crate::canary`]), a Redis command timing out on any path
+/// ([`Link::suspect`]) — and ends only when a self-check passes on a connected, subscribed
+/// link. Each end of an outage is counted in [`Link::restorations`]: whoever delivered only
+/// locally meanwhile learns that the others can be told now.
 #[derive(Clone)]
 pub struct Link {
     client: SubscriberClient,
     /// False from a reconnect until the adapter's channels are subscribed again.
     subscribed: Arc<AtomicBool>,
-    /// Whether the current outage was logged already (one line per outage, not per retry).
+    /// Whether the current connection loss was logged already (one line per loss, not per
+    /// retry).
     outage_logged: Arc<AtomicBool>,
-    /// Why the last self-check ([`crate::canary`]) failed; `None` while they pass.
-    canary_failure: Arc<Mutex<Option<String>>>,
-    /// Asks for a self-check now (after a reconnect).
+    /// Why the link is down, while it is; `None` while cross-instance delivery works.
+    down: Arc<Mutex<Down>>,
+    /// Outages ended so far.
+    restored: Arc<watch::Sender<u64>>,
+    /// Asks for a self-check now (after a reconnect, or when a command timed out).
     recheck: Arc<Notify>,
+}
+
+/// The state of the current outage, if any.
+#[derive(Default)]
+struct Down {
+    reason: Option<String>,
+    /// Outages begun so far: a self-check ends the current outage only if no new sign of
+    /// trouble came while it ran.
+    begun: u64,
 }
 
 impl Link {
@@ -61,44 +84,96 @@ impl Link {
     pub fn is_up(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
             && self.client.is_connected()
-            && self.canary_failure().is_none()
+            && self.state().reason.is_none()
     }
 
     /// Why cross-instance delivery is off, if it is.
     pub fn problem(&self) -> Option<String> {
-        if let Some(failure) = self.canary_failure() {
-            return Some(format!("cluster self-check failed: {failure}"));
+        if let Some(reason) = self.state().reason.clone() {
+            return Some(reason);
         }
-        (!self.is_up()).then(|| "the Redis link is down: delivering to local sockets only".into())
+        (!self.is_up()).then(|| LOST.into())
     }
 
-    fn canary_failure(&self) -> Option<String> {
-        self.canary_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// Outages ended so far; changes each time the link comes back after one.
+    pub fn restorations(&self) -> watch::Receiver<u64> {
+        self.restored.subscribe()
     }
 
-    /// Records a self-check: a failure takes the link down (logged once per streak) until one
-    /// passes again.
-    pub(crate) fn canary(&self, outcome: Result<(), String>) {
-        let mut failure = self
-            .canary_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match (outcome, failure.is_some()) {
-            (Ok(()), true) => {
-                tracing::info!("cluster self-check passes again; cross-instance delivery resumes");
-                *failure = None;
-            }
-            (Ok(()), false) => {}
-            (Err(e), was_failing) => {
-                if !was_failing {
-                    tracing::warn!(
-                        "cluster self-check failed, delivering to local sockets only: {e}"
+    fn state(&self) -> std::sync::MutexGuard<'_, Down> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts an outage (or prolongs the current one) for `reason`. Returns whether the link
+    /// was up until now.
+    fn take_down(&self, reason: String) -> bool {
+        let mut down = self.state();
+        down.begun += 1;
+        let was_up = down.reason.is_none();
+        if was_up {
+            down.reason = Some(reason);
+        }
+        was_up
+    }
+
+    /// Outages begun so far, for [`Link::canary`].
+    pub(crate) fn outages_begun(&self) -> u64 {
+        self.state().begun
+    }
+
+    /// A Redis command on some path did not complete in time (a stalled server, or one stalled
+    /// connection): the link is taken down at once, without waiting for the next self-check,
+    /// and a self-check is asked for to bring it back as soon as the path works.
+    pub fn suspect(&self, reason: String) {
+        if self.take_down(format!(
+            "Redis did not answer in time ({reason}): delivering to local sockets only"
+        )) {
+            tracing::warn!("{reason}: Redis link marked down, delivering to local sockets only");
+        }
+        self.recheck.notify_one();
+    }
+
+    /// A Redis command for `what` failed with `error`: when it timed out or its connection
+    /// broke, the link is suspect (see [`Link::suspect`]); other errors (a refused command)
+    /// say nothing about the link.
+    pub fn command_failed(&self, what: &str, error: &fred::error::Error) {
+        use fred::error::ErrorKind;
+        if matches!(
+            error.kind(),
+            ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled
+        ) {
+            self.suspect(format!("{what}: {error}"));
+        }
+    }
+
+    /// Records a self-check that started when [`Link::outages_begun`] was `begun`: a failure
+    /// takes the link down (logged once per streak); a pass ends the outage if none began
+    /// meanwhile and the connection is up and subscribed.
+    pub(crate) fn canary(&self, begun: u64, outcome: Result<(), String>) {
+        let mut down = self.state();
+        match outcome {
+            Ok(()) => {
+                let connected =
+                    self.subscribed.load(Ordering::Acquire) && self.client.is_connected();
+                if down.reason.is_some() && down.begun == begun && connected {
+                    tracing::info!(
+                        "cluster self-check passes again; cross-instance delivery resumes"
                     );
+                    down.reason = None;
+                    drop(down);
+                    self.restored.send_modify(|n| *n += 1);
                 }
-                *failure = Some(e);
+            }
+            Err(e) => {
+                let failing = down
+                    .reason
+                    .as_ref()
+                    .is_some_and(|r| r.starts_with(CANARY_FAILED));
+                if !failing {
+                    tracing::warn!("{CANARY_FAILED}, delivering to local sockets only: {e}");
+                }
+                down.begun += 1;
+                down.reason = Some(format!("{CANARY_FAILED}: {e}"));
             }
         }
     }
@@ -131,13 +206,18 @@ impl Link {
         let link = self.clone();
         let url = shown.clone();
         self.client.on_error(move |(error, _)| {
-            if !link.client.is_connected() && !link.outage_logged.swap(true, Ordering::AcqRel) {
-                tracing::warn!(redis = %url, "Redis connection lost; delivering to local sockets only until it is back: {error}");
+            if !link.client.is_connected() {
+                link.take_down(LOST.into());
+                if !link.outage_logged.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(redis = %url, "Redis connection lost; delivering to local sockets only until it is back: {error}");
+                }
             }
             async { Ok(()) }
         });
         let link = self.clone();
         self.client.on_reconnect(move |_| {
+            // Whatever was published to this connection's channels since it broke is lost.
+            link.take_down(LOST.into());
             link.subscribed.store(false, Ordering::Release);
             tokio::spawn(link.clone().resubscribe(shown.clone()));
             async { Ok(()) }
@@ -162,7 +242,7 @@ impl Link {
                     // at the next tick, so delivery resumes as soon as it works.
                     self.recheck.notify_one();
                     self.outage_logged.store(false, Ordering::Release);
-                    tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes");
+                    tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes once a self-check passes");
                     return;
                 }
                 Err(e) => {
@@ -202,7 +282,10 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
     config.version = RespVersion::RESP3;
     let mut builder = Builder::from_config(config);
     builder
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        // Retries at most 1 s apart: after a stall, or a restart, the link is back within
+        // about a second of Redis answering, and an attempt waits for Redis 2 s, so a 40 s
+        // stall costs each connection about a dozen attempts, not a storm.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_secs(2);
@@ -251,7 +334,8 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         client,
         subscribed: Arc::new(AtomicBool::new(true)),
         outage_logged: Arc::new(AtomicBool::new(false)),
-        canary_failure: Arc::new(Mutex::new(None)),
+        down: Arc::new(Mutex::new(Down::default())),
+        restored: Arc::new(watch::channel(0).0),
         recheck: Arc::new(Notify::new()),
     };
     link.watch(shown);

@@ -65,6 +65,7 @@ pub struct Metrics {
     cluster_canary_failures: Counter,
     cluster_canary_peers: Gauge,
     cluster_link_rebuilds: Counter,
+    cluster_link_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,6 +97,7 @@ impl Metrics {
             cluster_canary_failures: Counter::default(),
             cluster_canary_peers: Gauge::default(),
             cluster_link_rebuilds: Counter::default(),
+            cluster_link_up: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -144,6 +146,11 @@ impl Metrics {
             "cluster_canary_peers",
             "Other instances whose self-check messages arrived in the last 5 s (cluster mode)",
             m.cluster_canary_peers.clone(),
+        );
+        r.register(
+            "cluster_link_up",
+            "1 while cross-instance delivery through Redis works, 0 while the link is down (cluster mode)",
+            m.cluster_link_up.clone(),
         );
         r.register(
             "cluster_link_rebuilds",
@@ -240,6 +247,11 @@ impl Metrics {
                 self.cluster_canary_failures.inc();
             }
         }
+    }
+
+    /// Whether the cluster link is up (see [`crate::cluster::Link`]), as of now.
+    pub fn cluster_link(&self, up: bool) {
+        self.cluster_link_up.set(i64::from(up));
     }
 
     /// The cluster's subscriber connection was replaced (see [`crate::canary`]).

@@ -83,6 +83,9 @@ impl Ops {
         };
         gauge("polling").set(polling as i64);
         gauge("websocket").set(websocket as i64);
+        if let Some(up) = self.hub.cluster_link_up() {
+            self.metrics.cluster_link(up);
+        }
         let mut resp = Response::new(body::full(self.metrics.render()));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

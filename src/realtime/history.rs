@@ -479,6 +479,7 @@ impl RedisHistory {
             }
             Err(e) => {
                 tracing::warn!(room, "history not kept (Redis): {e}");
+                self.link.command_failed("history append", &e);
                 self.mark_unkept(room);
                 None
             }

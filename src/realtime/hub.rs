@@ -9,9 +9,11 @@ use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
 use super::history::Journal;
+use super::outage::Outages;
 use super::{CONNECTING_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, connecting_room, recovery_room};
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Who a message is for.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +51,7 @@ pub struct Presence {
 
 enum Io {
     Local(SocketIo<LocalAdapter>),
-    Cluster(SocketIo<ClusterAdapter>, Link),
+    Cluster(SocketIo<ClusterAdapter>, Outages),
 }
 
 pub struct Hub {
@@ -92,7 +94,7 @@ impl Hub {
         journal: Arc<Journal>,
     ) -> Self {
         Self {
-            io: Io::Cluster(io, link),
+            io: Io::Cluster(io, Outages::new(link)),
             room_prefix,
             metrics,
             journal,
@@ -112,8 +114,16 @@ impl Hub {
     /// The cluster's `SocketIo` while Redis is reachable; `None` means "act locally".
     fn cluster_io(&self) -> Option<&SocketIo<ClusterAdapter>> {
         match &self.io {
-            Io::Cluster(io, link) if link.is_up() => Some(io),
+            Io::Cluster(io, outages) if outages.link().is_up() => Some(io),
             _ => None,
+        }
+    }
+
+    /// In cluster mode, until the drain starts: once the link is back after an outage, tells
+    /// the sockets that may have missed messages meanwhile (see [`super::outage`]).
+    pub async fn tell_after_outages(self: Arc<Self>, shutdown: Shutdown) {
+        if let Io::Cluster(io, outages) = &self.io {
+            outages.tell_after_outages(io, shutdown).await;
         }
     }
 
@@ -243,9 +253,17 @@ impl Hub {
                 }
                 Err(BroadcastError::Adapter(e)) => {
                     tracing::warn!("Redis publish failed, delivering locally only: {e}");
+                    if let Io::Cluster(_, outages) = &self.io {
+                        outages
+                            .link()
+                            .suspect(format!("a publish through Redis: {e}"));
+                    }
                 }
                 Err(e) => return Err(e.to_string()),
             }
+        }
+        if let Io::Cluster(_, outages) = &self.io {
+            outages.delivered_locally(room.as_deref());
         }
         with_io!(self, io => match room {
             Some(room) => self.emit_each(io.local().to(room).except(except).sockets(), event, payload),
@@ -401,7 +419,15 @@ impl Hub {
     /// a single instance).
     pub fn cluster_problem(&self) -> Option<String> {
         match &self.io {
-            Io::Cluster(_, link) => link.problem(),
+            Io::Cluster(_, outages) => outages.link().problem(),
+            Io::Local(_) => None,
+        }
+    }
+
+    /// Whether the cluster link is up (`None` on a single instance).
+    pub fn cluster_link_up(&self) -> Option<bool> {
+        match &self.io {
+            Io::Cluster(_, outages) => Some(outages.link().is_up()),
             Io::Local(_) => None,
         }
     }

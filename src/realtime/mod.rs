@@ -11,6 +11,7 @@ mod history;
 mod hub;
 mod kicks;
 mod origin;
+mod outage;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -211,6 +212,7 @@ pub async fn start(
         journal: journal.clone(),
     };
     let room_prefix = config.room_prefix.clone();
+    let draining = revalidation.shutdown.clone();
     let (service, hub) = match cluster {
         None => {
             let (svc, io) = builder.build_with_inner_svc(not_found());
@@ -246,9 +248,11 @@ pub async fn start(
             )
         }
     };
+    let hub = Arc::new(hub);
+    tokio::spawn(hub.clone().tell_after_outages(draining));
     Ok(Realtime {
         service,
-        hub: Arc::new(hub),
+        hub,
         open,
         admission,
     })

@@ -194,3 +194,50 @@ export function quantile(values, q) {
   const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
   return sorted[idx];
 }
+
+/**
+ * A TCP proxy on a free loopback port in front of 127.0.0.1:`port`, to stall one instance's
+ * path to Redis while the others' stay fine. `pause()` stops forwarding in both directions
+ * while every TCP connection stays open (nothing is read, so nothing is lost: bytes wait in
+ * the kernel's buffers, as with a stopped process); connections opened meanwhile are accepted
+ * and held the same way. `resume()` forwards again; `close()` drops every connection.
+ * A connection whose one side closes is closed on the other side too.
+ */
+export async function pausableProxy(port) {
+  const pairs = new Set(); // [client, upstream]
+  let paused = false;
+  const server = net.createServer((client) => {
+    const upstream = net.connect({ port, host: '127.0.0.1' });
+    const pair = [client, upstream];
+    pairs.add(pair);
+    for (const [from, to] of [pair, [upstream, client]]) {
+      from.on('data', (d) => to.write(d));
+      from.on('error', () => {});
+      from.on('close', () => {
+        pairs.delete(pair);
+        to.destroy();
+      });
+      if (paused) from.pause();
+    }
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  return {
+    port: server.address().port,
+    pause() {
+      paused = true;
+      for (const pair of pairs) for (const s of pair) s.pause();
+    },
+    resume() {
+      paused = false;
+      for (const pair of pairs) for (const s of pair) s.resume();
+    },
+    async close() {
+      for (const pair of pairs) for (const s of pair) s.destroy();
+      pairs.clear();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}

@@ -22,7 +22,8 @@ import {
   waitFor,
   sleep,
 } from './harness.mjs';
-import { findRedisServer, startRedis, runSockgateToExit, quantile } from './cluster-helpers.mjs';
+import { findRedisServer, startRedis, runSockgateToExit, quantile, pausableProxy } from './cluster-helpers.mjs';
+import { metrics } from './fault-helpers.mjs';
 
 const REDIS = findRedisServer();
 const SKIP = REDIS ? false : 'redis-server is not on PATH (install redis-server to run the cluster tests)';
@@ -546,6 +547,9 @@ test('Redis killed and restarted: local delivery never stops, cluster delivery r
     // And the other direction: B → carol on A.
     await pub(B, { userId: 'carol', event: 'back', data: 'B→A' });
     await rc.waitFor((e) => e.event === 'back', 'B → carol@A after recovery', 5000);
+    // The publish made on A for alice while Redis was down reached A's sockets only; A knows
+    // it, and tells alice once the link is back: never a silent gap.
+    await ra.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed on alice@B after the outage', 5000);
 
     stop = true;
     await Promise.all(pumps);
@@ -579,3 +583,93 @@ test('Redis killed and restarted: local delivery never stops, cluster delivery r
     closeAll(socks);
   }
 });
+
+// ---------------------------------------------------------------------------
+// 6. A stall on one instance's path to Redis only (the others' paths stay fine)
+// ---------------------------------------------------------------------------
+/** Two more instances, P (publisher) and R (receiver), each reaching Redis through its own pausable proxy. */
+async function proxiedPair() {
+  const proxies = await Promise.all([pausableProxy(redisPort), pausableProxy(redisPort)]);
+  const [P, R] = await Promise.all(
+    proxies.map((proxy) => startInstance({ SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${proxy.port}` })),
+  );
+  return { P, R, proxyP: proxies[0], proxyR: proxies[1] };
+}
+
+/** ms from now until `inst`'s /readyz answers 503 (polled every 25 ms), or throws after `timeout`. */
+async function msUntilNotReady(inst, timeout = 5000) {
+  const t0 = Date.now();
+  await waitFor(async () => (await api(inst, 'GET', '/readyz')).status === 503, {
+    timeout,
+    interval: 25,
+    message: `/readyz 503 on ${inst.port}`,
+  });
+  return Date.now() - t0;
+}
+
+/** Publishes on `from` to `userId` until `rec` has one (bounded): cross-instance delivery works. */
+async function crossesAgain(from, rec, userId, timeout = 15_000) {
+  let n = 0;
+  await waitFor(
+    async () => {
+      const tag = `again-${n++}`;
+      await pub(from, { userId, event: 'again', data: tag });
+      await sleep(100);
+      return rec.of('again').length > 0;
+    },
+    { timeout, interval: 0, message: `cross-instance delivery to ${userId} again` },
+  );
+}
+
+for (const stalled of ['publisher', 'receiver']) {
+  test(`a stall on the ${stalled}'s Redis connection only: its link goes down within ≈ 1 s, and the receiver's client gets the message or recovery_failed — never a silent gap`, { skip: SKIP, timeout: 60_000 }, async (t) => {
+    const { P, R, proxyP, proxyR } = await proxiedPair();
+    const aliceR = await ws(R, 'sid=alice-token');
+    const ra = recorder(aliceR);
+    try {
+      await crossesAgain(P, ra, 'alice', 5000);
+      const proxy = stalled === 'publisher' ? proxyP : proxyR;
+      const down = stalled === 'publisher' ? P : R;
+      proxy.pause();
+      const pausedAt = Date.now();
+      const notReady = msUntilNotReady(down);
+      const t0 = Date.now();
+      const r = await api(P, 'POST', '/publish', { userId: 'alice', event: 'stalled', data: 1 });
+      const publishMs = Date.now() - t0;
+      assert.equal(r.status, 200, r.text);
+      const downMs = await notReady;
+      const reason = (await api(down, 'GET', '/readyz')).json?.reason;
+      t.diagnostic(`fault: ${stalled}'s path stalled → publish on P answered in ${publishMs} ms, ${stalled} /readyz 503 after ${downMs} ms: ${reason}`);
+      assert.ok(downMs < 1600, `${stalled}'s link marked down after ${downMs} ms`);
+      assert.ok(publishMs < 1600, `a publish while the ${stalled}'s path stalls took ${publishMs} ms`);
+      const up = (await metrics(down.publishSocket)).get('sockgate_cluster_link_up');
+      assert.equal(up, 0, 'sockgate_cluster_link_up is 0 while the link is down');
+      await sleep(Math.max(0, 3000 - (Date.now() - pausedAt)));
+      proxy.resume();
+      const resumedAt = Date.now();
+      await waitFor(async () => (await api(down, 'GET', '/readyz')).status === 200, {
+        timeout: 10_000,
+        message: `/readyz 200 on the ${stalled} again`,
+      });
+      t.diagnostic(`fault: ${stalled} ready again ${Date.now() - resumedAt} ms after the stall ended`);
+      await ra.waitFor(
+        (e) => (e.event === 'stalled' && e.args[0] === 1) || e.event === 'recovery_failed',
+        "the stalled publish, or recovery_failed, on alice's client",
+        10_000,
+      );
+      t.diagnostic(`fault: alice got ${JSON.stringify(ra.events.filter((e) => e.event !== 'again'))}`);
+      if (stalled === 'publisher') {
+        // P delivered it to its own sockets only, and knows it: alice is told.
+        await ra.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed on alice (P delivered locally only)', 10_000);
+      }
+      assert.equal((await metrics(down.publishSocket)).get('sockgate_cluster_link_up'), 1, 'link up again');
+      await crossesAgain(P, ra, 'alice');
+    } finally {
+      proxyP.resume();
+      proxyR.resume();
+      closeAll([aliceR]);
+      await Promise.all([P.stop(), R.stop()]);
+      await Promise.all([proxyP.close(), proxyR.close()]);
+    }
+  });
+}
