@@ -72,7 +72,10 @@ test("the image's CMD and HEALTHCHECK work outside Docker", async () => {
   proc.stdout.on('data', (d) => (output += d));
   proc.stderr.on('data', (d) => (output += d));
   const exited = new Promise((resolve) => proc.on('exit', (code) => resolve(code)));
-  after(() => proc.kill('SIGKILL'));
+  after(() => {
+    proc.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
   const healthy = () => spawnSync(health[0], health.slice(1), { env: runEnv, timeout: 5000 }).status === 0;
   try {
     await until(healthy, 'the HEALTHCHECK to pass');
