@@ -26,6 +26,8 @@ STARTED=$(mktemp "$TMPDIR_CHECKED/run-sh-start.XXXXXX")
 trap 'rm -f "$STARTED"' EXIT
 npm_install examples/astro
 
+echo "== vendored crates resolve to vendor/"
+tests/install/check.sh
 echo "== cargo build"
 cargo build --quiet --workspace --bins
 echo "== cargo test"
