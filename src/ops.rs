@@ -83,6 +83,8 @@ impl Ops {
         };
         gauge("polling").set(polling as i64);
         gauge("websocket").set(websocket as i64);
+        self.metrics
+            .cluster_link(self.hub.cluster_link_up().unwrap_or(false));
         let mut resp = Response::new(body::full(self.metrics.render()));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -127,6 +127,7 @@ impl Hub {
         event: &str,
         data: &serde_json::Value,
     ) -> Result<usize, String> {
+        let started = std::time::Instant::now();
         let (recipients, dropped) = match target {
             Target::Broadcast => self.deliver(None, None, event, data).await?,
             Target::User(id) => {
@@ -145,7 +146,8 @@ impl Hub {
             }
             Target::Room(room) => self.publish_to_room(room.clone(), event, data).await?,
         };
-        self.metrics.published(recipients - dropped, dropped);
+        self.metrics
+            .published(recipients - dropped, dropped, started.elapsed());
         Ok(recipients)
     }
 
@@ -402,6 +404,14 @@ impl Hub {
     pub fn cluster_problem(&self) -> Option<String> {
         match &self.io {
             Io::Cluster(_, link) => link.problem(),
+            Io::Local(_) => None,
+        }
+    }
+
+    /// Whether the Redis link is up; `None` in local mode.
+    pub fn cluster_link_up(&self) -> Option<bool> {
+        match &self.io {
+            Io::Cluster(_, link) => Some(link.is_up()),
             Io::Local(_) => None,
         }
     }
