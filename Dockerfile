@@ -2,10 +2,12 @@
 # sockgate in front of a Node SSR app, in one container.
 #
 # Copy this file into your app's repository next to the sockgate source (or adapt the first
-# stage to `cargo install` a released version), then adjust the three marked lines.
+# stage to `cargo install --locked --git …`), then adjust the three lines marked ADAPT.
 #
-#   docker build -t myapp .
+#   docker build -t myapp --build-arg ALLOWED_HOSTS=app.example.com .
 #   docker run -p 3000:3000 -e PORT=3000 myapp
+#
+# .dockerignore keeps target/, .git and every node_modules/ and dist/ out of the context.
 #
 # Build context here: this repository, with the bundled Astro example as "your app".
 
@@ -28,8 +30,13 @@ WORKDIR /app
 COPY clients/node /clients/node
 COPY examples/astro/package.json examples/astro/package-lock.json ./
 RUN npm ci
+# The sources after `npm ci`: .dockerignore leaves the host's node_modules/ and dist/ out, so
+# the image's own dependencies are the ones built with.
 COPY examples/astro/ ./
-RUN npm run build && npm prune --omit=dev
+# ADAPT: the public hostnames your app answers (the example bakes them into Astro's
+# security.allowedDomains at build time; a host missing there gets 403 on login).
+ARG ALLOWED_HOSTS=""
+RUN ALLOWED_HOSTS="$ALLOWED_HOSTS" npm run build && npm prune --omit=dev
 
 # --- 3. runtime: Node + the app + sockgate ---------------------------------------------------
 FROM node:20-bookworm-slim

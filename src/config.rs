@@ -412,7 +412,10 @@ impl Config {
     }
 
     fn figment(file: Option<&Path>, overrides: &Overrides) -> Result<Figment, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = Figment::from(Named::new(
+            "the built-in defaults",
+            Serialized::defaults(Config::default()),
+        ));
         match file {
             Some(path) if !path.exists() => {
                 return Err(ConfigError {
@@ -434,22 +437,40 @@ impl Config {
                 source_name: "environment variable `PORT`".into(),
                 reason: format!("`{port}` is not a port number (0-65535)"),
             })?;
-            figment = figment.merge(Serialized::default("server.port", port));
+            figment = figment.merge(Named::new(
+                "environment variable `PORT`",
+                Serialized::default("server.port", port),
+            ));
         }
         if let Some(host) = overrides.host {
-            figment = figment.merge(Serialized::default("server.host", host));
+            figment = figment.merge(Named::new(
+                "command-line flag `--host`",
+                Serialized::default("server.host", host),
+            ));
         }
         if let Some(port) = overrides.port {
-            figment = figment.merge(Serialized::default("server.port", port));
+            figment = figment.merge(Named::new(
+                "command-line flag `--port`",
+                Serialized::default("server.port", port),
+            ));
         }
         if let Some(url) = &overrides.upstream_url {
-            figment = figment.merge(Serialized::default("upstream.url", url));
+            figment = figment.merge(Named::new(
+                "command-line flag `--upstream`",
+                Serialized::default("upstream.url", url),
+            ));
         }
         if let Some(socket) = &overrides.publish_socket {
-            figment = figment.merge(Serialized::default("publish.socket", socket));
+            figment = figment.merge(Named::new(
+                "command-line flag `--publish-socket`",
+                Serialized::default("publish.socket", socket),
+            ));
         }
         if let Some(format) = overrides.log_format {
-            figment = figment.merge(Serialized::default("log.format", format));
+            figment = figment.merge(Named::new(
+                "command-line flag `--log-format`",
+                Serialized::default("log.format", format),
+            ));
         }
         Ok(figment)
     }
@@ -472,6 +493,16 @@ impl Config {
                 "upstream.url",
                 format!(
                     "`{}` must look like http://127.0.0.1:4321 (plain http, with host and port)",
+                    self.upstream.url
+                ),
+            ));
+        }
+        if uri.port().is_none() {
+            return Err(fail(
+                "upstream.url",
+                format!(
+                    "`{}` has no port: write the app's port, e.g. http://127.0.0.1:4321 \
+                     (there is no default port)",
                     self.upstream.url
                 ),
             ));
@@ -704,6 +735,31 @@ fn parse_mode(text: &str) -> Option<u32> {
         .filter(|m| *m <= 0o777)
 }
 
+/// A layer under a name people recognise ("command-line flag `--upstream`"): figment names a
+/// serialized value by its Rust type and source line, which means nothing to a user.
+struct Named<P> {
+    name: &'static str,
+    inner: P,
+}
+
+impl<P: figment::Provider> Named<P> {
+    fn new(name: &'static str, inner: P) -> Self {
+        Self { name, inner }
+    }
+}
+
+impl<P: figment::Provider> figment::Provider for Named<P> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name)
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
 /// Names where `key` got its value: a file path, an environment variable, or the defaults.
 fn source_of(figment: &Figment, key: &str) -> String {
     match figment.find_metadata(key) {
@@ -843,6 +899,32 @@ mod tests {
             jail.set_env("PORT", "http");
             let e = load(&Overrides::default()).unwrap_err();
             assert!(e.to_string().contains("`PORT`"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_flag_the_defaults_and_a_missing_port() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let flag = |url: &str| Overrides {
+                upstream_url: Some(url.into()),
+                ..Overrides::default()
+            };
+            let e = load(&flag("localhost:4321")).unwrap_err();
+            assert_eq!(e.source_name, "command-line flag `--upstream`", "{e}");
+            assert!(!e.to_string().contains("src/"), "no source locations: {e}");
+
+            let e = load(&flag("http://localhost")).unwrap_err();
+            assert_eq!(e.key, "upstream.url");
+            assert!(e.reason.contains("has no port"), "{e}");
+            assert!(load(&flag("http://localhost:4321")).is_ok());
+
+            let defaults = Figment::from(Named::new(
+                "the built-in defaults",
+                Serialized::defaults(Config::default()),
+            ));
+            assert_eq!(source_of(&defaults, "server.port"), "the built-in defaults");
             Ok(())
         });
     }

@@ -22,6 +22,7 @@ pub mod publish;
 pub mod realtime;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod supervisor;
 pub mod telemetry;
 pub mod upload;

@@ -66,6 +66,7 @@ pub struct Metrics {
     cluster_canary_peers: Gauge,
     cluster_link_rebuilds: Counter,
     cluster_link_up: Gauge,
+    publish_delivery_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -98,6 +99,7 @@ impl Metrics {
             cluster_canary_peers: Gauge::default(),
             cluster_link_rebuilds: Counter::default(),
             cluster_link_up: Gauge::default(),
+            publish_delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
         let r = &mut m.registry;
         r.register(
@@ -156,6 +158,11 @@ impl Metrics {
             "cluster_link_rebuilds",
             "Subscriber connections replaced because self-checks kept failing while Redis answered",
             m.cluster_link_rebuilds.clone(),
+        );
+        r.register(
+            "publish_delivery_seconds",
+            "Time from a publish reaching the hub until it was handed to every targeted socket of this instance (through Redis in cluster mode)",
+            m.publish_delivery_seconds.clone(),
         );
         r.register(
             "slow_consumers_disconnected",
@@ -221,8 +228,9 @@ impl Metrics {
         self.session_call_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn published(&self, deliveries: usize, dropped: usize) {
+    pub fn published(&self, deliveries: usize, dropped: usize, took: Duration) {
         self.publishes.inc();
+        self.publish_delivery_seconds.observe(took.as_secs_f64());
         self.deliveries.inc_by(deliveries as u64);
         self.dropped_deliveries.inc_by(dropped as u64);
     }

@@ -1,4 +1,5 @@
-//! Operational endpoints: Prometheus `/metrics`, liveness `/livez`, readiness `/readyz`.
+//! Operational endpoints: Prometheus `/metrics`, liveness `/livez`, readiness `/readyz`, and
+//! the status page (`/`, `/status.json`; see [`crate::status`]).
 //!
 //! Served on the publish socket, on the optional admin listener (`admin.listen`), and — the
 //! readiness check only, opt-in via `server.health_path` — on the public port for platform
@@ -20,6 +21,7 @@ use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::realtime::Hub;
 use crate::shutdown::Shutdown;
+use crate::status::{self, StatusHistory};
 use crate::supervisor::AppGate;
 use crate::upstream::Upstream;
 
@@ -36,6 +38,7 @@ pub struct Ops {
     shutdown: Shutdown,
     gate: AppGate,
     app: Arc<AppProbe>,
+    history: StatusHistory,
 }
 
 impl Ops {
@@ -47,7 +50,11 @@ impl Ops {
         upstream: Upstream,
         ready_path: PathAndQuery,
     ) -> Self {
+        // The status page's samples start with the operational endpoints that serve them.
+        let history = StatusHistory::default();
+        tokio::spawn(history.clone().run(hub.clone(), metrics.clone()));
         Self {
+            history,
             metrics,
             hub,
             shutdown,
@@ -69,8 +76,30 @@ impl Ops {
             "/metrics" => Some(self.metrics_page()),
             "/livez" => Some(body::json(StatusCode::OK, &json!({"ok": true}))),
             "/readyz" => Some(self.readiness().await),
+            "/" => {
+                let mut resp = Response::new(body::full(status::PAGE));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                Some(resp)
+            }
+            "/status.json" => Some(self.status_json().await),
             _ => None,
         }
+    }
+
+    /// What the status page shows: `/stats`'s figures now, and the recent samples.
+    async fn status_json(&self) -> Response<Body> {
+        let stats = self.hub.stats().await;
+        body::json(
+            StatusCode::OK,
+            &json!({
+                "stats": stats,
+                "sample_every_ms": status::SAMPLE_EVERY.as_millis() as u64,
+                "samples": self.history.samples(),
+            }),
+        )
     }
 
     fn metrics_page(&self) -> Response<Body> {
@@ -139,7 +168,7 @@ impl Ops {
                             Some(resp) => resp,
                             None => body::text(
                                 StatusCode::NOT_FOUND,
-                                "admin endpoints: /metrics /livez /readyz",
+                                "admin endpoints: / /status.json /metrics /livez /readyz",
                             ),
                         };
                         Ok::<_, std::convert::Infallible>(resp)

@@ -94,7 +94,10 @@ proptest! {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("sidecar.toml");
         std::fs::write(&file, &text).expect("write");
-        match Config::load(Some(&file), &Overrides::default()) {
+        let loaded = Config::load(Some(&file), &Overrides::default());
+        // Each case cleans up after itself: nothing is left in the temp dir after the run.
+        std::fs::remove_dir_all(&dir).expect("remove temp dir");
+        match loaded {
             Ok(config) => prop_assert!(config.upstream.url.starts_with("http://")),
             Err(e) => {
                 prop_assert!(!e.key.is_empty());

@@ -17,8 +17,17 @@ npm_install() { # dir
   fi
 }
 npm_install tests/fixture
+
+# Temp dirs the tests make (sockgate-test-*, sockgate-prop-*, sockgate-docker-*, …) must all
+# be gone at the end; what was there before the run is not ours to judge.
+TMPDIR_CHECKED="${TMPDIR:-/tmp}"
+temp_leftovers() { find "$TMPDIR_CHECKED" -maxdepth 1 -name 'sockgate-*-*' -newer "$STARTED" -print 2>/dev/null | sort; }
+STARTED=$(mktemp "$TMPDIR_CHECKED/run-sh-start.XXXXXX")
+trap 'rm -f "$STARTED"' EXIT
 npm_install examples/astro
 
+echo "== vendored crates resolve to vendor/"
+tests/install/check.sh
 echo "== cargo build"
 cargo build --quiet --workspace --bins
 echo "== cargo test"
@@ -40,5 +49,11 @@ if [ -f tests/e2e/browser.test.mjs ]; then
     echo "chromium is not installed (apt-get install chromium); the browser test cannot run" >&2
     exit 2
   fi
+fi
+left=$(temp_leftovers)
+if [ -n "$left" ]; then
+  echo "tests left temp files behind:" >&2
+  echo "$left" >&2
+  exit 1
 fi
 echo "== all tests passed"

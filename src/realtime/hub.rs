@@ -137,6 +137,7 @@ impl Hub {
         event: &str,
         data: &serde_json::Value,
     ) -> Result<usize, String> {
+        let started = std::time::Instant::now();
         let (recipients, dropped) = match target {
             Target::Broadcast => self.deliver(None, None, event, data).await?,
             Target::User(id) => {
@@ -155,7 +156,8 @@ impl Hub {
             }
             Target::Room(room) => self.publish_to_room(room.clone(), event, data).await?,
         };
-        self.metrics.published(recipients - dropped, dropped);
+        self.metrics
+            .published(recipients - dropped, dropped, started.elapsed());
         Ok(recipients)
     }
 

@@ -354,6 +354,37 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     await alice.screenshot({ path: path.join(ARTIFACTS, 'alice-notifications.png'), fullPage: true });
   });
 
+  test("the README's payload renders: no id, no date, sent twice → two items with a real date", async (t) => {
+    if (!alice) return t.skip('needs the logged-in pages of the first test');
+    const page = await aliceCtx.newPage();
+    const failed = [];
+    const consoleErrors = [];
+    page.on('response', (r) => r.status() >= 400 && failed.push(`${r.status()} ${r.url()}`));
+    page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+    await page.goto(`${baseURL}/`);
+    await expectStatus(page, 'connected');
+    // Exactly the Quick start's pushNotification payload, twice: the second has no id either.
+    for (let i = 0; i < 2; i++) {
+      const pub = await publish({ userId: 'alice', data: { title: 'Build finished' } });
+      assert.equal(pub.status, 200, pub.body);
+    }
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('[data-testid="notification-item"] strong')]
+        .filter((el) => el.textContent === 'Build finished').length === 2,
+      null,
+      { timeout: STEP_TIMEOUT_MS },
+    );
+    const dates = await page.getByTestId('notification-item').locator('time').allTextContents();
+    assert.ok(dates.every((d) => d && !/Invalid Date/.test(d)), `dates: ${JSON.stringify(dates)}`);
+    // A payload that is not an object still shows up.
+    await publish({ userId: 'alice', data: 'plain text' });
+    await waitForItem(page, 'plain text');
+    await sleep(200); // a favicon request goes out after load
+    assert.deepEqual(failed, [], 'no failed requests (favicon included)');
+    assert.deepEqual(consoleErrors, [], 'no console errors');
+    await page.close();
+  });
+
   test('sockgate restart: the page reconnects by itself and refetches what it missed', async (t) => {
     if (!alice || !bob) return t.skip('needs the logged-in pages of the first test');
     // The Astro app keeps sessions in memory and supervisor mode restarts it with sockgate, so

@@ -72,7 +72,10 @@ test("the image's CMD and HEALTHCHECK work outside Docker", async () => {
   proc.stdout.on('data', (d) => (output += d));
   proc.stderr.on('data', (d) => (output += d));
   const exited = new Promise((resolve) => proc.on('exit', (code) => resolve(code)));
-  after(() => proc.kill('SIGKILL'));
+  after(() => {
+    proc.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
   const healthy = () => spawnSync(health[0], health.slice(1), { env: runEnv, timeout: 5000 }).status === 0;
   try {
     await until(healthy, 'the HEALTHCHECK to pass');
@@ -85,4 +88,52 @@ test("the image's CMD and HEALTHCHECK work outside Docker", async () => {
     e.message += `\n--- sockgate output ---\n${output}`;
     throw e;
   }
+});
+
+// The build context as Docker sends it: every file not excluded by .dockerignore (matched by
+// @balena/dockerignore, the matcher docker-compose and balena use, Docker's own semantics).
+test('the build context leaves out target/, .git and host node_modules/dist', async () => {
+  const { createRequire } = await import('node:module');
+  const fixtureRequire = createRequire(path.join(REPO, 'tests', 'fixture', 'package.json'));
+  const ignore = fixtureRequire('@balena/dockerignore')().add(
+    fs.readFileSync(path.join(REPO, '.dockerignore'), 'utf8').split('\n'),
+  );
+  let bytes = 0;
+  const sent = [];
+  const walk = (rel) => {
+    for (const entry of fs.readdirSync(path.join(REPO, rel), { withFileTypes: true })) {
+      const p = rel ? `${rel}/${entry.name}` : entry.name;
+      if (ignore.ignores(p)) continue;
+      if (entry.isDirectory()) walk(p);
+      else if (entry.isFile()) {
+        sent.push(p);
+        bytes += fs.statSync(path.join(REPO, p)).size;
+      }
+    }
+  };
+  walk('');
+  for (const prefix of ['target/', '.git/', 'examples/astro/node_modules/', 'examples/astro/dist/', 'tests/fixture/node_modules/']) {
+    assert.ok(!sent.some((p) => p.startsWith(prefix)), `${prefix} is in the build context`);
+  }
+  // What the stages COPY is still there.
+  for (const p of ['Cargo.toml', 'Cargo.lock', 'src/main.rs', 'vendor/engineioxide/Cargo.toml', 'examples/astro/package-lock.json', 'clients/node/index.mjs']) {
+    assert.ok(sent.includes(p), `${p} must be in the build context`);
+  }
+  assert.ok(bytes < 20 * 1024 * 1024, `build context is ${(bytes / 1048576).toFixed(1)} MiB`);
+  process.stderr.write(`docker build context: ${sent.length} files, ${(bytes / 1048576).toFixed(1)} MiB\n`);
+});
+
+test("the Dockerfile's header, app stage and build argument say what they do", () => {
+  const text = fs.readFileSync(path.join(REPO, 'Dockerfile'), 'utf8');
+  const words = { two: 2, three: 3, four: 4, five: 5 };
+  const said = text.match(/adjust the (\w+) lines marked ADAPT/);
+  assert.ok(said, 'the header says how many lines to adapt');
+  assert.equal(words[said[1]], text.match(/^# ADAPT:/gm).length, 'the header counts the ADAPT lines');
+  const app = text.slice(text.indexOf(' AS app'), text.lastIndexOf('\nFROM '));
+  const at = (re) => app.search(re);
+  assert.ok(at(/^COPY examples\/astro\/package\.json examples\/astro\/package-lock\.json/m) >= 0);
+  assert.ok(at(/^RUN npm ci/m) > at(/^COPY examples\/astro\/package\.json/m), 'npm ci after the package files');
+  assert.ok(at(/^COPY examples\/astro\/ /m) > at(/^RUN npm ci/m), 'sources after npm ci');
+  assert.match(app, /^ARG ALLOWED_HOSTS/m);
+  assert.match(app, /ALLOWED_HOSTS="\$ALLOWED_HOSTS" npm run build/);
 });

@@ -1,5 +1,6 @@
 import { useCallback, useEffect, useState } from 'react';
 import { useSocket } from '../hooks/useSocket';
+import { toNotification } from '../lib/notification';
 import type { Notification } from '../lib/store';
 
 interface Props {
@@ -20,9 +21,12 @@ export default function NotificationBell({ userId, initialNotifications = [] }: 
     }
   }, []);
 
-  const { isConnected, error } = useSocket<Notification>({
+  const { isConnected, error } = useSocket<unknown>({
     userId,
-    onNotification: (n) => setItems((prev) => (prev.some((p) => p.id === n.id) ? prev : [n, ...prev])),
+    onNotification: (payload) => {
+      const n = toNotification(payload, userId);
+      setItems((prev) => (prev.some((p) => p.id === n.id) ? prev : [n, ...prev]));
+    },
     // Anything published while we were disconnected is in the store: refetch.
     onReconnect: refetch,
   });

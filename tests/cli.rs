@@ -1,0 +1,59 @@
+//! What a user sees when the command line or the configuration is wrong: one line on stderr
+//! that names the flag (or variable, or file key) to fix, and exit status 2.
+
+use std::process::Command;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockgate"))
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("sockgate runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_bad_upstream_flag_is_named_as_a_flag() {
+    let (code, stderr) = run(&["--upstream", "localhost:4321", "--print-config"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("from command-line flag `--upstream`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("src/"), "no source locations: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn an_upstream_without_a_port_is_refused_saying_so() {
+    let (code, stderr) = run(&["--upstream", "http://localhost", "--print-config"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("has no port"), "{stderr}");
+
+    let (code, stderr) = run(
+        &["--print-config"],
+        &[("SIDECAR_UPSTREAM__URL", "http://localhost")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("environment variable `SIDECAR_UPSTREAM__URL`"),
+        "{stderr}"
+    );
+
+    let (code, stdout_ok) = run(
+        &["--upstream", "http://localhost:4321", "--print-config"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout_ok}");
+}
+
+#[test]
+fn a_bad_port_flag_value_names_the_flag() {
+    let (code, stderr) = run(&["--port", "http"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--port"), "{stderr}");
+}
