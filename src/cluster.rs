@@ -391,7 +391,8 @@ impl Link {
                 .expect("default Redis configuration"),
             subscribed: Arc::new(AtomicBool::new(false)),
             outage_logged: Arc::new(AtomicBool::new(false)),
-            canary_failure: Arc::new(Mutex::new(None)),
+            down: Arc::new(Mutex::new(Down::default())),
+            restored: Arc::new(watch::channel(0).0),
             recheck: Arc::new(Notify::new()),
         };
         (link, builder.build().expect("default Redis configuration"))
