@@ -319,8 +319,8 @@ function isNewerOffset(a, b) {
 
 test('cluster: reconnecting through B while A publishes — no duplicate, no silent gap', { skip: noRedis }, async () => {
   const { sgs: [a, b] } = await clusterStack({}, 2);
-  const TOTAL = 2000;
-  const RECONNECTS = 50;
+  const TOTAL = 4000;
+  const RECONNECTS = 150;
   // The client of the hook: drops an offset it saw already, reports the newest one.
   const { socket, state } = recoveringClient(b.url, 'sid=user-xi');
   const got = [];
