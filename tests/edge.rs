@@ -723,6 +723,7 @@ fn the_default_connection_cap_follows_the_raised_fd_limit() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
     let log = seen.join("\n");
     assert!(
         log.contains("raised the file descriptor limit") && log.contains("to=8192"),
