@@ -245,14 +245,8 @@ impl Hub {
             };
             match sent {
                 Ok(()) => return Ok((local, 0)),
-                // Sent to the other instances; some local sockets were full.
-                Err(BroadcastError::Socket(errors)) => {
-                    let targeted = match &room {
-                        Some(room) => io.local().to(room.clone()).except(except).sockets(),
-                        None => io.local().sockets(),
-                    };
-                    return Ok((local, self.close_full(&errors, targeted)));
-                }
+                // Sent to the other instances; some local sockets were full (and are closed).
+                Err(BroadcastError::Socket(errors)) => return Ok((local, full_count(&errors))),
                 Err(BroadcastError::Adapter(e)) => {
                     tracing::warn!("Redis publish failed, delivering locally only: {e}");
                     if let Io::Cluster(_, outages) = &self.io {
@@ -269,12 +263,13 @@ impl Hub {
         }
         with_io!(self, io => match room {
             Some(room) => self.emit_each(io.local().to(room).except(except).sockets(), event, payload),
-            None => broadcast_locally(self, io, event, payload).await,
+            None => broadcast_locally(io, event, payload).await,
         })
     }
 
-    /// Emits to each socket in turn, so a socket whose buffer is full (a client that stopped
-    /// reading) is known by name and closed: it reconnects and catches up instead of holding
+    /// Emits to each socket in turn. A socket whose buffer is full (a client that stopped
+    /// reading) misses the message and is closed by the engine as a slow consumer (see
+    /// `CloseWhenFull` in `realtime/mod.rs`): it reconnects and catches up instead of holding
     /// memory. Returns (targeted, dropped).
     fn emit_each<A: Adapter, P: serde::Serialize + ?Sized>(
         &self,
@@ -286,45 +281,11 @@ impl Hub {
         for socket in &sockets {
             match socket.emit(event, payload) {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                    dropped += 1;
-                    self.close_slow_consumer(socket);
-                }
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => dropped += 1,
                 Err(SendError::Serialize(e)) => return Err(e.to_string()),
             }
         }
         Ok((sockets.len(), dropped))
-    }
-
-    /// Closes a socket whose queue is full, counted and logged once per socket however many
-    /// messages it misses before it is gone.
-    fn close_slow_consumer<A: Adapter>(&self, socket: &socketioxide::extract::SocketRef<A>) {
-        if close_now(socket) {
-            self.metrics.slow_consumer();
-            tracing::warn!(socket = %super::log_id(socket.id), "socket buffer full: slow consumer disconnected");
-        }
-    }
-
-    /// After a broadcast to `targeted` failed with `errors`: closes the sockets whose queue is
-    /// full as slow consumers (the errors do not say which sockets they were; the queues do).
-    /// Returns how many sockets missed the message.
-    fn close_full<A: Adapter>(
-        &self,
-        errors: &[SocketError],
-        targeted: Vec<socketioxide::extract::SocketRef<A>>,
-    ) -> usize {
-        let dropped = errors
-            .iter()
-            .filter(|e| matches!(e, SocketError::InternalChannelFull))
-            .count();
-        if dropped > 0 {
-            for socket in &targeted {
-                if session(socket).is_some_and(|s| s.is_full()) {
-                    self.close_slow_consumer(socket);
-                }
-            }
-        }
-        dropped
     }
 
     /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
@@ -454,9 +415,8 @@ impl Hub {
 }
 
 /// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it,
-/// are counted, and closed as slow consumers. Returns (targeted, dropped).
+/// and the engine closes them as slow consumers. Returns (targeted, dropped).
 async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
-    hub: &Hub,
     io: &SocketIo<A>,
     event: &str,
     payload: &P,
@@ -464,10 +424,18 @@ async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
     let recipients = io.local().sockets().len();
     let dropped = match io.local().emit(event, payload).await {
         Ok(()) => 0,
-        Err(BroadcastError::Socket(errors)) => hub.close_full(&errors, io.local().sockets()),
+        Err(BroadcastError::Socket(errors)) => full_count(&errors),
         Err(e) => return Err(e.to_string()),
     };
     Ok((recipients, dropped))
+}
+
+/// How many sockets a broadcast found full (each closed by the engine as a slow consumer).
+fn full_count(errors: &[SocketError]) -> usize {
+    errors
+        .iter()
+        .filter(|e| matches!(e, SocketError::InternalChannelFull))
+        .count()
 }
 
 /// The Engine.IO session under a Socket.IO socket (its handshake request carries a handle).
@@ -481,22 +449,35 @@ fn session<A: Adapter>(
         .cloned()
 }
 
-/// Disconnects a socket and closes its transport. When its queue has room, the client is told
-/// first (a Socket.IO disconnect: it does not reconnect by itself) and the transport closes
-/// once that is written (within engineioxide's `CLOSE_GRACE` for a client that does not read);
-/// otherwise the transport is closed at once.
+/// Disconnects a socket from the namespace; [`close_transport`] (its disconnect handler) then
+/// closes the transport. When its queue has room, the client is told first (a Socket.IO
+/// disconnect: it does not reconnect by itself); a full queue made the engine close the
+/// transport at once (`CloseWhenFull`).
 pub(crate) fn disconnect<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) {
-    match socket.clone().disconnect() {
-        Ok(()) => {
-            if let Some(session) = session(socket) {
-                session.close(engineioxide::DisconnectReason::ClosingServer);
-            }
-        }
-        Err(SocketError::InternalChannelFull) => {
-            close_now(socket);
-        }
-        Err(SocketError::Closed) => {}
+    // Err: closed already, or its queue was full and the engine closed it.
+    let _ = socket.clone().disconnect();
+}
+
+/// Closes the transport of a socket the server disconnected from its namespace: a kick or a
+/// revalidation here, or a kick from another instance, which arrives through the adapter as a
+/// bare namespace disconnect and would leave the connection open (sockgate has one namespace:
+/// a session without it is of no use). What is queued, the disconnect packet included, is
+/// still written, within engineioxide's `CLOSE_GRACE` for a client that does not read.
+pub(crate) fn close_transport<A: Adapter>(
+    socket: &socketioxide::extract::SocketRef<A>,
+    reason: socketioxide::socket::DisconnectReason,
+) {
+    if reason == socketioxide::socket::DisconnectReason::ServerNSDisconnect
+        && let Some(session) = session(socket)
+    {
+        session.close(engineioxide::DisconnectReason::ClosingServer);
     }
+}
+
+/// Whether a socket's queue has no free slot: a message emitted now would close it as a slow
+/// consumer.
+pub(crate) fn queue_full<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
+    session(socket).is_some_and(|s| s.is_full())
 }
 
 /// Closes a socket's transport at once, whatever its queue holds: the session leaves its rooms,

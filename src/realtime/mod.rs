@@ -24,7 +24,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
-use socketioxide::{SendError, SocketError, SocketIo, TransportType};
+use socketioxide::{SocketIo, TransportType, socket::DisconnectReason};
 use socketioxide_core::adapter::DefinedAdapter;
 use tower::ServiceExt;
 use tower::util::{BoxCloneSyncService, service_fn};
@@ -203,6 +203,7 @@ pub async fn start(
     let kept_headers = Handshake {
         headers: kept_headers.into(),
         accept_binary: config.parser == Parser::Msgpack,
+        close_when_full: slow_consumer_closed(metrics.clone()),
     };
     let admission = Admission::new(auth.clone(), config.max_pending_connections);
     let handlers = Handlers {
@@ -291,16 +292,31 @@ struct Handshake {
     /// With the msgpack parser every Socket.IO packet from a client is an Engine.IO binary
     /// message, which the engine refuses unless the session is marked.
     accept_binary: bool,
+    /// Every session is closed the moment its queue is full (a slow consumer), whatever
+    /// filled it: a publish made here, a broadcast or a kick arriving from another instance.
+    close_when_full: engineioxide::CloseWhenFull,
 }
 
 impl Handshake {
     fn prepare<B>(&self, req: http::Request<B>) -> http::Request<B> {
         let mut req = detach_handshake_head(req, &self.headers);
-        if self.accept_binary && is_handshake(&req) {
-            req.extensions_mut().insert(engineioxide::AcceptBinary);
+        if is_handshake(&req) {
+            if self.accept_binary {
+                req.extensions_mut().insert(engineioxide::AcceptBinary);
+            }
+            req.extensions_mut().insert(self.close_when_full.clone());
         }
         req
     }
+}
+
+/// Counts and logs a slow consumer, once per socket: the engine calls it when it closes a
+/// session whose queue is full.
+fn slow_consumer_closed(metrics: Arc<Metrics>) -> engineioxide::CloseWhenFull {
+    engineioxide::CloseWhenFull(Arc::new(move || {
+        metrics.slow_consumer();
+        tracing::warn!("socket buffer full: slow consumer disconnected");
+    }))
 }
 const ENGINE_IO_HEADERS: [&http::HeaderName; 2] = [
     &http::header::SEC_WEBSOCKET_KEY,
@@ -425,6 +441,11 @@ async fn check_session<A: Adapter>(
 
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
+    socket.on_disconnect(
+        |socket: SocketRef<A>, reason: DisconnectReason| async move {
+            hub::close_transport(&socket, reason)
+        },
+    );
     if let (Some(history), Some(ReplayFrom { since, shape }), Some(identity)) = (
         handlers.journal.history(),
         // Taken, not copied: it is needed once, and each socket's memory counts.
@@ -537,17 +558,14 @@ async fn emit_waiting<A: Adapter, T: serde::Serialize + ?Sized>(
 ) -> bool {
     /// The queue tells whether it is full, not when it has room again: polled.
     const RECHECK: Duration = Duration::from_millis(5);
-    loop {
-        match socket.emit(event, payload) {
-            Ok(()) => return true,
-            Err(SendError::Socket(SocketError::InternalChannelFull))
-                if tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(RECHECK).await;
-            }
-            Err(_) => return false,
+    // An emit into a full queue closes the socket as a slow consumer: wait for room first.
+    while hub::queue_full(socket) {
+        if tokio::time::Instant::now() >= deadline || !socket.connected() {
+            return false;
         }
+        tokio::time::sleep(RECHECK).await;
     }
+    socket.emit(event, payload).is_ok()
 }
 
 /// Moves a socket from its connecting room to its user room (and, when it gets offsets, to its

@@ -399,7 +399,9 @@ test('a link that looks healthy but carries nothing (Redis answers PING, publish
   }
 });
 
-test('cluster: a slow consumer is closed the same way (publish answers 200, socket gone, counted once)', { skip: NO_REDIS, timeout: 60_000 }, async (t) => {
+// The socket stalls on one instance; publishes and kicks are made on the other, so what closes
+// it is the broadcast or the disconnect arriving from Redis, not the publishing instance.
+async function stalledInCluster(t, body) {
   const fixture = await startFixture();
   const redisPort = await freePort();
   const redis = await startRedis(redisPort);
@@ -409,21 +411,53 @@ test('cluster: a slow consumer is closed the same way (publish answers 200, sock
     SIDECAR_REALTIME__MAX_BUFFER_SIZE: '16',
   };
   const [A, B] = await Promise.all([0, 1].map(() => startSockgate({ upstreamUrl: fixture.url, env })));
-  const a = { ...A, publishApi: (m, p, b, o) => publishApi(A.publishSocket, m, p, b, o) };
+  const withApi = (S) => ({ ...S, publishApi: (m, p, b, o) => publishApi(S.publishSocket, m, p, b, o) });
   try {
-    const stalled = await stalledSocketIoClient(A.url, { cookie: 'sid=user-slow' });
-    const slowCount = async () =>
-      (await metrics(A.publishSocket)).get('sockgate_slow_consumers_disconnected_total') ?? 0;
-    const sent = await flood(a, { userId: 'slow' }, { until: async () => (await slowCount()) > 0 });
-    await flood(a, { broadcast: true }, { max: 20 });
-    t.diagnostic(`fault: cluster mode, ${sent} × 60 KiB before the slow consumer was closed`);
-    await assertGone(a, stalled, 'slow', 'slow consumer (cluster)');
-    assert.equal(await slowCount(), 1, 'counted once');
+    await body(withApi(A), withApi(B));
   } finally {
     await Promise.all([A.stop(), B.stop()]);
     await fixture.stop();
     await redis.kill('SIGKILL').catch(() => {});
   }
+}
+
+for (const [where, pick] of [
+  ['the publishing instance', (a, b) => [a, a]],
+  ['another instance (publishes arrive from Redis)', (a, b) => [a, b]],
+]) test(`cluster: a slow consumer on ${where} is closed the same way (publish answers 200, socket gone, counted once, by its own instance)`, { skip: NO_REDIS, timeout: 60_000 }, async (t) => {
+  await stalledInCluster(t, async (A, B) => {
+    const [publisher, owner] = pick(A, B);
+    const stalled = await stalledSocketIoClient(owner.url, { cookie: 'sid=user-slow' });
+    await waitFor(async () => (await presence(publisher, 'slow')) === 1, { timeout: 5000, message: 'the stalled socket seen cluster-wide' });
+    const slowCount = async (S) =>
+      (await metrics(S.publishSocket)).get('sockgate_slow_consumers_disconnected_total') ?? 0;
+    const sent = await flood(publisher, { userId: 'slow' }, { max: 600, until: async () => (await slowCount(owner)) > 0 });
+    await flood(publisher, { broadcast: true }, { max: 20 });
+    t.diagnostic(`fault: cluster mode, ${sent} × 60 KiB before the slow consumer was closed`);
+    await assertGone(owner, stalled, 'slow', 'slow consumer (cluster)');
+    assert.equal(await slowCount(owner), 1, 'counted once, by the instance that owns the socket');
+    if (publisher !== owner) assert.equal(await slowCount(publisher), 0, 'not counted by the publishing instance');
+  });
+});
+
+test('cluster: a kick made on another instance closes a socket that stopped reading (its queue filled from there); nothing published after it arrives', { skip: NO_REDIS, timeout: 60_000 }, async (t) => {
+  await stalledInCluster(t, async (A, B) => {
+    const stalled = await stalledSocketIoClient(B.url, { cookie: 'sid=user-kicked' });
+    await waitFor(async () => (await presence(A, 'kicked')) === 1, { timeout: 5000, message: 'the stalled socket seen cluster-wide' });
+    // Fill B's kernel buffers and the socket's queue from A. (Before the engine closed full
+    // sessions itself, B kept such a socket for ever and the disconnect from A, which needs a
+    // free slot in its queue, did nothing.)
+    await flood(A, { userId: 'kicked' }, { max: 30 });
+    const kick = await A.publishApi('POST', '/users/kicked/disconnect');
+    assert.equal(kick.status, 200, kick.text);
+    const after = await A.publishApi('POST', '/publish', { userId: 'kicked', event: 'after-kick', data: 'late' });
+    assert.equal(after.status, 200, after.text);
+    await assertGone(B, stalled, 'kicked', 'socket kicked from another instance');
+    stalled.resume();
+    await stalled.closed;
+    const late = stalled.messages.filter((m) => typeof m === 'string' && m.includes('after-kick'));
+    assert.equal(late.length, 0, 'a message published after the kick never reaches the kicked client');
+  });
 });
 
 test('self-healing: self-checks that keep failing while Redis answers rebuild the subscription connection, once per streak, logged with the reason and counted; delivery and cluster presence come back', { skip: NO_REDIS, timeout: 90_000 }, async (t) => {

@@ -3,7 +3,7 @@
 #![doc = include_str!("../README.md")]
 
 pub use engineioxide_core::{ProtocolVersion, Str, TransportType};
-pub use socket::{AcceptBinary, DisconnectReason, SessionHandle, Socket};
+pub use socket::{AcceptBinary, CloseWhenFull, DisconnectReason, SessionHandle, Socket};
 
 #[doc(hidden)]
 #[cfg(feature = "__test_harness")]

@@ -134,6 +134,21 @@ impl Debug for SessionHandle {
 #[derive(Clone, Copy, Debug)]
 pub struct AcceptBinary;
 
+/// sockgate patch: a handshake request carrying this extension opens a session that is closed
+/// (as [`Socket::abort`], reason [`DisconnectReason::TransportError`]) the moment a packet finds
+/// its queue full, and the callback is called once, then. Without it a full session stays open
+/// and refuses packets: Socket.IO ignores the refusal of a broadcast that came from another
+/// instance, and its `disconnect()` needs a free slot, so a peer that stopped reading could
+/// neither be fed nor closed.
+#[derive(Clone)]
+pub struct CloseWhenFull(pub Arc<dyn Fn() + Send + Sync>);
+
+impl Debug for CloseWhenFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CloseWhenFull")
+    }
+}
+
 /// What a [`SessionHandle`] can do, whatever the socket's data type.
 trait AbortSession: Send + Sync {
     fn abort(&self, reason: DisconnectReason) -> bool;
@@ -378,10 +393,22 @@ where
         self.internal_tx
             .try_send(Box::new(smallvec![packet]))
             .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+                TrySendError::Full(mut p) => {
+                    self.closed_when_full();
+                    TrySendError::Full(p.pop().unwrap())
+                }
                 TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
             })?;
         Ok(())
+    }
+
+    /// sockgate patch: see [`CloseWhenFull`].
+    fn closed_when_full(&self) {
+        if let Some(CloseWhenFull(told)) = self.req_parts.extensions.get::<CloseWhenFull>() {
+            if self.abort(DisconnectReason::TransportError) {
+                told();
+            }
+        }
     }
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
@@ -534,7 +561,11 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
+        let permit = self.internal_tx.try_reserve().inspect_err(|e| {
+            if matches!(e, TrySendError::Full(())) {
+                self.closed_when_full(); // sockgate patch: see `CloseWhenFull`
+            }
+        })?;
         Ok(Permit { inner: permit })
     }
 
