@@ -645,6 +645,7 @@ async fn default_publish_socket_is_in_a_private_directory() {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .env("SIDECAR_LOG__FILTER", "warn") // a passing test prints nothing
         .env("SIDECAR_SERVER__HOST", "127.0.0.1")
         .env("SIDECAR_SERVER__PORT", port.to_string())
         .env(

@@ -115,10 +115,26 @@ impl Sockgate {
     }
 }
 
+/// Where sockgate's output goes: a file in its temp dir, shown only when the test fails (a
+/// passing run prints no WARN/ERROR lines), or the terminal with `SOCKGATE_TEST_LOG` set.
+fn sockgate_log(dir: &std::path::Path) -> (Stdio, Stdio) {
+    if std::env::var_os("SOCKGATE_TEST_LOG").is_some() {
+        return (Stdio::inherit(), Stdio::inherit());
+    }
+    let file = std::fs::File::create(dir.join("sockgate.log")).expect("log file");
+    let copy = file.try_clone().expect("log file");
+    (file.into(), copy.into())
+}
+
 impl Drop for Sockgate {
     fn drop(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.dir.join("sockgate.log"))
+        {
+            eprintln!("--- sockgate output ---\n{log}");
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -147,6 +163,7 @@ pub fn sockgate_with_args(upstream_port: u16, env: &[(&str, &str)], args: &[&str
     let port = free_port();
     let dir = temp_dir("sg");
     let socket = dir.join("sockgate.sock");
+    let (out, err) = sockgate_log(&dir);
     let child = Command::new(sockgate_bin())
         .current_dir(&dir)
         .env_clear()
@@ -161,8 +178,8 @@ pub fn sockgate_with_args(upstream_port: u16, env: &[(&str, &str)], args: &[&str
         .env("SIDECAR_LOG__FILTER", "sockgate=debug,info")
         .envs(env.iter().copied())
         .args(args)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdout(out)
+        .stderr(err)
         .spawn()
         .expect("sockgate binary runs");
     let proc = Proc { child, port };

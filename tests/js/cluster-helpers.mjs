@@ -7,7 +7,7 @@ import { after, afterEach } from 'node:test';
 import net from 'node:net';
 import { SOCKGATE_BIN, sockgateEnv, tmpDir, waitFor, withTimeout } from './harness.mjs';
 
-const VERBOSE = !!process.env.SOCKGATE_TEST_VERBOSE;
+const VERBOSE = !!(process.env.SOCKGATE_TEST_VERBOSE || process.env.SOCKGATE_TEST_LOG);
 
 /** The redis-server executable on PATH, or null. */
 export function findRedisServer() {

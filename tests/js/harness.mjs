@@ -4,8 +4,8 @@
 // binary (target/debug/sockgate, or $SOCKGATE_BIN) on free ports, waits until
 // both are ready, and tears everything down after the test file. Output of
 // every child process is captured and printed when a test fails (set
-// SOCKGATE_TEST_VERBOSE=1 to stream it live instead; SOCKGATE_TEST_LOG_FILTER sets
-// sockgate's log filter, default `info`).
+// SOCKGATE_TEST_VERBOSE=1 or SOCKGATE_TEST_LOG=1, as for the Rust tests, to stream it
+// live instead; SOCKGATE_TEST_LOG_FILTER sets sockgate's log filter, default `info`).
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { after, afterEach } from 'node:test';
@@ -27,7 +27,7 @@ export const SOCKGATE_BIN = process.env.SOCKGATE_BIN
 const fixtureRequire = createRequire(path.join(REPO_ROOT, 'tests', 'fixture', 'package.json'));
 export const { io } = fixtureRequire('socket.io-client');
 
-const VERBOSE = !!process.env.SOCKGATE_TEST_VERBOSE;
+const VERBOSE = !!(process.env.SOCKGATE_TEST_VERBOSE || process.env.SOCKGATE_TEST_LOG);
 export const DEFAULT_TIMEOUT_MS = 10_000;
 
 // ---------------------------------------------------------------------------
