@@ -5,8 +5,8 @@
 //! `realtime.max_pending_connections` places until its Socket.IO CONNECT passes the session
 //! check (or the session ends: `realtime.connect_timeout_ms` closes one that never does).
 //! Every later request of a polling session — polls, posts, the WebSocket upgrade — must
-//! present the same secrets (`Cookie`, `Authorization`: `Credentials::secret`) as its
-//! handshake: the Engine.IO `sid` alone is not a bearer token.
+//! present the same credentials (`Cookie`, `Authorization`, the app's own forwarded headers:
+//! `Credentials::secret`) as its handshake: the Engine.IO `sid` alone is not a bearer token.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -86,14 +86,28 @@ impl Credentials {
         &self.key
     }
 
-    /// Over the secrets only (`Cookie`, `Authorization`): what an open session is bound to.
-    /// `User-Agent`, `Host` or the client address prove nothing (anyone can send them), and
-    /// they legitimately differ between one client's requests: Node's socket.io-client sends
-    /// a `User-Agent` on polling requests but none on its WebSocket upgrade, and a phone's
-    /// address changes.
+    /// Over every header read except those that describe the client rather than who it is
+    /// ([`describes_the_client`]): what an open session is bound to. `Cookie`, `Authorization`
+    /// and any header of the app's own in `auth.forward_headers` (an API key, a tenant) are in
+    /// it, since the app may authenticate on any of them. `User-Agent`, `Host` or the client
+    /// address prove nothing (anyone can send them), and they legitimately differ between one
+    /// client's requests: Node's socket.io-client sends a `User-Agent` on polling requests but
+    /// none on its WebSocket upgrade, and a phone's address changes.
     pub fn secret(&self) -> &CredentialKey {
         &self.secret
     }
+}
+
+/// Headers that say what and where the client is, not who: left out of a session's binding.
+fn describes_the_client(name: &HeaderName) -> bool {
+    [
+        header::HOST,
+        header::USER_AGENT,
+        header::FORWARDED,
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderName::from_static("x-real-ip"),
+    ]
+    .contains(name)
 }
 
 pub struct SessionAuth {
@@ -228,7 +242,7 @@ impl SessionAuth {
         let mut headers = HeaderMap::new();
         for (name, forwarded) in self.read.iter().zip(&self.forwarded) {
             let values = canonical_values(name, request_headers);
-            let is_secret = name == header::COOKIE || name == header::AUTHORIZATION;
+            let is_secret = !describes_the_client(name);
             // Length-prefixed, so no two different header sets hash the same bytes.
             let mut update = |bytes: &[u8]| {
                 digest.update(bytes);
@@ -495,7 +509,8 @@ mod tests {
         ] {
             assert_ne!(k, key(&auth, &changed), "{changed:?}");
         }
-        // The secret covers the cookie and Authorization only.
+        // The secret covers what identifies the user (cookie, Authorization, the app's own
+        // headers), not what describes the client.
         let secret = |pairs: &[(&str, &str)]| *auth.credentials(&headers(pairs)).unwrap().secret();
         assert_eq!(
             secret(&base),
@@ -505,6 +520,22 @@ mod tests {
         assert_ne!(
             secret(&base),
             secret(&[("cookie", "sid=a"), ("authorization", "Bearer t")])
+        );
+        // A header of the app's own is a credential too.
+        let config = AuthConfig {
+            forward_headers: vec!["cookie".into(), "x-tenant".into()],
+            ..AuthConfig::default()
+        };
+        let upstream = Upstream::new(
+            &crate::config::UpstreamConfig::default(),
+            http::uri::Authority::from_static("127.0.0.1:9"),
+        );
+        let tenant = SessionAuth::new(&config, upstream, Arc::new(Metrics::new()));
+        let secret_of =
+            |pairs: &[(&str, &str)]| *tenant.credentials(&headers(pairs)).unwrap().secret();
+        assert_ne!(
+            secret_of(&[("cookie", "sid=a"), ("x-tenant", "a")]),
+            secret_of(&[("cookie", "sid=a"), ("x-tenant", "b")])
         );
         // A header nobody reads does not change the key.
         let mut unread = base.to_vec();

@@ -364,6 +364,41 @@ test('another user\'s cookie cannot poll or upgrade a polling session whose sid 
   assert.doesNotMatch(s.sockgate.text(), new RegExp(alice.sid), 'the sid is never logged');
 });
 
+test('a polling session is bound to every credential header the session route sees, not only the cookie', async () => {
+  // The app authenticates on a header of its own (configured in auth.forward_headers): a
+  // request that shares the cookie but not that header is not the handshake's client.
+  const st = await startStack({
+    env: { SIDECAR_AUTH__FORWARD_HEADERS: '["cookie","user-agent","x-forwarded-for","x-tenant"]' },
+  });
+  try {
+    const aliceHeaders = [['Cookie', 'sid=alice-token'], ['X-Tenant', 'alice-corp']];
+    const alice = await pollingConnect(st.port, aliceHeaders);
+    assert.match(alice.answer, /^40/, alice.answer);
+    const poll = rawHttp(st.port, {
+      target: `${EIO}&sid=${alice.sid}`,
+      headers: [['Cookie', 'sid=alice-token'], ['X-Tenant', 'mallory-corp']],
+      timeout: 4000,
+    });
+    await sleep(100);
+    await st.publish({ userId: 'alice', event: 'secret', data: 'for alice only' });
+    const r = await poll;
+    assert.equal(r.status, 403, `a poll with another X-Tenant answered ${r.status} ${r.body}`);
+    assert.doesNotMatch(r.body, /for alice only/);
+    // A different User-Agent is not another client (Node's client sends none on its upgrade).
+    const own = rawHttp(st.port, {
+      target: `${EIO}&sid=${alice.sid}`,
+      headers: [...aliceHeaders, ['User-Agent', 'another-agent']],
+    });
+    await sleep(100);
+    await st.publish({ userId: 'alice', event: 'secret', data: 'for alice' });
+    const mine = await own;
+    assert.equal(mine.status, 200, mine.body);
+    assert.match(mine.body, /for alice/);
+  } finally {
+    await st.stop();
+  }
+});
+
 // ---------------------------------------------------------------------------
 // 4. Bounded auth waits
 // ---------------------------------------------------------------------------
