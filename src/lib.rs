@@ -60,12 +60,13 @@ pub async fn run(
     // Assemble: every part is built once, here, and shared.
     let metrics = Arc::new(Metrics::new());
     let upstream = Upstream::new(&config.upstream, authority.clone());
+    let min_body_rate = upload::MinRate::from(&config.proxy);
     let proxy = Proxy::new(
         upstream.clone(),
         config.proxy.trust_forwarded,
         shutdown.clone(),
         metrics.clone(),
-        upload::MinRate::from(&config.proxy),
+        min_body_rate,
     );
     let auth = Arc::new(SessionAuth::new(
         &config.auth,
@@ -122,6 +123,7 @@ pub async fn run(
         metrics: metrics.clone(),
         trust_forwarded: config.proxy.trust_forwarded,
         admission: realtime.admission,
+        min_body_rate,
     });
 
     // Listen: public port, publish socket, optional admin port.

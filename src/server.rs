@@ -25,6 +25,7 @@ use crate::proxy::{Proxy, mark_forwarded};
 use crate::realtime::{Admission, OpenSockets, OriginPolicy, RealtimeService, is_handshake};
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
+use crate::upload::{MinRate, Upload};
 
 /// Routes requests: the Socket.IO path to sockgate's own endpoint, everything else to the app.
 /// Built once at startup.
@@ -43,6 +44,8 @@ pub struct Router {
     pub trust_forwarded: bool,
     /// Credentials and pending places of handshakes; the binding of sessions to them.
     pub admission: Admission,
+    /// What a polling POST's body must keep up (the proxy's `proxy.min_body_rate_*`).
+    pub min_body_rate: MinRate,
 }
 
 impl Router {
@@ -77,7 +80,7 @@ impl Router {
                 }
                 return refusal.response();
             }
-            return call_realtime(self.realtime.clone(), req).await;
+            return self.call_realtime(req).await;
         }
         let ticket = match self.admission.admit(&req) {
             Ok(ticket) => ticket,
@@ -108,15 +111,33 @@ impl Router {
             }
         }
         req.extensions_mut().insert(ticket.clone());
-        let resp = call_realtime(self.realtime.clone(), req).await;
+        let resp = self.call_realtime(req).await;
         ticket.bind(resp).await
     }
 }
 
-async fn call_realtime(service: RealtimeService, req: Request<Incoming>) -> Response<Body> {
-    match service.oneshot(req).await {
-        Ok(resp) => resp.map(body::boxed),
-        Err(never) => match never {},
+impl Router {
+    /// Hands a request to Engine.IO. A body the client trickled or broke is answered as the
+    /// proxy answers it (`408`/`400`, connection closed), whatever Engine.IO made of it.
+    async fn call_realtime(&self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, incoming) = req.into_parts();
+        let (upload, client_fault) = Upload::new(incoming, self.min_body_rate);
+        let resp = match self
+            .realtime
+            .clone()
+            .oneshot(Request::from_parts(parts, upload))
+            .await
+        {
+            Ok(resp) => resp.map(body::boxed),
+            Err(never) => match never {},
+        };
+        match client_fault.get() {
+            Some(fault) => {
+                self.metrics.client_error(fault.label());
+                fault.response()
+            }
+            None => resp,
+        }
     }
 }
 

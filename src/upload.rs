@@ -52,10 +52,26 @@ impl ClientFault {
             ClientFault::BadBody(_) => "bad_body",
         }
     }
+
+    /// The answer to a request whose body the client got wrong. The connection is closed:
+    /// the rest of the body cannot be trusted (and a trickling client must not keep it).
+    pub fn response(&self) -> http::Response<crate::body::Body> {
+        let status = match self {
+            ClientFault::TooSlow(_) => http::StatusCode::REQUEST_TIMEOUT,
+            ClientFault::BadBody(_) => http::StatusCode::BAD_REQUEST,
+        };
+        let mut resp = crate::body::text(status, self.to_string());
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        resp
+    }
 }
 
-/// Where an [`Upload`] leaves its [`ClientFault`], read by the proxy when the app request fails.
-#[derive(Clone, Default)]
+/// Where an [`Upload`] leaves its [`ClientFault`], read by whoever consumed the body (the
+/// proxy when the app request fails, the router after Engine.IO refused a polling POST).
+#[derive(Debug, Clone, Default)]
 pub struct FaultCell(Arc<OnceLock<ClientFault>>);
 
 impl FaultCell {
@@ -71,6 +87,7 @@ impl FaultCell {
 }
 
 /// The client's body, checked as it streams.
+#[derive(Debug)]
 pub struct Upload {
     inner: Incoming,
     rate: MinRate,

@@ -732,3 +732,37 @@ fn the_default_connection_cap_follows_the_raised_fd_limit() {
     );
     assert!(log.contains("max=7936"), "8192 less 256: {log}");
 }
+
+#[tokio::test]
+async fn trickled_polling_post_gets_408() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_PROXY__MIN_BODY_RATE_BYTES_PER_SEC", "240"),
+            ("SIDECAR_PROXY__MIN_BODY_RATE_GRACE_MS", "1000"),
+        ],
+    );
+    let sid = polling_session(sg.port()).await;
+    // A Socket.IO CONNECT trickled one byte every 500 ms: the body is answered by Engine.IO,
+    // not the app, and must be cut like a proxied upload.
+    let body = b"40".repeat(40);
+    let head = format!(
+        "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: app.test\r\n\
+         Cookie: {ATTACKER_COOKIE}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let started = Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(15),
+        trickle(sg.port(), head, body, Duration::from_millis(500)),
+    )
+    .await
+    .expect("the trickling polling client was cut within 15 s");
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}

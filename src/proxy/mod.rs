@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::upload::{ClientFault, MinRate, Upload};
+use crate::upload::{MinRate, Upload};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use headers::effective_host;
@@ -95,7 +95,7 @@ impl Proxy {
                 // The app is fine: the client sent a broken body, gave up, or trickled.
                 tracing::debug!(%method, %path, %peer, "{fault}");
                 self.metrics.client_error(fault.label());
-                return client_fault_page(fault);
+                return fault.response();
             }
             Err(error) => {
                 tracing::warn!(%method, %path, %peer, "{error}");
@@ -140,19 +140,6 @@ pub fn mark_forwarded(headers: &mut http::HeaderMap, peer: SocketAddr, trust_for
             trust_incoming: trust_forwarded,
         },
     );
-}
-
-/// The answer to a request whose body the client got wrong. The connection is closed: the
-/// rest of the body cannot be trusted (and a trickling client must not keep it).
-fn client_fault_page(fault: &ClientFault) -> Response<Body> {
-    let status = match fault {
-        ClientFault::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
-        ClientFault::BadBody(_) => StatusCode::BAD_REQUEST,
-    };
-    let mut resp = body::text(status, fault.to_string());
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
 }
 
 /// The page a browser shows when the app cannot answer: short, and saying whose fault it is.

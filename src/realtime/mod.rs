@@ -34,6 +34,7 @@ use crate::cluster::{Cluster, ClusterAdapter};
 use crate::config::{Config, Parser, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
+use crate::upload::Upload;
 
 pub use admission::Admission;
 use admission::Ticket;
@@ -50,8 +51,10 @@ struct Identity {
 }
 
 /// The Socket.IO endpoint as the router sees it: any adapter, one body type.
+/// Request bodies reach Engine.IO through [`Upload`]: a polling POST must keep up the same
+/// minimum data rate as a proxied upload.
 pub type RealtimeService =
-    BoxCloneSyncService<http::Request<hyper::body::Incoming>, http::Response<Body>, Infallible>;
+    BoxCloneSyncService<http::Request<Upload>, http::Response<Body>, Infallible>;
 
 /// A running Socket.IO endpoint.
 pub struct Realtime {
@@ -260,7 +263,7 @@ pub async fn start(
 }
 
 type NotFound = BoxCloneSyncService<
-    http::Request<hyper::body::Incoming>,
+    http::Request<Upload>,
     http::Response<http_body_util::Empty<bytes::Bytes>>,
     Infallible,
 >;
@@ -275,9 +278,8 @@ fn not_found() -> NotFound {
 }
 
 fn erase<A: Adapter>(svc: SocketIoService<NotFound, A>, kept: Handshake) -> RealtimeService {
-    let svc =
-        ServiceExt::<http::Request<hyper::body::Incoming>>::map_response(svc, body::boxed_response)
-            .map_request(move |req| kept.prepare(req));
+    let svc = ServiceExt::<http::Request<Upload>>::map_response(svc, body::boxed_response)
+        .map_request(move |req| kept.prepare(req));
     BoxCloneSyncService::new(svc)
 }
 
