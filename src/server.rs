@@ -21,7 +21,7 @@ use crate::config::{ServerConfig, is_under, ms};
 use crate::connection::{Connection, ConnectionLimit};
 use crate::metrics::{Metrics, Reject};
 use crate::ops::Ops;
-use crate::proxy::{Proxy, mark_forwarded};
+use crate::proxy::{Proxy, host_from_authority, mark_forwarded};
 use crate::realtime::{Admission, OpenSockets, OriginPolicy, RealtimeService, is_handshake};
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
@@ -49,7 +49,8 @@ pub struct Router {
 }
 
 impl Router {
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        host_from_authority(&mut req);
         let path = req.uri().path();
         if self.health_path.as_deref() == Some(path) {
             return self.ops.readiness().await;
@@ -69,7 +70,6 @@ impl Router {
             tracing::warn!(%peer, "Socket.IO handshake refused: {reason}");
             return body::text(StatusCode::FORBIDDEN, "origin not allowed");
         }
-        let mut req = req;
         // The session route sees the client's address like the app's pages do.
         mark_forwarded(req.headers_mut(), peer, self.trust_forwarded);
         if !is_handshake(&req) {

@@ -406,3 +406,59 @@ async fn sigterm_cuts_open_tunnels_at_the_drain_deadline() {
         Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))
     ));
 }
+
+#[tokio::test]
+async fn h2c_socket_io_session_route_sees_the_host_from_authority() {
+    // HTTP/2 has no Host header; the session route (Astro checks Host) must still see the host
+    // the browser used, as the app's pages do.
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c prior-knowledge handshake");
+    tokio::spawn(conn);
+    let base = format!(
+        "http://h2.test:{}/socket.io/?EIO=4&transport=polling",
+        sg.port()
+    );
+    let call = |method: &str, uri: String, body: &'static str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("cookie", "sid=user-h2")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let open = sender
+        .send_request(call("GET", base.clone(), ""))
+        .await
+        .expect("open");
+    assert_eq!(open.status(), 200);
+    let open = body_text(open).await;
+    let v: serde_json::Value =
+        serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = v["sid"].as_str().expect("sid").to_owned();
+    let connect = sender
+        .send_request(call("POST", format!("{base}&sid={sid}"), "40"))
+        .await
+        .expect("connect");
+    assert_eq!(connect.status(), 200);
+    let answer = sender
+        .send_request(call("GET", format!("{base}&sid={sid}"), ""))
+        .await
+        .expect("poll");
+    let answer = body_text(answer).await;
+    assert!(answer.starts_with("40"), "CONNECT refused: {answer}");
+    let stats = body_json(get(app.port, "/__stats").await).await;
+    assert_eq!(
+        stats["lastSessionHeaders"]["host"],
+        format!("h2.test:{}", sg.port()),
+        "{stats}"
+    );
+}

@@ -35,6 +35,19 @@ const NEVER_HOP_BY_HOP: [HeaderName; 9] = [
     X_FORWARDED_HOST,
 ];
 
+/// HTTP/2 carries the host in `:authority`; the HTTP/1.1 app (its pages and its session
+/// route, and Astro checks it) needs a `Host` header.
+pub fn host_from_authority<B>(req: &mut http::Request<B>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(value) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, value);
+    }
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header names, except the
 /// end-to-end ones in [`NEVER_HOP_BY_HOP`].
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

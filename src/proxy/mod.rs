@@ -22,7 +22,7 @@ use crate::shutdown::Shutdown;
 use crate::upload::{MinRate, Upload};
 use crate::upstream::{Upstream, UpstreamError};
 
-pub use headers::effective_host;
+pub use headers::{effective_host, host_from_authority};
 pub use upgrade::Tunnels;
 
 #[derive(Clone)]
@@ -64,15 +64,6 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
-        // HTTP/2 carries the host in `:authority`; the HTTP/1.1 app needs a `Host` header.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(value) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
         headers::strip_hop_by_hop(&mut parts.headers);
         mark_forwarded(&mut parts.headers, peer, self.trust_forwarded);
         if let Some(protocol) = &upgrade {
