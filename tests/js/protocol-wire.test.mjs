@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
-import { startStack, waitFor, sleep } from './harness.mjs';
+import { startStack, waitFor, sleep, withTimeout } from './harness.mjs';
 import { pollingHandshake } from './fault-helpers.mjs';
 
 let s;
@@ -47,6 +47,8 @@ function engineRequest(query, { method = 'GET', cookie = COOKIE, body = '40' } =
 // The reference server's bodies: `{"code":<number>,"message":"…"}` (engine.io `Server.errors`).
 const ERROR_CASES = [
   ['an unknown sid', 'EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA', 'GET', 1, 'Session ID unknown'],
+  ['an unknown sid of the engine\'s format', 'EIO=4&transport=polling&sid=AAAAAAAAAAAAAAHs', 'GET', 1, 'Session ID unknown'],
+  ['a POST for an unknown sid', 'EIO=4&transport=polling&sid=AAAAAAAAAAAAAAHs', 'POST', 1, 'Session ID unknown'],
   ['an unknown transport', 'EIO=4&transport=carrier-pigeon', 'GET', 0, 'Transport unknown'],
   ['a handshake by POST', 'EIO=4&transport=polling', 'POST', 2, 'Bad handshake method'],
   ['Engine.IO 3 (socket.io-client 2.x)', 'EIO=3&transport=polling', 'GET', 5, 'Unsupported protocol version'],
@@ -144,4 +146,167 @@ test('with the default parser, binary from a client still closes its WebSocket (
   const code = await Promise.race([closed, sleep(5000).then(() => 'still open')]);
   assert.notEqual(code, 'still open', `closed after a binary message: ${JSON.stringify(frames)}`);
   assert.ok(frames.some((f) => f.startsWith('40{')), 'it had connected first');
+});
+
+// ---------------------------------------------------------------------------
+// Handshakes, CONNECT and user messages, frame by frame
+// ---------------------------------------------------------------------------
+
+/**
+ * A raw Engine.IO WebSocket. `frames` holds every text frame received; `next(pred)` resolves
+ * with the first frame (already received or to come) matching `pred` that `next` has not
+ * returned before; `closed` resolves with {code, ms since open}.
+ */
+async function rawWs(url, { cookie = COOKIE, query = '' } = {}) {
+  const { WebSocket } = await import('./fault-helpers.mjs');
+  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket${query}`, {
+    headers: cookie ? { cookie } : {},
+  });
+  const opened = Date.now();
+  const frames = [];
+  const waiters = new Set();
+  let seen = 0;
+  ws.on('error', () => {});
+  ws.on('message', (data, isBinary) => {
+    frames.push(isBinary ? data : data.toString());
+    for (const w of waiters) w();
+  });
+  const closed = new Promise((resolve) => ws.once('close', (code) => resolve({ code, ms: Date.now() - opened })));
+  closed.then(() => {
+    for (const w of waiters) w();
+  });
+  let isClosed = false;
+  closed.then(() => (isClosed = true));
+  const next = (pred, timeout = 5000, what = 'a matching frame') =>
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const i = frames.findIndex((f, k) => k >= seen && typeof f === 'string' && pred(f));
+        if (i >= 0) {
+          seen = i + 1;
+          done();
+          resolve(frames[i]);
+        } else if (isClosed) {
+          done();
+          reject(new Error(`closed before ${what}: ${JSON.stringify(frames)}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`no ${what} within ${timeout} ms: ${JSON.stringify(frames)}`));
+      }, timeout);
+      const done = () => {
+        clearTimeout(timer);
+        waiters.delete(check);
+      };
+      waiters.add(check);
+      check();
+    });
+  after(() => ws.terminate());
+  const open = new Promise((resolve) => ws.once('open', resolve));
+  return { ws, frames, next, closed, open, send: (f) => ws.send(f) };
+}
+
+/** The JSON of an Engine.IO OPEN packet (`0{…}`). */
+function openPacket(text) {
+  assert.match(text, /^0\{/, `an OPEN packet: ${text}`);
+  return JSON.parse(text.slice(1));
+}
+
+/** Asserts the fields and types the reference server (engine.io 6) puts in its OPEN packet. */
+function assertOpenPacket(open, upgrades) {
+  assert.deepEqual(Object.keys(open).sort(), ['maxPayload', 'pingInterval', 'pingTimeout', 'sid', 'upgrades']);
+  assert.equal(typeof open.sid, 'string');
+  assert.match(open.sid, /^[A-Za-z0-9_-]+$/, 'a URL-safe sid');
+  assert.deepEqual(open.upgrades, upgrades);
+  // sockgate's defaults: realtime.ping_interval_ms, ping_timeout_ms, max_poll_payload_bytes.
+  assert.equal(open.pingInterval, 25_000);
+  assert.equal(open.pingTimeout, 20_000);
+  assert.equal(open.maxPayload, 16 * 1024);
+}
+
+test('the OPEN packet carries sid, upgrades, pingInterval, pingTimeout and maxPayload with the reference types', async () => {
+  const polling = await engineRequest('EIO=4&transport=polling');
+  assert.equal(polling.status, 200, polling.text);
+  assertOpenPacket(openPacket(polling.text), ['websocket']);
+  const ws = await rawWs(s.url);
+  assertOpenPacket(openPacket(await ws.next((f) => f.startsWith('0'), 5000, 'OPEN')), []);
+  ws.ws.close();
+});
+
+// The reference server gives the Socket.IO socket an id of its own; socketioxide reuses the
+// Engine.IO sid (README, Protocol compatibility). Asserted so the README changes with it.
+test('CONNECT: 40 is answered 40{"sid"}; the Socket.IO sid is the Engine.IO sid (polling and WebSocket)', async () => {
+  // Polling: handshake, POST 40, GET the answer.
+  const { sid } = await pollingHandshake(s.url, COOKIE);
+  const post = await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { method: 'POST', body: '40' });
+  assert.equal(post.status, 200, post.text);
+  assert.equal(post.text, 'ok');
+  const answer = await engineRequest(`EIO=4&transport=polling&sid=${sid}`);
+  assert.match(answer.text, /^40\{/, answer.text);
+  const viaPolling = JSON.parse(answer.text.slice(2));
+  assert.deepEqual(Object.keys(viaPolling), ['sid']);
+  assert.equal(typeof viaPolling.sid, 'string');
+  assert.equal(viaPolling.sid, sid, 'socketioxide: the Socket.IO sid is the Engine.IO sid');
+  await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { method: 'POST', body: '1' });
+  // WebSocket.
+  const ws = await rawWs(s.url);
+  const open = openPacket(await ws.next((f) => f.startsWith('0'), 5000, 'OPEN'));
+  ws.send('40');
+  const connect = await ws.next((f) => f.startsWith('4'), 5000, 'the CONNECT answer');
+  assert.match(connect, /^40\{"sid":"[A-Za-z0-9_-]+"\}$/, connect);
+  assert.equal(JSON.parse(connect.slice(2)).sid, open.sid);
+  ws.ws.close();
+});
+
+// Keys in an order no sorting gives, nested objects, arrays, unicode, escapes: what the app
+// writes with JSON.stringify is what the client's frame carries.
+const DATA_JSON = '{"title":"Build finished","z":1,"a":[true,null,2.5,{"y":"é","b":"\\"q\\""}],"m":{"zz":0,"aa":-1}}';
+
+async function connectedUserWs(userId, connectPacket) {
+  const ws = await rawWs(s.url, { cookie: `sid=user-${userId}` });
+  await ws.next((f) => f.startsWith('0'), 5000, 'OPEN');
+  ws.send(connectPacket);
+  await ws.next((f) => f.startsWith('40{'), 5000, 'the CONNECT answer');
+  await waitFor(async () => (await s.publishApi('GET', `/users/${userId}`)).json?.sockets === 1, {
+    message: `${userId} is connected`,
+  });
+  return ws;
+}
+
+/** Publishes `data` (raw JSON text, so its bytes are exactly the app's) to a user. */
+async function publishRaw(userId, dataJson) {
+  const r = await s.publishApi('POST', '/publish', `{"userId":${JSON.stringify(userId)},"event":"notification","data":${dataJson}}`);
+  assert.equal(r.status, 200, r.text);
+}
+
+test('a user message without offset is one argument, byte for byte as published (keys in the app\'s order)', async () => {
+  const ws = await connectedUserWs('wire-plain', '40');
+  await publishRaw('wire-plain', DATA_JSON);
+  const frame = await ws.next((f) => f.startsWith('42'), 5000, 'the message');
+  assert.equal(frame, `42["notification",${DATA_JSON}]`);
+  ws.ws.close();
+});
+
+test('a user message to a socket that asked for offsets is (data, {offset}), data byte for byte as published', async () => {
+  const ws = await connectedUserWs('wire-offset', '40{"offset":null}');
+  await publishRaw('wire-offset', DATA_JSON);
+  const frame = await ws.next((f) => f.startsWith('42'), 5000, 'the message');
+  const prefix = `42["notification",${DATA_JSON},`;
+  assert.ok(frame.startsWith(prefix), `${frame}\n does not start with\n${prefix}`);
+  const meta = JSON.parse(frame.slice(prefix.length, -1));
+  assert.deepEqual(Object.keys(meta), ['offset']);
+  assert.equal(typeof meta.offset, 'string');
+  assert.ok(frame.endsWith('}]'));
+  ws.ws.close();
+});
+
+test('an event a client emits with an ack gets no answer; the socket stays connected and gets messages', async () => {
+  const ws = await connectedUserWs('wire-ack', '40');
+  ws.send('421["hello","sockgate"]'); // EVENT with ack id 1
+  ws.send('42["hello"]');
+  await assert.rejects(ws.next((f) => f.startsWith('43'), 1500, 'an ACK'), /no an ACK within/);
+  await publishRaw('wire-ack', '"still here"');
+  assert.equal(await ws.next((f) => f.startsWith('42'), 5000, 'the message'), '42["notification","still here"]');
+  assert.ok(!ws.frames.some((f) => typeof f === 'string' && /^4[134]/.test(f)), `no ack, disconnect or error: ${ws.frames}`);
+  ws.ws.close();
 });
