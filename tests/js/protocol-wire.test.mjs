@@ -310,3 +310,140 @@ test('an event a client emits with an ack gets no answer; the socket stays conne
   assert.ok(!ws.frames.some((f) => typeof f === 'string' && /^4[134]/.test(f)), `no ack, disconnect or error: ${ws.frames}`);
   ws.ws.close();
 });
+
+// ---------------------------------------------------------------------------
+// Sessions and transports the request does not match
+// ---------------------------------------------------------------------------
+
+/** Polling handshake, CONNECT, then the upgrade to WebSocket (probe, UPGRADE). Returns the sid. */
+async function upgradedSession(cookie) {
+  const { sid } = await pollingHandshake(s.url, cookie);
+  assert.ok(sid);
+  await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { method: 'POST', body: '40', cookie });
+  assert.match((await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { cookie })).text, /^40\{/);
+  const ws = await rawWs(s.url, { cookie, query: `&sid=${sid}` });
+  await withTimeout(ws.open, 5000, 'the upgrade');
+  ws.send('2probe');
+  await ws.next((f) => f === '3probe', 5000, '3probe');
+  ws.send('5');
+  return { sid, ws };
+}
+
+test('polling a session that has upgraded to WebSocket → 400 {"code":3,"message":"Bad request"}; the session stays', async () => {
+  const cookie = 'sid=user-wire-upgraded';
+  const { sid, ws } = await upgradedSession(cookie);
+  // Until the server has read the UPGRADE packet, a poll is answered with a NOOP.
+  const r = await waitFor(
+    async () => {
+      const r = await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { cookie });
+      return r.status !== 200 && r;
+    },
+    { message: 'a poll refused once the upgrade is done' },
+  );
+  assert.equal(r.status, 400, r.text);
+  assert.deepEqual(r.json, { code: 3, message: 'Bad request' }, r.text);
+  const post = await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { method: 'POST', body: '40', cookie });
+  assert.deepEqual([post.status, post.json], [400, { code: 3, message: 'Bad request' }], post.text);
+  await publishRaw('wire-upgraded', '1');
+  assert.equal(await ws.next((f) => f.startsWith('42'), 5000, 'a message over the WebSocket'), '42["notification",1]');
+  ws.ws.close();
+});
+
+test('polling with the sid of a WebSocket session → 400 {"code":3,"message":"Bad request"}, as the reference server', async () => {
+  const ws = await rawWs(s.url);
+  const { sid } = openPacket(await ws.next((f) => f.startsWith('0'), 5000, 'OPEN'));
+  for (const method of ['GET', 'POST']) {
+    const r = await engineRequest(`EIO=4&transport=polling&sid=${sid}`, { method });
+    assert.equal(r.status, 400, `${method}: ${r.text}`);
+    assert.deepEqual(r.json, { code: 3, message: 'Bad request' }, `${method}: ${r.text}`);
+  }
+  // Nor does the sid open anything else: a second WebSocket on it is closed at once, unread.
+  const other = await rawWs(s.url, { cookie: 'sid=user-mallory', query: `&sid=${sid}` });
+  const closed = await withTimeout(other.closed, 5000, 'the second WebSocket to be closed');
+  assert.deepEqual(other.frames, [], `nothing sent on a second WebSocket: ${closed.code}`);
+  ws.send('40');
+  await ws.next((f) => f.startsWith('40{'), 5000, 'the session still connects');
+  ws.ws.close();
+});
+
+/** A WebSocket upgrade request; resolves {status, json} when it is refused, {upgraded} if not. */
+async function wsUpgrade(url, { cookie = COOKIE, query }) {
+  const { WebSocket } = await import('./fault-helpers.mjs');
+  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/socket.io/?${query}`, { headers: { cookie } });
+  ws.on('error', () => {});
+  return withTimeout(
+    new Promise((resolve) => {
+      ws.once('upgrade', () => {
+        ws.terminate();
+        resolve({ upgraded: true });
+      });
+      ws.once('unexpected-response', (_req, res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let json = null;
+          try {
+            json = JSON.parse(text);
+          } catch {}
+          resolve({ status: res.statusCode, text, json });
+        });
+      });
+    }),
+    5000,
+    `an answer to the upgrade ${query}`,
+  );
+}
+
+test('a WebSocket upgrade for an unknown sid → 400 {"code":1} before any upgrade, as the reference server', async () => {
+  // One of the reference server's length, one of engineioxide's (16 characters: parsed, then
+  // looked up).
+  for (const sid of ['AAAAAAAAAAAAAAAAAAAA', 'AAAAAAAAAAAAAAHs']) {
+    const r = await wsUpgrade(s.url, { query: `EIO=4&transport=websocket&sid=${sid}` });
+    assert.equal(r.status, 400, `${sid}: ${JSON.stringify(r)}`);
+    assert.deepEqual(r.json, { code: 1, message: 'Session ID unknown' }, sid);
+  }
+});
+
+test('a transport the server does not offer → 400 {"code":0,"message":"Transport unknown"}; a polling-only server offers no upgrade', async () => {
+  const env = { SIDECAR_REALTIME__TRANSPORTS: '["polling"]' };
+  const pollingOnly = await startStack({ env });
+  after(() => pollingOnly.stop());
+  const up = await wsUpgrade(pollingOnly.url, { query: 'EIO=4&transport=websocket' });
+  assert.equal(up.status, 400, JSON.stringify(up));
+  assert.deepEqual(up.json, { code: 0, message: 'Transport unknown' });
+  const open = await fetch(`${pollingOnly.url}/socket.io/?EIO=4&transport=polling`, { headers: { cookie: COOKIE } });
+  assert.equal(open.status, 200);
+  assert.deepEqual(openPacket(await open.text()).upgrades, [], 'no websocket upgrade offered');
+
+  const wsOnly = await startStack({ env: { SIDECAR_REALTIME__TRANSPORTS: '["websocket"]' } });
+  after(() => wsOnly.stop());
+  for (const [method, query] of [
+    ['GET', 'EIO=4&transport=polling'],
+    ['GET', 'EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA'],
+  ]) {
+    const res = await fetch(`${wsOnly.url}/socket.io/?${query}`, { method, headers: { cookie: COOKIE } });
+    const text = await res.text();
+    assert.equal(res.status, 400, `${query}: ${text}`);
+    assert.deepEqual(JSON.parse(text), { code: 0, message: 'Transport unknown' }, query);
+  }
+});
+
+test('a WebSocket session that never sends CONNECT is closed after realtime.connect_timeout_ms', async () => {
+  const quick = await startStack({
+    env: {
+      SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+      SIDECAR_REALTIME__CONNECT_TIMEOUT_MS: '1500',
+      SIDECAR_AUTH__TIMEOUT_MS: '1000',
+    },
+  });
+  after(() => quick.stop());
+  const ws = await rawWs(quick.url);
+  await ws.next((f) => f.startsWith('0'), 5000, 'OPEN');
+  const closed = await withTimeout(ws.closed, 6000, 'the session to be closed (without the key, socketioxide closes it after 45 s)');
+  assert.ok(closed.ms >= 1300 && closed.ms < 4500, `closed ${closed.ms} ms after the open (connect_timeout_ms = 1500)`);
+  assert.ok(!ws.frames.some((f) => typeof f === 'string' && f.startsWith('4')), `no Socket.IO packet: ${ws.frames}`);
+  await waitFor(async () => (await quick.publishApi('GET', '/stats')).json?.connections === 0, {
+    message: '/stats connections back to 0',
+  });
+});
