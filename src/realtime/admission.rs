@@ -45,13 +45,6 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn response(&self) -> Response<Body> {
-        if self.status == StatusCode::BAD_REQUEST {
-            // What Engine.IO itself answers for a sid it does not know; clients reconnect on it.
-            return body::json(
-                self.status,
-                &serde_json::json!({"code": 1, "message": "Session ID unknown"}),
-            );
-        }
         body::text(self.status, &self.message)
     }
 }
@@ -171,7 +164,9 @@ impl Admission {
     }
 
     /// Checks a request of an open session (it has a `sid`): it must carry the credentials
-    /// its handshake carried. An unknown sid gets Engine.IO's own 400.
+    /// its handshake carried. A sid no polling handshake bound — unknown, ended, or a
+    /// WebSocket session's — goes on to Engine.IO, which answers it as the reference server
+    /// does (1 "Session ID unknown", 3 "Bad request" for a transport the session is not on).
     pub fn check<B>(&self, req: &Request<B>) -> Result<(), Refusal> {
         let Some(sid) = query_sid(req.uri().query().unwrap_or_default()) else {
             return Ok(());
@@ -184,10 +179,7 @@ impl Admission {
             .get(sid)
             .copied();
         let Some(bound) = bound else {
-            return Err(Refusal {
-                status: StatusCode::BAD_REQUEST,
-                message: "unknown session".into(),
-            });
+            return Ok(());
         };
         let presented = self.auth.credentials(req.headers()).ok();
         if presented.is_some_and(|c| *c.secret() == bound) {

@@ -158,3 +158,18 @@ test('a custom namespace is refused with connect_error "Invalid namespace", as a
     assert.match(err.message, /Invalid namespace/, `${transports}: ${err.message}`);
   }
 });
+
+test('an event a client emits with an ack is never answered (no client events); the socket stays connected', async () => {
+  const stack = await startStack();
+  after(() => stack.stop());
+  for (const transports of [['websocket'], ['polling']]) {
+    const socket = await connect(stack.url, { cookie: 'sid=user-ack', transports });
+    await assert.rejects(socket.timeout(1000).emitWithAck('hello', { from: 'client' }), /operation has timed out/);
+    socket.emit('no-ack', 1);
+    assert.equal(socket.connected, true, `${transports}: still connected`);
+    const got = nextEvent(socket, 'notification');
+    await publishOk(stack.publishSocket, { userId: 'ack', event: 'notification', data: 'after the ack' });
+    assert.equal(await got, 'after the ack', `${transports}: messages still arrive`);
+    socket.close();
+  }
+});

@@ -5,7 +5,7 @@
 //
 // The client runs in a virtualenv under target/ (created once, then reused). When python3
 // cannot make one or pip cannot reach the package registry, the tests are SKIPPED with the
-// reason — never passed.
+// reason — never passed — unless SOCKGATE_REQUIRE_PYTHON=1 (set by .ci/run): then they fail.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -39,12 +39,15 @@ function prepareVenv() {
 }
 
 const unavailable = prepareVenv();
-const SKIP = unavailable ? `python-socketio client unavailable: ${unavailable}` : false;
+const REQUIRED = process.env.SOCKGATE_REQUIRE_PYTHON === '1';
+const SKIP = unavailable && !REQUIRED ? `python-socketio client unavailable: ${unavailable}` : false;
 if (SKIP) process.stderr.write(`SKIPPED: ${SKIP}\n`);
 
 let s;
 before(async () => {
-  if (!SKIP) s = await startStack();
+  if (SKIP) return;
+  if (unavailable) throw new Error(`SOCKGATE_REQUIRE_PYTHON=1 but the python-socketio client is unavailable: ${unavailable}`);
+  s = await startStack();
 });
 after(async () => {
   await s?.stop();

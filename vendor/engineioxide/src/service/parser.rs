@@ -52,6 +52,16 @@ where
         }) => {
             ResponseFuture::async_response(Box::pin(polling::post_req(engine, protocol, sid, req)))
         }
+        // sockgate patch: an upgrade for a session that does not exist is refused before the
+        // upgrade, with the JSON error, as on the reference server; `ws::new_req` would accept
+        // the upgrade and close the WebSocket at once.
+        Ok(RequestInfo {
+            sid: Some(sid),
+            transport: TransportType::Websocket,
+            ..
+        }) if engine.get_socket(sid).is_none() => {
+            ResponseFuture::ready(Ok(ParseError::UnknownSessionId.into()))
+        }
         Ok(RequestInfo {
             protocol,
             sid,
@@ -145,14 +155,6 @@ impl RequestInfo {
             .and_then(|t| t.parse().ok())
             .ok_or(UnsupportedProtocolVersion)?;
 
-        // A sid that can't be parsed can't match any session. It must
-        // not be handled like a request without sid, which opens a new session.
-        let sid = query
-            .split('&')
-            .find_map(|s| s.strip_prefix("sid="))
-            .map(|s| s.parse().map_err(|_| UnknownSessionId))
-            .transpose()?;
-
         let transport: TransportType = query
             .split('&')
             .find(|s| s.starts_with("transport="))
@@ -160,9 +162,22 @@ impl RequestInfo {
             .and_then(|t| t.parse().ok())
             .ok_or(UnknownTransport)?;
 
+        // sockgate patch: a transport this server does not offer is unknown to it, as on the
+        // reference server (engine.io answers code 0, not 3 "Bad request").
         if !config.allowed_transport(transport) {
-            return Err(TransportMismatch);
+            return Err(UnknownTransport);
         }
+
+        // sockgate patch: the sid is checked after the transport, in the reference server's
+        // order, so a request on a transport the server does not offer is "Transport unknown"
+        // whatever its sid.
+        // A sid that can't be parsed can't match any session. It must
+        // not be handled like a request without sid, which opens a new session.
+        let sid = query
+            .split('&')
+            .find_map(|s| s.strip_prefix("sid="))
+            .map(|s| s.parse().map_err(|_| UnknownSessionId))
+            .transpose()?;
 
         #[cfg(feature = "v3")]
         let b64: bool = query
@@ -320,7 +335,7 @@ mod tests {
         )
         .unwrap_err();
 
-        assert!(matches!(err, ParseError::TransportMismatch));
+        assert!(matches!(err, ParseError::UnknownTransport));
 
         let req = build_request("http://localhost:3000/socket.io/?EIO=4&transport=websocket");
         let err = RequestInfo::parse(
@@ -331,6 +346,6 @@ mod tests {
         )
         .unwrap_err();
 
-        assert!(matches!(err, ParseError::TransportMismatch))
+        assert!(matches!(err, ParseError::UnknownTransport))
     }
 }

@@ -8,7 +8,12 @@ pub mod polling;
 pub mod ws;
 
 fn make_open_packet(transport: TransportType, id: Sid, config: &EngineIoConfig) -> OpenPacket {
-    let upgrades = if transport == TransportType::Polling {
+    // sockgate patch: websocket is offered only when the server allows it, as the reference
+    // server does (`upgrades: []` on a polling-only server, whose clients would otherwise try
+    // an upgrade that is refused).
+    let upgrades = if transport == TransportType::Polling
+        && config.allowed_transport(TransportType::Websocket)
+    {
         smallvec::smallvec![TransportType::Websocket]
     } else {
         smallvec::smallvec![]
