@@ -1,6 +1,7 @@
 // @sockgate/client — publish to sockgate over its Unix socket.
 // Dependency-free; uses node:http with a keep-alive agent.
 
+import { lstatSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 
@@ -65,13 +66,39 @@ function userPath(id, suffix = '') {
 }
 
 /**
- * @param {{ socketPath?: string, timeoutMs?: number, agent?: import('node:http').Agent }} [options]
+ * The default socket's directory must be private (like sockgate, which refuses to start
+ * otherwise): owned by this user and writable by nobody else. Another local user who created
+ * it first could put their own socket there and receive every publish, payloads included.
+ * Returns an error message, or null when the directory is fine or does not exist yet.
+ */
+function unsafeSocketDir(dir) {
+  let st;
+  try {
+    st = lstatSync(dir);
+  } catch {
+    return null; // not there: connecting says sockgate is not running
+  }
+  const uid = process.geteuid?.() ?? process.getuid?.();
+  if (!st.isDirectory()) return `${dir} is not a directory`;
+  if (uid !== undefined && st.uid !== uid) return `${dir} belongs to uid ${st.uid}, not to this user (uid ${uid})`;
+  if ((st.mode & 0o022) !== 0) return `${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)})`;
+  return null;
+}
+
+/**
+ * @param {{ socketPath?: string, timeoutMs?: number, agent?: import('node:http').Agent, env?: NodeJS.ProcessEnv }} [options]
+ * Without `socketPath` (and without `SOCKGATE_SOCKET`), the default socket is used, and its
+ * directory is checked to be private before each connection.
  */
 export function createClient({
-  socketPath = process.env.SOCKGATE_SOCKET || DEFAULT_SOCKET_PATH,
+  socketPath: givenPath,
   timeoutMs = DEFAULT_TIMEOUT_MS,
   agent,
+  env = process.env,
 } = {}) {
+  const usesDefault = givenPath === undefined && !env.SOCKGATE_SOCKET;
+  const socketPath = givenPath ?? (env.SOCKGATE_SOCKET || defaultSocketPath(env));
+  const socketDir = path.dirname(socketPath);
   const ownAgent = !agent;
   const httpAgent = agent ?? new http.Agent({ keepAlive: true });
   let closed = false;
@@ -85,6 +112,14 @@ export function createClient({
         clearTimeout(timer);
         reject(err);
       };
+      const unsafe = usesDefault && unsafeSocketDir(socketDir);
+      if (unsafe) {
+        settled = true;
+        return reject(new SockgateError(
+          `sockgate: refusing the default socket ${socketPath}: ${unsafe} — another user could receive your publishes; remove it, or set SOCKGATE_SOCKET`,
+          { code: 'SOCKGATE_UNSAFE_SOCKET_DIR', socketPath },
+        ));
+      }
       const headers = { accept: 'application/json' };
       if (payload !== undefined) {
         headers['content-type'] = 'application/json';

@@ -6,7 +6,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -353,6 +353,40 @@ describe('client against a real sockgate', { skip: haveBinary ? false : `no sock
 });
 
 describe('default socket path', () => {
+  test('a squatted default directory (writable by others, or another user\'s) is refused before connecting', async () => {
+    const runtime = tmpDir();
+    const dir = path.join(runtime, 'sockgate');
+    mkdirSync(dir);
+    // A socket another user could have put there: the client must not even connect to it.
+    let connected = 0;
+    const squatter = http.createServer((_req, res) => res.end('{"ok":true}'));
+    squatter.on('connection', () => { connected += 1; });
+    await new Promise((resolve) => squatter.listen(path.join(dir, 'sockgate.sock'), resolve));
+    const client = createClient({ env: { XDG_RUNTIME_DIR: runtime } });
+    try {
+      chmodSync(dir, 0o777);
+      await assert.rejects(client.health(), (err) => {
+        assert.equal(err.code, 'SOCKGATE_UNSAFE_SOCKET_DIR');
+        assert.match(err.message, /writable by others/);
+        return true;
+      });
+      if (process.geteuid?.() === 0) {
+        chmodSync(dir, 0o700);
+        chownSync(dir, 65534, 65534);
+        await assert.rejects(client.health(), /belongs to uid 65534/);
+        chownSync(dir, 0, 0);
+      }
+      assert.equal(connected, 0, 'the client connected to a squatted socket');
+      // The same directory made private is used.
+      chmodSync(dir, 0o700);
+      assert.equal((await client.health()).ok, true);
+    } finally {
+      client.close();
+      await new Promise((resolve) => squatter.close(resolve));
+      rmSync(runtime, { recursive: true, force: true });
+    }
+  });
+
   test('is private per user, by the same rule as sockgate', () => {
     assert.equal(defaultSocketPath({ XDG_RUNTIME_DIR: '/run/user/1000' }, 1000), '/run/user/1000/sockgate/sockgate.sock');
     assert.equal(defaultSocketPath({}, 1000), '/tmp/sockgate-1000/sockgate.sock');
@@ -373,7 +407,7 @@ describe('default socket path', () => {
       },
       stdio: ['ignore', 'ignore', 'inherit'],
     });
-    const client = createClient({ socketPath: defaultSocketPath(env) });
+    const client = createClient({ env }); // the default socket, its directory checked
     try {
       const deadline = Date.now() + 15_000;
       while (!existsSync(defaultSocketPath(env))) {
