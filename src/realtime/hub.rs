@@ -59,6 +59,9 @@ pub struct Hub {
     room_prefix: String,
     metrics: Arc<Metrics>,
     journal: Arc<Journal>,
+    /// Set by [`Hub::close_all`]: socketioxide has dropped its namespaces then, and asking it
+    /// for sockets panics.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Runs `$body` with `$io` bound to the `SocketIo` whatever its adapter.
@@ -83,6 +86,7 @@ impl Hub {
             room_prefix,
             metrics,
             journal,
+            closed: Default::default(),
         }
     }
 
@@ -98,6 +102,7 @@ impl Hub {
             room_prefix,
             metrics,
             journal,
+            closed: Default::default(),
         }
     }
 
@@ -397,6 +402,9 @@ impl Hub {
 
     /// Open sockets on this instance by transport: (polling, websocket).
     pub fn sockets_by_transport(&self) -> (usize, usize) {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return (0, 0);
+        }
         with_io!(self, io => {
             let sockets = io.sockets();
             let ws = sockets
@@ -410,6 +418,8 @@ impl Hub {
     /// Closes every local socket's transport: clients see a transport close and reconnect (to
     /// another instance, or to this one once it is back).
     pub async fn close_all(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         with_io!(self, io => io.close().await);
     }
 }

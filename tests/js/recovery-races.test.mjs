@@ -134,7 +134,8 @@ test('cluster: at the trim edge the replay is whole when continuous and recovery
   const far = await reconnectFrom(sg.url, 'sid=user-edge', offsets[0]);
   await publishOk(sg.publishSocket, { userId: 'edge', data: TOTAL + 1 });
   for (const { rec } of [justBefore, at, behind, far]) {
-    await rec.waitFor((e) => e.args[0] === TOTAL + 1, 'the live message after the replay');
+    // Four replays of up to 300 messages run first: generous under a loaded CI.
+    await rec.waitFor((e) => e.args[0] === TOTAL + 1, 'the live message after the replay', 20_000);
   }
   const replayed = ({ rec }) => ({ events: rec.events.filter((e) => e.args[0] !== TOTAL + 1) });
   assert.ok(!assertWholeOrFailed(replayed(justBefore), 0, messages(oldestKept), 'offset of the last trimmed entry'), 'continuous: replayed');
