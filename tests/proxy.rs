@@ -223,20 +223,26 @@ async fn websocket_on_an_app_path_is_tunnelled() {
     }
 }
 
-#[tokio::test]
-async fn h2c_client_reaches_an_http1_app() {
-    let app = fixture(&[]);
-    let sg = sockgate(app.port, &[]);
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+/// An HTTP/2 (prior knowledge, cleartext) connection to sockgate.
+async fn h2c(port: u16) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+    let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
     )
     .await
     .expect("h2c prior-knowledge handshake");
     tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn h2c_client_reaches_an_http1_app() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let mut sender = h2c(sg.port()).await;
     let req = Request::get(format!("http://h2.test:{}/headers", sg.port()))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -413,16 +419,7 @@ async fn h2c_socket_io_session_route_sees_the_host_from_authority() {
     // the browser used, as the app's pages do.
     let app = fixture(&[]);
     let sg = sockgate(app.port, &[]);
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c prior-knowledge handshake");
-    tokio::spawn(conn);
+    let mut sender = h2c(sg.port()).await;
     let base = format!(
         "http://h2.test:{}/socket.io/?EIO=4&transport=polling",
         sg.port()
