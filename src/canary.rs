@@ -76,6 +76,11 @@ pub struct Canary {
     pub commands: fred::clients::Client,
 }
 
+/// The channel every instance's adapter takes requests on: its subscribers are the servers.
+pub fn request_channel() -> String {
+    format!("{ADAPTER_PREFIX}-request#{NAMESPACE}#")
+}
+
 /// The channel the probe's answers come back on.
 pub fn answer_channel(prober: Uid) -> String {
     format!("{ADAPTER_PREFIX}-response#{NAMESPACE}#{prober}#")

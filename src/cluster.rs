@@ -44,6 +44,8 @@ pub struct Cluster {
     pub commands: fred::clients::Client,
     /// The end-to-end self-check, to be run once the adapter is subscribed.
     pub canary: Canary,
+    /// The subscription connection's driver, for channels of sockgate's own.
+    pub driver: FredDriver,
 }
 
 /// The live connection to Redis, and whether cross-instance delivery works right now.
@@ -93,6 +95,15 @@ impl Link {
             return Some(reason);
         }
         (!self.is_up()).then(|| LOST.into())
+    }
+
+    /// How many instances subscribe each of the sharded `channels`, asked on the subscription
+    /// connection (RESP3 takes commands there): a stalled command connection does not hold it.
+    pub async fn shard_subscribers(
+        &self,
+        channels: Vec<String>,
+    ) -> Result<Vec<(String, u64)>, fred::error::Error> {
+        self.client.pubsub_shardnumsub(channels).await
     }
 
     /// Outages ended so far; changes each time the link comes back after one.
@@ -340,7 +351,7 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
     };
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
-        driver,
+        driver.clone(),
         RedisAdapterConfig::new().with_request_timeout(request_timeout),
     );
     Ok(Cluster {
@@ -348,6 +359,7 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         link,
         commands,
         canary,
+        driver,
     })
 }
 

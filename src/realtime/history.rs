@@ -48,6 +48,24 @@ pub struct Entry {
     pub data: Arc<Value>,
 }
 
+/// Where a message was kept in a room's stream (cluster mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The stream's generation.
+    pub epoch: String,
+    /// The entry's stream id.
+    pub id: String,
+    /// The id of the entry before it in the generation, `""` for the generation's first.
+    pub prev: String,
+}
+
+impl Appended {
+    /// The offset clients get for it.
+    pub fn offset(&self) -> String {
+        format!("{}:{}", self.epoch, self.id)
+    }
+}
+
 /// What a reconnecting socket gets.
 #[derive(Debug)]
 pub enum Replay {
@@ -100,6 +118,14 @@ impl History {
         matches!(self, History::Redis(_))
     }
 
+    /// The Redis history, when other instances share it.
+    pub fn shared(&self) -> Option<&RedisHistory> {
+        match self {
+            History::Redis(h) => Some(h),
+            History::Memory(_) => None,
+        }
+    }
+
     /// Messages of `room` after `since`.
     pub async fn replay(&self, room: &str, since: &Since) -> Replay {
         match self {
@@ -131,6 +157,11 @@ impl Journal {
     pub async fn lock(&self, room: &str) -> tokio::sync::MutexGuard<'_, ()> {
         self.locks.lock(room).await
     }
+
+    /// Which of the locks `room` takes: rooms of one stripe are ordered against each other.
+    pub fn stripe(&self, room: &str) -> usize {
+        self.locks.stripe(room)
+    }
 }
 
 /// Serializes publishing to a room with a socket joining it, so that a message is either in
@@ -144,16 +175,22 @@ pub struct RoomLocks {
 impl Default for RoomLocks {
     fn default() -> Self {
         Self {
-            stripes: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: RandomState::new(),
         }
     }
 }
 
+/// How many locks rooms share.
+pub const STRIPES: usize = 256;
+
 impl RoomLocks {
     pub async fn lock(&self, room: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = self.hasher.hash_one(room) as usize % self.stripes.len();
-        self.stripes[stripe].lock().await
+        self.stripes[self.stripe(room)].lock().await
+    }
+
+    fn stripe(&self, room: &str) -> usize {
+        self.hasher.hash_one(room) as usize % self.stripes.len()
     }
 }
 
@@ -346,8 +383,12 @@ struct Unkept {
 /// entry before it (`p`, empty for a generation's first): trimming leaves no trace a reader
 /// can check (`max-deleted-entry-id` only follows `XDEL`), so a replay checks that the first
 /// entry it reads follows the offset it starts from.
-/// KEYS: stream, generation. ARGV: new generation, max len, ttl ms, event, data, "1" = retire.
-const APPEND_SCRIPT: &str = r"
+/// When ARGV[7] names a channel, the entry is also published there, in the same step (so the
+/// channel carries a room's entries in stream order): ARGV[8], the start of a JSON header the
+/// script completes with the entry's place, then a newline and the data ([`super::relay`]).
+/// KEYS: stream, generation. ARGV: new generation, max len, ttl ms, event, data, "1" = retire,
+/// relay channel or "", relay header start. Returns generation, id, predecessor's id.
+const APPEND_SCRIPT: &str = r#"
 local epoch = redis.call('GET', KEYS[2])
 if (not epoch) or ARGV[6] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1])
@@ -360,8 +401,11 @@ if #newest > 0 then prev = newest[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'p', prev, 'e', ARGV[4], 'd', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {epoch, id}
-";
+if ARGV[7] ~= '' then
+  redis.call('SPUBLISH', ARGV[7], ARGV[8] .. ',"g":"' .. epoch .. '","i":"' .. id .. '","p":"' .. prev .. '"}\n' .. ARGV[5])
+end
+return {epoch, id, prev}
+"#;
 
 /// Reads, in one step, the generation and the entries after ARGV[1] (at most ARGV[2]).
 /// KEYS: stream, generation.
@@ -446,12 +490,26 @@ impl RedisHistory {
     }
 
     async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
+        let kept = self.append_relayed(room, event, data, None).await?;
+        Some(kept.offset())
+    }
+
+    /// Keeps a message and, with `relay` (a channel and the start of a header), publishes it
+    /// there in the same step. `None` if it could not be kept (nothing was published then).
+    pub async fn append_relayed(
+        &self,
+        room: &str,
+        event: &str,
+        data: &Value,
+        relay: Option<(&str, String)>,
+    ) -> Option<Appended> {
         if !self.link.is_up() {
             self.mark_unkept(room);
             return None;
         }
         let retire = if self.is_unkept(room) { "1" } else { "0" };
         let ttl_ms = self.max_age.as_millis().max(1) as u64;
+        let (channel, header) = relay.unwrap_or_default();
         let args: Vec<String> = vec![
             fresh_token(),
             self.max_messages.to_string(),
@@ -459,18 +517,20 @@ impl RedisHistory {
             event.to_owned(),
             data.to_string(),
             retire.to_owned(),
+            channel.to_owned(),
+            header,
         ];
         let added: Result<Vec<String>, _> = self
             .client
             .eval(APPEND_SCRIPT, Self::keys(room), args)
             .await;
-        match added.map(<[String; 2]>::try_from) {
-            Ok(Ok([epoch, id])) => {
+        match added.map(<[String; 3]>::try_from) {
+            Ok(Ok([epoch, id, prev])) => {
                 if retire == "1" {
                     let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
                     rooms.remove(room);
                 }
-                Some(format!("{epoch}:{id}"))
+                Some(Appended { epoch, id, prev })
             }
             Ok(Err(reply)) => {
                 tracing::warn!(room, "history not kept (unexpected Redis reply {reply:?})");
@@ -506,7 +566,7 @@ impl RedisHistory {
         }
     }
 
-    async fn replay(&self, room: &str, since: &Since) -> Replay {
+    pub async fn replay(&self, room: &str, since: &Since) -> Replay {
         if !self.link.is_up() {
             return match since {
                 Since::Client(_) | Since::Head(Head::Unknown) => Replay::Gap,

@@ -10,6 +10,7 @@ use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportTy
 
 use super::history::Journal;
 use super::outage::Outages;
+use super::relay::{Relay, Relayed};
 use super::{CONNECTING_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, connecting_room, recovery_room};
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ pub struct Hub {
     room_prefix: String,
     metrics: Arc<Metrics>,
     journal: Arc<Journal>,
+    /// Cross-instance delivery of kept messages (cluster mode with history).
+    relay: Option<Arc<Relay>>,
     /// Set by [`Hub::close_all`]: socketioxide has dropped its namespaces then, and asking it
     /// for sockets panics.
     closed: std::sync::atomic::AtomicBool,
@@ -86,6 +89,7 @@ impl Hub {
             room_prefix,
             metrics,
             journal,
+            relay: None,
             closed: Default::default(),
         }
     }
@@ -96,12 +100,14 @@ impl Hub {
         room_prefix: String,
         metrics: Arc<Metrics>,
         journal: Arc<Journal>,
+        relay: Option<Arc<Relay>>,
     ) -> Self {
         Self {
             io: Io::Cluster(io, Outages::new(link)),
             room_prefix,
             metrics,
             journal,
+            relay,
             closed: Default::default(),
         }
     }
@@ -181,17 +187,37 @@ impl Hub {
         };
         // Held until delivered: a socket joining this room meanwhile replays it instead.
         let _joining = self.journal.lock(&room).await;
-        match history.append(&room, event, data).await {
+        let user = room
+            .strip_prefix(self.room_prefix.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        // This user's sockets still waiting for their replay (it waits for the lock held
+        // here) get the message from it: they are recipients too.
+        let replaying =
+            || with_io!(self, io => io.local().to(connecting_room(&user)).sockets().len());
+        let kept = match (&self.relay, self.cluster_io()) {
+            (Some(relay), Some(io)) => {
+                let relayed = relay.everyone_listens();
+                match relay.append(&room, event, data, relayed).await {
+                    Some(kept) if relayed => {
+                        let entry = Relayed::new(room.clone(), kept, event, data);
+                        let (targeted, dropped) = relay.deliver_here(io, &user, entry).await;
+                        return Ok((targeted + replaying(), dropped));
+                    }
+                    Some(kept) => {
+                        relay.passed(&room, &kept);
+                        Some(kept.offset())
+                    }
+                    None => None,
+                }
+            }
+            _ => history.append(&room, event, data).await,
+        };
+        match kept {
             Some(offset) => {
-                // This user's sockets still waiting for their replay (it waits for the lock
-                // held here) get the message from it: they are recipients too.
-                let user = room
-                    .strip_prefix(self.room_prefix.as_str())
-                    .unwrap_or_default();
-                let replaying =
-                    with_io!(self, io => io.local().to(connecting_room(user)).sockets().len());
+                let replaying = replaying();
                 // Two broadcasts, each encoded once: the plain one skips the recovery room.
-                let recovering = recovery_room(user);
+                let recovering = recovery_room(&user);
                 let plain = self
                     .deliver(Some(room), Some(recovering.clone()), event, data)
                     .await?;

@@ -12,6 +12,7 @@ mod hub;
 mod kicks;
 mod origin;
 mod outage;
+mod relay;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub use auth::{AuthError, Credentials, SessionAuth};
 use history::{Head, History, Journal, Replay, Since};
 pub use hub::{Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
+use relay::{Reached, Relay};
+use socketioxide_redis::drivers::Driver;
 
 /// What an authenticated socket carries for later checks. Its credentials are read again
 /// from the handshake head, which the session keeps anyway.
@@ -111,6 +114,7 @@ struct Handlers {
     metrics: Arc<Metrics>,
     room_prefix: Arc<str>,
     journal: Arc<Journal>,
+    relay: Option<Arc<Relay>>,
 }
 
 /// Where a socket's replay starts, and in which shape it gets user messages, decided at the
@@ -167,6 +171,21 @@ pub async fn start(
             ms(kept.max_age_ms),
         )),
     };
+    let relay = match (&cluster, history.as_ref().and_then(History::shared)) {
+        (Some(c), Some(shared)) => Some((
+            Arc::new(Relay::new(
+                shared.clone(),
+                socketioxide_core::Uid::new().to_string(),
+            )),
+            c.driver
+                .subscribe(relay::CHANNEL.into(), RELAY_BUFFER)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot subscribe to `{}` in Redis: {e}", relay::CHANNEL)
+                })?,
+        )),
+        _ => None,
+    };
     let journal = Arc::new(Journal::new(history));
     if let Some(c) = &cluster {
         auth.share_kicks(
@@ -214,6 +233,7 @@ pub async fn start(
         metrics: metrics.clone(),
         room_prefix: config.room_prefix.clone().into(),
         journal: journal.clone(),
+        relay: relay.as_ref().map(|(r, _)| r.clone()),
     };
     let room_prefix = config.room_prefix.clone();
     let draining = revalidation.shutdown.clone();
@@ -245,10 +265,21 @@ pub async fn start(
                 revalidation.shutdown.clone(),
                 io.config().server_id,
             ));
+            let relay = relay.map(|(relay, channel)| {
+                tokio::spawn(relay.clone().run(
+                    io.clone(),
+                    journal.clone(),
+                    room_prefix.clone().into(),
+                    channel,
+                    link.clone(),
+                    revalidation.shutdown.clone(),
+                ));
+                relay
+            });
             tokio::spawn(revalidation.run(io.clone(), auth));
             (
                 erase(svc, kept_headers),
-                Hub::cluster(io, link, room_prefix, metrics, journal),
+                Hub::cluster(io, link, room_prefix, metrics, journal, relay),
             )
         }
     };
@@ -455,29 +486,44 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         socket.extensions.get::<Identity>(),
     ) {
         let room = format!("{}{}", handlers.room_prefix, identity.user_id);
-        // Held while replaying and joining: a publish to this room through this instance
-        // waits, so each message is either replayed or delivered live — once, in order.
+        // Held while replaying and joining: a publish to this room through this instance,
+        // and a message relayed from another one, waits, so each message is either replayed
+        // or delivered live — once, in order.
         let _publishing = handlers.journal.lock(&room).await;
-        let Some(replayed) =
-            replay(&socket, &handlers.metrics, history, &room, &since, shape).await
-        else {
-            finish_joining(&socket, room, &identity.user_id, shape);
-            return;
-        };
+        let mut replayed = replay(&socket, &handlers.metrics, history, &room, &since, shape).await;
         finish_joining(&socket, room.clone(), &identity.user_id, shape);
-        if history.is_shared() && shape == Shape::WithOffset {
-            // Another instance publishes without this lock: a message it appended after the
-            // read above may have reached this instance live before the join, and so this
-            // socket neither way. Read again from where the replay ended; what also came
-            // live is sent twice, and clients drop an offset that is not newer than the
-            // last they saw. A socket without offsets cannot tell a repeat, so it is not
-            // read again: like on a plain Socket.IO server, a message published while it
+        let relayed = handlers.relay.as_ref().filter(|r| r.everyone_listens());
+        let again = (relayed.is_none() && history.is_shared() && shape == Shape::WithOffset)
+            .then_some(())
+            .and(replayed.clone());
+        if let Some(reached) = again {
+            // An older instance publishes through the adapter, past this lock: a message it
+            // appended after the read above may have reached this instance live before the
+            // join, and so this socket neither way. Read again from where the replay ended;
+            // what also came live is sent twice, and clients drop an offset that is not newer
+            // than the last they saw. A socket without offsets cannot tell a repeat, so it is
+            // not read again: like on a plain Socket.IO server, a message published while it
             // was joining may miss it, but none comes twice.
-            let since = match replayed.or(since_offset(since)) {
+            let since = match reached.or(since_offset(since.clone())) {
                 Some(offset) => Since::Client(offset),
                 None => Since::Head(Head::Empty),
             };
-            replay(&socket, &handlers.metrics, history, &room, &since, shape).await;
+            replayed = replay(&socket, &handlers.metrics, history, &room, &since, shape)
+                .await
+                .map(|again| again.or(since_offset(since.clone())));
+        }
+        if let Some(relay) = &handlers.relay {
+            let start = since_offset(since.clone());
+            let reached = match &replayed {
+                None => Reached::Unknown,
+                Some(Some(last)) => Reached::At(last),
+                Some(None) => match (&start, &since) {
+                    (Some(offset), _) => Reached::At(offset),
+                    (None, Since::Head(Head::Empty)) => Reached::Empty,
+                    (None, _) => Reached::Unknown,
+                },
+            };
+            relay.joined(&room, socket.id, reached);
         }
     }
 }
@@ -542,6 +588,9 @@ async fn replay<A: Adapter>(
         }
     }
 }
+
+/// Kept messages of other instances buffered between Redis and the relay.
+const RELAY_BUFFER: usize = 16 * 1024;
 
 /// How long a replay may wait for room in a socket's queue (a client that reads slower than
 /// its missed messages are sent): the room lock is held meanwhile, so publishes to the user

@@ -318,46 +318,63 @@ function isNewerOffset(a, b) {
   return false;
 }
 
-test('cluster: reconnecting through B while A publishes — no duplicate, no silent gap', { skip: noRedis }, async () => {
-  const { sgs: [a, b] } = await clusterStack({}, 2);
-  const TOTAL = 4000;
-  const RECONNECTS = 150;
-  // The client of the hook: drops an offset it saw already, reports the newest one.
-  const { socket, state } = recoveringClient(b.url, 'sid=user-xi');
-  const got = [];
-  const seenOffsets = new Set();
-  let repeats = 0;
-  let failures = 0;
-  socket.offAny();
-  socket.onAny((event, data, meta) => {
-    if (event === 'recovery_failed') return void failures++;
-    if (!meta || typeof meta.offset !== 'string') return;
-    if (seenOffsets.has(meta.offset)) return void repeats++;
-    seenOffsets.add(meta.offset);
-    if (isNewerOffset(meta.offset, state.lastOffset)) state.lastOffset = meta.offset;
-    got.push(data.n);
+test('cluster: reconnecting through B while A and C publish — every message exactly once, in stream order, for a steady and a reconnecting socket', { skip: noRedis, timeout: 120_000 }, async () => {
+  const { sgs: [a, b, c] } = await clusterStack({}, 3);
+  await waitFor(() => /every instance relays kept messages.*instances=3/.test(a.proc.text() + c.proc.text()), {
+    message: 'the publishers see every instance relay', timeout: 5000,
   });
-  await connected(socket);
-  let published = 0;
-  const publishing = (async () => {
-    for (let n = 1; n <= TOTAL; n++) {
-      await publishOk(a.publishSocket, { userId: 'xi', data: { n } });
-      published = n;
-    }
+  const PER_PUBLISHER = 1500;
+  const RECONNECTS = 120;
+  // No de-duplication on the client: whatever sockgate sends is counted as it comes.
+  const watch = (socket, state) => {
+    const log = { got: [], offsets: [], failures: 0 };
+    socket.offAny();
+    socket.onAny((event, data, meta) => {
+      if (event === 'recovery_failed') return void log.failures++;
+      if (state) state.lastOffset = meta.offset;
+      log.offsets.push(meta.offset);
+      log.got.push(data.m);
+    });
+    return log;
+  };
+  const steady = recoveringClient(b.url, 'sid=user-xi');
+  const steadyLog = watch(steady.socket);
+  await connected(steady.socket);
+  const moving = recoveringClient(b.url, 'sid=user-xi');
+  const movingLog = watch(moving.socket, moving.state);
+  await connected(moving.socket);
+  let running = 2;
+  const publisher = (sg, tag) => (async () => {
+    for (let n = 1; n <= PER_PUBLISHER; n++) await publishOk(sg.publishSocket, { userId: 'xi', data: { m: `${tag}${n}` } });
+    running--;
   })();
-  for (let i = 0; i < RECONNECTS && published < TOTAL; i++) {
+  const publishing = [publisher(a, 'a'), publisher(c, 'c')];
+  let reconnects = 0;
+  for (; reconnects < RECONNECTS && running > 0; reconnects++) {
     await sleep(20 + Math.floor(Math.random() * 30));
-    socket.disconnect();
-    await connected(socket);
+    moving.socket.disconnect();
+    await connected(moving.socket);
   }
-  await publishing;
-  await waitFor(() => got.includes(TOTAL), { message: `the last message (got ${got.length}, last ${got.at(-1)})`, timeout: 10_000 });
+  await Promise.all(publishing);
+  const last = [`a${PER_PUBLISHER}`, `c${PER_PUBLISHER}`];
+  for (const log of [steadyLog, movingLog]) {
+    await waitFor(() => last.every((m) => log.got.includes(m)), { message: `the last messages (got ${log.got.length})`, timeout: 15_000 });
+  }
   await sleep(300);
-  const missing = [];
-  const seen = new Set(got);
-  for (let n = 1; n <= TOTAL; n++) if (!seen.has(n)) missing.push(n);
-  assert.equal(got.length, seen.size, 'no message reaches the app twice');
-  if (failures === 0) assert.deepEqual(missing, [], `missed without recovery_failed (repeats dropped: ${repeats})`);
+  const everything = ['a', 'c'].flatMap((t) => Array.from({ length: PER_PUBLISHER }, (_, i) => `${t}${i + 1}`));
+  for (const [name, log] of [['steady', steadyLog], ['reconnecting', movingLog]]) {
+    assert.equal(log.failures, 0, `${name}: no recovery_failed without a fault`);
+    const repeats = log.got.length - new Set(log.got).size;
+    assert.equal(repeats, 0, `${name}: no message twice (${repeats} repeats over ${reconnects} reconnects)`);
+    assert.deepEqual([...log.got].sort(), [...everything].sort(), `${name}: every message`);
+    const outOfOrder = log.offsets.findIndex((o, i) => i > 0 && !isNewerOffset(o, log.offsets[i - 1]));
+    assert.equal(outOfOrder, -1, `${name}: offsets in stream order (first break at #${outOfOrder}: ${log.offsets[outOfOrder - 1]} then ${log.offsets[outOfOrder]})`);
+    for (const t of ['a', 'c']) {
+      const own = log.got.filter((m) => m.startsWith(t)).map((m) => Number(m.slice(1)));
+      assert.ok(own.every((n, i) => i === 0 || n > own[i - 1]), `${name}: ${t}'s messages in the order ${t} published them`);
+    }
+  }
+  assert.ok(reconnects >= 20, `the race was exercised (${reconnects} reconnects)`);
 });
 
 test('cluster: a fresh client whose head cannot be read is told to refetch, not given old messages', { skip: noRedis }, async () => {
@@ -478,12 +495,9 @@ test('cluster: a message published through A while B reads the stream for a reco
   const { socket, state } = recoveringClient(b.url, 'sid=user-win');
   const got = [];
   socket.offAny();
-  const seenOffsets = new Set();
   socket.onAny((event, data, meta) => {
     if (event === 'recovery_failed') return void got.push('recovery_failed');
-    if (!meta || seenOffsets.has(meta.offset)) return;
-    seenOffsets.add(meta.offset);
-    if (isNewerOffset(meta.offset, state.lastOffset)) state.lastOffset = meta.offset;
+    state.lastOffset = meta.offset;
     got.push(data);
   });
   await connected(socket);
@@ -507,9 +521,82 @@ test('cluster: a message published through A while B reads the stream for a reco
   await publishOk(a.publishSocket, { userId: 'win', data: 4 });
   await waitFor(() => got.includes(4), { message: 'message 4' });
   await sleep(200);
-  assert.deepEqual(
-    [...got].sort(),
-    [1, 2, 3, 4],
-    `each message once (got ${JSON.stringify(got)}), or recovery_failed says one is missing`,
-  );
+  assert.deepEqual(got, [1, 2, 3, 4], 'each message once, in order, with no de-duplication on the client');
 });
+
+test('cluster: while an older sockgate (not relaying) is connected, kept messages go through the adapter and still arrive', { skip: noRedis, timeout: 60_000 }, async () => {
+  const { redis, sgs: [a, b] } = await clusterStack({}, 2);
+  const relaying = /every instance relays kept messages/;
+  await waitFor(() => /every instance relays kept messages.*instances=2/.test(b.proc.text()), { message: 'both instances relay', timeout: 5000 });
+  // An instance of an older sockgate, as Redis sees it: a subscriber of the adapter's request
+  // channel that does not listen on sockgate's relay channel.
+  const { spawn } = await import('node:child_process');
+  const older = spawn('redis-cli', ['-p', String(redis.port), 'SSUBSCRIBE', 'socket.io-request#/#'], { stdio: 'ignore' });
+  after(() => older.kill());
+  await waitFor(() => /older sockgate is connected/.test(a.proc.text()), { message: 'A notices the older instance', timeout: 5000 });
+  const { socket } = recoveringClient(b.url, 'sid=user-old');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(a.publishSocket, { userId: 'old', data: 'through the adapter' });
+  await rec.waitFor((e) => e.args[0] === 'through the adapter', 'the message on B', 5000);
+  const meta = rec.metas[rec.events.findIndex((e) => e.args[0] === 'through the adapter')];
+  assert.match(meta?.offset ?? '', /:/, 'with its offset');
+  older.kill();
+  await waitFor(() => (a.proc.text().match(new RegExp(relaying, 'g')) ?? []).length >= 2, { message: 'A relays again once it is gone', timeout: 5000 });
+  await publishOk(a.publishSocket, { userId: 'old', data: 'relayed' });
+  await rec.waitFor((e) => e.args[0] === 'relayed', 'the relayed message on B', 5000);
+  await sleep(200);
+  assert.deepEqual(rec.events.map((e) => e.args[0]), ['through the adapter', 'relayed'], 'each once');
+});
+
+test('cluster: a relayed message lost between Redis and B is mended from the stream — B\'s client gets it, in order', { skip: noRedis, timeout: 60_000 }, async () => {
+  const redis = await startRedis(await freePort());
+  after(() => redis.kill());
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const env = { ...WS, SIDECAR_CLUSTER__REDIS_URL: redis.url };
+  const a = await startSockgate({ upstreamUrl: fixture.url, env });
+  const lossy = await pushDroppingProxy(redis.port, 'lost-on-the-way');
+  const b = await startSockgate({ upstreamUrl: fixture.url, env: { ...env, SIDECAR_CLUSTER__REDIS_URL: lossy.url } });
+  after(() => Promise.all([a.stop(), b.stop()]));
+  await waitFor(() => /every instance relays kept messages.*instances=2/.test(b.proc.text()), { message: 'both instances relay', timeout: 5000 });
+  await sleep(1200); // A has counted B too
+  const { socket } = recoveringClient(b.url, 'sid=user-mend');
+  const rec = recorder(socket);
+  await connected(socket);
+  await sleep(200);
+  for (const data of ['before', 'lost-on-the-way', 'after']) await publishOk(a.publishSocket, { userId: 'mend', data });
+  await rec.waitFor((e) => e.args[0] === 'after', 'the message after the lost one', 5000);
+  await sleep(200);
+  assert.equal(lossy.dropped(), 1, 'the proxy dropped the relayed message on its way to B');
+  assert.deepEqual(rec.events.map((e) => e.args[0]), ['before', 'lost-on-the-way', 'after'], 'mended, in order, once');
+});
+
+/**
+ * A TCP proxy to Redis that drops, on the connections that subscribe, each chunk Redis pushes
+ * that contains `marker` (one published message, as small publishes arrive one per read).
+ */
+async function pushDroppingProxy(redisPort, marker) {
+  const net = await import('node:net');
+  const port = await freePort();
+  let dropped = 0;
+  const server = net.createServer((client) => {
+    const upstream = net.connect({ port: redisPort, host: '127.0.0.1' });
+    let subscriber = false;
+    client.on('data', (d) => {
+      if (/subscribe/i.test(d.toString('latin1'))) subscriber = true;
+      upstream.write(d);
+    });
+    upstream.on('data', (d) => {
+      const text = d.toString('latin1');
+      if (subscriber && text.includes(marker) && text.startsWith('>')) return void dropped++;
+      if (client.writable) client.write(d);
+    });
+    const close = () => { client.destroy(); upstream.destroy(); };
+    client.on('error', close).on('close', close);
+    upstream.on('error', close).on('close', close);
+  });
+  await new Promise((r) => server.listen(port, '127.0.0.1', r));
+  after(() => server.close());
+  return { url: `redis://127.0.0.1:${port}`, dropped: () => dropped };
+}

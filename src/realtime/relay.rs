@@ -1,0 +1,565 @@
+//! Cross-instance delivery of kept messages (cluster mode with history): exactly once and in
+//! order on every instance, even for a socket that joins while the messages are in flight.
+//!
+//! socketioxide-redis hands a broadcast straight to the receiving instance's sockets, past its
+//! room locks: a socket joining there while it replays what it missed could get a message
+//! twice (replayed, then live), or neither, and out of order. So a message kept in a user
+//! room's stream travels on a channel of sockgate's own instead ([`CHANNEL`]), published by the
+//! script that appends it (one round trip; the channel carries a room's entries in stream
+//! order), and each instance delivers it to its own sockets under the room's lock, as it
+//! delivers its own publishes. For each room with sockets here, this instance keeps the last
+//! entry delivered (its [`Position`]):
+//! - each entry names the one before it, so a broken chain (a message lost or late on the
+//!   channel) is mended from the stream before the entry is delivered, and where the stream
+//!   no longer has the missing entries the room's sockets are told `recovery_failed`;
+//! - an entry at or before the position was delivered already (by a mend) and is dropped;
+//! - a socket whose replay reached past the position skips the entries it already got.
+//!
+//! Instances of an older sockgate do not listen on [`CHANNEL`]. While any is connected (fewer
+//! listeners than adapter servers), publishes go through the adapter as before and the channel
+//! carries the entries' places only ([`Relay::everyone_listens`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError, SocketIo};
+use socketioxide_redis::drivers::{ChanItem, MessageStream};
+use tokio::sync::mpsc;
+
+use super::history::{Appended, Entry, Head, Journal, RedisHistory, Replay, STRIPES, Since};
+use super::{RECOVERY_FAILED, connecting_room, recovery_room};
+use crate::cluster::{ClusterAdapter, Link};
+use crate::shutdown::Shutdown;
+
+/// The sharded channel kept messages travel on.
+pub const CHANNEL: &str = "sockgate:relay";
+
+/// Messages buffered between the channel and the room workers, per worker.
+const WORKER_BUFFER: usize = 1024;
+
+/// How long a socket's skip is kept at most: the channel delivers in milliseconds, and a
+/// message that never comes is mended from the stream when the next one does.
+const SKIP_FOR: Duration = Duration::from_secs(30);
+
+/// How often rooms that lost their last socket here are forgotten, and the listeners counted.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What an instance tells the others about an entry (the header before the data).
+#[derive(serde::Deserialize)]
+struct Header {
+    /// The publishing instance.
+    o: String,
+    /// The room.
+    r: String,
+    /// The event.
+    e: String,
+    /// Deliver it (else: it went through the adapter, only its place is news).
+    l: bool,
+    g: String,
+    i: String,
+    p: String,
+}
+
+/// An entry as relayed: where it was kept, and what it carries.
+pub struct Relayed {
+    pub room: String,
+    pub kept: Appended,
+    pub event: Arc<str>,
+    pub data: Arc<Value>,
+    deliver: bool,
+}
+
+impl Relayed {
+    pub fn new(room: String, kept: Appended, event: &str, data: &Value) -> Self {
+        Relayed {
+            room,
+            kept,
+            event: event.into(),
+            data: Arc::new(data.clone()),
+            deliver: true,
+        }
+    }
+
+    /// Reads a message from [`CHANNEL`]; `None` if it is not one sockgate wrote.
+    fn parse(bytes: &[u8]) -> Option<(String, Relayed)> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (header, data) = text.split_once('\n')?;
+        let h: Header = serde_json::from_str(header).ok()?;
+        let data: Value = serde_json::from_str(data).ok()?;
+        Some((
+            h.o,
+            Relayed {
+                room: h.r,
+                kept: Appended {
+                    epoch: h.g,
+                    id: h.i,
+                    prev: h.p,
+                },
+                event: h.e.into(),
+                data: Arc::new(data),
+                deliver: h.l,
+            },
+        ))
+    }
+}
+
+/// A stream id (`<ms>-<seq>`), ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+/// An entry's place: its generation and id.
+#[derive(Debug, Clone, PartialEq)]
+struct Place {
+    epoch: String,
+    id: StreamId,
+}
+
+impl Place {
+    fn of(kept: &Appended) -> Option<Self> {
+        Some(Place {
+            epoch: kept.epoch.clone(),
+            id: StreamId::parse(&kept.id)?,
+        })
+    }
+
+    /// From an offset as clients get it (`<generation>:<id>`).
+    fn from_offset(offset: &str) -> Option<Self> {
+        let (epoch, id) = offset.split_once(':')?;
+        Some(Place {
+            epoch: epoch.to_owned(),
+            id: StreamId::parse(id)?,
+        })
+    }
+
+    /// Whether `self` is this entry or a later one of the same generation.
+    fn covers(&self, entry: &Place) -> bool {
+        self.epoch == entry.epoch && self.id >= entry.id
+    }
+}
+
+/// How far a room's sockets here got.
+#[derive(Debug, Default)]
+struct Position {
+    /// The last entry delivered; `None`: the stream was empty when the first socket here
+    /// joined, nothing delivered since.
+    last: Option<Place>,
+    /// Sockets whose replay reached further than `last`.
+    skips: Vec<Skip>,
+}
+
+#[derive(Debug)]
+struct Skip {
+    socket: Sid,
+    through: Place,
+    since: Instant,
+}
+
+/// How far a joining socket's replay got.
+pub enum Reached<'a> {
+    /// The stream was empty.
+    Empty,
+    /// Through this offset.
+    At(&'a str),
+    /// Not known (the replay failed and the client was told to refetch).
+    Unknown,
+}
+
+/// The relay of one instance.
+pub struct Relay {
+    history: RedisHistory,
+    /// This instance's server id: its own messages coming back on the channel are dropped.
+    origin: String,
+    positions: Mutex<HashMap<String, Position>>,
+    everyone_listens: AtomicBool,
+}
+
+impl Relay {
+    pub fn new(history: RedisHistory, origin: String) -> Self {
+        Self {
+            history,
+            origin,
+            positions: Mutex::default(),
+            everyone_listens: AtomicBool::new(false),
+        }
+    }
+
+    fn positions(&self) -> MutexGuard<'_, HashMap<String, Position>> {
+        self.positions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether every instance listens on [`CHANNEL`]: until then (an older sockgate is still
+    /// connected, or the count is not in yet), messages go through the adapter.
+    pub fn everyone_listens(&self) -> bool {
+        self.everyone_listens.load(Ordering::Acquire)
+    }
+
+    /// Keeps a message in `room`'s stream and, in the same step, relays it to the other
+    /// instances — to deliver if `deliver`, else only to tell them its place. `None` if it
+    /// could not be kept.
+    pub async fn append(
+        &self,
+        room: &str,
+        event: &str,
+        data: &Value,
+        deliver: bool,
+    ) -> Option<Appended> {
+        // The script completes the object with the entry's place.
+        let header = serde_json::json!({ "o": self.origin, "r": room, "e": event, "l": deliver })
+            .to_string();
+        let header = header.strip_suffix('}').unwrap_or(&header).to_owned();
+        self.history
+            .append_relayed(room, event, data, Some((CHANNEL, header)))
+            .await
+    }
+
+    /// Delivers an entry to this instance's sockets of its room in chain order (mending the
+    /// chain first if needed); the room's lock is held. Returns (targeted, dropped).
+    pub async fn deliver_here(
+        &self,
+        io: &SocketIo<ClusterAdapter>,
+        user: &str,
+        entry: Relayed,
+    ) -> (usize, usize) {
+        let Some(place) = Place::of(&entry.kept) else {
+            tracing::warn!(
+                room = entry.room,
+                id = entry.kept.id,
+                "relayed entry with an unreadable id dropped"
+            );
+            return (0, 0);
+        };
+        if !entry.deliver {
+            self.passed(&entry.room, &entry.kept);
+            return (0, 0);
+        }
+        let known = self.positions().get(&entry.room).map(|p| p.last.clone());
+        let (last, follows) = match known {
+            Some(Some(last)) if last.covers(&place) => return (0, 0), // delivered by a mend
+            Some(Some(last)) if last.epoch == place.epoch => {
+                let prev = StreamId::parse(&entry.kept.prev);
+                let follows = prev.is_some_and(|prev| prev == last.id);
+                (Some(last), follows)
+            }
+            // A new generation (the last one expired or was retired) or nothing yet: the
+            // entry must be the generation's first, else the ones before it come first.
+            Some(last) => (last, entry.kept.prev.is_empty()),
+            // Sockets that joined without a known position (their replay failed and they
+            // were told to refetch): they take the chain from here.
+            None if has_sockets(io, &entry.room, user) => (None, true),
+            None => return (0, 0),
+        };
+        let mut total = (0, 0);
+        if !follows {
+            let since = match &last {
+                Some(last) if last.epoch == place.epoch => {
+                    Since::Client(format!("{}:{}", last.epoch, entry_id(last.id)))
+                }
+                _ => Since::Head(Head::Empty),
+            };
+            match self.history.replay(&entry.room, &since).await {
+                Replay::Entries(missing) => {
+                    for kept in missing {
+                        let Some(at) = Place::from_offset(&kept.offset) else {
+                            continue;
+                        };
+                        if at.epoch != place.epoch || at.id >= place.id {
+                            break;
+                        }
+                        let sent = self.emit_here(io, &entry.room, user, &at, &kept);
+                        total = (total.0 + sent.0, total.1 + sent.1);
+                    }
+                }
+                Replay::Gap => {
+                    tracing::warn!(
+                        room = entry.room,
+                        "messages relayed between instances were lost and are no longer kept: the room's sockets here are told to refetch (recovery_failed)"
+                    );
+                    let payload = serde_json::json!({ "reason": "messages were lost between instances and are no longer kept" });
+                    // Sockets still replaying find the gap in their replay.
+                    let _ = io
+                        .local()
+                        .to(entry.room.clone())
+                        .emit(RECOVERY_FAILED, &payload)
+                        .await;
+                }
+            }
+        }
+        let kept = Entry {
+            offset: entry.kept.offset(),
+            event: entry.event,
+            data: entry.data,
+        };
+        let sent = self.emit_here(io, &entry.room, user, &place, &kept);
+        (total.0 + sent.0, total.1 + sent.1)
+    }
+
+    /// An entry of `room` was delivered through the adapter: only the position moves on.
+    pub fn passed(&self, room: &str, kept: &Appended) {
+        if let (Some(position), Some(place)) = (self.positions().get_mut(room), Place::of(kept)) {
+            position.last = Some(place);
+        }
+    }
+
+    /// Emits one entry to the room's sockets here, each in its shape, but not to a socket
+    /// that got it already; the position moves to it.
+    fn emit_here(
+        &self,
+        io: &SocketIo<ClusterAdapter>,
+        room: &str,
+        user: &str,
+        at: &Place,
+        entry: &Entry,
+    ) -> (usize, usize) {
+        let skipped: Vec<Sid> = {
+            let mut positions = self.positions();
+            let position = positions.entry(room.to_owned()).or_default();
+            position.last = Some(at.clone());
+            let skipped = position
+                .skips
+                .iter()
+                .filter(|s| s.through.covers(at))
+                .map(|s| s.socket)
+                .collect();
+            // A skip ends once the chain reaches what its socket got.
+            position.skips.retain(|s| {
+                s.through.epoch == at.epoch && s.through.id > at.id && s.since.elapsed() < SKIP_FOR
+            });
+            skipped
+        };
+        let recovering = recovery_room(user);
+        let with_offset: Vec<_> = io.local().to(recovering.clone()).sockets();
+        let plain: Vec<_> = io.local().to(room.to_owned()).except(recovering).sockets();
+        let meta = serde_json::json!({ "offset": entry.offset });
+        let payload = (&*entry.data, meta);
+        let mut targeted = 0;
+        let mut dropped = 0;
+        let mut count = |sent: Result<(), SendError>| {
+            targeted += 1;
+            if matches!(
+                sent,
+                Err(SendError::Socket(SocketError::InternalChannelFull))
+            ) {
+                dropped += 1;
+            }
+        };
+        for socket in plain.iter().filter(|s| !skipped.contains(&s.id)) {
+            count(socket.emit(&*entry.event, &*entry.data));
+        }
+        for socket in with_offset.iter().filter(|s| !skipped.contains(&s.id)) {
+            count(socket.emit(&*entry.event, &payload));
+        }
+        (targeted, dropped)
+    }
+
+    /// A socket joined `room` here, having got everything through `reached`. The room's
+    /// lock is held.
+    pub fn joined(&self, room: &str, socket: Sid, reached: Reached<'_>) {
+        let reached = match reached {
+            Reached::Unknown => return, // told to refetch: it takes the chain as it comes
+            Reached::Empty => None,
+            Reached::At(offset) => match Place::from_offset(offset) {
+                Some(place) => Some(place),
+                None => return,
+            },
+        };
+        let mut positions = self.positions();
+        let Some(position) = positions.get_mut(room) else {
+            positions.insert(
+                room.to_owned(),
+                Position {
+                    last: reached,
+                    skips: Vec::new(),
+                },
+            );
+            return;
+        };
+        let Some(through) = reached else { return };
+        if !position
+            .last
+            .as_ref()
+            .is_some_and(|last| last.covers(&through))
+        {
+            position.skips.push(Skip {
+                socket,
+                through,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Until the drain starts: reads [`CHANNEL`] and hands each entry of another instance to
+    /// the worker of its room's lock, which delivers it here; forgets rooms with no socket
+    /// left here, and counts the listeners.
+    pub async fn run(
+        self: Arc<Self>,
+        io: SocketIo<ClusterAdapter>,
+        journal: Arc<Journal>,
+        room_prefix: Arc<str>,
+        mut channel: MessageStream<ChanItem>,
+        link: Link,
+        shutdown: Shutdown,
+    ) {
+        let workers: Vec<mpsc::Sender<Relayed>> = (0..STRIPES)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(WORKER_BUFFER);
+                tokio::spawn(self.clone().work(
+                    io.clone(),
+                    journal.clone(),
+                    room_prefix.clone(),
+                    rx,
+                ));
+                tx
+            })
+            .collect();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut unreadable_logged = false;
+        loop {
+            tokio::select! {
+                item = channel.next() => {
+                    let Some((_, bytes)) = item else { return };
+                    match Relayed::parse(&bytes) {
+                        Some((origin, _)) if origin == self.origin => {}
+                        Some((_, entry)) => {
+                            let worker = &workers[journal.stripe(&entry.room)];
+                            if worker.send(entry).await.is_err() {
+                                return;
+                            }
+                        }
+                        None if !unreadable_logged => {
+                            unreadable_logged = true;
+                            tracing::warn!("unreadable message on the Redis channel `{CHANNEL}` dropped (written by something other than sockgate?)");
+                        }
+                        None => {}
+                    }
+                }
+                _ = sweep.tick() => {
+                    self.sweep(&io, &room_prefix);
+                    self.count_listeners(&link).await;
+                }
+                _ = shutdown.draining() => return,
+            }
+        }
+    }
+
+    async fn work(
+        self: Arc<Self>,
+        io: SocketIo<ClusterAdapter>,
+        journal: Arc<Journal>,
+        room_prefix: Arc<str>,
+        mut entries: mpsc::Receiver<Relayed>,
+    ) {
+        while let Some(entry) = entries.recv().await {
+            let Some(user) = entry.room.strip_prefix(&*room_prefix).map(str::to_owned) else {
+                continue;
+            };
+            let _delivering = journal.lock(&entry.room).await;
+            self.deliver_here(&io, &user, entry).await;
+        }
+    }
+
+    /// Forgets the rooms that have no socket here any more.
+    fn sweep(&self, io: &SocketIo<ClusterAdapter>, room_prefix: &str) {
+        let rooms: Vec<String> = self.positions().keys().cloned().collect();
+        for room in rooms {
+            let user = room.strip_prefix(room_prefix).unwrap_or_default();
+            if !has_sockets(io, &room, user) {
+                self.positions().remove(&room);
+            }
+        }
+    }
+
+    /// Compares the listeners on [`CHANNEL`] with the adapter's servers.
+    async fn count_listeners(&self, link: &Link) {
+        if !link.is_up() {
+            return;
+        }
+        let counted = link
+            .shard_subscribers(vec![CHANNEL.to_owned(), crate::canary::request_channel()])
+            .await;
+        let Ok(counts) = counted else { return };
+        let count = |name: &str| counts.iter().find(|(c, _)| c == name).map(|(_, n)| *n);
+        let (Some(listeners), Some(servers)) =
+            (count(CHANNEL), count(&crate::canary::request_channel()))
+        else {
+            return;
+        };
+        let everyone = listeners > 0 && listeners >= servers;
+        if self.everyone_listens.swap(everyone, Ordering::AcqRel) != everyone {
+            if everyone {
+                tracing::info!(
+                    instances = servers,
+                    "every instance relays kept messages: delivered in order, exactly once, across instances"
+                );
+            } else {
+                tracing::warn!(
+                    listeners,
+                    instances = servers,
+                    "an instance of an older sockgate is connected: messages go through the adapter (at least once across instances) until it is gone"
+                );
+            }
+        }
+    }
+}
+
+/// Whether `room` (of `user`) has a socket here, joined or still replaying.
+fn has_sockets(io: &SocketIo<ClusterAdapter>, room: &str, user: &str) -> bool {
+    !io.local()
+        .to(vec![room.to_owned(), connecting_room(user)])
+        .sockets()
+        .is_empty()
+}
+
+fn entry_id(id: StreamId) -> String {
+    format!("{}-{}", id.0, id.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_the_append_script_writes() {
+        let header = serde_json::json!({ "o": "me", "r": "user:a\n\"b", "e": "note", "l": true })
+            .to_string();
+        let header = header.strip_suffix('}').unwrap_or(&header);
+        // As the script completes it.
+        let message = format!(
+            "{header},\"g\":\"0f\",\"i\":\"5-1\",\"p\":\"4-0\"}}\n{}",
+            r#"{"text":"a\nb"}"#
+        );
+        let (origin, entry) = Relayed::parse(message.as_bytes()).expect("parses");
+        assert_eq!(origin, "me");
+        assert_eq!(entry.room, "user:a\n\"b");
+        assert_eq!(entry.kept.offset(), "0f:5-1");
+        assert_eq!(entry.kept.prev, "4-0");
+        assert_eq!(entry.data["text"], "a\nb");
+        assert!(Relayed::parse(b"garbage").is_none());
+    }
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        let a = StreamId::parse("999-5").expect("id");
+        let b = StreamId::parse("1000-0").expect("id");
+        assert!(a < b);
+        let at = |id: &str| Place::from_offset(&format!("g:{id}")).expect("offset");
+        assert!(at("1000-0").covers(&at("999-5")));
+        assert!(!at("999-5").covers(&at("1000-0")));
+        let other = Place::from_offset("h:2000-0").expect("offset");
+        assert!(
+            !other.covers(&at("999-5")),
+            "another generation covers nothing"
+        );
+    }
+}
