@@ -52,7 +52,8 @@ pub enum Dropped {
     Lagged,
     /// A channel's stream stayed full.
     Full,
-    /// A channel's stream closed while still subscribed.
+    /// A channel's stream closed while still subscribed (its reader stopped: no socket
+    /// waits on it; counted only).
     Closed,
 }
 
@@ -191,7 +192,7 @@ impl Metrics {
         }
         r.register(
             "cluster_messages_dropped",
-            "Cross-instance messages received from Redis but dropped before delivery, by cause; each loss takes the cluster link down, and this instance's sockets are told recovery_failed once it is back (cluster mode)",
+            "Cross-instance messages received from Redis but dropped before delivery, by cause: lagged and full take the cluster link down, and this instance's sockets are told recovery_failed once it is back; closed (a stream whose reader stopped, at the drain) is counted only (cluster mode)",
             m.cluster_messages_dropped.clone(),
         );
         r.register(

@@ -12,11 +12,14 @@
 //!   dropped; while a channel keeps overflowing its messages are not waited on again (the
 //!   dispatcher is shared by every channel, the self-check's included), until its stream takes
 //!   one again;
-//! - every message still lost (the dispatcher lagged, a stream stayed full, a stream closed
-//!   while subscribed) is counted (`sockgate_cluster_messages_dropped_total{cause}`), logged
-//!   once per loss episode, and takes the link down ([`Link::messages_lost`]): once the
-//!   self-check brings it back, every socket of this instance is told `recovery_failed`
-//!   ([`crate::realtime`]'s outage handling), so a client that missed one refetches.
+//! - every message still lost (the dispatcher lagged, a stream stayed full) is counted
+//!   (`sockgate_cluster_messages_dropped_total{cause}`), logged once per loss episode, and
+//!   takes the link down ([`Link::messages_lost`]): once the self-check brings it back, every
+//!   socket of this instance is told `recovery_failed` ([`crate::realtime`]'s outage
+//!   handling), so a client that missed one refetches;
+//! - a message for a stream whose reader is gone while still subscribed (the adapter or the
+//!   self-check stopped, during the drain) is counted (`cause="closed"`) only: no socket
+//!   waits on it.
 //!
 //! A loss episode ends when the link is restored: the next loss logs again.
 
@@ -179,17 +182,18 @@ async fn dispatch(
                 );
             }
             Err(((chan, _), true)) => {
-                // Its reader is gone although still subscribed: forgotten, so that the loss is
-                // reported once.
+                // Its reader is gone although still subscribed: the namespace's adapter or the
+                // self-check stopped (the drain), so no socket waits on it. Counted, forgotten
+                // (counted once), not a loss to tell clients about.
                 handlers
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&chan);
                 overflowing.remove(&chan);
-                losses.lost(
-                    Dropped::Closed,
-                    1,
-                    &format!("the stream of `{chan}` closed while subscribed"),
+                losses.metrics.cluster_messages_dropped(Dropped::Closed, 1);
+                tracing::debug!(
+                    chan,
+                    "a message for a stream closed while subscribed dropped"
                 );
             }
         }
@@ -386,11 +390,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_closed_stream_is_counted_once_and_forgotten() {
+    async fn a_closed_stream_is_counted_once_and_forgotten_without_taking_the_link_down() {
         let (closed_tx, closed_rx) = mpsc::channel(1);
         drop(closed_rx);
         let (other_tx, mut other_rx) = mpsc::channel(1);
-        let (tx, _link, metrics) = start(
+        let (tx, link, metrics) = start(
             8,
             HashMap::from([
                 ("closed".to_string(), closed_tx),
@@ -407,5 +411,6 @@ mod tests {
             .expect("in time")
             .expect("open");
         assert_eq!(dropped(&metrics, "closed"), 1);
+        assert_eq!(link.problem().as_deref(), Some(super::super::LOST));
     }
 }
