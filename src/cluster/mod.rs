@@ -233,9 +233,15 @@ impl Link {
             async { Ok(()) }
         });
         let link = self.clone();
+        let url = shown.clone();
         self.client.on_reconnect(move |_| {
             // Whatever was published to this connection's channels since it broke is lost.
             link.take_down(LOST.into());
+            // A connection closed and re-established at once (Redis closed it, e.g. past
+            // `client-output-buffer-limit pubsub`) was never seen as lost by `on_error`.
+            if !link.outage_logged.swap(true, Ordering::AcqRel) {
+                tracing::warn!(redis = %url, "Redis subscriber connection re-established after it closed; what was published meanwhile is lost: this instance's sockets are told recovery_failed once a self-check passes");
+            }
             link.subscribed.store(false, Ordering::Release);
             tokio::spawn(link.clone().resubscribe(shown.clone()));
             async { Ok(()) }
