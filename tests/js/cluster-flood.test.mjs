@@ -32,9 +32,13 @@ async function droppedOn(inst) {
 // Messages published while B is stopped: more than fred's broadcast channel (16 Ki) holds with
 // history off; with history on (a debug build publishes about 1000/s then) more than a
 // channel's stream (1024) holds.
-for (const [name, TOTAL, extra] of [
+// With `closedByRedis`, Redis closes B's subscriber connection for exceeding its pubsub
+// output buffer limit: the loss happens in Redis, not in B, so B counts no drop, but the lost
+// connection takes B's link down all the same.
+for (const [name, TOTAL, extra, closedByRedis] of [
   ['history on', 8_000, {}],
   ['history off', 40_000, { SIDECAR_HISTORY__ENABLED: 'false' }],
+  ['history off, Redis closes the connection: client-output-buffer-limit pubsub 1mb', 40_000, { SIDECAR_HISTORY__ENABLED: 'false' }, true],
 ]) {
   test(`cluster flood (${name}): ${TOTAL} messages for a client of a stopped instance are all delivered once it resumes, or the client is told recovery_failed and the loss is counted`, { skip: SKIP, timeout: 120_000 }, async (t) => {
     const fixture = await startFixture();
@@ -46,6 +50,10 @@ for (const [name, TOTAL, extra] of [
       SIDECAR_REALTIME__MAX_BUFFER_SIZE: String(2 * TOTAL),
       ...extra,
     };
+    if (closedByRedis) {
+      const r = await redisOnce(redis.port, 'CONFIG', 'SET', 'client-output-buffer-limit', 'pubsub 1mb 0 0');
+      assert.equal(r, '+OK');
+    }
     const [A, B] = await Promise.all([0, 1].map(() => startSockgate({ upstreamUrl: fixture.url, env })));
     const alice = await connect(B.url, { cookie: 'sid=alice-token', transports: ['websocket'] });
     const got = new Set();
@@ -115,7 +123,11 @@ for (const [name, TOTAL, extra] of [
           `B's loss log lines: ${lossLines.length}${lossLines.length ? `, first: ${lossLines[0].slice(0, 300)}` : ''}`,
       );
       assert.equal(disconnected, null, 'the client stays connected');
-      if (missing > 0) {
+      if (closedByRedis) {
+        assert.ok(missing > 0, 'Redis closed the connection: messages are missing');
+        assert.ok(told.length > 0, `${missing} messages missing and the client was not told recovery_failed`);
+        assert.match(B.proc.text(), /Redis connection lost|Redis subscriber connection re-established after it closed/);
+      } else if (missing > 0) {
         assert.ok(told.length > 0, `${missing} messages missing and the client was not told recovery_failed`);
         assert.ok(dropped > 0, `${missing} messages missing and B counted no drop`);
       } else {
@@ -178,6 +190,24 @@ function capture(port, channel, marker, trigger, timeout = 10_000) {
       const start = crlf + 2;
       if (buf.length < start + len) return;
       done(null, Buffer.from(buf.subarray(start, start + len)));
+    });
+  });
+}
+
+/** Sends one command on a fresh connection; resolves its first reply line. */
+function redisOnce(port, ...args) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: '127.0.0.1' });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`redis ${args.join(' ')} timed out`));
+    }, 5000);
+    sock.on('error', reject);
+    sock.on('connect', () => sock.write(resp(...args)));
+    sock.once('data', (d) => {
+      clearTimeout(timer);
+      sock.end();
+      resolve(d.toString().trim());
     });
   });
 }
