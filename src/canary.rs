@@ -32,10 +32,9 @@ use futures_util::StreamExt;
 use socketioxide_core::Uid;
 use socketioxide_core::adapter::BroadcastOptions;
 use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
-use socketioxide_redis::drivers::fred::FredDriver;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 
-use crate::cluster::Link;
+use crate::cluster::{ClusterDriver, Link};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -66,7 +65,7 @@ const PEER_SEEN: Duration = Duration::from_secs(5);
 
 /// A subscription to the canary channel, and the driver to publish on it.
 pub struct Canary {
-    pub driver: FredDriver,
+    pub driver: ClusterDriver,
     pub received: MessageStream<ChanItem>,
     /// The made-up server the probe's requests come from.
     pub prober: Uid,

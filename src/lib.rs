@@ -88,7 +88,10 @@ pub async fn run(
                      at the load balancer; set realtime.transports = [\"websocket\"] otherwise"
                 );
             }
-            Some(cluster::connect(url, ms(config.cluster.request_timeout_ms)).await?)
+            Some(
+                cluster::connect(url, ms(config.cluster.request_timeout_ms), metrics.clone())
+                    .await?,
+            )
         }
     };
     let realtime =

@@ -44,6 +44,29 @@ pub enum Lookup {
     Error,
 }
 
+/// Why a cross-instance message received from Redis was dropped before reaching the adapter
+/// (see [`crate::cluster::driver`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Dropped {
+    /// The dispatcher fell behind fred's broadcast channel, which overwrote messages.
+    Lagged,
+    /// A channel's stream stayed full.
+    Full,
+    /// A channel's stream closed while still subscribed (its reader stopped: no socket
+    /// waits on it; counted only).
+    Closed,
+}
+
+impl Dropped {
+    pub fn label(self) -> &'static str {
+        match self {
+            Dropped::Lagged => "lagged",
+            Dropped::Full => "full",
+            Dropped::Closed => "closed",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub sockets_open: Family<Label, Gauge>,
@@ -66,6 +89,7 @@ pub struct Metrics {
     cluster_canary_peers: Gauge,
     cluster_link_rebuilds: Counter,
     cluster_link_up: Gauge,
+    cluster_messages_dropped: Family<Label, Counter>,
     publish_delivery_seconds: Histogram,
 }
 
@@ -99,6 +123,7 @@ impl Metrics {
             cluster_canary_peers: Gauge::default(),
             cluster_link_rebuilds: Counter::default(),
             cluster_link_up: Gauge::default(),
+            cluster_messages_dropped: Family::default(),
             publish_delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
         let r = &mut m.registry;
@@ -158,6 +183,17 @@ impl Metrics {
             "cluster_link_rebuilds",
             "Subscriber connections replaced because self-checks kept failing while Redis answered",
             m.cluster_link_rebuilds.clone(),
+        );
+        for cause in [Dropped::Lagged, Dropped::Full, Dropped::Closed] {
+            // Present at 0 from the start, so that a first loss shows as a change.
+            m.cluster_messages_dropped
+                .get_or_create(&[("cause", cause.label())])
+                .inc_by(0);
+        }
+        r.register(
+            "cluster_messages_dropped",
+            "Cross-instance messages received from Redis but dropped before delivery, by cause: lagged and full take the cluster link down, and this instance's sockets are told recovery_failed once it is back; closed (a stream whose reader stopped, at the drain) is counted only (cluster mode)",
+            m.cluster_messages_dropped.clone(),
         );
         r.register(
             "publish_delivery_seconds",
@@ -265,6 +301,13 @@ impl Metrics {
     /// The cluster's subscriber connection was replaced (see [`crate::canary`]).
     pub fn cluster_link_rebuilt(&self) {
         self.cluster_link_rebuilds.inc();
+    }
+
+    /// `count` cross-instance messages were dropped on this instance for `cause`.
+    pub fn cluster_messages_dropped(&self, cause: Dropped, count: u64) {
+        self.cluster_messages_dropped
+            .get_or_create(&[("cause", cause.label())])
+            .inc_by(count);
     }
 
     pub fn slow_consumer(&self) {

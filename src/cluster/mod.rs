@@ -1,5 +1,7 @@
 //! Cluster mode: instances share rooms, publishes, disconnects and presence through Redis,
-//! using `socketioxide-redis` (its protocol, over the `fred` client) — no protocol of ours.
+//! using `socketioxide-redis` (its protocol, over the `fred` client, through our
+//! [`driver::ClusterDriver`]) — no protocol of ours. This module owns the connection to Redis
+//! and the [`Link`]: whether cross-instance delivery works right now.
 //!
 //! fred reconnects with backoff and re-subscribes after an outage; while Redis is away the
 //! hub sees [`Link::is_up`] turn false and delivers to local sockets only, so an instance
@@ -16,14 +18,19 @@ use fred::prelude::{Builder, ClientLike, Config as RedisConfig, EventInterface, 
 use fred::types::RespVersion;
 use fred::types::config::UnresponsiveConfig;
 use socketioxide_redis::drivers::Driver;
-use socketioxide_redis::drivers::fred::FredDriver;
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::{Notify, watch};
 
 use crate::canary::{self, Canary};
+use crate::metrics::Metrics;
+
+pub mod driver;
+
+pub use driver::ClusterDriver;
 
 /// The Socket.IO adapter type in cluster mode.
-pub type ClusterAdapter = socketioxide_redis::FredAdapter<socketioxide::adapter::Emitter>;
+pub type ClusterAdapter =
+    socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, ClusterDriver>;
 
 /// Cross-instance messages buffered between the Redis connection and socketioxide-redis.
 const PUBSUB_BUFFER: usize = 16 * 1024;
@@ -38,7 +45,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connected cluster: the adapter to build Socket.IO with, and the link to watch.
 pub struct Cluster {
-    pub adapter: RedisAdapterCtr<FredDriver>,
+    pub adapter: RedisAdapterCtr<ClusterDriver>,
     pub link: Link,
     /// A regular (non-subscriber) connection, for the message history streams.
     pub commands: fred::clients::Client,
@@ -144,6 +151,17 @@ impl Link {
         self.recheck.notify_one();
     }
 
+    /// Cross-instance messages were received but dropped on this instance ([`driver`]; it
+    /// logs once per episode, so this does not log): the link is taken down at once, and a
+    /// self-check asked for to bring it back, so that this instance's sockets are told
+    /// `recovery_failed` as after any outage (see [`crate::realtime`]'s outage handling).
+    pub fn messages_lost(&self, reason: String) {
+        self.take_down(format!(
+            "{reason}: delivering to local sockets only until a self-check passes"
+        ));
+        self.recheck.notify_one();
+    }
+
     /// A Redis command for `what` failed with `error`: when it timed out or its connection
     /// broke, the link is suspect (see [`Link::suspect`]); other errors (a refused command)
     /// say nothing about the link.
@@ -226,9 +244,15 @@ impl Link {
             async { Ok(()) }
         });
         let link = self.clone();
+        let url = shown.clone();
         self.client.on_reconnect(move |_| {
             // Whatever was published to this connection's channels since it broke is lost.
             link.take_down(LOST.into());
+            // A connection closed and re-established at once (Redis closed it, e.g. past
+            // `client-output-buffer-limit pubsub`) was never seen as lost by `on_error`.
+            if !link.outage_logged.swap(true, Ordering::AcqRel) {
+                tracing::warn!(redis = %url, "Redis subscriber connection re-established after it closed; what was published meanwhile is lost: this instance's sockets are told recovery_failed once a self-check passes");
+            }
             link.subscribed.store(false, Ordering::Release);
             tokio::spawn(link.clone().resubscribe(shown.clone()));
             async { Ok(()) }
@@ -286,7 +310,11 @@ pub async fn subscribe_each(
 /// Connects to Redis (≥ 7, RESP3). Fails with the (password-free) URL when Redis refuses
 /// the connection, or does not answer within 5 s, at startup: a platform restart is clearer
 /// than an instance that silently serves only its own sockets.
-pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Cluster> {
+pub async fn connect(
+    url: &str,
+    request_timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Cluster> {
     let shown = redact(url);
     let mut config = RedisConfig::from_url(url)
         .with_context(|| format!("cluster.redis_url `{shown}` is not a Redis URL"))?;
@@ -310,10 +338,10 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::from_secs(1);
-            // socketioxide-redis reads every published message from one broadcast channel of
-            // this size; fred's default (32) overflowed under a burst of cross-instance
-            // publishes, and a lagging reader loses messages with only a WARN
-            // (`pubsub channel lagged by N`). A slot is one message handle.
+            // The driver's dispatcher reads every published message from one broadcast channel
+            // of this size; fred's default (32) overflowed under a burst of cross-instance
+            // publishes. What a lagging dispatcher still loses is counted and signalled
+            // (see `driver`). A slot is one message handle.
             p.broadcast_channel_capacity = PUBSUB_BUFFER;
         });
     let client = builder
@@ -323,7 +351,16 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         .build()
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
 
-    let driver = at_startup(&shown, FredDriver::new(client.clone())).await?;
+    let link = Link {
+        client: client.clone(),
+        subscribed: Arc::new(AtomicBool::new(true)),
+        outage_logged: Arc::new(AtomicBool::new(false)),
+        down: Arc::new(Mutex::new(Down::default())),
+        restored: Arc::new(watch::channel(0).0),
+        recheck: Arc::new(Notify::new()),
+    };
+    let losses = driver::Losses::new(link.clone(), metrics);
+    let driver = at_startup(&shown, ClusterDriver::new(client, losses)).await?;
     let prober = socketioxide_core::Uid::new();
     let canary = Canary {
         received: at_startup(
@@ -341,14 +378,6 @@ pub async fn connect(url: &str, request_timeout: Duration) -> anyhow::Result<Clu
         commands: commands.clone(),
     };
     at_startup(&shown, commands.init()).await?;
-    let link = Link {
-        client,
-        subscribed: Arc::new(AtomicBool::new(true)),
-        outage_logged: Arc::new(AtomicBool::new(false)),
-        down: Arc::new(Mutex::new(Down::default())),
-        restored: Arc::new(watch::channel(0).0),
-        recheck: Arc::new(Notify::new()),
-    };
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
         driver.clone(),
