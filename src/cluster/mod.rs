@@ -52,7 +52,7 @@ pub struct Cluster {
     /// The end-to-end self-check, to be run once the adapter is subscribed.
     pub canary: Canary,
     /// The subscription connection's driver, for channels of sockgate's own.
-    pub driver: FredDriver,
+    pub driver: ClusterDriver,
 }
 
 /// The live connection to Redis, and whether cross-instance delivery works right now.
