@@ -75,29 +75,19 @@ impl Router {
         if !is_handshake(&req) {
             if let Err(refusal) = self.admission.check(&req) {
                 if refusal.status == StatusCode::FORBIDDEN {
-                    self.metrics.rejected(Reject::Unauthorized);
+                    self.metrics.rejected(refusal.reason);
                     tracing::warn!(%peer, "Socket.IO request refused: {}", refusal.message);
                 }
                 return refusal.response();
             }
             return self.call_realtime(req).await;
         }
-        let ticket = match self.admission.admit(&req) {
+        let ticket = match self.admission.admit(req.headers()).await {
             Ok(ticket) => ticket,
             Err(refusal) => {
-                self.metrics.rejected(match refusal.status {
-                    StatusCode::SERVICE_UNAVAILABLE => Reject::Capacity,
-                    _ => Reject::Unauthorized,
-                });
+                self.metrics.rejected(refusal.reason);
                 tracing::debug!(%peer, "Socket.IO handshake refused: {}", refusal.message);
-                let mut resp = refusal.response();
-                if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-                    resp.headers_mut().insert(
-                        http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("1"),
-                    );
-                }
-                return resp;
+                return refusal.response();
             }
         };
         match self.open_sockets.reserve(self.max_connections) {

@@ -18,12 +18,13 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A cookie that names no session: an outsider needs one to get past the credential-less
-/// handshake check, and never sends a CONNECT, so the app is never asked about it.
-const ATTACKER_COOKIE: &str = "sid=nobody";
+/// A session the app accepts (the fixture's `sid=user-NAME`): handshakes are authenticated, so
+/// the clients attacking the Engine.IO layer here are logged-in users who never send a
+/// Socket.IO CONNECT.
+const ATTACKER_COOKIE: &str = "sid=user-mallory";
 
 /// An Engine.IO WebSocket that has received its open packet and sends nothing else yet: the
-/// state of a client that never sends a Socket.IO CONNECT, so it is never authenticated.
+/// state of a client that never sends a Socket.IO CONNECT.
 async fn engine_io_socket(port: u16) -> Ws {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
@@ -765,4 +766,80 @@ async fn trickled_polling_post_gets_408() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The status of an Engine.IO handshake with `cookie`, over long-polling or WebSocket.
+async fn handshake_status(port: u16, cookie: &str, websocket: bool) -> u16 {
+    if !websocket {
+        let mut req = request("GET", "/socket.io/?EIO=4&transport=polling", "");
+        req.headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie"));
+        return send(port, req).await.status().as_u16();
+    }
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut req = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+        .into_client_request()
+        .expect("WebSocket request");
+    req.headers_mut()
+        .insert("cookie", cookie.parse().expect("cookie"));
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_ws, resp)) => resp.status().as_u16(),
+        Err(Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("WebSocket handshake: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn junk_cookies_cannot_fill_the_pending_places() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_REALTIME__MAX_PENDING_CONNECTIONS", "5"),
+            ("SIDECAR_REALTIME__CONNECT_TIMEOUT_MS", "30000"),
+        ],
+    );
+    let port = sg.port();
+    // 300 handshakes with made-up cookies, a sixth of them WebSocket upgrades; none CONNECTs.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let statuses = futures_util::future::join_all((0..300).map(|i| async move {
+        handshake_status(port, &format!("sid=junk-{nonce:x}-{i}"), i % 6 == 0).await
+    }))
+    .await;
+    let refused = statuses.iter().filter(|&&s| s == 401).count();
+    assert_eq!(
+        refused,
+        statuses.len(),
+        "made-up cookies must get 401 at the handshake; statuses: {statuses:?}"
+    );
+    // A real user still gets in at once: no pending place was taken.
+    let started = Instant::now();
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let call = |method: &str, path: &str, body: &'static str| {
+        let mut req = request(method, path, body);
+        req.headers_mut()
+            .insert("cookie", "sid=user-alice".parse().expect("cookie"));
+        req
+    };
+    let open = send(port, call("GET", path, "")).await;
+    assert_eq!(open.status(), 200, "the real user's handshake was refused");
+    let open = body_text(open).await;
+    let v: serde_json::Value =
+        serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = v["sid"].as_str().expect("sid").to_owned();
+    let session = format!("{path}&sid={sid}");
+    let posted = send(port, call("POST", &session, "40")).await;
+    assert_eq!(posted.status(), 200);
+    let answer = body_text(send(port, call("GET", &session, "")).await).await;
+    assert!(answer.starts_with("40{"), "CONNECT refused: {answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the real user waited {:?}",
+        started.elapsed()
+    );
+    // The app was asked once per cookie (the CONNECT was answered from the cache).
+    let stats = body_json(get(app.port, "/__stats").await).await;
+    assert_eq!(stats["sessionCalls"], 301, "{stats}");
 }
