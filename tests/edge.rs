@@ -240,6 +240,193 @@ async fn idle_h2c_connections_are_closed() {
     );
 }
 
+/// One HTTP/2 frame: 9-byte header (length, type, flags, stream) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("small frame")
+        .to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+const H2_DATA: u8 = 0;
+const H2_HEADERS: u8 = 1;
+const H2_RST_STREAM: u8 = 3;
+const H2_SETTINGS: u8 = 4;
+const H2_PING: u8 = 6;
+const H2_ACK: u8 = 1;
+const H2_END_STREAM: u8 = 1;
+const H2_END_HEADERS: u8 = 4;
+
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// An h2c client speaking raw frames (prior knowledge), so a test can do what a well-behaved
+/// client would not: ignore the server's SETTINGS, keep a connection open with PINGs only.
+struct RawH2 {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects and sends the preface and an empty SETTINGS frame.
+    async fn connect(port: u16) -> Self {
+        let (rd, mut wr) = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect")
+            .into_split();
+        let hello = [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            h2_frame(H2_SETTINGS, 0, 0, &[]),
+        ]
+        .concat();
+        wr.write_all(&hello).await.expect("preface");
+        Self {
+            rd,
+            wr,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a frame; the server may have closed its side already (the next read tells).
+    async fn send(&mut self, frame: &[u8]) {
+        let _ = self.wr.write_all(frame).await;
+    }
+
+    /// Opens stream `id` with a GET of `path` (HPACK literals, no indexing, no Huffman).
+    async fn get(&mut self, id: u32, path: &str) {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "h2.test"),
+        ] {
+            // A literal header field without indexing, new name (RFC 7541 §6.2.2).
+            block.push(0);
+            for text in [name, value] {
+                block.push(u8::try_from(text.len()).expect("short header"));
+                block.extend_from_slice(text.as_bytes());
+            }
+        }
+        let frame = h2_frame(H2_HEADERS, H2_END_STREAM | H2_END_HEADERS, id, &block);
+        self.send(&frame).await;
+    }
+
+    /// The next frame from the server, after answering it if it is a SETTINGS or a PING;
+    /// `None` once the server has closed the connection. Cancel-safe between frames.
+    async fn next(&mut self) -> Option<H2Frame> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = usize::from(self.buf[0]) << 16
+                    | usize::from(self.buf[1]) << 8
+                    | usize::from(self.buf[2]);
+                if self.buf.len() >= 9 + len {
+                    let head: Vec<u8> = self.buf.drain(..9).collect();
+                    let payload: Vec<u8> = self.buf.drain(..len).collect();
+                    let frame = H2Frame {
+                        kind: head[3],
+                        flags: head[4],
+                        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]])
+                            & 0x7fff_ffff,
+                        payload,
+                    };
+                    match frame.kind {
+                        H2_SETTINGS if frame.flags & H2_ACK == 0 => {
+                            self.send(&h2_frame(H2_SETTINGS, H2_ACK, 0, &[])).await;
+                        }
+                        H2_PING if frame.flags & H2_ACK == 0 => {
+                            self.send(&h2_frame(H2_PING, H2_ACK, 0, &frame.payload))
+                                .await;
+                        }
+                        _ => {}
+                    }
+                    return Some(frame);
+                }
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2c_streams_beyond_max_concurrent_streams_are_refused() {
+    const MAX_CONCURRENT_STREAMS: u16 = 3;
+    const REFUSED_STREAM: u32 = 7;
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[("SIDECAR_SERVER__MAX_CONCURRENT_STREAMS", "2")]);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    // The server announces the limit …
+    let settings = loop {
+        let frame = h2.next().await.expect("the server's SETTINGS");
+        if frame.kind == H2_SETTINGS && frame.flags & H2_ACK == 0 {
+            break frame.payload;
+        }
+    };
+    let announced: Vec<(u16, u32)> = settings
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    assert!(
+        announced.contains(&(MAX_CONCURRENT_STREAMS, 2)),
+        "SETTINGS {announced:?}"
+    );
+    // … and a client that ignores it opens five slow streams at once.
+    let streams = [1, 3, 5, 7, 9];
+    for id in streams {
+        h2.get(id, "/slow?ms=1000").await;
+    }
+    let (mut refused, mut answered, mut completed) = (Vec::new(), Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.len() + completed.len() < streams.len() {
+        let frame = tokio::time::timeout_at(deadline.into(), h2.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("streams unsettled: refused {refused:?}, completed {completed:?}")
+            })
+            .expect("the connection stays open");
+        match frame.kind {
+            H2_RST_STREAM => {
+                let code = frame
+                    .payload
+                    .get(..4)
+                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                assert_eq!(code, Some(REFUSED_STREAM), "stream {}", frame.stream);
+                refused.push(frame.stream);
+            }
+            // 0x88: `:status 200`, indexed (HPACK static table entry 8).
+            H2_HEADERS if frame.payload.first() == Some(&0x88) => answered.push(frame.stream),
+            H2_DATA if frame.flags & H2_END_STREAM != 0 => completed.push(frame.stream),
+            _ => {}
+        }
+    }
+    refused.sort_unstable();
+    completed.sort_unstable();
+    answered.sort_unstable();
+    assert_eq!(
+        refused,
+        [5, 7, 9],
+        "the streams beyond the limit are refused"
+    );
+    assert_eq!(answered, [1, 3], "the admitted streams get their 200");
+    assert_eq!(completed, [1, 3], "the admitted streams complete");
+}
+
 #[tokio::test]
 async fn connections_beyond_server_max_connections_are_closed() {
     let app = fixture(&[]);
