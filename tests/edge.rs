@@ -256,6 +256,7 @@ const H2_HEADERS: u8 = 1;
 const H2_RST_STREAM: u8 = 3;
 const H2_SETTINGS: u8 = 4;
 const H2_PING: u8 = 6;
+const H2_GOAWAY: u8 = 7;
 const H2_ACK: u8 = 1;
 const H2_END_STREAM: u8 = 1;
 const H2_END_HEADERS: u8 = 4;
@@ -356,6 +357,103 @@ impl RawH2 {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// How a raw h2c connection that never opens a stream ended: whether the server sent GOAWAY,
+/// and after how long it closed (`None`: still open at `limit`).
+struct H2Ending {
+    goaway: bool,
+    closed_after: Option<Duration>,
+}
+
+/// A client that sends the preface and then only keeps the connection alive: it acknowledges
+/// the server's SETTINGS and PINGs and sends a PING of its own every `every`, until the
+/// server closes the connection or `limit` passes.
+async fn h2c_pinging_until_closed(port: u16, every: Duration, limit: Duration) -> H2Ending {
+    let started = Instant::now();
+    let mut h2 = RawH2::connect(port).await;
+    let mut ending = H2Ending {
+        goaway: false,
+        closed_after: None,
+    };
+    let mut ticker = tokio::time::interval(every);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return ending,
+            _ = ticker.tick() => h2.send(&h2_frame(H2_PING, 0, 0, b"keepopen")).await,
+            frame = h2.next() => match frame {
+                None => {
+                    ending.closed_after = Some(started.elapsed());
+                    return ending;
+                }
+                Some(f) => ending.goaway |= f.kind == H2_GOAWAY,
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2c_pings_do_not_keep_a_connection_without_streams_open() {
+    let app = fixture(&[]);
+    let idle = Duration::from_millis(1500);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_SERVER__HEADER_READ_TIMEOUT_MS", "1000"),
+            ("SIDECAR_SERVER__IDLE_TIMEOUT_MS", "1500"),
+        ],
+    );
+    let ending = h2c_pinging_until_closed(
+        sg.port(),
+        Duration::from_millis(200),
+        Duration::from_secs(8),
+    )
+    .await;
+    let closed = ending
+        .closed_after
+        .expect("a connection that only PINGs must be closed after the idle timeout");
+    assert!(
+        closed >= idle - Duration::from_millis(200) && closed < idle + Duration::from_millis(1500),
+        "closed after {closed:?}, idle timeout {idle:?}"
+    );
+    assert!(ending.goaway, "the server closes with GOAWAY");
+}
+
+#[tokio::test]
+async fn h2c_open_stream_keeps_its_connection_until_it_ends() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_SERVER__HEADER_READ_TIMEOUT_MS", "1000"),
+            ("SIDECAR_SERVER__IDLE_TIMEOUT_MS", "1500"),
+        ],
+    );
+    let mut sender = h2c(sg.port()).await;
+    // 8 events, 500 ms apart: open for 3.5 s, more than twice the idle timeout.
+    let req = Request::get(format!(
+        "http://h2.test:{}/sse?events=8&every=500",
+        sg.port()
+    ))
+    .body(Full::new(Bytes::new()))
+    .expect("request");
+    let started = Instant::now();
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    let events = body_text(resp).await;
+    assert_eq!(events.matches("data: tick-").count(), 8, "{events}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    // Once the stream is over, the connection is idle and closed.
+    let ended = Instant::now();
+    while !sender.is_closed() {
+        assert!(
+            ended.elapsed() < Duration::from_secs(4),
+            "the idle connection was not closed after its stream ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

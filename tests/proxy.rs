@@ -223,21 +223,6 @@ async fn websocket_on_an_app_path_is_tunnelled() {
     }
 }
 
-/// An HTTP/2 (prior knowledge, cleartext) connection to sockgate.
-async fn h2c(port: u16) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c prior-knowledge handshake");
-    tokio::spawn(conn);
-    sender
-}
-
 #[tokio::test]
 async fn h2c_client_reaches_an_http1_app() {
     let app = fixture(&[]);
