@@ -40,7 +40,7 @@ pub use admission::Admission;
 use admission::Ticket;
 pub use auth::{AuthError, Credentials, SessionAuth};
 use history::{Head, History, Journal, Replay, Since};
-pub use hub::{Hub, HubStats, Presence, Scope, Target};
+pub use hub::{DRAINING, Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 
 /// What an authenticated socket carries for later checks. Its credentials are read again
