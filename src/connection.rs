@@ -2,11 +2,14 @@
 //! for as long as the socket is open (after an upgrade too), and its idle timer.
 //!
 //! hyper closes an HTTP/1.1 connection that is slow to send a request head, but has no idle
-//! timeout for HTTP/2: a client that sends the preface and then nothing would hold its socket
-//! forever. So the connection's reads end (as if the client had closed) once no request has
-//! been in flight for `server.idle_timeout_ms`. Only requests count as activity (HTTP/2 PINGs
-//! do not), and a request counts until its response body is finished. An upgraded connection
-//! (WebSocket, tunnel) belongs to whoever took it over and has no idle timer here.
+//! timeout for HTTP/2: a client that sends the preface and then nothing, or only PINGs, would
+//! hold its socket forever. So once no request has been in flight for
+//! `server.idle_timeout_ms`, the connection says so ([`Activity::went_idle`]: the server then
+//! shuts it down gracefully, which is a GOAWAY for HTTP/2), and [`IDLE_CLOSE_GRACE`] later
+//! its reads end (as if the client had closed) if it is still open. Only requests count as
+//! activity (HTTP/2 PINGs and other frames do not), and a request counts until its response
+//! body is finished. An upgraded connection (WebSocket, tunnel) belongs to whoever took it
+//! over and has no idle timer here.
 
 use std::io;
 use std::pin::Pin;
@@ -20,10 +23,14 @@ use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{self, Body, BoxError};
+
+/// How long an idle connection told to shut down (GOAWAY) may take to close before its reads
+/// end anyway: a client that ignores the GOAWAY does not keep it.
+pub const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The cap on open client connections.
 #[derive(Clone)]
@@ -86,6 +93,8 @@ pub struct Activity {
     /// Milliseconds after `born` of the last request start or end.
     last_ms: AtomicU64,
     upgraded: AtomicBool,
+    /// Told once the connection has been idle for the whole timeout.
+    idle: Notify,
 }
 
 impl Activity {
@@ -95,7 +104,14 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            idle: Notify::new(),
         })
+    }
+
+    /// Completes once no request has been in flight for `server.idle_timeout_ms` (it is
+    /// noticed while the connection is being read, i.e. while its server task runs).
+    pub async fn went_idle(&self) {
+        self.idle.notified().await;
     }
 
     fn touch(&self) {
@@ -177,6 +193,8 @@ pub struct Connection {
     /// task that last polled it, which would pin the finished HTTP task (≈ 2.4 KiB) for the
     /// life of every WebSocket.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Armed when the connection went idle: when its reads end if it is still open.
+    closing: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -192,6 +210,7 @@ impl Connection {
             activity: activity.clone(),
             idle_timeout,
             timer: Some(Box::pin(tokio::time::sleep(idle_timeout))),
+            closing: None,
         };
         (conn, activity)
     }
@@ -246,9 +265,21 @@ impl AsyncRead for Connection {
     ) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Pending if self.idle(cx) => {
-                tracing::debug!("connection closed: idle for server.idle_timeout_ms");
-                // End of stream: hyper closes the connection as if the client had.
-                Poll::Ready(Ok(()))
+                let closing = self.closing.get_or_insert_with(|| {
+                    tracing::debug!("connection idle for server.idle_timeout_ms: shutting it down");
+                    Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE))
+                });
+                match closing.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        // The server task shuts the connection down on the first of these:
+                        // GOAWAY for HTTP/2, a close for an idle HTTP/1.1 keep-alive.
+                        self.activity.idle.notify_one();
+                        Poll::Pending
+                    }
+                    // Still open after the grace: end of stream, hyper closes the connection
+                    // as if the client had.
+                    Poll::Ready(()) => Poll::Ready(Ok(())),
+                }
             }
             other => other,
         }

@@ -12,8 +12,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::body::{self, Body};
@@ -75,29 +75,19 @@ impl Router {
         if !is_handshake(&req) {
             if let Err(refusal) = self.admission.check(&req) {
                 if refusal.status == StatusCode::FORBIDDEN {
-                    self.metrics.rejected(Reject::Unauthorized);
+                    self.metrics.rejected(refusal.reason);
                     tracing::warn!(%peer, "Socket.IO request refused: {}", refusal.message);
                 }
                 return refusal.response();
             }
             return self.call_realtime(req).await;
         }
-        let ticket = match self.admission.admit(&req) {
+        let ticket = match self.admission.admit(req.headers()).await {
             Ok(ticket) => ticket,
             Err(refusal) => {
-                self.metrics.rejected(match refusal.status {
-                    StatusCode::SERVICE_UNAVAILABLE => Reject::Capacity,
-                    _ => Reject::Unauthorized,
-                });
+                self.metrics.rejected(refusal.reason);
                 tracing::debug!(%peer, "Socket.IO handshake refused: {}", refusal.message);
-                let mut resp = refusal.response();
-                if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-                    resp.headers_mut().insert(
-                        http::header::RETRY_AFTER,
-                        http::HeaderValue::from_static("1"),
-                    );
-                }
-                return resp;
+                return refusal.response();
             }
         };
         match self.open_sockets.reserve(self.max_connections) {
@@ -194,7 +184,8 @@ pub async fn serve(
         // A peer that stops answering PINGs is gone, even in the middle of a long stream.
         .keep_alive_interval(Some(ms(config.idle_timeout_ms)))
         .keep_alive_timeout(ms(config.header_read_timeout_ms));
-    let graceful = GracefulShutdown::new();
+    // Told when the drain begins; closed once every connection task has dropped its receiver.
+    let (drain, _) = watch::channel(());
     let limit = ConnectionLimit::new(config.max_connections);
     tracing::info!(
         max = limit.max(),
@@ -222,6 +213,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let header_read_timeout = ms(config.header_read_timeout_ms);
         let (stream, activity) = Connection::new(stream, place, ms(config.idle_timeout_ms));
+        let idle = activity.clone();
         let router = router.clone();
         let service = hyper::service::service_fn(move |req| {
             let router = router.clone();
@@ -229,21 +221,40 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(request.respond(router.handle(req, peer).await)) }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut draining = drain.subscribe();
         tokio::spawn(async move {
             if !request_started(stream.stream(), header_read_timeout).await {
                 tracing::debug!(%peer, "connection closed: no request within the header read timeout");
                 return;
             }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tokio::pin!(conn);
+            // Shut down gracefully (GOAWAY for HTTP/2: streams in flight finish) when the
+            // connection has been idle for server.idle_timeout_ms, or when the drain begins.
+            let mut closing = false;
+            let ended = loop {
+                tokio::select! {
+                    ended = conn.as_mut() => break ended,
+                    _ = idle.went_idle(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = draining.changed(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            drop(draining);
         });
     }
     drop(listener);
+    let _ = drain.send(());
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all HTTP connections drained"),
+        _ = drain.closed() => tracing::info!("all HTTP connections drained"),
         _ = shutdown.forced() => tracing::warn!("drain deadline passed: open HTTP connections cut"),
     }
 }

@@ -18,12 +18,13 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A cookie that names no session: an outsider needs one to get past the credential-less
-/// handshake check, and never sends a CONNECT, so the app is never asked about it.
-const ATTACKER_COOKIE: &str = "sid=nobody";
+/// A session the app accepts (the fixture's `sid=user-NAME`): handshakes are authenticated, so
+/// the clients attacking the Engine.IO layer here are logged-in users who never send a
+/// Socket.IO CONNECT.
+const ATTACKER_COOKIE: &str = "sid=user-mallory";
 
 /// An Engine.IO WebSocket that has received its open packet and sends nothing else yet: the
-/// state of a client that never sends a Socket.IO CONNECT, so it is never authenticated.
+/// state of a client that never sends a Socket.IO CONNECT.
 async fn engine_io_socket(port: u16) -> Ws {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
@@ -237,6 +238,291 @@ async fn idle_h2c_connections_are_closed() {
         body_text(get(sg.port(), "/slow?ms=3000").await).await,
         "slow done"
     );
+}
+
+/// One HTTP/2 frame: 9-byte header (length, type, flags, stream) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("small frame")
+        .to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+const H2_DATA: u8 = 0;
+const H2_HEADERS: u8 = 1;
+const H2_RST_STREAM: u8 = 3;
+const H2_SETTINGS: u8 = 4;
+const H2_PING: u8 = 6;
+const H2_GOAWAY: u8 = 7;
+const H2_ACK: u8 = 1;
+const H2_END_STREAM: u8 = 1;
+const H2_END_HEADERS: u8 = 4;
+
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// An h2c client speaking raw frames (prior knowledge), so a test can do what a well-behaved
+/// client would not: ignore the server's SETTINGS, keep a connection open with PINGs only.
+struct RawH2 {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl RawH2 {
+    /// Connects and sends the preface and an empty SETTINGS frame.
+    async fn connect(port: u16) -> Self {
+        let (rd, mut wr) = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect")
+            .into_split();
+        let hello = [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            h2_frame(H2_SETTINGS, 0, 0, &[]),
+        ]
+        .concat();
+        wr.write_all(&hello).await.expect("preface");
+        Self {
+            rd,
+            wr,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a frame; the server may have closed its side already (the next read tells).
+    async fn send(&mut self, frame: &[u8]) {
+        let _ = self.wr.write_all(frame).await;
+    }
+
+    /// Opens stream `id` with a GET of `path` (HPACK literals, no indexing, no Huffman).
+    async fn get(&mut self, id: u32, path: &str) {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "h2.test"),
+        ] {
+            // A literal header field without indexing, new name (RFC 7541 §6.2.2).
+            block.push(0);
+            for text in [name, value] {
+                block.push(u8::try_from(text.len()).expect("short header"));
+                block.extend_from_slice(text.as_bytes());
+            }
+        }
+        let frame = h2_frame(H2_HEADERS, H2_END_STREAM | H2_END_HEADERS, id, &block);
+        self.send(&frame).await;
+    }
+
+    /// The next frame from the server, after answering it if it is a SETTINGS or a PING;
+    /// `None` once the server has closed the connection. Cancel-safe between frames.
+    async fn next(&mut self) -> Option<H2Frame> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = usize::from(self.buf[0]) << 16
+                    | usize::from(self.buf[1]) << 8
+                    | usize::from(self.buf[2]);
+                if self.buf.len() >= 9 + len {
+                    let head: Vec<u8> = self.buf.drain(..9).collect();
+                    let payload: Vec<u8> = self.buf.drain(..len).collect();
+                    let frame = H2Frame {
+                        kind: head[3],
+                        flags: head[4],
+                        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]])
+                            & 0x7fff_ffff,
+                        payload,
+                    };
+                    match frame.kind {
+                        H2_SETTINGS if frame.flags & H2_ACK == 0 => {
+                            self.send(&h2_frame(H2_SETTINGS, H2_ACK, 0, &[])).await;
+                        }
+                        H2_PING if frame.flags & H2_ACK == 0 => {
+                            self.send(&h2_frame(H2_PING, H2_ACK, 0, &frame.payload))
+                                .await;
+                        }
+                        _ => {}
+                    }
+                    return Some(frame);
+                }
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// How a raw h2c connection that never opens a stream ended: whether the server sent GOAWAY,
+/// and after how long it closed (`None`: still open at `limit`).
+struct H2Ending {
+    goaway: bool,
+    closed_after: Option<Duration>,
+}
+
+/// A client that sends the preface and then only keeps the connection alive: it acknowledges
+/// the server's SETTINGS and PINGs and sends a PING of its own every `every`, until the
+/// server closes the connection or `limit` passes.
+async fn h2c_pinging_until_closed(port: u16, every: Duration, limit: Duration) -> H2Ending {
+    let started = Instant::now();
+    let mut h2 = RawH2::connect(port).await;
+    let mut ending = H2Ending {
+        goaway: false,
+        closed_after: None,
+    };
+    let mut ticker = tokio::time::interval(every);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return ending,
+            _ = ticker.tick() => h2.send(&h2_frame(H2_PING, 0, 0, b"keepopen")).await,
+            frame = h2.next() => match frame {
+                None => {
+                    ending.closed_after = Some(started.elapsed());
+                    return ending;
+                }
+                Some(f) => ending.goaway |= f.kind == H2_GOAWAY,
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2c_pings_do_not_keep_a_connection_without_streams_open() {
+    let app = fixture(&[]);
+    let idle = Duration::from_millis(1500);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_SERVER__HEADER_READ_TIMEOUT_MS", "1000"),
+            ("SIDECAR_SERVER__IDLE_TIMEOUT_MS", "1500"),
+        ],
+    );
+    let ending = h2c_pinging_until_closed(
+        sg.port(),
+        Duration::from_millis(200),
+        Duration::from_secs(8),
+    )
+    .await;
+    let closed = ending
+        .closed_after
+        .expect("a connection that only PINGs must be closed after the idle timeout");
+    assert!(
+        closed >= idle - Duration::from_millis(200) && closed < idle + Duration::from_millis(1500),
+        "closed after {closed:?}, idle timeout {idle:?}"
+    );
+    assert!(ending.goaway, "the server closes with GOAWAY");
+}
+
+#[tokio::test]
+async fn h2c_open_stream_keeps_its_connection_until_it_ends() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_SERVER__HEADER_READ_TIMEOUT_MS", "1000"),
+            ("SIDECAR_SERVER__IDLE_TIMEOUT_MS", "1500"),
+        ],
+    );
+    let mut sender = h2c(sg.port()).await;
+    // 8 events, 500 ms apart: open for 3.5 s, more than twice the idle timeout.
+    let req = Request::get(format!(
+        "http://h2.test:{}/sse?events=8&every=500",
+        sg.port()
+    ))
+    .body(Full::new(Bytes::new()))
+    .expect("request");
+    let started = Instant::now();
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    let events = body_text(resp).await;
+    assert_eq!(events.matches("data: tick-").count(), 8, "{events}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    // Once the stream is over, the connection is idle and closed.
+    let ended = Instant::now();
+    while !sender.is_closed() {
+        assert!(
+            ended.elapsed() < Duration::from_secs(4),
+            "the idle connection was not closed after its stream ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn h2c_streams_beyond_max_concurrent_streams_are_refused() {
+    const MAX_CONCURRENT_STREAMS: u16 = 3;
+    const REFUSED_STREAM: u32 = 7;
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[("SIDECAR_SERVER__MAX_CONCURRENT_STREAMS", "2")]);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    // The server announces the limit …
+    let settings = loop {
+        let frame = h2.next().await.expect("the server's SETTINGS");
+        if frame.kind == H2_SETTINGS && frame.flags & H2_ACK == 0 {
+            break frame.payload;
+        }
+    };
+    let announced: Vec<(u16, u32)> = settings
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect();
+    assert!(
+        announced.contains(&(MAX_CONCURRENT_STREAMS, 2)),
+        "SETTINGS {announced:?}"
+    );
+    // … and a client that ignores it opens five slow streams at once.
+    let streams = [1, 3, 5, 7, 9];
+    for id in streams {
+        h2.get(id, "/slow?ms=1000").await;
+    }
+    let (mut refused, mut answered, mut completed) = (Vec::new(), Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.len() + completed.len() < streams.len() {
+        let frame = tokio::time::timeout_at(deadline.into(), h2.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("streams unsettled: refused {refused:?}, completed {completed:?}")
+            })
+            .expect("the connection stays open");
+        match frame.kind {
+            H2_RST_STREAM => {
+                let code = frame
+                    .payload
+                    .get(..4)
+                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                assert_eq!(code, Some(REFUSED_STREAM), "stream {}", frame.stream);
+                refused.push(frame.stream);
+            }
+            // 0x88: `:status 200`, indexed (HPACK static table entry 8).
+            H2_HEADERS if frame.payload.first() == Some(&0x88) => answered.push(frame.stream),
+            H2_DATA if frame.flags & H2_END_STREAM != 0 => completed.push(frame.stream),
+            _ => {}
+        }
+    }
+    refused.sort_unstable();
+    completed.sort_unstable();
+    answered.sort_unstable();
+    assert_eq!(
+        refused,
+        [5, 7, 9],
+        "the streams beyond the limit are refused"
+    );
+    assert_eq!(answered, [1, 3], "the admitted streams get their 200");
+    assert_eq!(completed, [1, 3], "the admitted streams complete");
 }
 
 #[tokio::test]
@@ -765,4 +1051,80 @@ async fn trickled_polling_post_gets_408() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The status of an Engine.IO handshake with `cookie`, over long-polling or WebSocket.
+async fn handshake_status(port: u16, cookie: &str, websocket: bool) -> u16 {
+    if !websocket {
+        let mut req = request("GET", "/socket.io/?EIO=4&transport=polling", "");
+        req.headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie"));
+        return send(port, req).await.status().as_u16();
+    }
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut req = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+        .into_client_request()
+        .expect("WebSocket request");
+    req.headers_mut()
+        .insert("cookie", cookie.parse().expect("cookie"));
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_ws, resp)) => resp.status().as_u16(),
+        Err(Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("WebSocket handshake: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn junk_cookies_cannot_fill_the_pending_places() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_REALTIME__MAX_PENDING_CONNECTIONS", "5"),
+            ("SIDECAR_REALTIME__CONNECT_TIMEOUT_MS", "30000"),
+        ],
+    );
+    let port = sg.port();
+    // 300 handshakes with made-up cookies, a sixth of them WebSocket upgrades; none CONNECTs.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let statuses = futures_util::future::join_all((0..300).map(|i| async move {
+        handshake_status(port, &format!("sid=junk-{nonce:x}-{i}"), i % 6 == 0).await
+    }))
+    .await;
+    let refused = statuses.iter().filter(|&&s| s == 401).count();
+    assert_eq!(
+        refused,
+        statuses.len(),
+        "made-up cookies must get 401 at the handshake; statuses: {statuses:?}"
+    );
+    // A real user still gets in at once: no pending place was taken.
+    let started = Instant::now();
+    let path = "/socket.io/?EIO=4&transport=polling";
+    let call = |method: &str, path: &str, body: &'static str| {
+        let mut req = request(method, path, body);
+        req.headers_mut()
+            .insert("cookie", "sid=user-alice".parse().expect("cookie"));
+        req
+    };
+    let open = send(port, call("GET", path, "")).await;
+    assert_eq!(open.status(), 200, "the real user's handshake was refused");
+    let open = body_text(open).await;
+    let v: serde_json::Value =
+        serde_json::from_str(open.trim_start_matches('0')).expect("open packet");
+    let sid = v["sid"].as_str().expect("sid").to_owned();
+    let session = format!("{path}&sid={sid}");
+    let posted = send(port, call("POST", &session, "40")).await;
+    assert_eq!(posted.status(), 200);
+    let answer = body_text(send(port, call("GET", &session, "")).await).await;
+    assert!(answer.starts_with("40{"), "CONNECT refused: {answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the real user waited {:?}",
+        started.elapsed()
+    );
+    // The app was asked once per cookie (the CONNECT was answered from the cache).
+    let stats = body_json(get(app.port, "/__stats").await).await;
+    assert_eq!(stats["sessionCalls"], 301, "{stats}");
 }

@@ -223,21 +223,6 @@ async fn websocket_on_an_app_path_is_tunnelled() {
     }
 }
 
-/// An HTTP/2 (prior knowledge, cleartext) connection to sockgate.
-async fn h2c(port: u16) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("h2c prior-knowledge handshake");
-    tokio::spawn(conn);
-    sender
-}
-
 #[tokio::test]
 async fn h2c_client_reaches_an_http1_app() {
     let app = fixture(&[]);
@@ -458,4 +443,36 @@ async fn h2c_socket_io_session_route_sees_the_host_from_authority() {
         format!("h2.test:{}", sg.port()),
         "{stats}"
     );
+}
+
+#[tokio::test]
+async fn the_publish_api_answers_during_a_drain() {
+    let app = fixture(&[]);
+    let mut sg = sockgate(app.port, &[("SIDECAR_SERVER__DRAIN_TIMEOUT_MS", "5000")]);
+    let port = sg.port();
+    // A request in flight keeps the drain going (and the publish socket open) for 2 s.
+    let in_flight = tokio::spawn(async move { get(port, "/slow?ms=2000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sg.proc.signal("TERM");
+    // The sockets are closed at once (Hub::close_all); the publish API is still there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = publish_api(
+        &sg.socket,
+        "POST",
+        "/publish",
+        r#"{"userId":"alice","event":"notification","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 503, "a publish during the drain: {body}");
+    assert!(body.to_string().contains("draining"), "{body}");
+    let (status, body) = publish_api(&sg.socket, "GET", "/users/alice", "").await;
+    assert_eq!(status, 200, "presence during the drain: {body}");
+    assert_eq!(body["sockets"], 0, "{body}");
+    let (status, body) = publish_api(&sg.socket, "GET", "/stats", "").await;
+    assert_eq!(status, 200, "stats during the drain: {body}");
+    assert_eq!(body["connections"], 0, "{body}");
+    let resp = in_flight.await.expect("in-flight request");
+    assert_eq!(body_text(resp).await, "slow done");
+    let exit = sg.proc.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(exit.success(), "{exit:?}");
 }

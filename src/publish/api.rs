@@ -126,7 +126,7 @@ impl PublishApi {
                     .hub
                     .publish(&msg.target, &msg.event, &msg.data)
                     .await
-                    .map_err(internal)?;
+                    .map_err(hub_failure)?;
                 Ok(json!({"ok": true, "recipients": recipients}))
             }
             ["publish", "batch"] => {
@@ -140,7 +140,7 @@ impl PublishApi {
                         .hub
                         .publish(&msg.target, &msg.event, &msg.data)
                         .await
-                        .map_err(internal)?;
+                        .map_err(hub_failure)?;
                 }
                 Ok(json!({"ok": true, "messages": messages.len(), "recipients": recipients}))
             }
@@ -152,7 +152,7 @@ impl PublishApi {
                 if let Err(reason) = self.auth.forget_user(&id).await {
                     tracing::warn!(user = %id, "kick not shared with the other instances: {reason}");
                 }
-                let disconnected = self.hub.disconnect_user(&id).await.map_err(internal)?;
+                let disconnected = self.hub.disconnect_user(&id).await.map_err(hub_failure)?;
                 Ok(json!({"ok": true, "userId": id, "disconnected": disconnected}))
             }
             ["users", id] => {
@@ -261,6 +261,15 @@ fn user_id(segment: &str) -> Result<String, Failure> {
         return Err(Failure::bad_request("user id in the path is empty"));
     }
     Ok(id.into_owned())
+}
+
+/// A publish or kick refused because the hub is draining is the service's state (`503`), not
+/// an internal error.
+fn hub_failure(error: String) -> Failure {
+    if error == crate::realtime::DRAINING {
+        return Failure(StatusCode::SERVICE_UNAVAILABLE, error);
+    }
+    internal(error)
 }
 
 fn internal(error: String) -> Failure {

@@ -1,9 +1,12 @@
 //! Who may open an Engine.IO session, and who may use an open one.
 //!
 //! A handshake must carry credentials (a cookie or `Authorization`, within
-//! `auth.max_credential_bytes`) before it gets anything, and it takes one of
-//! `realtime.max_pending_connections` places until its Socket.IO CONNECT passes the session
-//! check (or the session ends: `realtime.connect_timeout_ms` closes one that never does).
+//! `auth.max_credential_bytes`) that the app's session route accepts (asked through the
+//! session cache, so the Socket.IO CONNECT that follows is answered from it) before it gets
+//! anything; then it takes one of `realtime.max_pending_connections` places until its
+//! Socket.IO CONNECT passes the session check (or the session ends:
+//! `realtime.connect_timeout_ms` closes one that never does). A made-up cookie thus gets
+//! `401` and never a session, a place or a slot.
 //! Every later request of a polling session — polls, posts, the WebSocket upgrade — must
 //! present the same credentials (`Cookie`, `Authorization`, the app's own forwarded headers:
 //! `Credentials::secret`) as its handshake: the Engine.IO `sid` alone is not a bearer token.
@@ -12,11 +15,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::auth::{CredentialError, CredentialKey, SessionAuth};
+use super::auth::{AuthError, CredentialError, CredentialKey, SessionAuth};
 use crate::body::{self, Body};
+use crate::metrics::Reject;
 
 /// An Engine.IO open packet is a couple of hundred bytes; anything longer is not one.
 const MAX_OPEN_PACKET: usize = 4096;
@@ -41,11 +45,21 @@ struct Shared {
 pub struct Refusal {
     pub status: StatusCode,
     pub message: String,
+    /// How the refusal is counted in `sockgate_rejected_total`.
+    pub reason: Reject,
 }
 
 impl Refusal {
+    /// The answer: the status and message, with `Retry-After` when it is worth retrying.
     pub fn response(&self) -> Response<Body> {
-        body::text(self.status, &self.message)
+        let mut resp = body::text(self.status, &self.message);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 
@@ -134,15 +148,34 @@ impl Admission {
     }
 
     /// Lets a handshake in, or says why not: no credentials (401), credentials too large
-    /// (431), too many sessions pending (503). Nothing is allocated for a refused one.
-    pub fn admit<B>(&self, req: &Request<B>) -> Result<Ticket, Refusal> {
-        let credentials = self.auth.credentials(req.headers()).map_err(|e| Refusal {
+    /// (431), credentials the session route refuses (401), the session route cannot say
+    /// (503, within `auth.timeout_ms`), too many sessions pending (503). Nothing is allocated
+    /// for a refused one, and it never takes a pending place.
+    pub async fn admit(&self, headers: &HeaderMap) -> Result<Ticket, Refusal> {
+        let credentials = self.auth.credentials(headers).map_err(|e| Refusal {
             status: match e {
                 CredentialError::Missing => StatusCode::UNAUTHORIZED,
                 CredentialError::TooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             },
             message: e.to_string(),
+            reason: Reject::Unauthorized,
         })?;
+        // Through the cache and its coalescing: the CONNECT's own check is then a cache hit.
+        self.auth
+            .authenticate(&credentials)
+            .await
+            .map_err(|e| match e {
+                AuthError::Unauthorized => Refusal {
+                    status: StatusCode::UNAUTHORIZED,
+                    message: e.to_string(),
+                    reason: Reject::Unauthorized,
+                },
+                AuthError::Unavailable(_) => Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: e.to_string(),
+                    reason: Reject::SessionUnavailable,
+                },
+            })?;
         self.shared
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -154,6 +187,7 @@ impl Admission {
                     "too many connections still connecting (realtime.max_pending_connections = {}); retry later",
                     self.max_pending
                 ),
+                reason: Reject::Capacity,
             })?;
         Ok(Ticket(Arc::new(TicketInner {
             key: *credentials.secret(),
@@ -190,6 +224,7 @@ impl Admission {
             message: "this realtime session belongs to other credentials (its handshake had \
                       another cookie or authorization)"
                 .into(),
+            reason: Reject::Unauthorized,
         })
     }
 }

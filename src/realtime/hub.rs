@@ -55,6 +55,9 @@ enum Io {
     Cluster(SocketIo<ClusterAdapter>, Outages),
 }
 
+/// What a publish or a kick made during the drain is told.
+pub const DRAINING: &str = "sockgate is draining (shutting down): its sockets are closed; publish through another instance or retry once it is back";
+
 pub struct Hub {
     io: Io,
     room_prefix: String,
@@ -148,6 +151,9 @@ impl Hub {
         event: &str,
         data: &serde_json::Value,
     ) -> Result<usize, String> {
+        if self.is_draining() {
+            return Err(DRAINING.into());
+        }
         let started = std::time::Instant::now();
         let (recipients, dropped) = match target {
             Target::Broadcast => self.deliver(None, None, event, data).await?,
@@ -324,6 +330,9 @@ impl Hub {
     /// disconnect packet: its transport is closed at once instead, and what was queued for it
     /// is dropped (the client reconnects, and its session is checked again).
     pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
+        if self.is_draining() {
+            return Err(DRAINING.into());
+        }
         let room = self.user_rooms(user_id);
         let sockets = with_io!(self, io => {
             let sockets = io.local().to(room.clone()).sockets();
@@ -347,6 +356,12 @@ impl Hub {
 
     /// How many sockets `user_id` has open (on every instance in cluster mode).
     pub async fn presence(&self, user_id: &str) -> Presence {
+        if self.is_draining() {
+            return Presence {
+                sockets: 0,
+                scope: Scope::Local,
+            };
+        }
         let room = self.user_rooms(user_id);
         if let Some(io) = self.cluster_io() {
             match io.to(room.clone()).fetch_sockets().await {
@@ -366,6 +381,16 @@ impl Hub {
     }
 
     pub async fn stats(&self) -> HubStats {
+        if self.is_draining() {
+            return HubStats {
+                connections: 0,
+                users: 0,
+                rooms: 0,
+                publishes: self.metrics.publishes_total(),
+                deliveries: self.metrics.deliveries_total(),
+                scope: Scope::Local,
+            };
+        }
         let cluster = match self.cluster_io() {
             Some(io) => match (io.fetch_sockets().await, io.rooms().await) {
                 (Ok(sockets), Ok(rooms)) => Some((sockets.len(), rooms)),
@@ -428,7 +453,7 @@ impl Hub {
 
     /// Open sockets on this instance by transport: (polling, websocket).
     pub fn sockets_by_transport(&self) -> (usize, usize) {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if self.is_draining() {
             return (0, 0);
         }
         with_io!(self, io => {
@@ -439,6 +464,12 @@ impl Hub {
                 .count();
             (sockets.len() - ws, ws)
         })
+    }
+
+    /// Whether [`Self::close_all`] has begun: this instance has no sockets any more, and
+    /// publishes and kicks are refused with [`DRAINING`].
+    pub fn is_draining(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Closes every local socket's transport: clients see a transport close and reconnect (to

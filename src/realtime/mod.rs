@@ -41,7 +41,7 @@ pub use admission::Admission;
 use admission::Ticket;
 pub use auth::{AuthError, Credentials, SessionAuth};
 use history::{Head, History, Journal, Replay, Since};
-pub use hub::{Hub, HubStats, Presence, Scope, Target};
+pub use hub::{DRAINING, Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 use relay::{Reached, Relay};
 use socketioxide_redis::drivers::Driver;

@@ -200,6 +200,21 @@ pub async fn send(port: u16, req: Request<Full<Bytes>>) -> Response<Incoming> {
     sender.send_request(req).await.expect("response")
 }
 
+/// An HTTP/2 (prior knowledge, cleartext) connection to sockgate.
+pub async fn h2c(port: u16) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c prior-knowledge handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 pub async fn get(port: u16, path: &str) -> Response<Incoming> {
     send(port, request("GET", path, Bytes::new())).await
 }

@@ -491,6 +491,17 @@ export function connectError(url, options = {}, timeout = DEFAULT_TIMEOUT_MS) {
   ).finally(() => socket.close());
 }
 
+/**
+ * The HTTP status that refused a handshake, from socket.io-client's connect_error: the XHR
+ * status over long-polling, "Unexpected server response: N" over WebSocket. A refusal that
+ * came as a Socket.IO CONNECT error (an open session) gives its message instead.
+ */
+export function refusedWith(err) {
+  if (typeof err.description === 'number') return err.description;
+  const m = /Unexpected server response: (\d+)/.exec(err.description?.message ?? '');
+  return m ? Number(m[1]) : err.message;
+}
+
 /** Resolves with the first argument of the next `event` on `socket`. */
 export function nextEvent(socket, event, timeout = 5000) {
   let handler;

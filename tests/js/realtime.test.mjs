@@ -9,6 +9,7 @@ import {
   client,
   connect,
   connectError,
+  refusedWith,
   nextEvent,
   recorder,
   closeAll,
@@ -98,23 +99,29 @@ test('no cookie → the handshake itself is refused (401), before any session ex
   assert.equal(err.description, 401, `connect_error ${err.message} description ${err.description}`);
 });
 
-test('bad cookie → connect_error "unauthorized"', async () => {
+test('bad cookie → the handshake is refused with 401 (connect_error), no session', async () => {
   for (const cookie of ['sid=nope', 'other=alice-token', 'sid=']) {
     const err = await connectError(s.url, { cookie });
-    assert.equal(err.message, 'unauthorized', `cookie ${JSON.stringify(cookie)}`);
+    assert.equal(refusedWith(err), 401, `cookie ${JSON.stringify(cookie)}: ${err.message}`);
   }
+  const raw = await rawGet(`${s.url}/socket.io/?EIO=4&transport=polling`, { cookie: 'sid=nope' });
+  assert.equal(raw.status, 401, `status ${raw.status} body ${raw.text}`);
+  assert.match(raw.text, /unauthorized/);
 });
 
 test('unauthorized on websocket-only transport too', async () => {
   const err = await connectError(s.url, { cookie: 'sid=nope-ws', transports: ['websocket'] });
-  assert.equal(err.message, 'unauthorized');
+  assert.equal(refusedWith(err), 401, err.message);
 });
 
-test('session route answering 500 → connect_error "session unavailable"', async () => {
+test('session route answering 500 → handshake refused with 503 "session unavailable"', async () => {
   await s.control({ reset: true, sessionStatus: 500 });
   try {
     const err = await connectError(s.url, { cookie: 'sid=user-status500' });
-    assert.equal(err.message, 'session unavailable');
+    assert.equal(refusedWith(err), 503, err.message);
+    const raw = await rawGet(`${s.url}/socket.io/?EIO=4&transport=polling`, { cookie: 'sid=user-status500' });
+    assert.equal(raw.status, 503);
+    assert.match(raw.text, /session unavailable/);
     const stats = await s.fixtureStats();
     assert.ok(stats.sessionCalls >= 1, 'sockgate asked the session route');
   } finally {
@@ -125,20 +132,20 @@ test('session route answering 500 → connect_error "session unavailable"', asyn
   closeAll([ok]);
 });
 
-test('app down (upstream port closed) → connect_error "session unavailable"', async () => {
+test('app down (upstream port closed) → handshake refused with 503 "session unavailable"', async () => {
   const closedPort = await freePort();
   const down = await startStack({ upstreamUrl: `http://127.0.0.1:${closedPort}` });
   try {
     const err = await connectError(down.url, { cookie: 'sid=alice-token' });
-    assert.equal(err.message, 'session unavailable');
+    assert.equal(refusedWith(err), 503, err.message);
     const errWs = await connectError(down.url, { cookie: 'sid=alice-token', transports: ['websocket'] });
-    assert.equal(errWs.message, 'session unavailable');
+    assert.equal(refusedWith(errWs), 503, errWs.message);
   } finally {
     await down.stop();
   }
 });
 
-test('session route slower than auth.timeout_ms → connect_error "session unavailable"', async () => {
+test('session route slower than auth.timeout_ms → handshake refused with 503 "session unavailable"', async () => {
   const slow = await startStack({
     env: { SIDECAR_AUTH__TIMEOUT_MS: '300' },
     fixtureEnv: { SESSION_DELAY_MS: '3000' },
@@ -146,7 +153,7 @@ test('session route slower than auth.timeout_ms → connect_error "session unava
   try {
     const t0 = Date.now();
     const err = await connectError(slow.url, { cookie: 'sid=alice-token' });
-    assert.equal(err.message, 'session unavailable');
+    assert.equal(refusedWith(err), 503, err.message);
     assert.ok(Date.now() - t0 < 2500, `failed after ${Date.now() - t0} ms, expected ~300 ms`);
   } finally {
     await slow.stop();
@@ -275,7 +282,7 @@ test('a refused cookie is cached (negative TTL): a retry does not call the sessi
   try {
     for (let i = 0; i < 3; i++) {
       const err = await connectError(s.url, { cookie: 'sid=neg-cache-bad' });
-      assert.equal(err.message, 'unauthorized');
+      assert.equal(refusedWith(err), 401, err.message);
     }
     const stats = await s.fixtureStats();
     assert.equal(stats.sessionCalls, 1, 'one call for three refused handshakes');
@@ -351,7 +358,7 @@ test('revalidation disconnects a socket whose session was logged out', async () 
     assert.equal(await got, 'still here');
     // And the logged-out cookie can no longer connect.
     const err = await connectError(rv.url, { cookie: 'sid=user-rv' });
-    assert.equal(err.message, 'unauthorized');
+    assert.equal(refusedWith(err), 401, err.message);
     closeAll([gone, stays]);
   } finally {
     await rv.stop();

@@ -31,6 +31,17 @@ const retryDelay = (attempt: number) =>
 
 /** Whether `offset` comes after `last`. Offsets are `<run>-<n>` (one sockgate) or
  * `<generation>:<ms>-<seq>` (cluster); another run or generation counts as newer. */
+/**
+ * Why the connection was refused. sockgate refuses a handshake whose session the app does not
+ * accept with HTTP 401 (503 when the session route cannot answer) before any socket exists;
+ * over long-polling the client reports that status as the error's `description`.
+ */
+export function refusal(err: Error & { description?: unknown }): string {
+  if (err.description === 401) return 'unauthorized';
+  if (err.description === 503) return 'session unavailable';
+  return err.message;
+}
+
 export function isNewerOffset(offset: string, last: string | null): boolean {
   if (!last) return true;
   const parse = (o: string): [string, number[]] => {
@@ -129,10 +140,11 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
     };
 
     const handleConnectError = (err: Error) => {
-      lastConnectError = err.message;
+      const message = refusal(err);
+      lastConnectError = message;
       setIsConnected(false);
-      setError(err.message);
-      if (err.message === 'unauthorized') {
+      setError(message);
+      if (message === 'unauthorized') {
         // No (valid) session: stop every retry path until the page is reloaded.
         clearTimeout(manualTimer);
         socket.disconnect();
