@@ -30,6 +30,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub history: HistoryConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
 
@@ -236,6 +237,61 @@ impl Default for HistoryConfig {
         }
     }
 }
+
+/// Webhooks to the app: `user.online` / `user.offline`, batched, signed and retried
+/// ([`crate::webhooks`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Where batches are POSTed: a path starting with `/` (on the app, `upstream.url`) or a
+    /// plain `http://host:port/path` URL; empty = webhooks off.
+    pub url: String,
+    /// Which events are sent: `user.online`, `user.offline`.
+    pub events: Vec<String>,
+    /// HMAC-SHA256 key; when set every POST carries `X-Sockgate-Signature: sha256=<hex>` of
+    /// the exact body.
+    pub secret: String,
+    /// A user whose last socket closed is offline only if no socket of theirs opens within
+    /// this time (a reload produces neither event).
+    pub grace_ms: u64,
+    /// Most events in one POST.
+    pub max_batch: usize,
+    /// How long a first event waits for others to share its POST.
+    pub linger_ms: u64,
+    /// Most events waiting to be sent; past it the oldest are dropped (and counted).
+    pub max_queue: usize,
+    /// Tries per batch (the first included) on a 5xx, 429, timeout or connection error.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled on each further one (at most 30 s).
+    pub retry_base_ms: u64,
+    /// Time the receiver gets to answer one POST.
+    pub timeout_ms: u64,
+    /// Cluster mode: an instance that stops refreshing its liveness key for this long is
+    /// dead, and its users go offline (unless connected elsewhere) within this plus a third
+    /// of it.
+    pub instance_ttl_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            events: vec!["user.online".into(), "user.offline".into()],
+            secret: String::new(),
+            grace_ms: 5_000,
+            max_batch: 100,
+            linger_ms: 100,
+            max_queue: 10_000,
+            max_attempts: 5,
+            retry_base_ms: 500,
+            timeout_ms: 5_000,
+            instance_ttl_ms: 15_000,
+        }
+    }
+}
+
+/// The webhook events sockgate knows.
+pub const WEBHOOK_EVENTS: [&str; 2] = ["user.online", "user.offline"];
 
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -674,8 +730,55 @@ impl Config {
         if self.publish.max_batch == 0 {
             return Err(fail("publish.max_batch", "must be at least 1".into()));
         }
+        self.validate_webhooks(&fail)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| fail("log.filter", format!("`{}`: {e}", self.log.filter)))?;
+        Ok(())
+    }
+
+    fn validate_webhooks(
+        &self,
+        fail: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let hooks = &self.webhooks;
+        let url = &hooks.url;
+        let ok = url.is_empty()
+            || if url.starts_with('/') {
+                url.parse::<http::uri::PathAndQuery>().is_ok()
+            } else {
+                url.parse::<Uri>()
+                    .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+            };
+        if !ok {
+            return Err(fail(
+                "webhooks.url",
+                format!(
+                    "`{url}` must be a path on the app (e.g. /api/socket/webhooks) or a plain \
+                     http:// URL (e.g. http://127.0.0.1:4321/api/socket/webhooks)"
+                ),
+            ));
+        }
+        if let Some(bad) = hooks
+            .events
+            .iter()
+            .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+        {
+            return Err(fail(
+                "webhooks.events",
+                format!("`{bad}` is not one of {WEBHOOK_EVENTS:?}"),
+            ));
+        }
+        for (key, value) in [
+            ("webhooks.max_batch", hooks.max_batch as u64),
+            ("webhooks.max_queue", hooks.max_queue as u64),
+            ("webhooks.max_attempts", u64::from(hooks.max_attempts)),
+            ("webhooks.timeout_ms", hooks.timeout_ms),
+            ("webhooks.instance_ttl_ms", hooks.instance_ttl_ms),
+        ] {
+            if value == 0 {
+                return Err(fail(key, "must be at least 1".into()));
+            }
+        }
         Ok(())
     }
 
@@ -708,6 +811,9 @@ impl Config {
         let mut shown = self.clone();
         if !shown.publish.token.is_empty() {
             shown.publish.token = "(set, hidden)".into();
+        }
+        if !shown.webhooks.secret.is_empty() {
+            shown.webhooks.secret = "(set, hidden)".into();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }

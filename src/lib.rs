@@ -27,6 +27,7 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod upload;
 pub mod upstream;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -91,6 +91,10 @@ pub struct Metrics {
     cluster_link_up: Gauge,
     cluster_messages_dropped: Family<Label, Counter>,
     publish_delivery_seconds: Histogram,
+    webhook_delivered: Counter,
+    webhook_failed: Counter,
+    webhook_dropped: Counter,
+    webhook_queue: Gauge,
 }
 
 impl Default for Metrics {
@@ -125,6 +129,10 @@ impl Metrics {
             cluster_link_up: Gauge::default(),
             cluster_messages_dropped: Family::default(),
             publish_delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            webhook_delivered: Counter::default(),
+            webhook_failed: Counter::default(),
+            webhook_dropped: Counter::default(),
+            webhook_queue: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -235,7 +243,47 @@ impl Metrics {
             "Proxied requests refused because of the client (malformed, aborted or too slow body), by reason",
             m.client_errors.clone(),
         );
+        r.register(
+            "webhook_events_delivered",
+            "Webhook events the receiver accepted (2xx)",
+            m.webhook_delivered.clone(),
+        );
+        r.register(
+            "webhook_events_failed",
+            "Webhook events given up on: refused (4xx) or still failing after webhooks.max_attempts",
+            m.webhook_failed.clone(),
+        );
+        r.register(
+            "webhook_events_dropped",
+            "Webhook events dropped unsent because the queue was full (webhooks.max_queue)",
+            m.webhook_dropped.clone(),
+        );
+        r.register(
+            "webhook_queue_events",
+            "Webhook events waiting to be sent",
+            m.webhook_queue.clone(),
+        );
         m
+    }
+
+    /// `count` webhook events were accepted by the receiver.
+    pub fn webhook_delivered(&self, count: usize) {
+        self.webhook_delivered.inc_by(count as u64);
+    }
+
+    /// `count` webhook events were given up on.
+    pub fn webhook_failed(&self, count: usize) {
+        self.webhook_failed.inc_by(count as u64);
+    }
+
+    /// A webhook event was dropped from the full queue.
+    pub fn webhook_dropped(&self) {
+        self.webhook_dropped.inc();
+    }
+
+    /// Webhook events waiting now.
+    pub fn webhook_queue(&self, len: usize) {
+        self.webhook_queue.set(len as i64);
     }
 
     pub fn connected(&self) {

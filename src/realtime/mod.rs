@@ -36,6 +36,7 @@ use crate::config::{Config, Parser, Transport, ms};
 use crate::metrics::{Metrics, Reject};
 use crate::shutdown::Shutdown;
 use crate::upload::Upload;
+use crate::webhooks::Webhooks;
 
 pub use admission::Admission;
 use admission::Ticket;
@@ -115,6 +116,7 @@ struct Handlers {
     room_prefix: Arc<str>,
     journal: Arc<Journal>,
     relay: Option<Arc<Relay>>,
+    webhooks: Webhooks,
 }
 
 /// Where a socket's replay starts, and in which shape it gets user messages, decided at the
@@ -234,6 +236,11 @@ pub async fn start(
         room_prefix: config.room_prefix.clone().into(),
         journal: journal.clone(),
         relay: relay.as_ref().map(|(r, _)| r.clone()),
+        webhooks: Webhooks::start(
+            settings,
+            cluster.as_ref().map(|c| c.commands.clone()),
+            metrics.clone(),
+        ),
     };
     let room_prefix = config.room_prefix.clone();
     let draining = revalidation.shutdown.clone();
@@ -474,11 +481,13 @@ async fn check_session<A: Adapter>(
 
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
-    socket.on_disconnect(
-        |socket: SocketRef<A>, reason: DisconnectReason| async move {
-            hub::close_transport(&socket, reason)
-        },
-    );
+    let tab = handlers
+        .webhooks
+        .connected(socket.extensions.get::<Identity>().map(|i| i.user_id));
+    socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
+        tab.closed();
+        async move { hub::close_transport(&socket, reason) }
+    });
     if let (Some(history), Some(ReplayFrom { since, shape }), Some(identity)) = (
         handlers.journal.history(),
         // Taken, not copied: it is needed once, and each socket's memory counts.

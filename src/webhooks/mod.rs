@@ -1,0 +1,219 @@
+//! Webhooks to the app: `user.online` when a user's first socket opens, `user.offline` when
+//! their last one closed and none opened within `webhooks.grace_ms` (a reload produces
+//! neither). Cluster-wide in cluster mode, each event decided by exactly one instance.
+//!
+//! ```text
+//! realtime (connect / disconnect) ─▶ Tab ─▶ tracker (counts, grace, Redis) ─▶ sender ─▶ POST
+//! ```
+//!
+//! The realtime endpoint calls [`Webhooks::connected`] for each authenticated socket and
+//! [`Tab::closed`] when it goes; both only post to a channel. The [`tracker`] turns those into
+//! events, the [`sender`] batches, signs, retries and bounds them.
+
+mod sender;
+mod signature;
+mod tracker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ms};
+use crate::metrics::Metrics;
+
+pub use signature::sign;
+use tracker::Change;
+
+/// The hook the realtime endpoint calls; does nothing when webhooks are off.
+#[derive(Clone, Default)]
+pub struct Webhooks {
+    changes: Option<mpsc::UnboundedSender<Change>>,
+}
+
+impl Webhooks {
+    /// Starts the tracker and the sender when `webhooks.url` is set (else the hook is off).
+    /// `redis` (cluster mode) makes online/offline cluster-wide.
+    pub fn start(
+        settings: &Config,
+        redis: Option<fred::clients::Client>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let config = &settings.webhooks;
+        if config.url.is_empty() {
+            return Self::default();
+        }
+        let target = if config.url.starts_with('/') {
+            format!("http://{}{}", settings.upstream_authority(), config.url)
+        } else {
+            config.url.clone()
+        };
+        let target = match target.parse::<http::Uri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                // Validated at load time; kept off rather than trusted.
+                tracing::error!("webhooks.url `{target}` is not a URL ({e}): webhooks off");
+                return Self::default();
+            }
+        };
+        let instance = socketioxide_core::Uid::new().to_string();
+        let outbox = sender::Outbox::new(config.max_queue, metrics.clone());
+        let names = Names {
+            online: config.events.iter().any(|e| e == ONLINE),
+            offline: config.events.iter().any(|e| e == OFFLINE),
+        };
+        let minter = Minter {
+            instance: instance.clone().into(),
+            seq: Arc::new(AtomicU64::new(0)),
+        };
+        tokio::spawn(
+            sender::Sender {
+                outbox: outbox.clone(),
+                target,
+                secret: Some(config.secret.clone().into_bytes()).filter(|s| !s.is_empty()),
+                max_batch: config.max_batch,
+                linger: ms(config.linger_ms),
+                max_attempts: config.max_attempts,
+                retry_base: ms(config.retry_base_ms),
+                timeout: ms(config.timeout_ms),
+                metrics,
+            }
+            .run(),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let registry = match redis {
+            None => tracker::Registry::Local,
+            Some(client) => tracker::Registry::Redis(tracker::Shared::new(
+                client,
+                instance,
+                ms(config.instance_ttl_ms),
+            )),
+        };
+        let emit = move |name: &'static str, user: &Arc<str>| {
+            if names.enabled(name) {
+                outbox.push(minter.event(name, user.clone()));
+            }
+        };
+        tokio::spawn(
+            tracker::Tracker::new(registry, ms(config.grace_ms), tx.clone(), Box::new(emit))
+                .run(rx),
+        );
+        tracing::info!(url = %config.url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
+        Self { changes: Some(tx) }
+    }
+
+    /// A socket of `user` (when known) opened; the returned [`Tab`] is closed when it goes.
+    pub fn connected(&self, user: Option<Arc<str>>) -> Tab {
+        let tab = self.changes.clone().zip(user);
+        if let Some((changes, user)) = &tab {
+            let _ = changes.send(Change::Up(user.clone()));
+        }
+        Tab(tab)
+    }
+}
+
+/// One open socket as the webhooks see it.
+#[derive(Clone)]
+pub struct Tab(Option<(mpsc::UnboundedSender<Change>, Arc<str>)>);
+
+impl Tab {
+    /// The socket closed.
+    pub fn closed(self) {
+        if let Some((changes, user)) = self.0 {
+            let _ = changes.send(Change::Down(user));
+        }
+    }
+}
+
+pub(crate) const ONLINE: &str = "user.online";
+pub(crate) const OFFLINE: &str = "user.offline";
+
+/// Which event names `webhooks.events` lets through.
+#[derive(Clone, Copy)]
+struct Names {
+    online: bool,
+    offline: bool,
+}
+
+impl Names {
+    fn enabled(&self, name: &str) -> bool {
+        match name {
+            ONLINE => self.online,
+            OFFLINE => self.offline,
+            _ => false,
+        }
+    }
+}
+
+/// One event as POSTed: `{"id","name","userId","at"}` (`at`: Unix time in milliseconds).
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Event {
+    /// Unique per event, the same on every retry: the receiver's idempotency key.
+    pub id: String,
+    pub name: &'static str,
+    #[serde(rename = "userId", serialize_with = "as_str")]
+    pub user_id: Arc<str>,
+    pub at: u64,
+}
+
+fn as_str<S: serde::Serializer>(value: &Arc<str>, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(value)
+}
+
+/// Event ids: this instance's random id and a sequence number, unique across the cluster.
+#[derive(Clone)]
+struct Minter {
+    instance: Arc<str>,
+    seq: Arc<AtomicU64>,
+}
+
+impl Minter {
+    fn event(&self, name: &'static str, user_id: Arc<str>) -> Event {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64;
+        Event {
+            id: format!("{}-{n}", self.instance),
+            name,
+            user_id,
+            at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_have_unique_ids_and_the_documented_shape() {
+        let minter = Minter {
+            instance: "abc".into(),
+            seq: Arc::new(AtomicU64::new(0)),
+        };
+        let a = minter.event(ONLINE, "alice".into());
+        let b = minter.event(OFFLINE, "alice".into());
+        assert_ne!(a.id, b.id);
+        let json = serde_json::to_value(&a).unwrap_or_default();
+        let keys: Vec<_> = json
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["id", "name", "userId", "at"]);
+        assert_eq!(json["name"], "user.online");
+        assert_eq!(json["userId"], "alice");
+    }
+
+    #[test]
+    fn only_configured_names_pass() {
+        let names = Names {
+            online: true,
+            offline: false,
+        };
+        assert!(names.enabled(ONLINE));
+        assert!(!names.enabled(OFFLINE));
+    }
+}
