@@ -62,7 +62,29 @@ export declare function disconnectUser(id: string | number): Promise<DisconnectR
 /** publish({ userId, event: 'notification', data: payload }) */
 export declare function pushNotification(userId: string | number, payload: unknown): Promise<PublishResult>;
 
+/**
+ * Whether a sockgate webhook is genuine: `signatureHeader` (`X-Sockgate-Signature`,
+ * `sha256=<hex>`) is the HMAC-SHA256 of the exact raw `body` under `secret`
+ * (`webhooks.secret`), compared in constant time.
+ */
+export declare function verifyWebhook(
+  body: string | Buffer | Uint8Array,
+  signatureHeader: string | string[] | undefined | null,
+  secret: string | Buffer,
+): boolean;
+
+/** One event of a webhook batch (`{"events": [...]}`). */
+export interface WebhookEvent {
+  /** Unique per event, identical on every retry: deduplicate on it. */
+  id: string;
+  name: 'user.online' | 'user.offline';
+  userId: string;
+  /** Unix time in milliseconds when sockgate decided the event. */
+  at: number;
+}
+
 declare const _default: {
+  verifyWebhook: typeof verifyWebhook;
   createClient: typeof createClient;
   getDefaultClient: typeof getDefaultClient;
   closeDefaultClient: typeof closeDefaultClient;

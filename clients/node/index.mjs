@@ -1,6 +1,7 @@
 // @sockgate/client — publish to sockgate over its Unix socket.
 // Dependency-free; uses node:http with a keep-alive agent.
 
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { lstatSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -280,7 +281,28 @@ export function pushNotification(userId, payload) {
   return getDefaultClient().publish({ userId: normalizeId(userId), event: 'notification', data: payload });
 }
 
+/**
+ * Whether a sockgate webhook is genuine: `signatureHeader` (the `X-Sockgate-Signature` header,
+ * `sha256=<hex>`) is the HMAC-SHA256 of the exact request `body` (the raw bytes, before any
+ * JSON parsing) under `secret` (`webhooks.secret`). Compared in constant time.
+ * @param {string | Buffer | Uint8Array} body
+ * @param {string | string[] | undefined | null} signatureHeader
+ * @param {string | Buffer} secret
+ * @returns {boolean}
+ */
+export function verifyWebhook(body, signatureHeader, secret) {
+  if (typeof signatureHeader !== 'string' || !secret || secret.length === 0) return false;
+  if (body == null) return false;
+  const expected = Buffer.from(
+    `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`,
+    'utf8',
+  );
+  const given = Buffer.from(signatureHeader.trim(), 'utf8');
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
 export default {
+  verifyWebhook,
   createClient,
   getDefaultClient,
   closeDefaultClient,

@@ -21,6 +21,7 @@ import {
   publish,
   pushNotification,
   SockgateError,
+  verifyWebhook,
 } from '../index.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -421,5 +422,26 @@ describe('default socket path', () => {
       child.kill('SIGKILL');
       rmSync(runtime, { recursive: true, force: true });
     }
+  });
+});
+
+describe('verifyWebhook', () => {
+  // RFC 4231 test case 2, in the `sha256=<hex>` form sockgate sends.
+  const body = 'what do ya want for nothing?';
+  const good = 'sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843';
+
+  test('accepts the HMAC-SHA256 of the exact body (string or Buffer)', () => {
+    assert.equal(verifyWebhook(body, good, 'Jefe'), true);
+    assert.equal(verifyWebhook(Buffer.from(body), good, Buffer.from('Jefe')), true);
+  });
+
+  test('refuses a wrong secret, a changed body, or a malformed or missing header', () => {
+    assert.equal(verifyWebhook(body, good, 'jefe'), false);
+    assert.equal(verifyWebhook(`${body} `, good, 'Jefe'), false);
+    assert.equal(verifyWebhook(body, good.slice(0, -1), 'Jefe'), false);
+    assert.equal(verifyWebhook(body, good.replace('sha256=', ''), 'Jefe'), false);
+    assert.equal(verifyWebhook(body, undefined, 'Jefe'), false);
+    assert.equal(verifyWebhook(body, [good], 'Jefe'), false);
+    assert.equal(verifyWebhook(body, good, ''), false);
   });
 });
