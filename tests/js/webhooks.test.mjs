@@ -1,0 +1,249 @@
+// Webhooks to the app: user.online / user.offline, batched, signed, retried, bounded, and
+// cluster-wide in cluster mode.
+//   cargo build --bins && node --test tests/js/webhooks.test.mjs   (cluster cases need redis-server)
+//
+// A receiver of our own (a node:http server) records every POST with its raw body and can be
+// told to answer 500 a number of times. Grace periods are shortened to keep the file fast.
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import {
+  startFixture,
+  startSockgate,
+  startStack,
+  freePort,
+  connect,
+  waitFor,
+  sleep,
+} from './harness.mjs';
+import { metrics } from './fault-helpers.mjs';
+import { findRedisServer, startRedis } from './cluster-helpers.mjs';
+import { verifyWebhook } from '../../clients/node/index.mjs';
+
+const SECRET = 'test-webhook-secret';
+const GRACE_MS = 600;
+
+/** A webhook receiver: `requests` (headers, raw body, parsed events), `failNext` 500s. */
+async function startReceiver() {
+  const receiver = {
+    requests: [],
+    failNext: 0,
+    /** Every event accepted (answered 2xx), in order. */
+    get events() {
+      return this.requests.filter((r) => r.status === 204).flatMap((r) => r.json.events);
+    },
+    of(name, userId) {
+      return this.events.filter((e) => e.name === name && e.userId === userId);
+    },
+  };
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const raw = Buffer.concat(chunks);
+      let json = null;
+      try {
+        json = JSON.parse(raw.toString('utf8'));
+      } catch {}
+      const status = receiver.failNext > 0 ? 500 : 204;
+      if (status === 500) receiver.failNext -= 1;
+      receiver.requests.push({ method: req.method, url: req.url, headers: req.headers, raw, json, status });
+      res.writeHead(status).end();
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  receiver.url = `http://127.0.0.1:${server.address().port}/hooks`;
+  receiver.close = () => new Promise((resolve) => server.close(resolve));
+  return receiver;
+}
+
+const hookEnv = (url, extra = {}) => ({
+  SIDECAR_WEBHOOKS__URL: url,
+  SIDECAR_WEBHOOKS__SECRET: SECRET,
+  SIDECAR_WEBHOOKS__GRACE_MS: String(GRACE_MS),
+  SIDECAR_WEBHOOKS__LINGER_MS: '20',
+  SIDECAR_WEBHOOKS__RETRY_BASE_MS: '100',
+  ...extra,
+});
+
+const tab = (url, user, transports) =>
+  connect(url, { cookie: `sid=user-${user}`, ...(transports ? { transports } : {}) });
+
+describe('webhooks, one instance', () => {
+  let receiver;
+  let stack;
+
+  before(async () => {
+    receiver = await startReceiver();
+    stack = await startStack({ env: hookEnv(receiver.url) });
+  });
+
+  after(async () => {
+    await stack?.stop();
+    await receiver?.close();
+  });
+
+  test('online on the first tab, none for a second, offline only after the last closes and the grace passes', async () => {
+    const first = await tab(stack.url, 'w1');
+    await waitFor(() => receiver.of('user.online', 'w1').length === 1, { message: 'user.online for w1' });
+    const second = await tab(stack.url, 'w1');
+    first.close();
+    await sleep(GRACE_MS + 300);
+    assert.equal(receiver.of('user.online', 'w1').length, 1, 'a second tab is not a second online');
+    assert.equal(receiver.of('user.offline', 'w1').length, 0, 'a tab is still open');
+    const closedAt = Date.now();
+    second.close();
+    await sleep(GRACE_MS / 3);
+    assert.equal(receiver.of('user.offline', 'w1').length, 0, 'offline waits for the grace period');
+    await waitFor(() => receiver.of('user.offline', 'w1').length === 1, { message: 'user.offline for w1' });
+    assert.ok(Date.now() - closedAt >= GRACE_MS, 'not before the grace period');
+    const [online] = receiver.of('user.online', 'w1');
+    const [offline] = receiver.of('user.offline', 'w1');
+    assert.deepEqual(Object.keys(online), ['id', 'name', 'userId', 'at']);
+    assert.notEqual(online.id, offline.id);
+    assert.ok(offline.at >= online.at && online.at > Date.now() - 60_000);
+  });
+
+  test('a reload within the grace period produces neither offline nor a second online', async () => {
+    const before = await tab(stack.url, 'w2');
+    await waitFor(() => receiver.of('user.online', 'w2').length === 1, { message: 'user.online for w2' });
+    before.close();
+    await sleep(50);
+    const after = await tab(stack.url, 'w2');
+    await sleep(GRACE_MS + 400);
+    assert.equal(receiver.of('user.online', 'w2').length, 1);
+    assert.equal(receiver.of('user.offline', 'w2').length, 0);
+    after.close();
+    await waitFor(() => receiver.of('user.offline', 'w2').length === 1, { message: 'user.offline for w2' });
+  });
+
+  test('every POST is signed over its exact body; a wrong secret does not verify', async () => {
+    assert.ok(receiver.requests.length > 0);
+    for (const r of receiver.requests) {
+      assert.equal(r.method, 'POST');
+      assert.equal(r.url, '/hooks');
+      assert.equal(r.headers['content-type'], 'application/json');
+      assert.match(r.headers['x-sockgate-signature'], /^sha256=[0-9a-f]{64}$/);
+      assert.ok(verifyWebhook(r.raw, r.headers['x-sockgate-signature'], SECRET), 'signature verifies');
+      assert.ok(!verifyWebhook(r.raw, r.headers['x-sockgate-signature'], 'another-secret'));
+      assert.ok(!verifyWebhook(Buffer.concat([r.raw, Buffer.from(' ')]), r.headers['x-sockgate-signature'], SECRET));
+    }
+  });
+
+  test('a batch answered 500 is sent again, with the same event ids', async () => {
+    receiver.failNext = 1;
+    const seen = receiver.requests.length;
+    const socket = await tab(stack.url, 'w3');
+    await waitFor(() => receiver.of('user.online', 'w3').length === 1, { message: 'user.online for w3 after a 500' });
+    const tries = receiver.requests.slice(seen).filter((r) => r.json?.events.some((e) => e.userId === 'w3'));
+    assert.equal(tries.length, 2, 'one 500, then delivered');
+    assert.equal(tries[0].status, 500);
+    assert.deepEqual(tries[1].json.events.map((e) => e.id), tries[0].json.events.map((e) => e.id));
+    const m = await metrics(stack.publishSocket);
+    assert.ok(m.get('sockgate_webhook_events_delivered_total') >= 3);
+    assert.equal(m.get('sockgate_webhook_events_failed_total'), 0);
+    socket.close();
+  });
+});
+
+test('receiver down: the queue stays bounded and drops the oldest, counted', async () => {
+  const downPort = await freePort();
+  const stack = await startStack({
+    env: hookEnv(`http://127.0.0.1:${downPort}/hooks`, {
+      SIDECAR_WEBHOOKS__MAX_QUEUE: '3',
+      SIDECAR_WEBHOOKS__MAX_BATCH: '1',
+      SIDECAR_WEBHOOKS__MAX_ATTEMPTS: '100',
+      SIDECAR_WEBHOOKS__RETRY_BASE_MS: '2000',
+    }),
+  });
+  try {
+    const sockets = [];
+    for (let i = 0; i < 12; i += 1) sockets.push(await tab(stack.url, `q${i}`));
+    const m = await waitFor(
+      async () => {
+        const m = await metrics(stack.publishSocket);
+        return m.get('sockgate_webhook_events_dropped_total') >= 8 && m;
+      },
+      { message: 'dropped events counted' },
+    );
+    assert.ok(m.get('sockgate_webhook_queue_events') <= 3, 'never more than webhooks.max_queue waiting');
+    assert.equal(m.get('sockgate_webhook_events_delivered_total'), 0);
+    const logged = stack.sockgate.text().match(/webhook queue full/g) ?? [];
+    assert.equal(logged.length, 1, 'one log line per episode');
+    for (const s of sockets) s.close();
+  } finally {
+    await stack.stop();
+  }
+});
+
+const REDIS = findRedisServer();
+describe('webhooks, two cluster instances', { skip: REDIS ? false : 'redis-server is not on PATH' }, () => {
+  let receiver;
+  let fixture;
+  let redis;
+  let A;
+  let B;
+  const WS = ['websocket'];
+
+  before(async () => {
+    receiver = await startReceiver();
+    fixture = await startFixture();
+    const redisPort = await freePort();
+    redis = await startRedis(redisPort);
+    const env = hookEnv(receiver.url, {
+      SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+      SIDECAR_WEBHOOKS__INSTANCE_TTL_MS: '1500',
+    });
+    [A, B] = await Promise.all([
+      startSockgate({ upstreamUrl: fixture.url, env }),
+      startSockgate({ upstreamUrl: fixture.url, env }),
+    ]);
+  });
+
+  after(async () => {
+    await Promise.all([A?.stop(), B?.stop()].filter(Boolean)).catch(() => {});
+    await fixture?.stop().catch(() => {});
+    await redis?.kill('SIGKILL').catch(() => {});
+    await receiver?.close();
+  });
+
+  test('a user on A and B is online once, and offline once, when the last socket on either closes', async () => {
+    const onA = await tab(A.url, 'c1', WS);
+    await waitFor(() => receiver.of('user.online', 'c1').length === 1, { message: 'user.online for c1' });
+    const onB = await tab(B.url, 'c1', WS);
+    await sleep(300);
+    onA.close();
+    await sleep(GRACE_MS + 400);
+    assert.equal(receiver.of('user.online', 'c1').length, 1, 'B did not send a second online');
+    assert.equal(receiver.of('user.offline', 'c1').length, 0, 'still connected on B');
+    onB.close();
+    await waitFor(() => receiver.of('user.offline', 'c1').length === 1, { message: 'user.offline for c1' });
+    await sleep(GRACE_MS + 300);
+    assert.equal(receiver.of('user.offline', 'c1').length, 1, 'not sent by both instances');
+  });
+
+  test('first sockets opening on A and B at once give exactly one online', async () => {
+    const sockets = await Promise.all([tab(A.url, 'c2', WS), tab(B.url, 'c2', WS), tab(A.url, 'c2', WS), tab(B.url, 'c2', WS)]);
+    await waitFor(() => receiver.of('user.online', 'c2').length >= 1, { message: 'user.online for c2' });
+    await sleep(400);
+    assert.equal(receiver.of('user.online', 'c2').length, 1);
+    for (const s of sockets) s.close();
+    await waitFor(() => receiver.of('user.offline', 'c2').length === 1, { message: 'user.offline for c2' });
+    await sleep(GRACE_MS + 300);
+    assert.equal(receiver.of('user.offline', 'c2').length, 1);
+  });
+
+  test('an instance killed with a user connected: offline from the survivor within the bound', async () => {
+    const socket = await tab(A.url, 'c3', WS);
+    await waitFor(() => receiver.of('user.online', 'c3').length === 1, { message: 'user.online for c3' });
+    const killedAt = Date.now();
+    await A.stop('SIGKILL');
+    socket.close();
+    // instance_ttl_ms (1.5 s) + a third of it, plus delivery.
+    await waitFor(() => receiver.of('user.offline', 'c3').length === 1, { timeout: 5000, message: 'user.offline for c3 after A died' });
+    assert.ok(Date.now() - killedAt < 4000);
+    await sleep(700);
+    assert.equal(receiver.of('user.offline', 'c3').length, 1);
+  });
+});
