@@ -238,7 +238,9 @@ pub async fn start(
         relay: relay.as_ref().map(|(r, _)| r.clone()),
         webhooks: Webhooks::start(
             settings,
-            cluster.as_ref().map(|c| c.commands.clone()),
+            cluster
+                .as_ref()
+                .map(|c| (c.commands.clone(), c.link.clone())),
             metrics.clone(),
         ),
     };

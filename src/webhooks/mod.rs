@@ -34,10 +34,11 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// Starts the tracker and the sender when `webhooks.url` is set (else the hook is off).
-    /// `redis` (cluster mode) makes online/offline cluster-wide.
+    /// `redis` (cluster mode: a command connection and the link's health) makes
+    /// online/offline cluster-wide.
     pub fn start(
         settings: &Config,
-        redis: Option<fred::clients::Client>,
+        redis: Option<(fred::clients::Client, crate::cluster::Link)>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let config = &settings.webhooks;
@@ -82,23 +83,34 @@ impl Webhooks {
             .run(),
         );
         let (tx, rx) = mpsc::unbounded_channel();
-        let registry = match redis {
-            None => tracker::Registry::Local,
-            Some(client) => tracker::Registry::Redis(tracker::Shared::new(
+        let shared = redis.map(|(client, link)| {
+            Arc::new(tracker::Shared::new(
                 client,
+                link,
                 instance,
                 ms(config.instance_ttl_ms),
-            )),
-        };
+            ))
+        });
         let emit = move |name: &'static str, user: &Arc<str>| {
             if names.enabled(name) {
                 outbox.push(minter.event(name, user.clone()));
             }
         };
-        tokio::spawn(
-            tracker::Tracker::new(registry, ms(config.grace_ms), tx.clone(), Box::new(emit))
-                .run(rx),
+        let tracker = tracker::Tracker::new(
+            shared.clone(),
+            ms(config.grace_ms),
+            tx.clone(),
+            Box::new(emit),
         );
+        let changes = tx.clone();
+        tokio::spawn(async move {
+            if let Some(shared) = shared {
+                // Listed before its first arrival, so the first beat is not taken for a sweep.
+                shared.heartbeat().await;
+                tokio::spawn(shared.keep_alive(changes));
+            }
+            tracker.run(rx).await;
+        });
         tracing::info!(url = %config.url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
         Self { changes: Some(tx) }
     }

@@ -6,7 +6,7 @@
 //! and if it is still 0 when it fires the user *leaves*. On one instance arriving is online
 //! and leaving is offline.
 //!
-//! In cluster mode the [`Registry`] asks Redis, atomically (Lua): the set
+//! In cluster mode [`Shared`] asks Redis, atomically (Lua): the set
 //! `sockgate:wh:user:{id}` holds the instances where the user arrived and has not left; the
 //! instance whose arrival made it non-empty sends `user.online`, the one whose leaving
 //! emptied it sends `user.offline` — exactly one of them each time. Each instance refreshes
@@ -15,10 +15,13 @@
 //! users left on no other instance go offline, sent by the one instance whose sweep removed
 //! them. So after an instance dies its users go offline within `instance_ttl · 4/3`. An
 //! instance that finds it was swept (it stalled past the TTL) arrives again for its users.
-//! A Redis command that fails is logged and its event is not sent.
+//! Liveness is refreshed by a task of its own, so a backlog of arrivals cannot make an
+//! instance look dead. While the cluster link is down (or a command fails) the transitions
+//! of that time are not recorded and their events are not sent; one log line per episode.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fred::clients::Client as RedisClient;
@@ -26,6 +29,7 @@ use fred::interfaces::LuaInterface;
 use tokio::sync::mpsc;
 
 use super::{OFFLINE, ONLINE};
+use crate::cluster::Link;
 
 /// What the realtime hook tells the tracker.
 #[derive(Debug)]
@@ -34,10 +38,12 @@ pub enum Change {
     Down(Arc<str>),
     /// A grace timer started when the user's count fell to 0 (its epoch) fired.
     Expired(Arc<str>, u64),
+    /// This instance found itself swept (taken for dead): its users arrive again.
+    Resync,
 }
 
 /// Sends an event (`user.online` / `user.offline`) for a user.
-pub type Emit = Box<dyn Fn(&'static str, &Arc<str>) + Send>;
+pub type Emit = Box<dyn Fn(&'static str, &Arc<str>) + Send + Sync>;
 
 /// One user on this instance.
 struct Entry {
@@ -48,7 +54,8 @@ struct Entry {
 
 pub struct Tracker {
     users: HashMap<Arc<str>, Entry>,
-    registry: Registry,
+    /// Cluster mode: who decides across instances.
+    shared: Option<Arc<Shared>>,
     grace: Duration,
     timers: mpsc::UnboundedSender<Change>,
     emit: Emit,
@@ -56,14 +63,14 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(
-        registry: Registry,
+        shared: Option<Arc<Shared>>,
         grace: Duration,
         timers: mpsc::UnboundedSender<Change>,
         emit: Emit,
     ) -> Self {
         Self {
             users: HashMap::new(),
-            registry,
+            shared,
             grace,
             timers,
             emit,
@@ -71,7 +78,7 @@ impl Tracker {
     }
 
     pub async fn run(mut self, mut changes: mpsc::UnboundedReceiver<Change>) {
-        let every = self.registry.beat();
+        let every = self.shared.as_ref().map(|s| s.beat());
         let mut ticker = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
@@ -79,7 +86,7 @@ impl Tracker {
                     Some(change) => self.apply(change).await,
                     None => return,
                 },
-                _ = ticker.tick(), if every.is_some() => self.maintain().await,
+                _ = ticker.tick(), if every.is_some() => self.sweep().await,
             }
         }
     }
@@ -96,7 +103,7 @@ impl Tracker {
                             epoch: 0,
                         },
                     );
-                    if self.registry.arrive(&user).await {
+                    if self.arrive(&user).await {
                         (self.emit)(ONLINE, &user);
                     }
                 }
@@ -122,68 +129,51 @@ impl Tracker {
                     .is_some_and(|e| e.sockets == 0 && e.epoch == epoch);
                 if gone {
                     self.users.remove(&user);
-                    if self.registry.leave(&user).await {
+                    if self.leave(&user).await {
                         (self.emit)(OFFLINE, &user);
+                    }
+                }
+            }
+            Change::Resync => {
+                let users: Vec<_> = self.users.keys().cloned().collect();
+                if !users.is_empty() {
+                    tracing::warn!(
+                        users = users.len(),
+                        "this instance was taken for dead by the cluster: its users arrive again"
+                    );
+                }
+                for user in users {
+                    if self.arrive(&user).await {
+                        (self.emit)(ONLINE, &user);
                     }
                 }
             }
         }
     }
 
-    /// Cluster mode: refresh this instance's liveness, arrive again if it was swept, and
-    /// sweep dead instances.
-    async fn maintain(&mut self) {
-        let Registry::Redis(shared) = &self.registry else {
-            return;
-        };
-        if shared.heartbeat().await {
-            let users: Vec<_> = self.users.keys().cloned().collect();
-            if !users.is_empty() {
-                tracing::warn!(
-                    users = users.len(),
-                    "this instance was taken for dead by the cluster: its users arrive again"
-                );
-            }
-            for user in users {
-                if shared.arrive(&user).await {
-                    (self.emit)(ONLINE, &user);
-                }
-            }
+    /// Whether `user`'s arrival here is their first anywhere.
+    async fn arrive(&self, user: &str) -> bool {
+        match &self.shared {
+            None => true,
+            Some(shared) => shared.arrive(user).await,
         }
+    }
+
+    /// Whether `user` leaving here leaves them on no instance.
+    async fn leave(&self, user: &str) -> bool {
+        match &self.shared {
+            None => true,
+            Some(shared) => shared.leave(user).await,
+        }
+    }
+
+    /// Cluster mode: dead instances' users on no other instance go offline. Run here, in
+    /// order with this instance's own arrivals, so that events leave in the order Redis
+    /// decided them.
+    async fn sweep(&mut self) {
+        let Some(shared) = &self.shared else { return };
         for user in shared.sweep().await {
             (self.emit)(OFFLINE, &user.into());
-        }
-    }
-}
-
-/// Who decides whether an arrival is the first and a leaving the last.
-pub enum Registry {
-    /// This instance alone.
-    Local,
-    /// Every instance, through Redis.
-    Redis(Shared),
-}
-
-impl Registry {
-    async fn arrive(&self, user: &str) -> bool {
-        match self {
-            Registry::Local => true,
-            Registry::Redis(shared) => shared.arrive(user).await,
-        }
-    }
-
-    async fn leave(&self, user: &str) -> bool {
-        match self {
-            Registry::Local => true,
-            Registry::Redis(shared) => shared.leave(user).await,
-        }
-    }
-
-    /// How often the cluster bookkeeping runs, if there is any.
-    fn beat(&self) -> Option<Duration> {
-        match self {
-            Registry::Local => None,
-            Registry::Redis(shared) => Some((shared.ttl / 3).max(Duration::from_millis(10))),
         }
     }
 }
@@ -240,16 +230,59 @@ return offline
 /// The cluster-wide registry in Redis.
 pub struct Shared {
     client: RedisClient,
+    link: Link,
     instance: String,
     ttl: Duration,
+    /// Redis commands are failing, and that was logged: one line per episode.
+    failing: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(client: RedisClient, instance: String, ttl: Duration) -> Self {
+    pub fn new(client: RedisClient, link: Link, instance: String, ttl: Duration) -> Self {
         Self {
             client,
+            link,
             instance,
             ttl,
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// How often liveness is refreshed and dead instances are swept: a third of the TTL.
+    fn beat(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(10))
+    }
+
+    /// Refreshes this instance's liveness every [`Shared::beat`], apart from the tracker so
+    /// that a backlog of arrivals cannot make it look dead; tells it when it was swept.
+    pub async fn keep_alive(self: Arc<Self>, changes: mpsc::UnboundedSender<Change>) {
+        let mut ticker = tokio::time::interval(self.beat());
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            if self.heartbeat().await && changes.send(Change::Resync).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A command for `what` failed (or was not tried: the link is down).
+    fn failed(&self, what: &str, error: Option<&fred::error::Error>) {
+        if let Some(e) = error {
+            self.link.command_failed("webhooks", e);
+        }
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            let why = error.map_or_else(|| "the Redis link is down".to_owned(), |e| e.to_string());
+            tracing::warn!(
+                "webhooks: {what} not recorded in Redis ({why}): online/offline events decided \
+                 while Redis fails are not sent"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("webhooks: Redis answers again; online/offline events resume");
         }
     }
 
@@ -261,13 +294,18 @@ impl Shared {
     }
 
     async fn flag(&self, what: &str, script: &str, keys: Vec<String>, args: Vec<String>) -> bool {
+        if !self.link.is_up() {
+            self.failed(what, None);
+            return false;
+        }
         let reply: Result<i64, _> = self.client.eval(script, keys, args).await;
         match reply {
-            Ok(n) => n == 1,
+            Ok(n) => {
+                self.succeeded();
+                n == 1
+            }
             Err(e) => {
-                tracing::warn!(
-                    "webhooks: {what} not recorded in Redis ({e}): its event is not sent"
-                );
+                self.failed(what, Some(&e));
                 false
             }
         }
@@ -283,7 +321,9 @@ impl Shared {
         self.flag("a leaving", LEAVE, self.keys(user), args).await
     }
 
-    async fn heartbeat(&self) -> bool {
+    /// Refreshes this instance's liveness key; true if it was not listed (swept, or Redis
+    /// lost its data).
+    pub async fn heartbeat(&self) -> bool {
         let keys = vec![
             format!("{PREFIX}alive:{}", self.instance),
             INSTANCES.to_owned(),
@@ -293,12 +333,15 @@ impl Shared {
     }
 
     async fn sweep(&self) -> Vec<String> {
+        if !self.link.is_up() {
+            return Vec::new();
+        }
         let reply: Result<Vec<String>, _> = self
             .client
             .eval(SWEEP, vec![INSTANCES.to_owned()], vec![PREFIX.to_owned()])
             .await;
         reply.unwrap_or_else(|e| {
-            tracing::warn!("webhooks: dead instances not swept (Redis): {e}");
+            self.failed("the sweep of dead instances", Some(&e));
             Vec::new()
         })
     }
@@ -320,7 +363,7 @@ mod tests {
                 .unwrap_or_else(|e| e.into_inner())
                 .push((name, user.to_string()));
         });
-        (Tracker::new(Registry::Local, grace, tx, emit), rx, seen)
+        (Tracker::new(None, grace, tx, emit), rx, seen)
     }
 
     fn seen(seen: &Seen) -> Vec<(&'static str, String)> {
