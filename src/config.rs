@@ -949,6 +949,37 @@ mod tests {
     }
 
     #[test]
+    fn webhook_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (key, value, reason) in [
+                (
+                    "SIDECAR_WEBHOOKS__URL",
+                    "https://app.example.com/hooks",
+                    "plain http://",
+                ),
+                ("SIDECAR_WEBHOOKS__URL", "api/hooks", "a path on the app"),
+                (
+                    "SIDECAR_WEBHOOKS__EVENTS",
+                    "[\"user.away\"]",
+                    "is not one of",
+                ),
+                ("SIDECAR_WEBHOOKS__MAX_QUEUE", "0", "at least 1"),
+            ] {
+                jail.set_env(key, value);
+                let e = load(&Overrides::default()).expect_err(value);
+                assert!(e.to_string().contains(reason), "{value}: {e}");
+                jail.clear_env();
+            }
+            jail.set_env("SIDECAR_WEBHOOKS__URL", "/api/socket/webhooks");
+            jail.set_env("SIDECAR_WEBHOOKS__SECRET", "s3cret");
+            let config = load(&Overrides::default()).expect("a path on the app is fine");
+            assert!(!config.to_toml().contains("s3cret"), "the secret is hidden");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn layers_apply_in_order_file_env_port_flags() {
         Jail::expect_with(|jail| {
             jail.clear_env();

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! The realtime endpoint calls [`Webhooks::connected`] for each authenticated socket and
-//! [`Tab::closed`] when it goes; both only post to a channel. The [`tracker`] turns those into
-//! events, the [`sender`] batches, signs, retries and bounds them.
+//! [`Tab::closed`] when it goes; both only post to a channel. The `tracker` turns those into
+//! events, the `sender` batches, signs, retries and bounds them.
 
 mod sender;
 mod signature;
@@ -45,16 +45,14 @@ impl Webhooks {
         if config.url.is_empty() {
             return Self::default();
         }
-        let target = if config.url.starts_with('/') {
-            format!("http://{}{}", settings.upstream_authority(), config.url)
-        } else {
-            config.url.clone()
-        };
-        let target = match target.parse::<http::Uri>() {
+        let target = match target(settings) {
             Ok(uri) => uri,
             Err(e) => {
                 // Validated at load time; kept off rather than trusted.
-                tracing::error!("webhooks.url `{target}` is not a URL ({e}): webhooks off");
+                tracing::error!(
+                    "webhooks.url `{}` is not a URL ({e}): webhooks off",
+                    config.url
+                );
                 return Self::default();
             }
         };
@@ -138,6 +136,16 @@ impl Tab {
     }
 }
 
+/// Where batches go: `webhooks.url`, a path on the upstream when it starts with `/`.
+fn target(settings: &Config) -> Result<http::Uri, http::uri::InvalidUri> {
+    let url = &settings.webhooks.url;
+    if url.starts_with('/') {
+        format!("http://{}{url}", settings.upstream_authority()).parse()
+    } else {
+        url.parse()
+    }
+}
+
 pub(crate) const ONLINE: &str = "user.online";
 pub(crate) const OFFLINE: &str = "user.offline";
 
@@ -217,6 +225,22 @@ mod tests {
         assert_eq!(keys, ["id", "name", "userId", "at"]);
         assert_eq!(json["name"], "user.online");
         assert_eq!(json["userId"], "alice");
+    }
+
+    #[test]
+    fn a_path_is_on_the_upstream_and_a_url_is_used_as_is() {
+        let mut settings = Config::default();
+        settings.upstream.url = "http://127.0.0.1:4000".into();
+        settings.webhooks.url = "/api/socket/webhooks?v=1".into();
+        assert_eq!(
+            target(&settings).map(|u| u.to_string()).ok().as_deref(),
+            Some("http://127.0.0.1:4000/api/socket/webhooks?v=1")
+        );
+        settings.webhooks.url = "http://10.0.0.5:9000/hooks".into();
+        assert_eq!(
+            target(&settings).map(|u| u.to_string()).ok().as_deref(),
+            Some("http://10.0.0.5:9000/hooks")
+        );
     }
 
     #[test]
