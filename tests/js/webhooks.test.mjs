@@ -234,6 +234,19 @@ describe('webhooks, two cluster instances', { skip: REDIS ? false : 'redis-serve
     assert.equal(receiver.of('user.offline', 'c2').length, 1);
   });
 
+  test('a reload that lands on the other instance within the grace produces neither event', async () => {
+    const onA = await tab(A.url, 'c4', WS);
+    await waitFor(() => receiver.of('user.online', 'c4').length === 1, { message: 'user.online for c4' });
+    onA.close();
+    await sleep(50);
+    const onB = await tab(B.url, 'c4', WS);
+    await sleep(GRACE_MS + 400);
+    assert.equal(receiver.of('user.online', 'c4').length, 1);
+    assert.equal(receiver.of('user.offline', 'c4').length, 0);
+    onB.close();
+    await waitFor(() => receiver.of('user.offline', 'c4').length === 1, { message: 'user.offline for c4' });
+  });
+
   test('an instance killed with a user connected: offline from the survivor within the bound', async () => {
     const socket = await tab(A.url, 'c3', WS);
     await waitFor(() => receiver.of('user.online', 'c3').length === 1, { message: 'user.online for c3' });
