@@ -247,6 +247,21 @@ describe('webhooks, two cluster instances', { skip: REDIS ? false : 'redis-serve
     await waitFor(() => receiver.of('user.offline', 'c4').length === 1, { message: 'user.offline for c4' });
   });
 
+  test('an instance stalled past its TTL is swept (offline), and its users arrive again when it resumes', async () => {
+    const socket = await tab(A.url, 'c5', WS);
+    await waitFor(() => receiver.of('user.online', 'c5').length === 1, { message: 'user.online for c5' });
+    A.proc.child.kill('SIGSTOP');
+    try {
+      await waitFor(() => receiver.of('user.offline', 'c5').length === 1, { timeout: 5000, message: 'user.offline for c5 while A is stalled' });
+    } finally {
+      A.proc.child.kill('SIGCONT');
+    }
+    // At-least-once: A finds it was swept and says the user is online again.
+    await waitFor(() => receiver.of('user.online', 'c5').length === 2, { timeout: 8000, message: 'user.online again for c5' });
+    socket.close();
+    await waitFor(() => receiver.of('user.offline', 'c5').length === 2, { message: 'user.offline for c5 at the end' });
+  });
+
   test('an instance killed with a user connected: offline from the survivor within the bound', async () => {
     const socket = await tab(A.url, 'c3', WS);
     await waitFor(() => receiver.of('user.online', 'c3').length === 1, { message: 'user.online for c3' });
