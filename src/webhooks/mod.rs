@@ -9,6 +9,11 @@
 //! The realtime endpoint calls [`Webhooks::connected`] for each authenticated socket and
 //! [`Tab::closed`] when it goes; both only post to a channel. The `tracker` turns those into
 //! events, the `sender` batches, signs, retries and bounds them.
+//!
+//! Memory: the change channel is unbounded but holds at most an open and a close per
+//! socket (sockets are capped by `realtime.max_connections`); the tracker keeps one entry per
+//! connected user and one timer per user within their grace period; the queue holds at most
+//! `webhooks.max_queue` events plus the one batch in flight.
 
 mod sender;
 mod signature;
