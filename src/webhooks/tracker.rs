@@ -7,10 +7,10 @@
 //! and leaving is offline.
 //!
 //! In cluster mode [`Shared`] asks Redis, atomically (Lua): the set
-//! `sockgate:wh:user:{id}` holds the instances where the user arrived and has not left; the
-//! instance whose arrival made it non-empty sends `user.online`, the one whose leaving
+//! `{sockgate:wh}:user:<id>` holds the instances where the user arrived and has not left;
+//! the instance whose arrival made it non-empty sends `user.online`, the one whose leaving
 //! emptied it sends `user.offline` — exactly one of them each time. Each instance refreshes
-//! `sockgate:wh:alive:{instance}` (TTL `instance_ttl`) every third of the TTL and sweeps:
+//! `{sockgate:wh}:alive:<instance>` (TTL `instance_ttl`) every third of the TTL and sweeps:
 //! an instance whose key expired (it died) is removed from every user it held, and its
 //! users left on no other instance go offline, sent by the one instance whose sweep removed
 //! them. So after an instance dies its users go offline within `instance_ttl · 4/3`. An
@@ -178,8 +178,11 @@ impl Tracker {
     }
 }
 
-const PREFIX: &str = "sockgate:wh:";
-const INSTANCES: &str = "sockgate:wh:instances";
+/// Every key starts with the same hash tag: on a Redis Cluster they share one slot, where a
+/// script may touch only the keys of one slot (the sweep reaches keys it builds itself).
+/// The bookkeeping is small (one set per online user), so one shard holds it all.
+const PREFIX: &str = "{sockgate:wh}:";
+const INSTANCES: &str = "{sockgate:wh}:instances";
 
 /// KEYS: the user's set, the instance's set. ARGV: instance, user. 1 if the user was on no
 /// instance before.
@@ -209,7 +212,7 @@ return redis.call('SADD', KEYS[2], ARGV[1])
 
 /// KEYS: the instance list. ARGV: the key prefix. Removes every listed instance whose
 /// liveness key is gone from the users it held; returns the users now on no instance.
-/// It builds key names itself: one Redis (or all keys in one slot), as for the adapter.
+/// It builds key names itself: all under [`PREFIX`]'s hash tag, so in one slot.
 const SWEEP: &str = r#"
 local offline = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
