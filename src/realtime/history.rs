@@ -352,7 +352,7 @@ impl MemoryHistory {
     }
 }
 
-/// Cluster history: one Redis stream per room (`sockgate:history:<room>`), trimmed to about
+/// Cluster history: one Redis stream per room (`sockgate:history:{<room>}`), trimmed to about
 /// `max_messages` entries, expiring `max_age` after its last message, and beside it the
 /// stream's generation (`…:epoch`, same lifetime), created together with the stream by one
 /// script. Offsets are `<generation>:<stream id>`: a stream that expired, was lost with
@@ -437,8 +437,16 @@ impl RedisHistory {
         vec![stream, epoch]
     }
 
+    /// `sockgate:history:{<room>}`: the room is the key's hash tag, so the stream and its
+    /// generation (`…:epoch`) share a slot on a Redis Cluster, where a script may only touch
+    /// the keys of one slot. A room the tag would come out empty for (empty, or starting with
+    /// `}`) gets `_` as its tag.
     fn stream_key(room: &str) -> String {
-        format!("sockgate:history:{room}")
+        if room.is_empty() || room.starts_with('}') {
+            format!("sockgate:history:{{_{room}}}")
+        } else {
+            format!("sockgate:history:{{{room}}}")
+        }
     }
 
     fn epoch_key(stream: &str) -> String {
