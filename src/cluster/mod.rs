@@ -117,8 +117,8 @@ impl Link {
 
     /// How many instances subscribe each of the sharded `channels`, asked on the subscription
     /// connection (RESP3 takes commands there): a stalled command connection does not hold it.
-    /// One command per channel: on a Redis Cluster each goes to the node owning the channel's
-    /// slot (channels of several slots in one command are refused with `CROSSSLOT`).
+    /// One command per channel: on a Redis Cluster fred sends each to the node owning the
+    /// channel's slot, where its sharded subscribers are (another node counts none).
     pub async fn shard_subscribers(
         &self,
         channels: Vec<String>,
