@@ -1,5 +1,6 @@
-// Managed Redis: two sockgate instances on a real 3-node Redis Cluster, and one on a TLS Redis
-// with an ACL user (username and password in the URL, the test CA in cluster.tls_ca_file).
+// Managed Redis: two sockgate instances on a real 3-node Redis Cluster, one on a TLS Redis
+// with an ACL user (username and password in the URL, the test CA in cluster.tls_ca_file), and
+// one behind a Sentinel through a failover.
 //   node --test tests/js/redis-cluster.test.mjs     (needs redis-server and redis-cli on PATH)
 //
 // The cluster: three redis-server processes with --cluster-enabled yes on free loopback ports,
@@ -8,7 +9,7 @@
 // SPUBLISH to a channel of another slot): kept messages go through the adapter, at least once.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
@@ -296,3 +297,88 @@ test('TLS Redis: rediss:// with an ACL user, the test CA in cluster.tls_ca_file;
   }
 });
 
+
+// ---------------------------------------------------------------------------
+// Sentinel, with a failover
+// ---------------------------------------------------------------------------
+test('Sentinel: redis-sentinel:// finds the master, and the new one after a failover', { skip: findRedisServer() ? false : 'redis-server is not on PATH' }, async () => {
+  const [masterPort, replicaPort, sentinelPort] = [await freePort(), await freePort(), await freePort()];
+  const master = await startRedis(masterPort);
+  const replica = await startRedis(replicaPort, { args: ['--replicaof', '127.0.0.1', String(masterPort)] });
+  const conf = path.join(tmpDir('sockgate-sentinel-'), 'sentinel.conf');
+  fs.writeFileSync(
+    conf,
+    [
+      `port ${sentinelPort}`,
+      'bind 127.0.0.1',
+      `sentinel monitor mymaster 127.0.0.1 ${masterPort} 1`,
+      'sentinel down-after-milliseconds mymaster 1000',
+      'sentinel failover-timeout mymaster 5000',
+      '',
+    ].join('\n'),
+  );
+  // By hand, not through startRedis: the config file must be redis-server's first argument.
+  const sentinel = spawn('redis-server', [conf, '--sentinel'], { stdio: 'ignore' });
+  const sentinelFixture = await startFixture();
+  let sg;
+  try {
+    const masterIs = (port) =>
+      cli(sentinelPort, 'SENTINEL', 'GET-MASTER-ADDR-BY-NAME', 'mymaster').split('\n')[1] === String(port);
+    await waitFor(() => { try { return masterIs(masterPort); } catch { return false; } }, {
+      timeout: 10_000,
+      message: 'the sentinel to name the master',
+    });
+    sg = await startSockgate({
+      upstreamUrl: sentinelFixture.url,
+      env: {
+        SIDECAR_CLUSTER__REDIS_URL: `redis-sentinel://127.0.0.1:${sentinelPort}?sentinelServiceName=mymaster`,
+        SIDECAR_REALTIME__TRANSPORTS: WS_ONLY,
+      },
+    });
+    await ready(sg);
+    const { socket } = recoveringClient(sg.url, 'sid=user-sentinel');
+    const rec = recorder(socket);
+    await connected(socket);
+    await pub(sg, { userId: 'sentinel', event: 'seq', data: 1 });
+    await rec.waitFor((e) => e.args[0] === 1, 'a message through the master');
+    assert.equal(cli(masterPort, 'XLEN', 'sockgate:history:{user:sentinel}'), '1');
+
+    // The replica in sync, and known to the sentinel, before it can be promoted.
+    await waitFor(() => cli(replicaPort, 'XLEN', 'sockgate:history:{user:sentinel}') === '1', {
+      timeout: 15_000,
+      message: 'the replica to have the history',
+    });
+    await waitFor(() => cli(sentinelPort, 'SENTINEL', 'REPLICAS', 'mymaster').includes(String(replicaPort)), {
+      timeout: 15_000,
+      message: 'the sentinel to know the replica',
+    });
+    cli(sentinelPort, 'SENTINEL', 'FAILOVER', 'mymaster');
+    await waitFor(() => masterIs(replicaPort), { timeout: 15_000, message: 'the failover to the replica' });
+    // Sentinel demotes the old master (and closes its clients): sockgate asks the sentinel
+    // again and writes to the new master.
+    await waitFor(() => cli(masterPort, 'ROLE').startsWith('slave'), {
+      timeout: 15_000,
+      message: 'the old master to be demoted',
+    });
+    await waitFor(() => /Redis subscriber connection re-established|Redis connection lost/.test(sg.proc.text()), {
+      timeout: 15_000,
+      message: 'sockgate to see its connections to the old master closed',
+    });
+    let n = 1;
+    await waitFor(
+      async () => {
+        await pub(sg, { userId: 'sentinel', event: 'seq', data: ++n });
+        const xlen = Number(cli(replicaPort, 'XLEN', 'sockgate:history:{user:sentinel}'));
+        return xlen > 1 && (await api(sg, 'GET', '/readyz')).status === 200;
+      },
+      { timeout: 20_000, interval: 500, message: 'sockgate to write to the new master and be ready' },
+    );
+    await rec.waitFor((e) => e.args[0] === n, 'a message through the new master');
+    closeAll([socket]);
+  } finally {
+    await sg?.stop().catch(() => {});
+    await sentinelFixture.stop().catch(() => {});
+    sentinel.kill('SIGKILL');
+    await Promise.all([master.kill('SIGKILL').catch(() => {}), replica.kill('SIGKILL').catch(() => {})]);
+  }
+});
