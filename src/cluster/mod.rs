@@ -462,6 +462,16 @@ pub async fn connect(
         restored: Arc::new(watch::channel(0).0),
         recheck: Arc::new(Notify::new()),
     };
+    // First, so that a Redis Cluster node behind a plain URL is named before a subscription
+    // fails with MOVED.
+    at_startup(&shown, commands.init()).await?;
+    if !redis_cluster && is_cluster_node(&commands).await {
+        anyhow::bail!(
+            "cluster.redis_url `{shown}` points at a node of a Redis Cluster: use the \
+             redis-cluster:// scheme (rediss-cluster:// for TLS) with the same host, port and \
+             credentials, else the keys and channels of the other nodes' slots fail with MOVED"
+        );
+    }
     let losses = driver::Losses::new(link.clone(), metrics);
     let driver = at_startup(&shown, ClusterDriver::new(client, losses)).await?;
     let prober = socketioxide_core::Uid::new();
@@ -480,7 +490,6 @@ pub async fn connect(
         driver: driver.clone(),
         commands: commands.clone(),
     };
-    at_startup(&shown, commands.init()).await?;
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
         driver.clone(),
@@ -494,6 +503,19 @@ pub async fn connect(
         driver,
         redis_cluster,
     })
+}
+
+/// Whether the server says it is a Redis Cluster node (`INFO cluster`: `cluster_enabled:1`).
+/// A server that does not answer `INFO` (some managed offerings restrict it) is taken as not.
+async fn is_cluster_node(commands: &fred::clients::Client) -> bool {
+    let info = commands.custom::<String, &str>(
+        fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+        vec!["cluster"],
+    );
+    match tokio::time::timeout(STARTUP_TIMEOUT, info).await {
+        Ok(Ok(info)) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
+        _ => false,
+    }
 }
 
 /// `connecting`, bounded by the startup timeout, with errors that name the URL.

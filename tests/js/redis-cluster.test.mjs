@@ -116,6 +116,17 @@ async function fence(inst, rec, userId) {
 }
 const payload = (rec) => rec.events.filter((e) => e.event !== 'marker').map((e) => [e.event, e.args[0]]);
 
+test('Redis Cluster: a redis:// URL to one of its nodes stops startup, saying to use redis-cluster://', { skip: SKIP }, async () => {
+  const run = await runSockgateToExit({
+    port: await freePort(),
+    upstreamUrl: fixture.url,
+    publishSocket: path.join(tmpDir(), 'sockgate.sock'),
+    env: { SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${nodes[0].port}`, SIDECAR_REALTIME__TRANSPORTS: WS_ONLY },
+  });
+  assert.notEqual(run.code, 0, `startup fails:\n${run.stderr}`);
+  assert.match(run.stderr, /cluster\.redis_url .* points at a node of a Redis Cluster: use the redis-cluster:\/\/ scheme/);
+});
+
 /** The node (index into `nodes`) that owns `key`'s slot. */
 function owner(key) {
   const slot = Number(cli(nodes[0].port, 'CLUSTER', 'KEYSLOT', key));
