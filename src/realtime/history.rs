@@ -703,6 +703,36 @@ fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hash tag Redis Cluster hashes for `key`: what is between the first `{` and the
+    /// next `}`, when not empty; else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&close| close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn a_rooms_keys_share_one_slot() {
+        assert_eq!(
+            RedisHistory::keys("user:42"),
+            [
+                "sockgate:history:{user:42}",
+                "sockgate:history:{user:42}:epoch"
+            ]
+        );
+        for room in ["user:42", "", "}x", "user:{a}", "user:a}b", "{", "user:{}"] {
+            let [stream, epoch]: [String; 2] =
+                RedisHistory::keys(room).try_into().expect("two keys");
+            assert_eq!(hash_tag(&stream), hash_tag(&epoch), "room {room:?}");
+            assert_ne!(hash_tag(&stream), stream, "room {room:?} has a tag");
+        }
+    }
     use serde_json::json;
 
     fn offsets(replay: Replay) -> Vec<String> {
