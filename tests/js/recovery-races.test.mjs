@@ -119,7 +119,7 @@ test('cluster: at the trim edge the replay is whole when continuous and recovery
   await all.waitCount(TOTAL, `${TOTAL} live messages`, 10_000);
   const offsets = all.metas.map((m) => m.offset);
   const ids = offsets.map((o) => o.slice(o.indexOf(':') + 1));
-  const key = 'sockgate:history:user:edge';
+  const key = 'sockgate:history:{user:edge}';
   const oldestKept = ids.indexOf(redisCli(redis, 'XRANGE', key, '-', '+', 'COUNT', '1')[0]);
   assert.ok(oldestKept > 2, `the stream was trimmed (oldest kept: message ${oldestKept + 1} of ${TOTAL})`);
   const messages = (from) => Array.from({ length: TOTAL - from }, (_, i) => from + i + 1);
