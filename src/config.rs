@@ -202,8 +202,14 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// `redis://[:password@]host:port[/db]` (Redis ≥ 7); empty = single instance, in memory.
+    /// `redis://[[user]:password@]host:port[/db]` (Redis ≥ 7), `rediss://` for TLS,
+    /// `redis[s]-cluster://host:port?node=host2:port2` for a Redis Cluster,
+    /// `redis[s]-sentinel://host:port?node=…&sentinelServiceName=…` behind Sentinel; empty =
+    /// single instance, in memory.
     pub redis_url: String,
+    /// A PEM file of CA certificates trusted for a TLS Redis (`rediss…` URLs), besides the
+    /// system's; empty = the system's only.
+    pub tls_ca_file: String,
     /// How long cluster-wide questions (presence, stats) wait for the other instances.
     pub request_timeout_ms: u64,
 }
@@ -212,6 +218,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            tls_ca_file: String::new(),
             request_timeout_ms: 1_000,
         }
     }
@@ -675,10 +682,13 @@ impl Config {
             ));
         }
         let redis = &self.cluster.redis_url;
-        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+        if !redis.is_empty() {
+            crate::cluster::redis_config(redis, &self.cluster.tls_ca_file)
+                .map_err(|(key, reason)| fail(key, reason))?;
+        } else if !self.cluster.tls_ca_file.is_empty() {
             return Err(fail(
-                "cluster.redis_url",
-                "must start with redis:// or rediss:// (or be empty for a single instance)".into(),
+                "cluster.tls_ca_file",
+                "is set but cluster.redis_url is empty (a single instance uses no Redis)".into(),
             ));
         }
         if !self.publish.tcp_listen.is_empty() {

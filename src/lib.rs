@@ -90,8 +90,13 @@ pub async fn run(
                 );
             }
             Some(
-                cluster::connect(url, ms(config.cluster.request_timeout_ms), metrics.clone())
-                    .await?,
+                cluster::connect(
+                    url,
+                    &config.cluster.tls_ca_file,
+                    ms(config.cluster.request_timeout_ms),
+                    metrics.clone(),
+                )
+                .await?,
             )
         }
     };

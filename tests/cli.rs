@@ -57,3 +57,59 @@ fn a_bad_port_flag_value_names_the_flag() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--port"), "{stderr}");
 }
+
+#[test]
+fn a_bad_redis_url_names_the_key_and_hides_the_password() {
+    for url in [
+        "http://:hunter2@db:6379",
+        "redis-sentinel://:hunter2@s1:26379",
+        "redis://:hunter2@db:notaport",
+    ] {
+        let (code, stderr) = run(
+            &["--upstream", "http://localhost:4321", "--print-config"],
+            &[("SIDECAR_CLUSTER__REDIS_URL", url)],
+        );
+        assert_eq!(code, 2, "{url}: {stderr}");
+        assert!(stderr.contains("cluster.redis_url"), "{url}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{url}: {stderr}");
+    }
+    for url in [
+        "redis://app:pw@db:6379/0",
+        "rediss://:pw@db:6380",
+        "redis-cluster://db1:7000?node=db2:7000",
+        "rediss-cluster://db1:7000",
+        "redis-sentinel://s1:26379?node=s2:26379&sentinelServiceName=mymaster",
+    ] {
+        let (code, stderr) = run(
+            &["--upstream", "http://localhost:4321", "--print-config"],
+            &[("SIDECAR_CLUSTER__REDIS_URL", url)],
+        );
+        assert_eq!(code, 0, "{url}: {stderr}");
+    }
+}
+
+#[test]
+fn a_ca_file_needs_a_tls_url_and_a_readable_file() {
+    let (code, stderr) = run(
+        &["--upstream", "http://localhost:4321", "--print-config"],
+        &[
+            ("SIDECAR_CLUSTER__REDIS_URL", "redis://db:6379"),
+            ("SIDECAR_CLUSTER__TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cluster.tls_ca_file"), "{stderr}");
+    let (code, stderr) = run(
+        &["--upstream", "http://localhost:4321", "--print-config"],
+        &[
+            ("SIDECAR_CLUSTER__REDIS_URL", "rediss://db:6379"),
+            ("SIDECAR_CLUSTER__TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("cluster.tls_ca_file") && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
+}

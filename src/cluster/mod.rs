@@ -3,6 +3,13 @@
 //! [`driver::ClusterDriver`]) — no protocol of ours. This module owns the connection to Redis
 //! and the [`Link`]: whether cross-instance delivery works right now.
 //!
+//! Redis may be a single server (`redis://`, `rediss://` for TLS), a Redis Cluster
+//! (`redis-cluster://`, `rediss-cluster://`) or a server behind Sentinel (`redis-sentinel://`,
+//! `rediss-sentinel://`), in fred's URL syntax ([`redis_config`]). On a Redis Cluster, every
+//! multi-key script keeps its keys in one slot (the history's keys share a hash tag), and
+//! sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`, `PUBSUB SHARDNUMSUB`) goes to the node that owns
+//! each channel's slot; sockgate's relay of kept messages is off there ([`Cluster::redis_cluster`]).
+//!
 //! fred reconnects with backoff and re-subscribes after an outage; while Redis is away the
 //! hub sees [`Link::is_up`] turn false and delivers to local sockets only, so an instance
 //! keeps serving its own users until cross-instance delivery resumes.
@@ -53,6 +60,10 @@ pub struct Cluster {
     pub canary: Canary,
     /// The subscription connection's driver, for channels of sockgate's own.
     pub driver: ClusterDriver,
+    /// Redis is a Redis Cluster: a script may touch only the keys and channels of one slot, so
+    /// kept messages cannot be published from the script that appends them (the relay is off,
+    /// see [`crate::realtime`]).
+    pub redis_cluster: bool,
 }
 
 /// The live connection to Redis, and whether cross-instance delivery works right now.
@@ -106,11 +117,18 @@ impl Link {
 
     /// How many instances subscribe each of the sharded `channels`, asked on the subscription
     /// connection (RESP3 takes commands there): a stalled command connection does not hold it.
+    /// One command per channel: on a Redis Cluster fred sends each to the node owning the
+    /// channel's slot, where its sharded subscribers are (another node counts none).
     pub async fn shard_subscribers(
         &self,
         channels: Vec<String>,
     ) -> Result<Vec<(String, u64)>, fred::error::Error> {
-        self.client.pubsub_shardnumsub(channels).await
+        let mut counts = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let count: Vec<(String, u64)> = self.client.pubsub_shardnumsub(channel).await?;
+            counts.extend(count);
+        }
+        Ok(counts)
     }
 
     /// Outages ended so far; changes each time the link comes back after one.
@@ -307,18 +325,103 @@ pub async fn subscribe_each(
     Ok(())
 }
 
-/// Connects to Redis (≥ 7, RESP3). Fails with the (password-free) URL when Redis refuses
-/// the connection, or does not answer within 5 s, at startup: a platform restart is clearer
-/// than an instance that silently serves only its own sockets.
+/// The URL schemes taken, fred's (its `valkey…` spellings aside).
+const SCHEMES: [&str; 6] = [
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "rediss-cluster://",
+    "redis-sentinel://",
+    "rediss-sentinel://",
+];
+
+/// The client configuration for `url` (fred's URL syntax, see the module doc), trusting the
+/// CA certificates of the PEM file `ca_file` besides the system's when it is not empty. An
+/// error names the configuration key to fix and why, without the URL's passwords.
+pub fn redis_config(url: &str, ca_file: &str) -> Result<RedisConfig, (&'static str, String)> {
+    let shown = redact(url);
+    if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+        return Err((
+            "cluster.redis_url",
+            format!(
+                "`{shown}` must start with {} (or be empty for a single instance)",
+                SCHEMES.join(", ")
+            ),
+        ));
+    }
+    let mut config = RedisConfig::from_url(url).map_err(|e| {
+        (
+            "cluster.redis_url",
+            format!("`{shown}` is not a Redis URL: {}", e.details()),
+        )
+    })?;
+    config.version = RespVersion::RESP3;
+    if !ca_file.is_empty() {
+        if config.tls.is_none() {
+            return Err((
+                "cluster.tls_ca_file",
+                format!(
+                    "is set but cluster.redis_url `{shown}` does not use TLS (rediss://, \
+                     rediss-cluster:// or rediss-sentinel://)"
+                ),
+            ));
+        }
+        let trusted = trusting(ca_file).map_err(|e| ("cluster.tls_ca_file", e))?;
+        config.tls = Some(fred::types::config::TlsConnector::from(trusted).into());
+    }
+    Ok(config)
+}
+
+/// A TLS client configuration trusting the system's CA certificates and those of `ca_file`.
+fn trusting(ca_file: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    // The system's certificates that load (a missing system store is no reason to refuse the
+    // file's).
+    let (system, _) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let mut added = 0usize;
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("cannot read `{ca_file}`: {e}"))?;
+    for cert in certs {
+        let cert =
+            cert.map_err(|e| format!("`{ca_file}` is not a PEM file of certificates: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("`{ca_file}` holds a certificate rustls cannot use: {e}"))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(format!("`{ca_file}` holds no PEM certificate"));
+    }
+    tracing::debug!(
+        system,
+        added,
+        "trusting the CA certificates of cluster.tls_ca_file"
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot configure TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Connects to Redis (≥ 7, RESP3) at `url`, trusting `ca_file` too for TLS (see
+/// [`redis_config`]). Fails with the (password-free) URL when Redis refuses the connection,
+/// or does not answer within 5 s, at startup: a platform restart is clearer than an instance
+/// that silently serves only its own sockets.
 pub async fn connect(
     url: &str,
+    ca_file: &str,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Cluster> {
     let shown = redact(url);
-    let mut config = RedisConfig::from_url(url)
-        .with_context(|| format!("cluster.redis_url `{shown}` is not a Redis URL"))?;
-    config.version = RespVersion::RESP3;
+    let config =
+        redis_config(url, ca_file).map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?;
+    let redis_cluster = config.server.is_clustered();
     let mut builder = Builder::from_config(config);
     builder
         // Retries at most 1 s apart: after a stall, or a restart, the link is back within
@@ -359,6 +462,16 @@ pub async fn connect(
         restored: Arc::new(watch::channel(0).0),
         recheck: Arc::new(Notify::new()),
     };
+    // First, so that a Redis Cluster node behind a plain URL is named before a subscription
+    // fails with MOVED.
+    at_startup(&shown, commands.init()).await?;
+    if !redis_cluster && is_cluster_node(&commands).await {
+        anyhow::bail!(
+            "cluster.redis_url `{shown}` points at a node of a Redis Cluster: use the \
+             redis-cluster:// scheme (rediss-cluster:// for TLS) with the same host, port and \
+             credentials, else the keys and channels of the other nodes' slots fail with MOVED"
+        );
+    }
     let losses = driver::Losses::new(link.clone(), metrics);
     let driver = at_startup(&shown, ClusterDriver::new(client, losses)).await?;
     let prober = socketioxide_core::Uid::new();
@@ -377,7 +490,6 @@ pub async fn connect(
         driver: driver.clone(),
         commands: commands.clone(),
     };
-    at_startup(&shown, commands.init()).await?;
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
         driver.clone(),
@@ -389,7 +501,21 @@ pub async fn connect(
         commands,
         canary,
         driver,
+        redis_cluster,
     })
+}
+
+/// Whether the server says it is a Redis Cluster node (`INFO cluster`: `cluster_enabled:1`).
+/// A server that does not answer `INFO` (some managed offerings restrict it) is taken as not.
+async fn is_cluster_node(commands: &fred::clients::Client) -> bool {
+    let info = commands.custom::<String, &str>(
+        fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false),
+        vec!["cluster"],
+    );
+    match tokio::time::timeout(STARTUP_TIMEOUT, info).await {
+        Ok(Ok(info)) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
+        _ => false,
+    }
 }
 
 /// `connecting`, bounded by the startup timeout, with errors that name the URL.
@@ -410,13 +536,23 @@ where
         .with_context(|| format!("cannot connect to Redis at `{shown}` (cluster.redis_url)"))
 }
 
-/// The URL without its password, for logs and errors.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// The URL without its credentials (the user and password before the host, Sentinel's
+/// `sentinelPassword`), for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    let shown = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
         }
         _ => url.to_string(),
+    };
+    const SECRET: &str = "sentinelPassword=";
+    match shown.find(SECRET) {
+        Some(start) => {
+            let value = start + SECRET.len();
+            let end = shown[value..].find('&').map_or(shown.len(), |e| value + e);
+            format!("{}***{}", &shown[..value], &shown[end..])
+        }
+        None => shown,
     }
 }
 
@@ -452,5 +588,56 @@ mod tests {
             super::redact("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+        assert_eq!(
+            super::redact("rediss://app:secret@db:6380/0"),
+            "rediss://***@db:6380/0"
+        );
+        assert_eq!(
+            super::redact(
+                "redis-sentinel://:secret@s1:26379?sentinelServiceName=m&sentinelPassword=hush&node=s2:26379"
+            ),
+            "redis-sentinel://***@s1:26379?sentinelServiceName=m&sentinelPassword=***&node=s2:26379"
+        );
+    }
+
+    #[test]
+    fn managed_redis_urls_are_taken() {
+        let cluster = super::redis_config(
+            "redis-cluster://app:secret@10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000",
+            "",
+        )
+        .expect("a cluster URL");
+        assert!(cluster.server.is_clustered());
+        assert_eq!(cluster.username.as_deref(), Some("app"));
+        assert_eq!(cluster.password.as_deref(), Some("secret"));
+        let tls = super::redis_config("rediss://:secret@db:6380", "").expect("a TLS URL");
+        assert!(tls.tls.is_some() && tls.server.is_centralized());
+        let tls_cluster =
+            super::redis_config("rediss-cluster://db:7000", "").expect("a TLS cluster URL");
+        assert!(tls_cluster.tls.is_some() && tls_cluster.server.is_clustered());
+        let sentinel = super::redis_config(
+            "redis-sentinel://s1:26379/0?node=s2:26379&sentinelServiceName=mymaster",
+            "",
+        )
+        .expect("a Sentinel URL");
+        assert!(sentinel.server.is_sentinel());
+    }
+
+    #[test]
+    fn bad_urls_name_the_key_without_the_password() {
+        let (key, reason) =
+            super::redis_config("http://:secret@db:6379", "").expect_err("not Redis");
+        assert_eq!(key, "cluster.redis_url");
+        assert!(!reason.contains("secret"), "{reason}");
+        let (key, reason) =
+            super::redis_config("redis-sentinel://:secret@s1:26379", "").expect_err("no service");
+        assert_eq!(key, "cluster.redis_url");
+        assert!(!reason.contains("secret"), "{reason}");
+        let (key, _) = super::redis_config("redis://db:6379", "/etc/ca.pem").expect_err("no TLS");
+        assert_eq!(key, "cluster.tls_ca_file");
+        let (key, reason) = super::redis_config("rediss://db:6379", "/nonexistent/ca.pem")
+            .expect_err("no such file");
+        assert_eq!(key, "cluster.tls_ca_file");
+        assert!(reason.contains("/nonexistent/ca.pem"), "{reason}");
     }
 }

@@ -352,7 +352,7 @@ impl MemoryHistory {
     }
 }
 
-/// Cluster history: one Redis stream per room (`sockgate:history:<room>`), trimmed to about
+/// Cluster history: one Redis stream per room (`sockgate:history:{<room>}`), trimmed to about
 /// `max_messages` entries, expiring `max_age` after its last message, and beside it the
 /// stream's generation (`…:epoch`, same lifetime), created together with the stream by one
 /// script. Offsets are `<generation>:<stream id>`: a stream that expired, was lost with
@@ -437,8 +437,16 @@ impl RedisHistory {
         vec![stream, epoch]
     }
 
+    /// `sockgate:history:{<room>}`: the room is the key's hash tag, so the stream and its
+    /// generation (`…:epoch`) share a slot on a Redis Cluster, where a script may only touch
+    /// the keys of one slot. A room the tag would come out empty for (empty, or starting with
+    /// `}`) gets `_` as its tag.
     fn stream_key(room: &str) -> String {
-        format!("sockgate:history:{room}")
+        if room.is_empty() || room.starts_with('}') {
+            format!("sockgate:history:{{_{room}}}")
+        } else {
+            format!("sockgate:history:{{{room}}}")
+        }
     }
 
     fn epoch_key(stream: &str) -> String {
@@ -695,6 +703,36 @@ fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hash tag Redis Cluster hashes for `key`: what is between the first `{` and the
+    /// next `}`, when not empty; else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&close| close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn a_rooms_keys_share_one_slot() {
+        assert_eq!(
+            RedisHistory::keys("user:42"),
+            [
+                "sockgate:history:{user:42}",
+                "sockgate:history:{user:42}:epoch"
+            ]
+        );
+        for room in ["user:42", "", "}x", "user:{a}", "user:a}b", "{", "user:{}"] {
+            let [stream, epoch]: [String; 2] =
+                RedisHistory::keys(room).try_into().expect("two keys");
+            assert_eq!(hash_tag(&stream), hash_tag(&epoch), "room {room:?}");
+            assert_ne!(hash_tag(&stream), stream, "room {room:?} has a tag");
+        }
+    }
     use serde_json::json;
 
     fn offsets(replay: Replay) -> Vec<String> {

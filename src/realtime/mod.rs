@@ -174,6 +174,17 @@ pub async fn start(
         )),
     };
     let relay = match (&cluster, history.as_ref().and_then(History::shared)) {
+        // On a Redis Cluster the append script may not publish to the relay's channel (another
+        // slot than the stream's): kept messages go through the adapter, as while an older
+        // sockgate is connected — at least once across instances, clients dropping offsets
+        // they have seen (README, "Managed Redis").
+        (Some(c), Some(_)) if c.redis_cluster => {
+            tracing::info!(
+                "Redis Cluster: kept messages cross instances through the adapter (at least \
+                 once; clients drop offsets they have seen), not sockgate's relay"
+            );
+            None
+        }
         (Some(c), Some(shared)) => Some((
             Arc::new(Relay::new(
                 shared.clone(),

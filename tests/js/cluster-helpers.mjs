@@ -92,14 +92,14 @@ export function redisPing(port, host = '127.0.0.1') {
 }
 
 /**
- * Starts `redis-server` on 127.0.0.1:`port` (no persistence) and waits until it answers PING.
- * Returns {port, url, pid, kill(signal), exited, waitExit()}.
+ * Starts `redis-server` on 127.0.0.1:`port` (no persistence; `args` appended, e.g. cluster mode)
+ * and waits until it answers PING. Returns {port, url, pid, kill(signal), exited, waitExit()}.
  */
-export async function startRedis(port, { timeout = 10_000 } = {}) {
+export async function startRedis(port, { timeout = 10_000, args = [] } = {}) {
   const dir = tmpDir('sockgate-redis-');
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...args],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const rec = track(`redis:${port}`, child);

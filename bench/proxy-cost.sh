@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Where a proxied request's cost goes, sockgate vs nginx, side by side in one run:
+#   bench/proxy-cost.sh [SOCKGATE_BINARY...]
+# A fast upstream (`loadgen upstream`) and wrk (64 connections) on core 1; each proxy alone on
+# core 0 (nginx: 1 worker, upstream keepalive 64). Prints, per proxy and run: req/s, CPU µs per
+# request (utime+stime of the proxy process over the wrk run / requests), then syscalls and
+# context switches per request (perf stat on the proxy's pid). Several sockgate binaries
+# (e.g. two build profiles) are measured in the same run. Bounded: RUNS × SECS per proxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-5}; RUNS=${RUNS:-3}
+for tool in wrk taskset perf python3; do
+  command -v "$tool" >/dev/null || { echo "bench/proxy-cost.sh: '$tool' is required (apt-get install wrk linux-perf)" >&2; exit 2; }
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || { echo "bench/proxy-cost.sh: nginx is required (apt-get install nginx-light)" >&2; exit 2; }
+if [ $# -eq 0 ]; then
+  cargo build --release --quiet -p sockgate -p loadgen
+  set -- "$PWD/target/release/sockgate"
+else
+  cargo build --release --quiet -p loadgen
+fi
+LOADGEN=$PWD/target/release/loadgen
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sockgate-bench-XXXXXX")
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; sleep 0.3; rm -rf "$WORK"' EXIT
+UP=39301; NG=39302
+taskset -c 1 "$LOADGEN" upstream --listen 127.0.0.1:$UP --max-secs 900 >/dev/null 2>&1 & PIDS+=($!)
+mkdir -p "$WORK/nginx/tmp"
+cat >"$WORK/nginx/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/b; proxy_temp_path $WORK/nginx/tmp/p; fastcgi_temp_path $WORK/nginx/tmp/f;
+  uwsgi_temp_path $WORK/nginx/tmp/u; scgi_temp_path $WORK/nginx/tmp/s;
+  upstream app { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$NG; location / {
+    proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host; } }
+}
+NGX
+taskset -c 0 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
+NAMES=(nginx); declare -A PORT PID
+PORT[nginx]=$NG
+i=0
+for sg in "$@"; do
+  i=$((i + 1)); name="sockgate#$i"; NAMES+=("$name"); PORT[$name]=$((39310 + i))
+  mkdir -p "$WORK/$name"
+  (cd "$WORK/$name" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=${PORT[$name]} \
+    SIDECAR_UPSTREAM__URL=http://127.0.0.1:$UP SIDECAR_PUBLISH__SOCKET="$WORK/$name/p.sock" RUST_LOG=warn \
+    taskset -c 0 "$sg" >"$WORK/$name/log" 2>&1) & PIDS+=($!); PID[$name]=$!
+  echo "sockgate#$i = $sg"
+done
+for _ in $(seq 50); do curl -fso /dev/null "http://127.0.0.1:$NG/" && break; sleep 0.1; done
+sleep 1
+PID[nginx]=$(pgrep -P "$(cat "$WORK/nginx/nginx.pid")" | head -1)
+HZ=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+for r in $(seq "$RUNS"); do
+  for name in "${NAMES[@]}"; do
+    c0=$(cpu "${PID[$name]}")
+    out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" "http://127.0.0.1:${PORT[$name]}/" 2>&1)
+    c1=$(cpu "${PID[$name]}")
+    n=$(echo "$out" | awk '/requests in/{print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    printf '%-11s run %d: %8.0f req/s  %5.1f µs CPU/request\n' "$name" "$r" "$rps" \
+      "$(python3 -c "print(($c1 - $c0) / $HZ * 1e6 / $n)")"
+  done
+done
+echo "per request, under the same load (perf stat on the proxy process, 4 s):"
+for name in "${NAMES[@]}"; do
+  taskset -c 1 wrk -t1 -c64 -d6s "http://127.0.0.1:${PORT[$name]}/" >"$WORK/wrk.txt" 2>&1 & w=$!
+  sleep 1
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait \
+    -p "${PID[$name]}" -- sleep 4 2>"$WORK/perf.txt" >/dev/null
+  wait $w
+  rps=$(awk '/Requests\/sec/{print $2}' "$WORK/wrk.txt")
+  printf '%-11s' "$name"
+  awk -F, -v rps="$rps" '{ n = $3; sub(/^syscalls:sys_enter_/, "", n); sub(/^raw_syscalls:sys_enter/, "syscalls", n);
+    printf "  %s %.2f", n, $1 / (rps * 4) } END { print "" }' "$WORK/perf.txt"
+done
