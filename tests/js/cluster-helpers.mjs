@@ -1,11 +1,11 @@
 // Helpers for tests/js/cluster.test.mjs: a throwaway redis-server per test file, and a way to
 // run sockgate with its stdout and stderr kept apart (harness.mjs merges them).
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, afterEach } from 'node:test';
 import net from 'node:net';
-import { SOCKGATE_BIN, sockgateEnv, tmpDir, waitFor, withTimeout } from './harness.mjs';
+import { SOCKGATE_BIN, freePort, sockgateEnv, tmpDir, waitFor, withTimeout } from './harness.mjs';
 
 const VERBOSE = !!(process.env.SOCKGATE_TEST_VERBOSE || process.env.SOCKGATE_TEST_LOG);
 
@@ -135,6 +135,57 @@ export async function startRedis(port, { timeout = 10_000, args = [] } = {}) {
       await withTimeout(rec.exitPromise, 5000, `redis-server ${port} to exit`);
     },
   };
+}
+
+/** Why a Redis Cluster cannot be started here (no redis-server or redis-cli), or false. */
+export function redisClusterUnsupported() {
+  if (!findRedisServer()) return 'redis-server is not on PATH (install redis-server to run the Redis Cluster tests)';
+  try {
+    execFileSync('redis-cli', ['--version'], { stdio: 'ignore' });
+  } catch {
+    return 'redis-cli is not on PATH (it creates the Redis Cluster)';
+  }
+  return false;
+}
+
+/**
+ * Starts a 3-node Redis Cluster on free loopback ports (`--cluster-enabled yes`, joined by
+ * `redis-cli --cluster create … --cluster-replicas 0`) and waits for cluster_state:ok.
+ * Resolves {nodes, url} (`url`: the redis-cluster:// URL sockgate takes), or {skip} when this
+ * redis-server cannot run a cluster.
+ */
+export async function startRedisCluster() {
+  const dir = tmpDir('sockgate-rcluster-');
+  const ports = [await freePort(), await freePort(), await freePort()];
+  let nodes;
+  try {
+    nodes = await Promise.all(
+      ports.map((p) =>
+        startRedis(p, {
+          args: ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${p}.conf`)],
+        }),
+      ),
+    );
+  } catch (e) {
+    // A redis-server built without cluster support refuses the option and exits at once.
+    if (/cluster/i.test(String(e.message))) {
+      return { skip: `redis-server cannot run a Redis Cluster here: ${String(e.message).split('\n')[0]}` };
+    }
+    throw e;
+  }
+  execFileSync(
+    'redis-cli',
+    ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
+    { encoding: 'utf8', timeout: 30_000 },
+  );
+  const info = (p) =>
+    execFileSync('redis-cli', ['-p', String(p), 'CLUSTER', 'INFO'], { encoding: 'utf8', timeout: 10_000 });
+  await waitFor(() => ports.every((p) => info(p).includes('cluster_state:ok')), {
+    timeout: 20_000,
+    message: 'every Redis Cluster node to report cluster_state:ok',
+  });
+  const url = `redis-cluster://127.0.0.1:${ports[0]}?node=127.0.0.1:${ports[1]}&node=127.0.0.1:${ports[2]}`;
+  return { nodes, url };
 }
 
 /**

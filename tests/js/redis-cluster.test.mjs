@@ -26,22 +26,11 @@ import {
   connected,
   waitFor,
 } from './harness.mjs';
-import { findRedisServer, startRedis, runSockgateToExit } from './cluster-helpers.mjs';
+import { findRedisServer, startRedis, runSockgateToExit, redisClusterUnsupported, startRedisCluster } from './cluster-helpers.mjs';
 
 const WS_ONLY = '["websocket"]';
 
-/** Why the cluster tests cannot run here, or false. */
-function clusterUnsupported() {
-  if (!findRedisServer()) return 'redis-server is not on PATH (install redis-server to run the Redis Cluster tests)';
-  try {
-    execFileSync('redis-cli', ['--version'], { stdio: 'ignore' });
-  } catch {
-    return 'redis-cli is not on PATH (it creates the Redis Cluster)';
-  }
-  return false;
-}
-
-let SKIP = clusterUnsupported();
+let SKIP = redisClusterUnsupported();
 let fixture;
 let nodes = [];
 let A;
@@ -52,36 +41,15 @@ const cli = (port, ...args) =>
 
 before(async () => {
   if (SKIP) return;
-  const dir = tmpDir('sockgate-rcluster-');
-  const ports = [await freePort(), await freePort(), await freePort()];
-  try {
-    nodes = await Promise.all(
-      ports.map((p) =>
-        startRedis(p, {
-          args: ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${p}.conf`)],
-        }),
-      ),
-    );
-  } catch (e) {
-    // A redis-server built without cluster support refuses the option and exits at once.
-    if (/cluster/i.test(String(e.message))) {
-      SKIP = `redis-server cannot run a Redis Cluster here: ${String(e.message).split('\n')[0]}`;
-      return;
-    }
-    throw e;
+  const cluster = await startRedisCluster();
+  if (cluster.skip) {
+    SKIP = cluster.skip;
+    return;
   }
-  execFileSync(
-    'redis-cli',
-    ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'],
-    { encoding: 'utf8', timeout: 30_000 },
-  );
-  await waitFor(() => ports.every((p) => cli(p, 'CLUSTER', 'INFO').includes('cluster_state:ok')), {
-    timeout: 20_000,
-    message: 'every Redis Cluster node to report cluster_state:ok',
-  });
+  nodes = cluster.nodes;
   fixture = await startFixture();
   const env = {
-    SIDECAR_CLUSTER__REDIS_URL: `redis-cluster://127.0.0.1:${ports[0]}?node=127.0.0.1:${ports[1]}&node=127.0.0.1:${ports[2]}`,
+    SIDECAR_CLUSTER__REDIS_URL: cluster.url,
     SIDECAR_REALTIME__TRANSPORTS: WS_ONLY,
   };
   [A, B] = await Promise.all([

@@ -17,7 +17,7 @@ import {
   sleep,
 } from './harness.mjs';
 import { metrics } from './fault-helpers.mjs';
-import { findRedisServer, startRedis } from './cluster-helpers.mjs';
+import { findRedisServer, startRedis, redisClusterUnsupported, startRedisCluster } from './cluster-helpers.mjs';
 import { verifyWebhook } from '../../clients/node/index.mjs';
 
 const SECRET = 'test-webhook-secret';
@@ -176,8 +176,26 @@ test('receiver down: the queue stays bounded and drops the oldest, counted', asy
   }
 });
 
-const REDIS = findRedisServer();
-describe('webhooks, two cluster instances', { skip: REDIS ? false : 'redis-server is not on PATH' }, () => {
+/** One Redis: {url, stop}. */
+async function oneRedis() {
+  const redis = await startRedis(await freePort());
+  return { url: redis.url, stop: () => redis.kill('SIGKILL') };
+}
+
+/** A 3-node Redis Cluster: {url, stop}, or {skip}. */
+async function redisCluster() {
+  const cluster = await startRedisCluster();
+  if (cluster.skip) return cluster;
+  return { url: cluster.url, stop: () => Promise.all(cluster.nodes.map((n) => n.kill('SIGKILL'))) };
+}
+
+const clusterSetups = [
+  ['one Redis', findRedisServer() ? false : 'redis-server is not on PATH', oneRedis],
+  ['a Redis Cluster', redisClusterUnsupported(), redisCluster],
+];
+
+for (const [backend, unsupported, startBackend] of clusterSetups)
+describe(`webhooks, two cluster instances on ${backend}`, { skip: unsupported }, () => {
   let receiver;
   let fixture;
   let redis;
@@ -185,13 +203,16 @@ describe('webhooks, two cluster instances', { skip: REDIS ? false : 'redis-serve
   let B;
   const WS = ['websocket'];
 
-  before(async () => {
+  before(async (t) => {
+    redis = await startBackend();
+    if (redis.skip) {
+      t.skip(redis.skip);
+      return;
+    }
     receiver = await startReceiver();
     fixture = await startFixture();
-    const redisPort = await freePort();
-    redis = await startRedis(redisPort);
     const env = hookEnv(receiver.url, {
-      SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      SIDECAR_CLUSTER__REDIS_URL: redis.url,
       SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
       SIDECAR_WEBHOOKS__INSTANCE_TTL_MS: '1500',
     });
@@ -204,7 +225,7 @@ describe('webhooks, two cluster instances', { skip: REDIS ? false : 'redis-serve
   after(async () => {
     await Promise.all([A?.stop(), B?.stop()].filter(Boolean)).catch(() => {});
     await fixture?.stop().catch(() => {});
-    await redis?.kill('SIGKILL').catch(() => {});
+    await redis?.stop?.().catch(() => {});
     await receiver?.close();
   });
 
