@@ -299,7 +299,8 @@ pub struct WebhooksConfig {
     /// Where batches are POSTed: a path starting with `/` (on the app, `upstream.url`) or a
     /// plain `http://host:port/path` URL; empty = webhooks off.
     pub url: String,
-    /// Which events are sent: `user.online`, `user.offline`.
+    /// Which events are sent: `user.online`, `user.offline`, `room.occupied`,
+    /// `room.vacated`, `member.added`, `member.removed`.
     pub events: Vec<String>,
     /// HMAC-SHA256 key; when set every POST carries `X-Sockgate-Signature: sha256=<hex>` of
     /// the exact body.
@@ -344,7 +345,14 @@ impl Default for WebhooksConfig {
 }
 
 /// The webhook events sockgate knows.
-pub const WEBHOOK_EVENTS: [&str; 2] = ["user.online", "user.offline"];
+pub const WEBHOOK_EVENTS: [&str; 6] = [
+    "user.online",
+    "user.offline",
+    "room.occupied",
+    "room.vacated",
+    "member.added",
+    "member.removed",
+];
 
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

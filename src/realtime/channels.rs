@@ -29,6 +29,7 @@ use super::auth::SessionAuth;
 use super::roster::{Member, Roster};
 use super::{INTERNAL_PREFIX, Identity, log_id};
 use crate::config::Config;
+use crate::webhooks::Webhooks;
 
 /// Longest room name accepted, in bytes.
 pub const MAX_ROOM_BYTES: usize = 128;
@@ -196,17 +197,25 @@ pub(super) struct Channels {
     rules: RoomRules,
     auth: Arc<SessionAuth>,
     roster: Arc<Roster>,
+    webhooks: Webhooks,
     authorize_path: PathAndQuery,
     public_prefixes: Vec<String>,
     per_sec: f64,
 }
 
 impl Channels {
-    pub(super) fn new(config: &Config, auth: Arc<SessionAuth>, roster: Arc<Roster>) -> Self {
+    /// Joins and leaves are told to `roster` (presence rooms) and `webhooks` (occupancy).
+    pub(super) fn new(
+        config: &Config,
+        auth: Arc<SessionAuth>,
+        roster: Arc<Roster>,
+        webhooks: Webhooks,
+    ) -> Self {
         Self {
             rules: RoomRules::new(config),
             auth,
             roster,
+            webhooks,
             authorize_path: config
                 .channels
                 .authorize_path
@@ -272,8 +281,11 @@ impl Channels {
         let mut joined = membership.lock();
         joined.closed = true;
         let rooms = std::mem::take(&mut joined.rooms);
-        for room in rooms.iter().filter(|r| self.roster.is_presence(r)) {
-            self.roster.left(room, &identity.user_id);
+        for room in &rooms {
+            self.webhooks.room_left(room);
+            if self.roster.is_presence(room) {
+                self.roster.left(room, &identity.user_id);
+            }
         }
     }
 
@@ -284,9 +296,12 @@ impl Channels {
             return;
         }
         socket.join(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        for room in rooms.iter().filter(|r| self.roster.is_presence(r)) {
-            self.roster
-                .joined(room, &identity.user_id, identity.info.as_ref());
+        for room in rooms {
+            self.webhooks.room_joined(room);
+            if self.roster.is_presence(room) {
+                self.roster
+                    .joined(room, &identity.user_id, identity.info.as_ref());
+            }
         }
     }
 
@@ -296,8 +311,11 @@ impl Channels {
             return;
         }
         socket.leave(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
-        for room in rooms.iter().filter(|r| self.roster.is_presence(r)) {
-            self.roster.left(room, &identity.user_id);
+        for room in rooms {
+            self.webhooks.room_left(room);
+            if self.roster.is_presence(room) {
+                self.roster.left(room, &identity.user_id);
+            }
         }
     }
 

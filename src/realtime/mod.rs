@@ -170,8 +170,14 @@ pub async fn start(
     let redis = cluster
         .as_ref()
         .map(|c| (c.commands.clone(), c.link.clone()));
-    let roster = Arc::new(Roster::start(settings, redis.clone()));
-    let channels = Arc::new(Channels::new(settings, auth.clone(), roster.clone()));
+    let webhooks = Webhooks::start(settings, redis.clone(), metrics.clone());
+    let roster = Arc::new(Roster::start(settings, redis, webhooks.clone()));
+    let channels = Arc::new(Channels::new(
+        settings,
+        auth.clone(),
+        roster.clone(),
+        webhooks.clone(),
+    ));
     let revalidation = Revalidation {
         every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
         concurrency: settings.auth.max_concurrent,
@@ -263,7 +269,7 @@ pub async fn start(
         room_prefix: config.room_prefix.clone().into(),
         journal: journal.clone(),
         relay: relay.as_ref().map(|(r, _)| r.clone()),
-        webhooks: Webhooks::start(settings, redis, metrics.clone()),
+        webhooks,
         channels,
     };
     let room_prefix = config.room_prefix.clone();

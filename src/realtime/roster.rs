@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, ms};
 use crate::occupancy::{self, Change, GROUP_SEPARATOR, Transition};
+use crate::webhooks::Webhooks;
 
 /// The events members of a presence room get.
 pub const JOIN_EVENT: &str = "presence:join";
@@ -75,10 +76,12 @@ pub struct Roster {
 impl Roster {
     /// Starts the tracker; `redis` (cluster mode: a command connection and the link's
     /// health) makes presence cluster-wide. Nothing is announced before
-    /// [`Roster::announce_on`] is given the `SocketIo`.
+    /// [`Roster::announce_on`] is given the `SocketIo`. Every arrival and departure is also
+    /// a `member.added`/`member.removed` for `webhooks`.
     pub fn start(
         settings: &Config,
         redis: Option<(fred::clients::Client, crate::cluster::Link)>,
+        webhooks: Webhooks,
     ) -> Self {
         let config = &settings.channels;
         let shared = redis.map(|(client, link)| {
@@ -116,6 +119,7 @@ impl Roster {
                     }
                 }
             }
+            webhooks.member(transition == Transition::Arrived, room, user);
             let _ = tx.send(Announcement {
                 transition,
                 room: room.to_owned(),

@@ -1,6 +1,8 @@
 //! Webhooks to the app: `user.online` when a user's first socket opens, `user.offline` when
 //! their last one closed and none opened within `webhooks.grace_ms` (a reload produces
-//! neither). Cluster-wide in cluster mode, each event decided by exactly one instance.
+//! neither); `room.occupied`/`room.vacated` the same for a channel's sockets; and
+//! `member.added`/`member.removed` when presence rooms gain or lose a user (decided by the
+//! realtime roster). Cluster-wide in cluster mode, each event decided by exactly one instance.
 //!
 //! ```text
 //! realtime (connect / disconnect) ─▶ Tab ─▶ occupancy (counts, grace, Redis) ─▶ sender ─▶ POST
@@ -24,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, ms};
+use crate::config::{Config, WEBHOOK_EVENTS, ms};
 use crate::metrics::Metrics;
 
 use crate::occupancy::{self, Change, Transition};
@@ -32,8 +34,17 @@ pub use signature::sign;
 
 /// The hook the realtime endpoint calls; does nothing when webhooks are off.
 #[derive(Clone, Default)]
-pub struct Webhooks {
-    changes: Option<mpsc::UnboundedSender<Change>>,
+pub struct Webhooks(Option<Arc<On>>);
+
+/// Webhooks that are on.
+struct On {
+    /// Users' sockets (online/offline).
+    users: mpsc::UnboundedSender<Change>,
+    /// Channels' sockets (occupied/vacated), when either event is wanted.
+    rooms: Option<mpsc::UnboundedSender<Change>>,
+    names: Names,
+    outbox: sender::Outbox,
+    minter: Minter,
 }
 
 impl Webhooks {
@@ -62,10 +73,13 @@ impl Webhooks {
         };
         let instance = socketioxide_core::Uid::new().to_string();
         let outbox = sender::Outbox::new(config.max_queue, metrics.clone());
-        let names = Names {
-            online: config.events.iter().any(|e| e == ONLINE),
-            offline: config.events.iter().any(|e| e == OFFLINE),
-        };
+        let names = Names(
+            WEBHOOK_EVENTS
+                .iter()
+                .copied()
+                .filter(|name| config.events.iter().any(|e| e == name))
+                .collect(),
+        );
         let minter = Minter {
             instance: instance.clone().into(),
             seq: Arc::new(AtomicU64::new(0)),
@@ -84,36 +98,79 @@ impl Webhooks {
             }
             .run(),
         );
-        let shared = redis.map(|(client, link)| {
-            Arc::new(occupancy::Shared::new(
-                client,
-                link,
-                instance,
-                ms(config.instance_ttl_ms),
-                NAMESPACE,
-            ))
-        });
-        let report = move |transition, user: &Arc<str>, _: Option<&Arc<str>>| {
-            let name = match transition {
-                Transition::Arrived => ONLINE,
-                Transition::Left => OFFLINE,
-            };
-            if names.enabled(name) {
-                outbox.push(minter.event(name, user.clone()));
-            }
+        let shared = |namespace| {
+            redis.clone().map(|(client, link)| {
+                Arc::new(occupancy::Shared::new(
+                    client,
+                    link,
+                    instance.clone(),
+                    ms(config.instance_ttl_ms),
+                    namespace,
+                ))
+            })
         };
-        let tx = occupancy::Tracker::spawn(shared, ms(config.grace_ms), Box::new(report));
+        let tracked = |namespace, arrived: &'static str, left: &'static str| {
+            let (names, outbox, minter) = (names.clone(), outbox.clone(), minter.clone());
+            let report = move |transition, key: &Arc<str>, _: Option<&Arc<str>>| {
+                let name = match transition {
+                    Transition::Arrived => arrived,
+                    Transition::Left => left,
+                };
+                if names.enabled(name) {
+                    let (user, room) = match arrived {
+                        ONLINE => (Some(&**key), None),
+                        _ => (None, Some(&**key)),
+                    };
+                    outbox.push(minter.event(name, user, room));
+                }
+            };
+            occupancy::Tracker::spawn(shared(namespace), ms(config.grace_ms), Box::new(report))
+        };
+        let users = tracked(USERS, ONLINE, OFFLINE);
+        let rooms = (names.enabled(OCCUPIED) || names.enabled(VACATED))
+            .then(|| tracked(ROOMS, OCCUPIED, VACATED));
         tracing::info!(url = %config.url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
-        Self { changes: Some(tx) }
+        Self(Some(Arc::new(On {
+            users,
+            rooms,
+            names,
+            outbox,
+            minter,
+        })))
     }
 
     /// A socket of `user` (when known) opened; the returned [`Tab`] is closed when it goes.
     pub fn connected(&self, user: Option<Arc<str>>) -> Tab {
-        let tab = self.changes.clone().zip(user);
+        let tab = self.0.as_ref().map(|on| on.users.clone()).zip(user);
         if let Some((changes, user)) = &tab {
             let _ = changes.send(Change::Up(user.clone(), None));
         }
         Tab(tab)
+    }
+
+    /// A socket joined channel `room` (counted for `room.occupied`).
+    pub fn room_joined(&self, room: &str) {
+        if let Some(rooms) = self.0.as_ref().and_then(|on| on.rooms.as_ref()) {
+            let _ = rooms.send(Change::Up(room.into(), None));
+        }
+    }
+
+    /// A socket left channel `room`, or closed (counted for `room.vacated`).
+    pub fn room_left(&self, room: &str) {
+        if let Some(rooms) = self.0.as_ref().and_then(|on| on.rooms.as_ref()) {
+            let _ = rooms.send(Change::Down(room.into()));
+        }
+    }
+
+    /// Presence room `room` gained (`added`) or lost `user`, as decided cluster-wide by the
+    /// realtime roster.
+    pub fn member(&self, added: bool, room: &str, user: &str) {
+        let Some(on) = &self.0 else { return };
+        let name = if added { MEMBER_ADDED } else { MEMBER_REMOVED };
+        if on.names.enabled(name) {
+            on.outbox
+                .push(on.minter.event(name, Some(user), Some(room)));
+        }
     }
 }
 
@@ -140,45 +197,46 @@ fn target(settings: &Config) -> Result<http::Uri, http::uri::InvalidUri> {
     }
 }
 
-/// Where the online users are kept in Redis (cluster mode).
-const NAMESPACE: occupancy::Namespace = occupancy::Namespace {
+/// Where the online users and occupied channels are kept in Redis (cluster mode): apart,
+/// so a user id and a room name never share a key.
+const USERS: occupancy::Namespace = occupancy::Namespace {
     prefix: "{sockgate:wh}:",
     label: "webhooks",
+};
+const ROOMS: occupancy::Namespace = occupancy::Namespace {
+    prefix: "{sockgate:wh-rooms}:",
+    label: "webhooks (rooms)",
 };
 
 pub(crate) const ONLINE: &str = "user.online";
 pub(crate) const OFFLINE: &str = "user.offline";
+pub(crate) const OCCUPIED: &str = "room.occupied";
+pub(crate) const VACATED: &str = "room.vacated";
+pub(crate) const MEMBER_ADDED: &str = "member.added";
+pub(crate) const MEMBER_REMOVED: &str = "member.removed";
 
 /// Which event names `webhooks.events` lets through.
-#[derive(Clone, Copy)]
-struct Names {
-    online: bool,
-    offline: bool,
-}
+#[derive(Clone)]
+struct Names(Vec<&'static str>);
 
 impl Names {
     fn enabled(&self, name: &str) -> bool {
-        match name {
-            ONLINE => self.online,
-            OFFLINE => self.offline,
-            _ => false,
-        }
+        self.0.contains(&name)
     }
 }
 
-/// One event as POSTed: `{"id","name","userId","at"}` (`at`: Unix time in milliseconds).
+/// One event as POSTed: `{"id","name","userId"?,"room"?,"at"}` (`at`: Unix time in
+/// milliseconds).
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
 pub struct Event {
     /// Unique per event, the same on every retry: the receiver's idempotency key.
     pub id: String,
     pub name: &'static str,
-    #[serde(rename = "userId", serialize_with = "as_str")]
-    pub user_id: Arc<str>,
+    #[serde(rename = "userId", skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
     pub at: u64,
-}
-
-fn as_str<S: serde::Serializer>(value: &Arc<str>, out: S) -> Result<S::Ok, S::Error> {
-    out.serialize_str(value)
 }
 
 /// Event ids: this instance's random id and a sequence number, unique across the cluster.
@@ -189,7 +247,7 @@ struct Minter {
 }
 
 impl Minter {
-    fn event(&self, name: &'static str, user_id: Arc<str>) -> Event {
+    fn event(&self, name: &'static str, user_id: Option<&str>, room: Option<&str>) -> Event {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -198,7 +256,8 @@ impl Minter {
         Event {
             id: format!("{}-{n}", self.instance),
             name,
-            user_id,
+            user_id: user_id.map(str::to_owned),
+            room: room.map(str::to_owned),
             at,
         }
     }
@@ -214,8 +273,8 @@ mod tests {
             instance: "abc".into(),
             seq: Arc::new(AtomicU64::new(0)),
         };
-        let a = minter.event(ONLINE, "alice".into());
-        let b = minter.event(OFFLINE, "alice".into());
+        let a = minter.event(ONLINE, Some("alice"), None);
+        let b = minter.event(OFFLINE, Some("alice"), None);
         assert_ne!(a.id, b.id);
         let json = serde_json::to_value(&a).unwrap_or_default();
         let keys: Vec<_> = json
@@ -225,6 +284,16 @@ mod tests {
         assert_eq!(keys, ["id", "name", "userId", "at"]);
         assert_eq!(json["name"], "user.online");
         assert_eq!(json["userId"], "alice");
+        let member = minter.event(MEMBER_ADDED, Some("alice"), Some("presence:d"));
+        let json = serde_json::to_value(&member).unwrap_or_default();
+        assert_eq!(json["room"], "presence:d");
+        let vacated = minter.event(VACATED, None, Some("team:1"));
+        let json = serde_json::to_value(&vacated).unwrap_or_default();
+        let keys: Vec<_> = json
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(keys, ["id", "name", "room", "at"]);
     }
 
     #[test]
@@ -245,10 +314,7 @@ mod tests {
 
     #[test]
     fn only_configured_names_pass() {
-        let names = Names {
-            online: true,
-            offline: false,
-        };
+        let names = Names(vec![ONLINE]);
         assert!(names.enabled(ONLINE));
         assert!(!names.enabled(OFFLINE));
     }

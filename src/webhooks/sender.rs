@@ -247,7 +247,8 @@ mod tests {
         Event {
             id: format!("i-{n}"),
             name: super::super::ONLINE,
-            user_id: format!("u{n}").into(),
+            user_id: Some(format!("u{n}")),
+            room: None,
             at: 0,
         }
     }

@@ -146,6 +146,60 @@ describe('webhooks, one instance', () => {
   });
 });
 
+const ALL_EVENTS = '["user.online","user.offline","room.occupied","room.vacated","member.added","member.removed"]';
+
+describe('webhooks for channels and presence members, one instance', () => {
+  let receiver;
+  let stack;
+  const roomEvents = (name, room) => receiver.events.filter((e) => e.name === name && e.room === room);
+
+  before(async () => {
+    receiver = await startReceiver();
+    stack = await startStack({
+      env: hookEnv(receiver.url, {
+        SIDECAR_WEBHOOKS__EVENTS: ALL_EVENTS,
+        SIDECAR_CHANNELS__PRESENCE_GRACE_MS: String(GRACE_MS),
+      }),
+    });
+    await stack.control({
+      sessionExtra: {
+        m1: { rooms: ['team:w', 'presence:w'] },
+        m2: { rooms: ['team:w', 'presence:w'] },
+      },
+    });
+  });
+
+  after(async () => {
+    await stack?.stop();
+    await receiver?.close();
+  });
+
+  test('room.occupied on the first socket, room.vacated after the last and the grace; member.added/removed once per user', async () => {
+    const a = [await tab(stack.url, 'm1'), await tab(stack.url, 'm1')];
+    await waitFor(() => roomEvents('room.occupied', 'team:w').length === 1, { message: 'room.occupied' });
+    await waitFor(() => roomEvents('member.added', 'presence:w').length === 1, { message: 'member.added m1' });
+    const b = await tab(stack.url, 'm2');
+    await waitFor(() => roomEvents('member.added', 'presence:w').length === 2, { message: 'member.added m2' });
+    assert.equal(roomEvents('room.occupied', 'team:w').length, 1, 'occupied once');
+    assert.equal(roomEvents('room.occupied', 'presence:w').length, 1, 'a presence room is a channel too');
+    const [occupied] = roomEvents('room.occupied', 'team:w');
+    assert.deepEqual(Object.keys(occupied), ['id', 'name', 'room', 'at']);
+    const added = roomEvents('member.added', 'presence:w');
+    assert.deepEqual(added.map((e) => e.userId), ['m1', 'm2']);
+    assert.deepEqual(Object.keys(added[0]), ['id', 'name', 'userId', 'room', 'at']);
+    a[0].close();
+    b.close();
+    await waitFor(() => roomEvents('member.removed', 'presence:w').length === 1, { message: 'member.removed m2' });
+    assert.equal(roomEvents('member.removed', 'presence:w')[0].userId, 'm2');
+    assert.equal(roomEvents('room.vacated', 'team:w').length, 0, 'm1 still has a socket there');
+    const closedAt = Date.now();
+    a[1].close();
+    await waitFor(() => roomEvents('room.vacated', 'team:w').length === 1, { message: 'room.vacated' });
+    assert.ok(Date.now() - closedAt >= GRACE_MS, 'not before the grace');
+    await waitFor(() => roomEvents('member.removed', 'presence:w').length === 2, { message: 'member.removed m1' });
+  });
+});
+
 test('receiver down: the queue stays bounded and drops the oldest, counted', async () => {
   const downPort = await freePort();
   const stack = await startStack({
@@ -215,6 +269,11 @@ describe(`webhooks, two cluster instances on ${backend}`, { skip: unsupported },
       SIDECAR_CLUSTER__REDIS_URL: redis.url,
       SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
       SIDECAR_WEBHOOKS__INSTANCE_TTL_MS: '1500',
+      SIDECAR_WEBHOOKS__EVENTS: ALL_EVENTS,
+    });
+    await fetch(`${fixture.url}/__control`, {
+      method: 'POST',
+      body: JSON.stringify({ sessionExtra: { k1: { rooms: ['team:k', 'presence:k'] } } }),
     });
     [A, B] = await Promise.all([
       startSockgate({ upstreamUrl: fixture.url, env }),
@@ -242,6 +301,20 @@ describe(`webhooks, two cluster instances on ${backend}`, { skip: unsupported },
     await waitFor(() => receiver.of('user.offline', 'c1').length === 1, { message: 'user.offline for c1' });
     await sleep(GRACE_MS + 300);
     assert.equal(receiver.of('user.offline', 'c1').length, 1, 'not sent by both instances');
+  });
+
+  test('a channel and a presence room with sockets on A and B: occupied, added, removed and vacated once each', async () => {
+    const onBoth = await Promise.all([tab(A.url, 'k1', WS), tab(B.url, 'k1', WS), tab(A.url, 'k1', WS), tab(B.url, 'k1', WS)]);
+    const of = (name, room) => receiver.events.filter((e) => e.name === name && e.room === room);
+    await waitFor(() => of('room.occupied', 'team:k').length >= 1 && of('member.added', 'presence:k').length >= 1, { message: 'occupied and added' });
+    await sleep(400);
+    assert.equal(of('room.occupied', 'team:k').length, 1);
+    assert.equal(of('member.added', 'presence:k').length, 1);
+    for (const s of onBoth) s.close();
+    await waitFor(() => of('room.vacated', 'team:k').length >= 1 && of('member.removed', 'presence:k').length >= 1, { message: 'vacated and removed' });
+    await sleep(GRACE_MS + 300);
+    assert.equal(of('room.vacated', 'team:k').length, 1);
+    assert.equal(of('member.removed', 'presence:k').length, 1);
   });
 
   test('first sockets opening on A and B at once give exactly one online', async () => {
