@@ -13,7 +13,7 @@
 // name that reaches the socket (from any room it is in). Give each room its own event names,
 // or put the room in the data, when one page listens to several rooms. presence:join and
 // presence:leave carry their `room` and are filtered by it.
-import { useEffect, useRef, useState, useSyncExternalStore } from 'react';
+import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from 'react';
 import { acquireConnection, type SharedConnection } from './useSocket';
 
 /**
@@ -267,8 +267,9 @@ export function usePresence<Info = unknown>(room: string | null | undefined): Pr
     };
   }, [room]);
 
+  const subscribe = useCallback((fn: () => void) => (channel ? channel.listen(fn) : () => {}), [channel]);
   return useSyncExternalStore(
-    (fn) => (channel ? channel.listen(fn) : () => {}),
+    subscribe,
     () => (channel ? channel.members : NO_MEMBERS),
     () => NO_MEMBERS,
   ) as PresenceMember<Info>[];
