@@ -578,7 +578,10 @@ describe('browser end-to-end: channels and presence', { timeout: 240_000 }, () =
       port, upstreamPort, socketPath, name: 'sockgate#channels',
       env: { SIDECAR_CHANNELS__PRESENCE_GRACE_MS: String(PRESENCE_GRACE_MS) },
     });
-    await gate.ready();
+    await gate.ready().catch((e) => {
+      dumpOutputs('starting sockgate with channels');
+      throw e;
+    });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       timeout: 30_000,
