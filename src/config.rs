@@ -26,6 +26,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub realtime: RealtimeConfig,
     pub auth: AuthConfig,
+    pub channels: ChannelsConfig,
     pub publish: PublishConfig,
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
@@ -101,7 +102,8 @@ pub struct RealtimeConfig {
     pub ping_interval_ms: u64,
     pub ping_timeout_ms: u64,
     /// Largest HTTP long-polling POST body accepted from a client. Clients only send
-    /// handshakes and pongs (sockgate takes no client events), so this is small. Also the
+    /// handshakes, pongs and `subscribe`/`unsubscribe` (sockgate takes no other client
+    /// events), so this is small. Also the
     /// most sockgate batches into one polling response (a larger message goes alone).
     pub max_poll_payload_bytes: u64,
     /// Largest WebSocket message (and frame) accepted from a client; a larger one closes the
@@ -158,6 +160,12 @@ pub struct AuthConfig {
     pub forward_headers: Vec<String>,
     /// JSON pointer (RFC 6901) to the user id in the session route's response.
     pub user_id_pointer: String,
+    /// JSON pointer to the rooms (an array of strings) the user's sockets join besides their
+    /// user room; empty, or nothing at the pointer, = none.
+    pub rooms_pointer: String,
+    /// JSON pointer to what presence shows of a user (any JSON, at most 1 KiB serialized);
+    /// empty, or nothing at the pointer, = null.
+    pub user_info_pointer: String,
     pub timeout_ms: u64,
     pub cache_ttl_ms: u64,
     pub negative_ttl_ms: u64,
@@ -172,6 +180,44 @@ pub struct AuthConfig {
     /// Largest credentials (the handshake headers the session check reads, together) a
     /// handshake may carry; larger ones get 431 before a session is made.
     pub max_credential_bytes: usize,
+}
+
+/// Rooms beyond the user's own: from the session route, or subscribed at runtime with the
+/// app's authorization.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelsConfig {
+    /// Path of the app's route that authorizes a `subscribe`, called with `POST`.
+    pub authorize_path: String,
+    /// Room prefixes any socket may subscribe to without asking the app.
+    pub public_prefixes: Vec<String>,
+    /// Most rooms a socket is in besides its user room (session rooms and subscriptions).
+    pub max_rooms_per_socket: usize,
+    /// Most `subscribe` events a socket may send per second (a burst of as many is fine).
+    pub max_subscribes_per_sec: u32,
+    /// Room prefixes whose members sockgate tracks: distinct users, announced with
+    /// `presence:join`/`presence:leave` and listed on request.
+    pub presence_prefixes: Vec<String>,
+    /// How long a user's last socket may be gone from a presence room before they leave it
+    /// (a reload within it produces neither a leave nor a join).
+    pub presence_grace_ms: u64,
+    /// Cluster mode: an instance that has not refreshed its presence liveness key for this
+    /// long is taken for dead, and its members leave their rooms.
+    pub presence_instance_ttl_ms: u64,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        Self {
+            authorize_path: "/api/socket/authorize".into(),
+            public_prefixes: Vec::new(),
+            max_rooms_per_socket: 100,
+            max_subscribes_per_sec: 10,
+            presence_prefixes: vec!["presence:".into()],
+            presence_grace_ms: 5_000,
+            presence_instance_ttl_ms: 15_000,
+        }
+    }
 }
 
 /// The publish API the app calls over a Unix socket.
@@ -386,6 +432,8 @@ impl Default for AuthConfig {
                 "x-forwarded-for".into(),
             ],
             user_id_pointer: "/userId".into(),
+            rooms_pointer: "/rooms".into(),
+            user_info_pointer: "/user".into(),
             timeout_ms: 5_000,
             cache_ttl_ms: 30_000,
             negative_ttl_ms: 5_000,
@@ -621,6 +669,75 @@ impl Config {
                     self.auth.user_id_pointer
                 ),
             ));
+        }
+        for (key, pointer, example) in [
+            ("auth.rooms_pointer", &self.auth.rooms_pointer, "/rooms"),
+            (
+                "auth.user_info_pointer",
+                &self.auth.user_info_pointer,
+                "/user",
+            ),
+        ] {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                return Err(fail(
+                    key,
+                    format!(
+                        "`{pointer}` is not a JSON pointer (it starts with `/`, e.g. {example}), or empty for none"
+                    ),
+                ));
+            }
+        }
+        let authorize = &self.channels.authorize_path;
+        if !authorize.starts_with('/') || authorize.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(fail(
+                "channels.authorize_path",
+                format!("`{authorize}` must be a path starting with `/`"),
+            ));
+        }
+        for (key, prefix) in self
+            .channels
+            .public_prefixes
+            .iter()
+            .map(|p| ("channels.public_prefixes", p))
+            .chain(
+                self.channels
+                    .presence_prefixes
+                    .iter()
+                    .map(|p| ("channels.presence_prefixes", p)),
+            )
+        {
+            let reserved = [
+                crate::realtime::INTERNAL_PREFIX,
+                self.realtime.room_prefix.as_str(),
+            ];
+            if prefix.is_empty()
+                || reserved
+                    .iter()
+                    .any(|r| prefix.starts_with(r) || r.starts_with(prefix.as_str()))
+            {
+                return Err(fail(
+                    key,
+                    format!(
+                        "`{prefix}` must be non-empty and must not overlap `{}` or realtime.room_prefix (`{}`)",
+                        crate::realtime::INTERNAL_PREFIX,
+                        self.realtime.room_prefix
+                    ),
+                ));
+            }
+        }
+        for (key, value) in [
+            (
+                "channels.max_subscribes_per_sec",
+                u64::from(self.channels.max_subscribes_per_sec),
+            ),
+            (
+                "channels.presence_instance_ttl_ms",
+                self.channels.presence_instance_ttl_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(fail(key, "must be at least 1".into()));
+            }
         }
         for name in &self.auth.forward_headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {

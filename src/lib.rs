@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod metrics;
+pub mod occupancy;
 pub mod ops;
 pub mod proxy;
 pub mod publish;
@@ -39,7 +40,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::Proxy;
 use crate::publish::{PublishApi, PublishSocket};
-use crate::realtime::{OriginPolicy, SessionAuth};
+use crate::realtime::{OriginPolicy, RoomRules, SessionAuth};
 use crate::server::Router;
 use crate::shutdown::Shutdown;
 use crate::supervisor::{AppGate, Supervisor};
@@ -71,6 +72,7 @@ pub async fn run(
     );
     let auth = Arc::new(SessionAuth::new(
         &config.auth,
+        RoomRules::new(&config),
         upstream.clone(),
         metrics.clone(),
     ));

@@ -222,7 +222,9 @@ impl AppProbe {
     /// Any status counts as an answer: readiness asks whether the app serves HTTP, not
     /// whether this path succeeds.
     async fn ask(&self) -> Option<String> {
-        let mut req = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+        let mut req = Request::new(http_body_util::Either::Right(
+            http_body_util::Full::default(),
+        ));
         *req.uri_mut() = self.upstream.uri(Some(&self.path));
         if let Ok(host) = HeaderValue::from_str(self.upstream.authority().as_str()) {
             req.headers_mut().insert(header::HOST, host);

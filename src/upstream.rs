@@ -1,4 +1,5 @@
-//! The pooled HTTP/1.1 client to the Node app, shared by the proxy and the session check.
+//! The pooled HTTP/1.1 client to the Node app, shared by the proxy, the session check
+//! and channel authorization.
 //!
 //! One pool for the whole process: keep-alive connections are reused, and the idle timeout is
 //! kept below Node's 5 s so a connection Node is about to close is never picked for a request.
@@ -8,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,8 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::{UpstreamConfig, ms};
 use crate::upload::Upload;
 
-/// A request body sent upstream: the client's streamed body, or nothing.
-pub type UpstreamBody = Either<Upload, Empty<Bytes>>;
+/// A request body sent upstream: the client's streamed body, or one of sockgate's own
+/// (empty for a `GET`: hyper sends no `Content-Length` for a body that is already at its end).
+pub type UpstreamBody = Either<Upload, Full<Bytes>>;
 
 /// Why the app did not answer.
 #[derive(Debug, thiserror::Error)]

@@ -146,7 +146,7 @@ impl PublishApi {
             }
             ["users", id, "disconnect"] => {
                 allow(&Method::POST)?;
-                let id = user_id(id)?;
+                let id = decoded(id, "user id")?;
                 // Forgotten first: a socket reconnecting as soon as it is dropped must find
                 // no cached session to come back on.
                 if let Err(reason) = self.auth.forget_user(&id).await {
@@ -157,14 +157,21 @@ impl PublishApi {
             }
             ["users", id] => {
                 allow(&Method::GET)?;
-                let id = user_id(id)?;
+                let id = decoded(id, "user id")?;
                 let presence = self.hub.presence(&id).await;
                 Ok(json!({
                     "userId": id,
                     "online": presence.sockets > 0,
                     "sockets": presence.sockets,
+                    "rooms": presence.rooms,
                     "scope": presence.scope,
                 }))
+            }
+            ["rooms", room] => {
+                allow(&Method::GET)?;
+                let room = decoded(room, "room")?;
+                let info = self.hub.room(&room).await;
+                serde_json::to_value(info).map_err(|e| internal(e.to_string()))
             }
             ["stats"] => {
                 allow(&Method::GET)?;
@@ -179,7 +186,7 @@ impl PublishApi {
                 StatusCode::NOT_FOUND,
                 format!(
                     "no route {path}; routes: POST /publish, POST /publish/batch, \
-                     POST /users/{{id}}/disconnect, GET /users/{{id}}, GET /stats, GET /health, \
+                     POST /users/{{id}}/disconnect, GET /users/{{id}}, GET /rooms/{{room}}, GET /stats, GET /health, \
                      GET /metrics, GET /livez, GET /readyz"
                 ),
             )),
@@ -253,14 +260,15 @@ async fn discard<B: http_body::Body + Unpin>(mut body: B) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
-fn user_id(segment: &str) -> Result<String, Failure> {
-    let id = percent_encoding::percent_decode_str(segment)
+/// A path segment naming `what` ("user id", "room"), percent-decoded.
+fn decoded(segment: &str, what: &str) -> Result<String, Failure> {
+    let value = percent_encoding::percent_decode_str(segment)
         .decode_utf8()
-        .map_err(|_| Failure::bad_request("user id in the path is not UTF-8"))?;
-    if id.is_empty() {
-        return Err(Failure::bad_request("user id in the path is empty"));
+        .map_err(|_| Failure::bad_request(format!("{what} in the path is not UTF-8")))?;
+    if value.is_empty() {
+        return Err(Failure::bad_request(format!("{what} in the path is empty")));
     }
-    Ok(id.into_owned())
+    Ok(value.into_owned())
 }
 
 /// A publish or kick refused because the hub is draining is the service's state (`503`), not

@@ -2,7 +2,9 @@
 //!
 //! A handshake's credentials (the headers the session route gets: `Cookie`, `Host` and
 //! `auth.forward_headers`, plus `Authorization`) are sent to the app's session route, and the
-//! user id is read from the JSON answer. Answers are cached under a SHA-256 of exactly those
+//! user id (with the rooms the user belongs to, `auth.rooms_pointer`, and what presence shows
+//! of them, `auth.user_info_pointer`) is read from the JSON
+//! answer. Answers are cached under a SHA-256 of exactly those
 //! header bytes (positive and negative TTLs, bounded size); concurrent look-ups of the same
 //! credentials wait for one call; calls in flight are capped, and so are the look-ups waiting
 //! for a place, so a deploy that reconnects every browser at once does not stampede the app
@@ -16,12 +18,13 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Either, Empty, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use moka::Expiry;
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use super::channels::RoomRules;
 use super::kicks::{Kicks, Stamp};
 use crate::config::{AuthConfig, ms};
 use crate::metrics::{Lookup, Metrics};
@@ -54,10 +57,23 @@ pub enum CredentialError {
     TooLarge { bytes: usize, max: usize },
 }
 
-/// The user a session belongs to, or the app's "no".
+/// What the session route says about a session it accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub user_id: Arc<str>,
+    /// The rooms (besides the user room) its sockets are in: valid names only, capped.
+    pub rooms: Arc<[Arc<str>]>,
+    /// What presence rooms show of the user: JSON text of at most [`MAX_USER_INFO_BYTES`].
+    pub info: Option<Arc<str>>,
+}
+
+/// Largest user info (serialized) presence shows; a larger one is logged and left out.
+pub const MAX_USER_INFO_BYTES: usize = 1024;
+
+/// The session, or the app's "no".
 #[derive(Debug, Clone)]
 enum Verdict {
-    User(Arc<str>),
+    User(Session),
     Rejected,
 }
 
@@ -96,6 +112,12 @@ impl Credentials {
     pub fn secret(&self) -> &CredentialKey {
         &self.secret
     }
+
+    /// The headers sent on to the app, on the session route and any other call made for
+    /// this socket (a `subscribe`'s authorization).
+    pub(super) fn forwarded(&self) -> &HeaderMap {
+        &self.headers
+    }
 }
 
 /// Headers that say what and where the client is, not who: left out of a session's binding.
@@ -118,6 +140,9 @@ pub struct SessionAuth {
     forwarded: Vec<bool>,
     max_credential_bytes: usize,
     pointer: String,
+    rooms_pointer: String,
+    info_pointer: String,
+    rooms: RoomRules,
     timeout: Duration,
     cache: Cache<CredentialKey, Answer>,
     permits: Semaphore,
@@ -167,7 +192,13 @@ impl Drop for Waiting<'_> {
 }
 
 impl SessionAuth {
-    pub fn new(config: &AuthConfig, upstream: Upstream, metrics: Arc<Metrics>) -> Self {
+    /// `rooms` judges the room names the session route returns.
+    pub fn new(
+        config: &AuthConfig,
+        rooms: RoomRules,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let cache = Cache::builder()
             .max_capacity(config.cache_max_entries)
             .expire_after(VerdictExpiry {
@@ -197,6 +228,9 @@ impl SessionAuth {
             forwarded,
             max_credential_bytes: config.max_credential_bytes,
             pointer: config.user_id_pointer.clone(),
+            rooms_pointer: config.rooms_pointer.clone(),
+            info_pointer: config.user_info_pointer.clone(),
+            rooms,
             timeout: ms(config.timeout_ms),
             cache,
             permits: Semaphore::new(config.max_concurrent),
@@ -270,8 +304,8 @@ impl SessionAuth {
         })
     }
 
-    /// The user id for these credentials, from the cache or from one session-route call.
-    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Arc<str>, AuthError> {
+    /// The session for these credentials, from the cache or from one session-route call.
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Session, AuthError> {
         for _ in 0..STALE_RETRIES {
             let cached = self.cache.contains_key(&credentials.key);
             let entry = self
@@ -293,12 +327,12 @@ impl SessionAuth {
                     (false, false) => Lookup::Coalesced,
                 });
             let Answer { verdict, asked_at } = entry.into_value();
-            let id = match verdict {
-                Verdict::User(id) => id,
+            let session = match verdict {
+                Verdict::User(session) => session,
                 Verdict::Rejected => return Err(AuthError::Unauthorized),
             };
-            match self.kicks.kicked_since(&id, asked_at).await {
-                Ok(false) => return Ok(id),
+            match self.kicks.kicked_since(&session.user_id, asked_at).await {
+                Ok(false) => return Ok(session),
                 // Given before the user was kicked: not trusted, the app is asked again.
                 Ok(true) => self.cache.invalidate(&credentials.key).await,
                 Err(reason) => {
@@ -332,40 +366,72 @@ impl SessionAuth {
         self.kicks.share_through(client, link, timeout);
     }
 
-    async fn ask_app(&self, headers: &HeaderMap) -> Result<Answer, String> {
+    /// Runs one call to the app (`what` names it in errors) under the session check's bounds:
+    /// a place under `auth.max_concurrent` (at most `auth.max_waiting` wait for one), and
+    /// `auth.timeout_ms` for the wait and the call together; `call` gets the time left.
+    /// Returns the result and how long the call itself took.
+    pub(super) async fn bounded<T, F, Fut>(
+        &self,
+        what: &str,
+        call: F,
+    ) -> (Result<T, String>, Option<Duration>)
+    where
+        F: FnOnce(Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         let started = Instant::now();
         let permit = {
-            let _waiting = Waiting::enter(&self.waiting, self.max_waiting).ok_or_else(|| {
-                format!(
-                    "{} session checks already wait for the app (auth.max_waiting)",
+            let Some(_waiting) = Waiting::enter(&self.waiting, self.max_waiting) else {
+                let reason = format!(
+                    "{} calls already wait for the app (auth.max_waiting)",
                     self.max_waiting
-                )
-            })?;
-            tokio::time::timeout(self.timeout, self.permits.acquire())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "no session-route call could start within {:?} (auth.max_concurrent calls busy)",
+                );
+                return (Err(reason), None);
+            };
+            match tokio::time::timeout(self.timeout, self.permits.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return (Err("calls to the app are shut down".into()), None),
+                Err(_) => {
+                    let reason = format!(
+                        "no {what} call could start within {:?} (auth.max_concurrent calls busy)",
                         self.timeout
-                    )
-                })?
-                .map_err(|_| "session checks are shut down".to_string())?
+                    );
+                    return (Err(reason), None);
+                }
+            }
         };
-        let asked_at = self.kicks.stamp();
         let remaining = self.timeout.saturating_sub(started.elapsed());
         let called = Instant::now();
-        let result = tokio::time::timeout(remaining, self.call_session_route(headers, remaining))
+        let result = tokio::time::timeout(remaining, call(remaining))
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
-                    "session route did not answer within {:?} (auth.timeout_ms, slot wait included)",
+                    "{what} did not answer within {:?} (auth.timeout_ms, slot wait included)",
                     self.timeout
                 ))
             });
         drop(permit);
-        self.metrics.session_call(called.elapsed());
+        (result, Some(called.elapsed()))
+    }
+
+    /// The app this checks sessions with.
+    pub(super) fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    async fn ask_app(&self, headers: &HeaderMap) -> Result<Answer, String> {
+        let (result, took) = self
+            .bounded("session route", |remaining| async move {
+                let asked_at = self.kicks.stamp();
+                let verdict = self.call_session_route(headers, remaining).await?;
+                Ok(Answer { verdict, asked_at })
+            })
+            .await;
+        if let Some(took) = took {
+            self.metrics.session_call(took);
+        }
         match result {
-            Ok(verdict) => Ok(Answer { verdict, asked_at }),
+            Ok(answer) => Ok(answer),
             Err(reason) => {
                 tracing::warn!(path = %self.path, "session route failed, socket refused: {reason}");
                 Err(reason)
@@ -378,7 +444,7 @@ impl SessionAuth {
         headers: &HeaderMap,
         timeout: Duration,
     ) -> Result<Verdict, String> {
-        let mut req = Request::new(Either::Right(Empty::new()));
+        let mut req = Request::new(Either::Right(Full::default()));
         *req.method_mut() = Method::GET;
         *req.uri_mut() = self.upstream.uri(Some(&self.path));
         *req.headers_mut() = headers.clone();
@@ -404,7 +470,11 @@ impl SessionAuth {
         let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("session route answered {status} without JSON: {e}"))?;
         Ok(match user_id_at(&json, &self.pointer) {
-            Some(id) => Verdict::User(id.into()),
+            Some(id) => Verdict::User(Session {
+                rooms: self.rooms.of_session(&id, at(&json, &self.rooms_pointer)),
+                info: user_info(&id, at(&json, &self.info_pointer)),
+                user_id: id.into(),
+            }),
             // A 2xx without a user (e.g. `{"userId": null}`) is the app's way to say "nobody".
             None => Verdict::Rejected,
         })
@@ -440,6 +510,25 @@ fn user_id_at(json: &serde_json::Value, pointer: &str) -> Option<String> {
     }
 }
 
+/// The value at `pointer` (none for an empty pointer).
+fn at<'a>(json: &'a serde_json::Value, pointer: &str) -> Option<&'a serde_json::Value> {
+    Some(pointer)
+        .filter(|p| !p.is_empty())
+        .and_then(|p| json.pointer(p))
+}
+
+/// The user info presence shows, serialized once: absent or `null` is none, and so is one
+/// over [`MAX_USER_INFO_BYTES`] (logged: the app should send less).
+fn user_info(user_id: &str, value: Option<&serde_json::Value>) -> Option<Arc<str>> {
+    let value = value.filter(|v| !v.is_null())?;
+    let text = value.to_string();
+    if text.len() > MAX_USER_INFO_BYTES {
+        tracing::warn!(user = %user_id, bytes = text.len(), max = MAX_USER_INFO_BYTES, "session route's user info is too large for presence: left out");
+        return None;
+    }
+    Some(text.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,7 +543,12 @@ mod tests {
             &crate::config::UpstreamConfig::default(),
             http::uri::Authority::from_static("127.0.0.1:9"),
         );
-        SessionAuth::new(&config, upstream, Arc::new(Metrics::new()))
+        SessionAuth::new(
+            &config,
+            RoomRules::new(&crate::config::Config::default()),
+            upstream,
+            Arc::new(Metrics::new()),
+        )
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -530,7 +624,12 @@ mod tests {
             &crate::config::UpstreamConfig::default(),
             http::uri::Authority::from_static("127.0.0.1:9"),
         );
-        let tenant = SessionAuth::new(&config, upstream, Arc::new(Metrics::new()));
+        let tenant = SessionAuth::new(
+            &config,
+            RoomRules::new(&crate::config::Config::default()),
+            upstream,
+            Arc::new(Metrics::new()),
+        );
         let secret_of =
             |pairs: &[(&str, &str)]| *tenant.credentials(&headers(pairs)).unwrap().secret();
         assert_ne!(

@@ -11,6 +11,7 @@ use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportTy
 use super::history::Journal;
 use super::outage::Outages;
 use super::relay::{Relay, Relayed};
+use super::roster::{Member, Roster};
 use super::{CONNECTING_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, connecting_room, recovery_room};
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
@@ -44,9 +45,24 @@ pub struct HubStats {
 }
 
 /// A user's presence.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Presence {
     pub sockets: usize,
+    /// The channels their sockets are in (not the user room nor sockgate's own), sorted.
+    pub rooms: Vec<String>,
+    pub scope: Scope,
+}
+
+/// Who is in a room.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub room: String,
+    pub sockets: usize,
+    /// Distinct users among the sockets.
+    pub users: usize,
+    /// A presence room's members, with their info.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<Member>>,
     pub scope: Scope,
 }
 
@@ -65,6 +81,7 @@ pub struct Hub {
     journal: Arc<Journal>,
     /// Cross-instance delivery of kept messages (cluster mode with history).
     relay: Option<Arc<Relay>>,
+    roster: Arc<Roster>,
     /// Set by [`Hub::close_all`]: socketioxide has dropped its namespaces then, and asking it
     /// for sockets panics.
     closed: std::sync::atomic::AtomicBool,
@@ -86,6 +103,7 @@ impl Hub {
         room_prefix: String,
         metrics: Arc<Metrics>,
         journal: Arc<Journal>,
+        roster: Arc<Roster>,
     ) -> Self {
         Self {
             io: Io::Local(io),
@@ -93,6 +111,7 @@ impl Hub {
             metrics,
             journal,
             relay: None,
+            roster,
             closed: Default::default(),
         }
     }
@@ -104,6 +123,7 @@ impl Hub {
         metrics: Arc<Metrics>,
         journal: Arc<Journal>,
         relay: Option<Arc<Relay>>,
+        roster: Arc<Roster>,
     ) -> Self {
         Self {
             io: Io::Cluster(io, Outages::new(link)),
@@ -111,6 +131,7 @@ impl Hub {
             metrics,
             journal,
             relay,
+            roster,
             closed: Default::default(),
         }
     }
@@ -354,30 +375,86 @@ impl Hub {
         Ok(sockets)
     }
 
-    /// How many sockets `user_id` has open (on every instance in cluster mode).
+    /// How many sockets `user_id` has open and the channels they are in (on every instance
+    /// in cluster mode).
     pub async fn presence(&self, user_id: &str) -> Presence {
-        if self.is_draining() {
-            return Presence {
-                sockets: 0,
-                scope: Scope::Local,
-            };
+        let (sockets, rooms, scope) = self.sockets_and_rooms(self.user_rooms(user_id)).await;
+        let mut rooms: Vec<String> = rooms.into_iter().filter(|r| self.is_channel(r)).collect();
+        rooms.sort();
+        Presence {
+            sockets,
+            rooms,
+            scope,
         }
-        let room = self.user_rooms(user_id);
-        if let Some(io) = self.cluster_io() {
-            match io.to(room.clone()).fetch_sockets().await {
-                Ok(sockets) => {
-                    return Presence {
-                        sockets: sockets.len(),
-                        scope: Scope::Cluster,
-                    };
+    }
+
+    /// Who is in `room` (on every instance in cluster mode): sockets, distinct users (told by
+    /// the user rooms those sockets are in), and a presence room's members.
+    pub async fn room(&self, room: &str) -> RoomInfo {
+        let (sockets, rooms, mut scope) = self.sockets_and_rooms(vec![room.to_owned()]).await;
+        // A socket still replaying its missed messages waits in its connecting room.
+        let users = rooms
+            .iter()
+            .filter_map(|r| {
+                r.strip_prefix(self.room_prefix.as_str())
+                    .or_else(|| r.strip_prefix(CONNECTING_ROOM_PREFIX))
+            })
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let members = match self.roster.is_presence(room) {
+            true => {
+                let members = self.roster.members(room).await;
+                if members.is_none() {
+                    scope = Scope::Local;
                 }
-                Err(e) => tracing::warn!("cluster presence unavailable, answering locally: {e}"),
+                Some(members.unwrap_or_default())
+            }
+            false => None,
+        };
+        RoomInfo {
+            room: room.to_owned(),
+            sockets,
+            users,
+            members,
+            scope,
+        }
+    }
+
+    /// How many sockets are in `rooms`, and every room those sockets are in.
+    async fn sockets_and_rooms(&self, rooms: Vec<String>) -> (usize, Vec<String>, Scope) {
+        if self.is_draining() {
+            return (0, Vec::new(), Scope::Local);
+        }
+        if let Some(io) = self.cluster_io() {
+            let sockets = io.to(rooms.clone()).fetch_sockets().await;
+            let theirs = io.to(rooms.clone()).rooms().await;
+            match (sockets, theirs) {
+                (Ok(sockets), Ok(theirs)) => {
+                    let theirs = theirs.into_iter().map(|r| r.to_string()).collect();
+                    return (sockets.len(), theirs, Scope::Cluster);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!("cluster presence unavailable, answering locally: {e}");
+                }
             }
         }
-        Presence {
-            sockets: with_io!(self, io => io.local().to(room).sockets().len()),
-            scope: Scope::Local,
-        }
+        with_io!(self, io => {
+            let local = io.local().to(rooms);
+            let sockets = local.sockets();
+            let mut theirs: Vec<String> = sockets
+                .iter()
+                .flat_map(|s| s.rooms())
+                .map(|r| r.to_string())
+                .collect();
+            theirs.sort();
+            theirs.dedup();
+            (sockets.len(), theirs, Scope::Local)
+        })
+    }
+
+    /// Whether `room` is a channel: neither a user room nor sockgate's own.
+    fn is_channel(&self, room: &str) -> bool {
+        !room.starts_with(self.room_prefix.as_str()) && !room.starts_with(super::INTERNAL_PREFIX)
     }
 
     pub async fn stats(&self) -> HubStats {

@@ -2,17 +2,20 @@
 //! long-polling and WebSocket, via `socketioxide`.
 //!
 //! The service is built once. A socket gets in only through the session check (`auth`), then
-//! joins its user's room. It is one-way by design: the server emits, and whatever a client
-//! emits is dropped unread (no handlers are registered).
+//! joins its user's room and the rooms its session lists. It is one-way by design: the server
+//! emits, and whatever a client emits is dropped unread, except `subscribe`/`unsubscribe`,
+//! which `channels` handles with the app's authorization.
 
 mod admission;
 mod auth;
+mod channels;
 mod history;
 mod hub;
 mod kicks;
 mod origin;
 mod outage;
 mod relay;
+mod roster;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,11 +43,15 @@ use crate::webhooks::Webhooks;
 
 pub use admission::Admission;
 use admission::Ticket;
-pub use auth::{AuthError, Credentials, SessionAuth};
+pub use auth::{AuthError, Credentials, Session, SessionAuth};
+use channels::Channels;
+pub use channels::RoomRules;
 use history::{Head, History, Journal, Replay, Since};
 pub use hub::{DRAINING, Hub, HubStats, Presence, Scope, Target};
 pub use origin::OriginPolicy;
 use relay::{Reached, Relay};
+pub use roster::Member;
+use roster::Roster;
 use socketioxide_redis::drivers::Driver;
 
 /// What an authenticated socket carries for later checks. Its credentials are read again
@@ -52,6 +59,8 @@ use socketioxide_redis::drivers::Driver;
 #[derive(Clone)]
 struct Identity {
     user_id: Arc<str>,
+    /// What presence rooms show of the user (`auth.user_info_pointer`).
+    info: Option<Arc<str>>,
 }
 
 /// The Socket.IO endpoint as the router sees it: any adapter, one body type.
@@ -117,6 +126,7 @@ struct Handlers {
     journal: Arc<Journal>,
     relay: Option<Arc<Relay>>,
     webhooks: Webhooks,
+    channels: Arc<Channels>,
 }
 
 /// Where a socket's replay starts, and in which shape it gets user messages, decided at the
@@ -157,10 +167,16 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> anyhow::Result<Realtime> {
     let config = &settings.realtime;
+    let redis = cluster
+        .as_ref()
+        .map(|c| (c.commands.clone(), c.link.clone()));
+    let roster = Arc::new(Roster::start(settings, redis.clone()));
+    let channels = Arc::new(Channels::new(settings, auth.clone(), roster.clone()));
     let revalidation = Revalidation {
         every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
         concurrency: settings.auth.max_concurrent,
         shutdown,
+        channels: channels.clone(),
     };
     let kept = &settings.history;
     let history = match (&cluster, kept.enabled) {
@@ -247,13 +263,8 @@ pub async fn start(
         room_prefix: config.room_prefix.clone().into(),
         journal: journal.clone(),
         relay: relay.as_ref().map(|(r, _)| r.clone()),
-        webhooks: Webhooks::start(
-            settings,
-            cluster
-                .as_ref()
-                .map(|c| (c.commands.clone(), c.link.clone())),
-            metrics.clone(),
-        ),
+        webhooks: Webhooks::start(settings, redis, metrics.clone()),
+        channels,
     };
     let room_prefix = config.room_prefix.clone();
     let draining = revalidation.shutdown.clone();
@@ -261,10 +272,11 @@ pub async fn start(
         None => {
             let (svc, io) = builder.build_with_inner_svc(not_found());
             register(&io, handlers);
+            roster.announce_on(io.clone());
             tokio::spawn(revalidation.run(io.clone(), auth));
             (
                 erase(svc, kept_headers),
-                Hub::local(io, room_prefix, metrics, journal),
+                Hub::local(io, room_prefix, metrics, journal, roster),
             )
         }
         Some(Cluster {
@@ -279,6 +291,7 @@ pub async fn start(
             register(&io, handlers).await.map_err(|e| {
                 anyhow::anyhow!("cannot subscribe to the cluster's Redis channels: {e}")
             })?;
+            roster.announce_on(io.clone());
             tokio::spawn(canary.run(
                 link.clone(),
                 metrics.clone(),
@@ -299,7 +312,7 @@ pub async fn start(
             tokio::spawn(revalidation.run(io.clone(), auth));
             (
                 erase(svc, kept_headers),
-                Hub::cluster(io, link, room_prefix, metrics, journal, relay),
+                Hub::cluster(io, link, room_prefix, metrics, journal, relay, roster),
             )
         }
     };
@@ -450,7 +463,11 @@ async fn check_session<A: Adapter>(
         .auth
         .credentials(&socket.req_parts().headers)
         .map_err(|_| AuthError::Unauthorized)?;
-    let user_id = handlers.auth.authenticate(&credentials).await?;
+    let Session {
+        user_id,
+        rooms,
+        info,
+    } = handlers.auth.authenticate(&credentials).await?;
     if let Some(ticket) = socket.req_parts().extensions.get::<Ticket>() {
         ticket.connected();
     }
@@ -488,17 +505,32 @@ async fn check_session<A: Adapter>(
             socket.extensions.insert(ReplayFrom { since, shape });
         }
     }
-    socket.extensions.insert(Identity { user_id });
+    socket.extensions.insert(Identity { user_id, info });
+    socket.extensions.insert(SessionRooms(rooms));
     Ok(())
 }
 
+/// The rooms the handshake's session listed, until the socket joins them.
+#[derive(Clone)]
+struct SessionRooms(Arc<[Arc<str>]>);
+
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
+    // Joined first, before anything here waits: with the disconnect handler below, every
+    // presence arrival made here is matched by a departure.
+    if let Some(SessionRooms(rooms)) = socket.extensions.remove::<SessionRooms>()
+        && socket.connected()
+    {
+        handlers.channels.follow_session(&socket, &rooms);
+    }
+    handlers.channels.register(&socket);
     let tab = handlers
         .webhooks
         .connected(socket.extensions.get::<Identity>().map(|i| i.user_id));
+    let channels = handlers.channels.clone();
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         tab.closed();
+        channels.closed(&socket);
         async move { hub::close_transport(&socket, reason) }
     });
     if let (Some(history), Some(ReplayFrom { since, shape }), Some(identity)) = (
@@ -695,11 +727,13 @@ pub struct Revalidation {
     pub every: Option<Duration>,
     pub concurrency: usize,
     pub shutdown: Shutdown,
+    channels: Arc<Channels>,
 }
 
 impl Revalidation {
     /// Every `every`, re-checks each local socket's session; a socket whose session ended
-    /// (logout, expiry) or now belongs to someone else is disconnected.
+    /// (logout, expiry) or now belongs to someone else is disconnected, and the others follow
+    /// their session's rooms.
     async fn run<A: Adapter>(self, io: SocketIo<A>, auth: Arc<SessionAuth>) {
         let Some(every) = self.every else { return };
         let mut ticker = tokio::time::interval(every);
@@ -713,9 +747,13 @@ impl Revalidation {
                 let identity = socket.extensions.get::<Identity>()?;
                 let credentials = auth.credentials(&socket.req_parts().headers).ok()?;
                 let auth = auth.clone();
+                let channels = self.channels.clone();
                 Some(async move {
                     match auth.authenticate(&credentials).await {
-                        Ok(id) if id == identity.user_id => false,
+                        Ok(session) if session.user_id == identity.user_id => {
+                            channels.follow_session(&socket, &session.rooms);
+                            false
+                        }
                         Ok(_) | Err(AuthError::Unauthorized) => {
                             tracing::info!(socket = %log_id(socket.id), user = %identity.user_id, "session ended: socket disconnected");
                             hub::disconnect(&socket);

@@ -3,11 +3,11 @@
 //! neither). Cluster-wide in cluster mode, each event decided by exactly one instance.
 //!
 //! ```text
-//! realtime (connect / disconnect) ─▶ Tab ─▶ tracker (counts, grace, Redis) ─▶ sender ─▶ POST
+//! realtime (connect / disconnect) ─▶ Tab ─▶ occupancy (counts, grace, Redis) ─▶ sender ─▶ POST
 //! ```
 //!
 //! The realtime endpoint calls [`Webhooks::connected`] for each authenticated socket and
-//! [`Tab::closed`] when it goes; both only post to a channel. The `tracker` turns those into
+//! [`Tab::closed`] when it goes; both only post to a channel. An [`occupancy`] tracker turns those into
 //! events, the `sender` batches, signs, retries and bounds them.
 //!
 //! Memory: the change channel is unbounded but holds at most an open and a close per
@@ -17,7 +17,6 @@
 
 mod sender;
 mod signature;
-mod tracker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +27,8 @@ use tokio::sync::mpsc;
 use crate::config::{Config, ms};
 use crate::metrics::Metrics;
 
+use crate::occupancy::{self, Change, Transition};
 pub use signature::sign;
-use tracker::Change;
 
 /// The hook the realtime endpoint calls; does nothing when webhooks are off.
 #[derive(Clone, Default)]
@@ -85,35 +84,25 @@ impl Webhooks {
             }
             .run(),
         );
-        let (tx, rx) = mpsc::unbounded_channel();
         let shared = redis.map(|(client, link)| {
-            Arc::new(tracker::Shared::new(
+            Arc::new(occupancy::Shared::new(
                 client,
                 link,
                 instance,
                 ms(config.instance_ttl_ms),
+                NAMESPACE,
             ))
         });
-        let emit = move |name: &'static str, user: &Arc<str>| {
+        let report = move |transition, user: &Arc<str>, _: Option<&Arc<str>>| {
+            let name = match transition {
+                Transition::Arrived => ONLINE,
+                Transition::Left => OFFLINE,
+            };
             if names.enabled(name) {
                 outbox.push(minter.event(name, user.clone()));
             }
         };
-        let tracker = tracker::Tracker::new(
-            shared.clone(),
-            ms(config.grace_ms),
-            tx.clone(),
-            Box::new(emit),
-        );
-        let changes = tx.clone();
-        tokio::spawn(async move {
-            if let Some(shared) = shared {
-                // Listed before its first arrival, so the first beat is not taken for a sweep.
-                shared.heartbeat().await;
-                tokio::spawn(shared.keep_alive(changes));
-            }
-            tracker.run(rx).await;
-        });
+        let tx = occupancy::Tracker::spawn(shared, ms(config.grace_ms), Box::new(report));
         tracing::info!(url = %config.url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
         Self { changes: Some(tx) }
     }
@@ -122,7 +111,7 @@ impl Webhooks {
     pub fn connected(&self, user: Option<Arc<str>>) -> Tab {
         let tab = self.changes.clone().zip(user);
         if let Some((changes, user)) = &tab {
-            let _ = changes.send(Change::Up(user.clone()));
+            let _ = changes.send(Change::Up(user.clone(), None));
         }
         Tab(tab)
     }
@@ -150,6 +139,12 @@ fn target(settings: &Config) -> Result<http::Uri, http::uri::InvalidUri> {
         url.parse()
     }
 }
+
+/// Where the online users are kept in Redis (cluster mode).
+const NAMESPACE: occupancy::Namespace = occupancy::Namespace {
+    prefix: "{sockgate:wh}:",
+    label: "webhooks",
+};
 
 pub(crate) const ONLINE: &str = "user.online";
 pub(crate) const OFFLINE: &str = "user.offline";

@@ -1,0 +1,590 @@
+//! Channels: the rooms a socket is in besides its user room, and who decides them.
+//!
+//! Two ways in, both decided by the app: the session route's answer lists rooms
+//! (`auth.rooms_pointer`), joined at the handshake and kept in step by session revalidation;
+//! and a client's `subscribe` (`{room}`, with an ack), which sockgate lets through only when
+//! the app's authorize route (`channels.authorize_path`) answers 2xx, or when the room is under
+//! a public prefix. `unsubscribe` leaves; `presence` lists a presence room's members (kept by
+//! [`super::roster`], which every join and leave of a presence room is told). This module owns room-name rules, each socket's
+//! channel membership and its bounds (rooms per socket, subscribes per second), and the
+//! authorize call, which runs under the session check's concurrency cap and timeout.
+//!
+//! The user room and sockgate's internal rooms are never channels: a name under
+//! `realtime.room_prefix` or `sockgate:` is refused wherever it comes from.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use serde::{Deserialize, Serialize};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+
+use super::auth::SessionAuth;
+use super::roster::{Member, Roster};
+use super::{INTERNAL_PREFIX, Identity, log_id};
+use crate::config::Config;
+
+/// Longest room name accepted, in bytes.
+pub const MAX_ROOM_BYTES: usize = 128;
+
+/// Largest authorize-route answer read (and thrown away: only the status counts).
+const MAX_AUTHORIZE_BODY: usize = 4 * 1024;
+
+/// The client events handled here.
+pub(super) const SUBSCRIBE: &str = "subscribe";
+pub(super) const UNSUBSCRIBE: &str = "unsubscribe";
+pub(super) const PRESENCE: &str = "presence";
+
+/// Why a room name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRoom {
+    #[error("empty")]
+    Empty,
+    #[error("longer than {MAX_ROOM_BYTES} bytes")]
+    TooLong,
+    #[error("characters other than A-Z a-z 0-9 and `-_.:@`")]
+    Characters,
+    #[error("sockgate's own (`{INTERNAL_PREFIX}`)")]
+    Internal,
+    #[error("a user room (realtime.room_prefix)")]
+    UserRoom,
+}
+
+/// Which room names are channels, and how many a socket may be in.
+#[derive(Debug, Clone)]
+pub struct RoomRules {
+    user_prefix: Arc<str>,
+    max_rooms: usize,
+}
+
+impl RoomRules {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            user_prefix: config.realtime.room_prefix.as_str().into(),
+            max_rooms: config.channels.max_rooms_per_socket,
+        }
+    }
+
+    /// Whether `room` may be a channel: 1 to [`MAX_ROOM_BYTES`] bytes of a conservative
+    /// character set, neither internal nor a user room.
+    pub fn check(&self, room: &str) -> Result<(), BadRoom> {
+        if room.is_empty() {
+            return Err(BadRoom::Empty);
+        }
+        if room.len() > MAX_ROOM_BYTES {
+            return Err(BadRoom::TooLong);
+        }
+        if !room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+        {
+            return Err(BadRoom::Characters);
+        }
+        if room.starts_with(INTERNAL_PREFIX) {
+            return Err(BadRoom::Internal);
+        }
+        if room.starts_with(&*self.user_prefix) {
+            return Err(BadRoom::UserRoom);
+        }
+        Ok(())
+    }
+
+    /// The rooms in a session route's answer (`value`, found at `auth.rooms_pointer`): valid
+    /// names only, each once, at most `channels.max_rooms_per_socket`. Anything else is logged
+    /// here — once per answer from the app, which is cached — and skipped.
+    pub(super) fn of_session(
+        &self,
+        user_id: &str,
+        value: Option<&serde_json::Value>,
+    ) -> Arc<[Arc<str>]> {
+        let items = match value {
+            None | Some(serde_json::Value::Null) => return Arc::new([]),
+            Some(serde_json::Value::Array(items)) => items,
+            Some(_) => {
+                tracing::warn!(user = %user_id, "session route's rooms are not an array: ignored");
+                return Arc::new([]);
+            }
+        };
+        let mut rooms: Vec<Arc<str>> = Vec::new();
+        for item in items {
+            let Some(room) = item.as_str() else {
+                tracing::warn!(user = %user_id, "session route listed a room that is not a string: skipped");
+                continue;
+            };
+            if let Err(why) = self.check(room) {
+                let shown: String = room.chars().take(MAX_ROOM_BYTES).collect();
+                tracing::warn!(user = %user_id, room = %shown.escape_debug(), "session route listed an invalid room ({why}): skipped");
+                continue;
+            }
+            if rooms.iter().any(|r| &**r == room) {
+                continue;
+            }
+            if rooms.len() == self.max_rooms {
+                tracing::warn!(user = %user_id, max = self.max_rooms, "session route listed more rooms than channels.max_rooms_per_socket: the rest skipped");
+                break;
+            }
+            rooms.push(room.into());
+        }
+        rooms.into()
+    }
+}
+
+/// One socket's channels, kept in its extensions from the handshake on.
+#[derive(Clone, Default)]
+pub(super) struct Membership(Arc<Mutex<Joined>>);
+
+#[derive(Default)]
+struct Joined {
+    /// The rooms of the last session answer seen, whether or not still joined.
+    session: BTreeSet<Arc<str>>,
+    /// Every channel the socket is in (from the session and subscribed).
+    rooms: BTreeSet<Arc<str>>,
+    /// Subscribes that took a place and wait for the app.
+    pending: usize,
+    /// The socket closed: nothing is joined any more.
+    closed: bool,
+    /// Tokens for `subscribe`, refilled at `channels.max_subscribes_per_sec`.
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+impl Membership {
+    fn lock(&self) -> MutexGuard<'_, Joined> {
+        // A panic while holding it leaves plain sets behind: still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A `subscribe`, `unsubscribe` or `presence` payload.
+#[derive(Deserialize)]
+struct RoomRequest {
+    room: String,
+}
+
+/// Every ack: `{ok:true}`, `{ok:true,members}` or `{ok:false,error}`.
+#[derive(Serialize, Debug)]
+struct Reply {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<Member>>,
+}
+
+const OK: Reply = Reply {
+    ok: true,
+    error: None,
+    members: None,
+};
+
+fn refused(error: &'static str) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(error),
+        members: None,
+    }
+}
+
+/// What `subscribe`/`unsubscribe`/`presence` need, shared by every socket.
+pub(super) struct Channels {
+    rules: RoomRules,
+    auth: Arc<SessionAuth>,
+    roster: Arc<Roster>,
+    authorize_path: PathAndQuery,
+    public_prefixes: Vec<String>,
+    per_sec: f64,
+}
+
+impl Channels {
+    pub(super) fn new(config: &Config, auth: Arc<SessionAuth>, roster: Arc<Roster>) -> Self {
+        Self {
+            rules: RoomRules::new(config),
+            auth,
+            roster,
+            authorize_path: config
+                .channels
+                .authorize_path
+                .parse()
+                .unwrap_or_else(|_| PathAndQuery::from_static("/api/socket/authorize")),
+            public_prefixes: config.channels.public_prefixes.clone(),
+            per_sec: f64::from(config.channels.max_subscribes_per_sec.max(1)),
+        }
+    }
+
+    /// At the handshake and on every revalidation: joins the session's rooms that are new
+    /// since its last answer and leaves those it no longer lists (also when they were
+    /// subscribed too: the app's latest word wins). A session room the client unsubscribed
+    /// from stays left until the app lists it anew; one that does not fit under
+    /// `channels.max_rooms_per_socket` (subscriptions took the places) is skipped.
+    pub(super) fn follow_session<A: Adapter>(&self, socket: &SocketRef<A>, rooms: &[Arc<str>]) {
+        // A socket with no channels has no membership: nothing to keep per idle socket.
+        if rooms.is_empty() && socket.extensions.get::<Membership>().is_none() {
+            return;
+        }
+        let Some(identity) = socket.extensions.get::<Identity>() else {
+            return;
+        };
+        let membership = self.membership(socket);
+        let mut joined = membership.lock();
+        if joined.closed {
+            return;
+        }
+        let now: BTreeSet<Arc<str>> = rooms.iter().cloned().collect();
+        let gone: Vec<Arc<str>> = joined.session.difference(&now).cloned().collect();
+        let gone: Vec<Arc<str>> = gone
+            .into_iter()
+            .filter(|room| joined.rooms.remove(room))
+            .collect();
+        self.leave(socket, &identity, &gone);
+        let mut new = Vec::new();
+        let fresh: Vec<Arc<str>> = now.difference(&joined.session).cloned().collect();
+        for room in fresh {
+            if joined.rooms.len() + joined.pending >= self.rules.max_rooms {
+                tracing::warn!(socket = %log_id(socket.id), "a session room does not fit under channels.max_rooms_per_socket: skipped");
+                break;
+            }
+            if joined.rooms.insert(room.clone()) {
+                new.push(room);
+            }
+        }
+        if !new.is_empty() {
+            tracing::debug!(socket = %log_id(socket.id), joined = new.len(), "joined the session's rooms");
+            self.join(socket, &identity, &new);
+        }
+        joined.session = now;
+    }
+
+    /// The socket closed: it leaves its presence rooms (after the grace, when it was the
+    /// user's last socket there). Called from its disconnect handler.
+    pub(super) fn closed<A: Adapter>(&self, socket: &SocketRef<A>) {
+        let Some(membership) = socket.extensions.get::<Membership>() else {
+            return;
+        };
+        let Some(identity) = socket.extensions.get::<Identity>() else {
+            return;
+        };
+        let mut joined = membership.lock();
+        joined.closed = true;
+        let rooms = std::mem::take(&mut joined.rooms);
+        for room in rooms.iter().filter(|r| self.roster.is_presence(r)) {
+            self.roster.left(room, &identity.user_id);
+        }
+    }
+
+    /// Joins `rooms` (under the membership's lock, so a presence arrival and its departure
+    /// are told in the order they happen).
+    fn join<A: Adapter>(&self, socket: &SocketRef<A>, identity: &Identity, rooms: &[Arc<str>]) {
+        if rooms.is_empty() {
+            return;
+        }
+        socket.join(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        for room in rooms.iter().filter(|r| self.roster.is_presence(r)) {
+            self.roster
+                .joined(room, &identity.user_id, identity.info.as_ref());
+        }
+    }
+
+    /// Leaves `rooms`, under the membership's lock like [`Channels::join`].
+    fn leave<A: Adapter>(&self, socket: &SocketRef<A>, identity: &Identity, rooms: &[Arc<str>]) {
+        if rooms.is_empty() {
+            return;
+        }
+        socket.leave(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        for room in rooms.iter().filter(|r| self.roster.is_presence(r)) {
+            self.roster.left(room, &identity.user_id);
+        }
+    }
+
+    /// Registers `subscribe`, `unsubscribe` and `presence` on a socket that was let in;
+    /// every other client event stays unhandled (dropped unread).
+    pub(super) fn register<A: Adapter>(self: &Arc<Self>, socket: &SocketRef<A>) {
+        let channels = self.clone();
+        socket.on(
+            SUBSCRIBE,
+            move |socket: SocketRef<A>,
+                  ack: AckSender<A>,
+                  TryData(request): TryData<RoomRequest>| {
+                let channels = channels.clone();
+                async move {
+                    let reply = match request {
+                        Ok(RoomRequest { room }) => channels.subscribe(&socket, room).await,
+                        Err(_) => refused("invalid room"),
+                    };
+                    let _ = ack.send(&reply);
+                }
+            },
+        );
+        let channels = self.clone();
+        socket.on(
+            UNSUBSCRIBE,
+            move |socket: SocketRef<A>,
+                  ack: AckSender<A>,
+                  TryData(request): TryData<RoomRequest>| {
+                let reply = match request {
+                    Ok(RoomRequest { room }) => channels.unsubscribe(&socket, &room),
+                    Err(_) => refused("invalid room"),
+                };
+                let _ = ack.send(&reply);
+                std::future::ready(())
+            },
+        );
+        let channels = self.clone();
+        socket.on(
+            PRESENCE,
+            move |socket: SocketRef<A>,
+                  ack: AckSender<A>,
+                  TryData(request): TryData<RoomRequest>| {
+                let channels = channels.clone();
+                async move {
+                    let reply = match request {
+                        Ok(RoomRequest { room }) => channels.presence(&socket, &room).await,
+                        Err(_) => refused("invalid room"),
+                    };
+                    let _ = ack.send(&reply);
+                }
+            },
+        );
+    }
+
+    async fn subscribe<A: Adapter>(&self, socket: &SocketRef<A>, room: String) -> Reply {
+        if self.rules.check(&room).is_err() {
+            return refused("invalid room");
+        }
+        let Some(identity) = socket.extensions.get::<Identity>() else {
+            return refused("unavailable");
+        };
+        let membership = self.membership(socket);
+        {
+            let mut joined = membership.lock();
+            if !joined.take_token(self.per_sec) {
+                return refused("rate limited");
+            }
+            if joined.rooms.contains(room.as_str()) {
+                return OK;
+            }
+            if joined.rooms.len() + joined.pending >= self.rules.max_rooms {
+                return refused("too many rooms");
+            }
+            joined.pending += 1;
+        }
+        let verdict = if self.public_prefixes.iter().any(|p| room.starts_with(p)) {
+            Ok(true)
+        } else {
+            self.authorize(socket, &room, &identity.user_id).await
+        };
+        let mut joined = membership.lock();
+        joined.pending -= 1;
+        match verdict {
+            Ok(true) if !joined.closed && socket.connected() => {
+                let room: Arc<str> = room.into();
+                if joined.rooms.insert(room.clone()) {
+                    self.join(socket, &identity, &[room]);
+                }
+                OK
+            }
+            Ok(true) => refused("unavailable"),
+            Ok(false) => refused("forbidden"),
+            Err(reason) => {
+                tracing::warn!(socket = %log_id(socket.id), user = %identity.user_id, "subscribe not authorized, the app could not say: {reason}");
+                refused("unavailable")
+            }
+        }
+    }
+
+    /// The socket's membership, made on first use. Handlers of one socket may run at once;
+    /// the lock keeps two of them from each making one.
+    fn membership<A: Adapter>(&self, socket: &SocketRef<A>) -> Membership {
+        static MAKING: Mutex<()> = Mutex::new(());
+        if let Some(membership) = socket.extensions.get::<Membership>() {
+            return membership;
+        }
+        let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+        socket.extensions.get::<Membership>().unwrap_or_else(|| {
+            let membership = Membership::default();
+            socket.extensions.insert(membership.clone());
+            membership
+        })
+    }
+
+    fn unsubscribe<A: Adapter>(&self, socket: &SocketRef<A>, room: &str) -> Reply {
+        if self.rules.check(room).is_err() {
+            return refused("invalid room");
+        }
+        let (Some(membership), Some(identity)) = (
+            socket.extensions.get::<Membership>(),
+            socket.extensions.get::<Identity>(),
+        ) else {
+            return OK;
+        };
+        let mut joined = membership.lock();
+        if let Some(room) = joined.rooms.take(room) {
+            self.leave(socket, &identity, &[room]);
+        }
+        OK
+    }
+
+    /// The members of a presence room the socket is in.
+    async fn presence<A: Adapter>(&self, socket: &SocketRef<A>, room: &str) -> Reply {
+        let member = socket
+            .extensions
+            .get::<Membership>()
+            .is_some_and(|m| m.lock().rooms.contains(room));
+        if !member || !self.roster.is_presence(room) {
+            return refused("not subscribed");
+        }
+        match self.roster.members(room).await {
+            Some(members) => Reply {
+                members: Some(members),
+                ..OK
+            },
+            None => refused("unavailable"),
+        }
+    }
+
+    /// Asks the app whether this socket's user may join `room`: `POST authorize_path` with
+    /// the socket's forwarded credentials and `{"room","userId"}`. 2xx yes; 401, 403 or 404
+    /// no; anything else (or no answer within `auth.timeout_ms`) is an error.
+    async fn authorize<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        room: &str,
+        user_id: &str,
+    ) -> Result<bool, String> {
+        let credentials = self
+            .auth
+            .credentials(&socket.req_parts().headers)
+            .map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&serde_json::json!({ "room": room, "userId": user_id }))
+            .map_err(|e| e.to_string())?;
+        let mut req = Request::new(Either::Right(Full::new(Bytes::from(body))));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.auth.upstream().uri(Some(&self.authorize_path));
+        *req.headers_mut() = credentials.forwarded().clone();
+        let headers = req.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let upstream = self.auth.upstream();
+        let (result, _) = self
+            .auth
+            .bounded("authorize route", |remaining| async move {
+                let resp = upstream
+                    .send(req, Some(remaining))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status();
+                // Read (and dropped) so the connection goes back to the pool.
+                let _ = Limited::new(resp.into_body(), MAX_AUTHORIZE_BODY)
+                    .collect()
+                    .await;
+                match status {
+                    s if s.is_success() => Ok(true),
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                        Ok(false)
+                    }
+                    s => Err(format!("authorize route answered {s}")),
+                }
+            })
+            .await;
+        result
+    }
+}
+
+impl Joined {
+    /// One `subscribe` worth of the per-second budget (a full second's worth to start with).
+    fn take_token(&mut self, per_sec: f64) -> bool {
+        let now = Instant::now();
+        self.tokens = match self.refilled {
+            None => per_sec,
+            Some(then) => {
+                (self.tokens + now.duration_since(then).as_secs_f64() * per_sec).min(per_sec)
+            }
+        };
+        self.refilled = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules(max_rooms: usize) -> RoomRules {
+        let mut config = Config::default();
+        config.channels.max_rooms_per_socket = max_rooms;
+        RoomRules::new(&config)
+    }
+
+    #[test]
+    fn room_names_are_checked() {
+        let rules = rules(100);
+        for good in [
+            "team:42",
+            "doc-7",
+            "a",
+            "org.acme@eu_1",
+            &"x".repeat(MAX_ROOM_BYTES),
+        ] {
+            assert_eq!(rules.check(good), Ok(()), "{good}");
+        }
+        assert_eq!(rules.check(""), Err(BadRoom::Empty));
+        assert_eq!(
+            rules.check(&"x".repeat(MAX_ROOM_BYTES + 1)),
+            Err(BadRoom::TooLong)
+        );
+        for bad in ["team 42", "team/42", "é", "a\nb", "a\0", "<script>", "a*"] {
+            assert_eq!(rules.check(bad), Err(BadRoom::Characters), "{bad:?}");
+        }
+        assert_eq!(rules.check("sockgate:recovery:bob"), Err(BadRoom::Internal));
+        assert_eq!(rules.check("sockgate:"), Err(BadRoom::Internal));
+        assert_eq!(rules.check("user:alice"), Err(BadRoom::UserRoom));
+        assert_eq!(rules.check("users"), Ok(()));
+    }
+
+    #[test]
+    fn session_rooms_are_valid_unique_and_capped() {
+        let rules = rules(2);
+        let rooms = |v: serde_json::Value| {
+            rules
+                .of_session("alice", Some(&v))
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rooms(json!([
+                "team:1", 7, "bad room", "user:bob", "team:1", "team:2", "team:3"
+            ])),
+            ["team:1", "team:2"]
+        );
+        assert!(rooms(json!("team:1")).is_empty());
+        assert!(rooms(json!(null)).is_empty());
+        assert!(rules.of_session("alice", None).is_empty());
+    }
+
+    #[test]
+    fn subscribes_are_rate_limited() {
+        let mut joined = Joined::default();
+        assert!((0..3).all(|_| joined.take_token(3.0)));
+        assert!(!joined.take_token(3.0));
+        joined.refilled = joined
+            .refilled
+            .map(|t| t - std::time::Duration::from_millis(400));
+        assert!(joined.take_token(3.0));
+        assert!(!joined.take_token(3.0));
+    }
+}
