@@ -18,7 +18,33 @@ export type PublishMessage = {
 export interface PublishResult { ok: true; recipients: number }
 export interface PublishBatchResult { ok: true; messages: number; recipients?: number }
 export interface DisconnectResult { ok: true; disconnected: number }
-export interface UserStatus { userId: string; online: boolean; sockets: number }
+export interface UserStatus {
+  userId: string;
+  online: boolean;
+  sockets: number;
+  /** "local": this instance only; "cluster": every instance (Redis). */
+  scope?: 'local' | 'cluster';
+  /** The channels (rooms other than user:{id}) the user's sockets are in. */
+  rooms?: string[];
+}
+
+/** One user in a presence room. `info` is the session route's `user` object (or null). */
+export interface PresenceMember<Info = unknown> {
+  id: string;
+  info: Info | null;
+}
+
+/** GET /rooms/{room} */
+export interface RoomStatus<Info = unknown> {
+  room: string;
+  /** Sockets in the room. */
+  sockets: number;
+  /** Distinct users in the room. */
+  users: number;
+  /** Presence rooms only (names starting with a `channels.presence_prefixes` entry, e.g. `presence:`). */
+  members?: Array<PresenceMember<Info>>;
+  scope: 'local' | 'cluster';
+}
 
 export interface ClientOptions {
   /** Default: $SOCKGATE_SOCKET or defaultSocketPath() */
@@ -37,6 +63,10 @@ export interface SockgateClient {
   publishBatch(msgs: PublishMessage[]): Promise<PublishBatchResult>;
   disconnectUser(id: string | number): Promise<DisconnectResult>;
   userStatus(id: string | number): Promise<UserStatus>;
+  /** GET /rooms/{room}: how many sockets and users are in a room (and who, for a presence room). */
+  room<Info = unknown>(room: string): Promise<RoomStatus<Info>>;
+  /** The members of a presence room ([] for a room that is not one). */
+  presence<Info = unknown>(room: string): Promise<Array<PresenceMember<Info>>>;
   stats(): Promise<Record<string, unknown>>;
   health(): Promise<{ ok: true }>;
   close(): void;
@@ -59,6 +89,9 @@ export declare function closeDefaultClient(): void;
 export declare function publish(msg: PublishMessage): Promise<PublishResult>;
 export declare function publishBatch(msgs: PublishMessage[]): Promise<PublishBatchResult>;
 export declare function disconnectUser(id: string | number): Promise<DisconnectResult>;
+export declare function userStatus(id: string | number): Promise<UserStatus>;
+export declare function room<Info = unknown>(room: string): Promise<RoomStatus<Info>>;
+export declare function presence<Info = unknown>(room: string): Promise<Array<PresenceMember<Info>>>;
 /** publish({ userId, event: 'notification', data: payload }) */
 export declare function pushNotification(userId: string | number, payload: unknown): Promise<PublishResult>;
 
@@ -91,6 +124,9 @@ declare const _default: {
   publish: typeof publish;
   publishBatch: typeof publishBatch;
   disconnectUser: typeof disconnectUser;
+  userStatus: typeof userStatus;
+  room: typeof room;
+  presence: typeof presence;
   pushNotification: typeof pushNotification;
   SockgateError: typeof SockgateError;
 };

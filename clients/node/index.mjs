@@ -66,6 +66,13 @@ function userPath(id, suffix = '') {
   return `/users/${encodeURIComponent(s)}${suffix}`;
 }
 
+function roomPath(room) {
+  if (typeof room !== 'string' || room === '') {
+    throw new TypeError('sockgate: room must be a non-empty string');
+  }
+  return `/rooms/${encodeURIComponent(room)}`;
+}
+
 /**
  * The default socket's directory must be private (like sockgate, which refuses to start
  * otherwise): owned by this user and writable by nobody else. Another local user who created
@@ -230,9 +237,21 @@ export function createClient({
     async disconnectUser(id) {
       return call('POST', userPath(id, '/disconnect'));
     },
-    /** GET /users/{id} → { userId, online, sockets } */
+    /** GET /users/{id} → { userId, online, sockets, scope, rooms } */
     async userStatus(id) {
       return call('GET', userPath(id));
+    },
+    /** GET /rooms/{room} → { room, sockets, users, members?, scope } (members: presence rooms only) */
+    async room(room) {
+      return call('GET', roomPath(room));
+    },
+    /**
+     * The members of a presence room: GET /rooms/{room} → its `members` ([{ id, info }], one per
+     * user). A room that is not a presence room has no member list: [] then.
+     */
+    async presence(room) {
+      const res = await call('GET', roomPath(room));
+      return Array.isArray(res?.members) ? res.members : [];
     },
     /** GET /stats */
     async stats() {
@@ -276,6 +295,18 @@ export function disconnectUser(id) {
   return getDefaultClient().disconnectUser(id);
 }
 
+export function userStatus(id) {
+  return getDefaultClient().userStatus(id);
+}
+
+export function room(name) {
+  return getDefaultClient().room(name);
+}
+
+export function presence(name) {
+  return getDefaultClient().presence(name);
+}
+
 /** Same signature as the app's old Pusher helper: emits `notification` to room user:{userId}. */
 export function pushNotification(userId, payload) {
   return getDefaultClient().publish({ userId: normalizeId(userId), event: 'notification', data: payload });
@@ -309,6 +340,9 @@ export default {
   publish,
   publishBatch,
   disconnectUser,
+  userStatus,
+  room,
+  presence,
   pushNotification,
   SockgateError,
 };

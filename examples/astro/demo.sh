@@ -77,8 +77,11 @@ if [ -t 1 ]; then bold=$'\033[1;32m' reset=$'\033[0m'; else bold='' reset=''; fi
 printf '\n%s  Open http://localhost:%s — log in as alice or bob, click "Notify me"%s\n' "$bold" "$PORT" "$reset"
 printf '  (use a second browser or a private window for the other user; Ctrl-C stops everything)\n'
 printf '  Publish socket: %s — from another terminal, notify alice (log in as her first):\n' "$SOCK"
-printf "    curl --unix-socket %q http://localhost/publish -H 'content-type: application/json' -d '%s'\n\n" \
+printf "    curl --unix-socket %q http://localhost/publish -H 'content-type: application/json' -d '%s'\n" \
   "$SOCK" '{"userId":"alice","data":{"title":"Hello from curl"}}'
+printf '  and everybody in the Team panel (room team:demo):\n'
+printf "    curl --unix-socket %q http://localhost/publish -H 'content-type: application/json' -d '%s'\n\n" \
+  "$SOCK" '{"room":"team:demo","event":"message","data":{"from":"curl","text":"Hello team"}}'
 
 set -m
 "$BIN" --port "$PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" --publish-socket "$SOCK" \

@@ -76,7 +76,7 @@ function makeNotification(userId, title) {
 const procs = new Set();
 
 class Sockgate {
-  constructor({ port, upstreamPort, socketPath, name }) {
+  constructor({ port, upstreamPort, socketPath, name, env: extraEnv = {} }) {
     this.name = name;
     this.port = port;
     this.output = [];
@@ -92,6 +92,7 @@ class Sockgate {
     for (const k of Object.keys(env)) if (k.startsWith('SIDECAR_')) delete env[k];
     delete env.PORT;
     delete env.HOST;
+    Object.assign(env, extraEnv);
     // Own process group, so `after` can also kill the app child if sockgate is SIGKILLed.
     this.child = spawn(SOCKGATE_BIN, args, { cwd: APP_DIR, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
     this.pid = this.child.pid;
@@ -503,5 +504,229 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     } finally {
       await ctx.close();
     }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Channels and presence: the Team panel (useChannel('team:demo')) and the "Who is online"
+// list (usePresence('presence:team-demo')) of the example, on a fresh sockgate whose presence
+// grace is short.
+// ---------------------------------------------------------------------------
+const PRESENCE_GRACE_MS = 1500;
+
+const onlineIds = (page) =>
+  page.getByTestId('online-user').evaluateAll((els) => els.map((el) => el.dataset.userId));
+
+async function expectOnline(page, want, timeout = STEP_TIMEOUT_MS) {
+  const wanted = [...want].sort();
+  await page
+    .waitForFunction(
+      (w) => JSON.stringify([...document.querySelectorAll('[data-testid="online-user"]')]
+        .map((el) => el.dataset.userId).sort()) === JSON.stringify(w),
+      wanted,
+      { timeout, polling: 20 },
+    )
+    .catch(async (e) => {
+      throw new Error(`who-is-online never became ${JSON.stringify(wanted)} (is ${JSON.stringify(await onlineIds(page).catch(() => '?'))}): ${e.message}`);
+    });
+}
+
+async function expectTeamMessage(page, text, timeout = STEP_TIMEOUT_MS) {
+  await page.getByTestId('team-message-text').filter({ hasText: new RegExp(`^${text}$`) }).first().waitFor({ timeout });
+}
+
+/** Counts the page's Socket.IO connections: handshakes (no sid yet) and WebSockets opened. */
+function countConnections(page) {
+  const seen = { handshakes: 0, websockets: 0 };
+  page.on('request', (r) => {
+    const u = new URL(r.url());
+    if (u.pathname.startsWith('/socket.io/') && !u.searchParams.has('sid')) seen.handshakes++;
+  });
+  page.on('websocket', (ws) => {
+    if (new URL(ws.url()).pathname.startsWith('/socket.io/')) seen.websockets++;
+  });
+  return seen;
+}
+
+describe('browser end-to-end: channels and presence', { timeout: 240_000 }, () => {
+  let tmp, socketPath, port, upstreamPort, baseURL;
+  let browser, aliceCtx, bobCtx, alice, bob;
+  const aliceConnections = [];
+
+  const publish = (msg) => request({ socketPath, method: 'POST', path: '/publish', body: msg });
+  const api = (method, p) => request({ socketPath, method, path: p }).then((r) => ({ status: r.status, body: JSON.parse(r.body) }));
+
+  async function loginCounting(context, user) {
+    const page = await context.newPage();
+    const seen = countConnections(page);
+    await page.goto(`${baseURL}/login`);
+    await Promise.all([
+      page.waitForURL(`${baseURL}/`, { timeout: STEP_TIMEOUT_MS }),
+      page.getByTestId(`login-${user}`).click(),
+    ]);
+    return { page, seen };
+  }
+
+  before(async () => {
+    assert.ok(fs.existsSync(SOCKGATE_BIN), `sockgate binary not found at ${SOCKGATE_BIN} (cargo build, or set SOCKGATE_BIN)`);
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'sockgate-e2e-'));
+    socketPath = path.join(tmp, 'publish.sock');
+    port = await freePort();
+    upstreamPort = await freePort();
+    baseURL = `http://127.0.0.1:${port}`;
+    const gate = new Sockgate({
+      port, upstreamPort, socketPath, name: 'sockgate#channels',
+      env: { SIDECAR_CHANNELS__PRESENCE_GRACE_MS: String(PRESENCE_GRACE_MS) },
+    });
+    await gate.ready().catch((e) => {
+      dumpOutputs('starting sockgate with channels');
+      throw e;
+    });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      timeout: 30_000,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    aliceCtx = await browser.newContext({ viewport: { width: 900, height: 900 } });
+    bobCtx = await browser.newContext({ viewport: { width: 900, height: 900 } });
+    for (const ctx of [aliceCtx, bobCtx]) ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+  });
+
+  afterEach((t) => {
+    if (t.passed === false) dumpOutputs(t.name);
+  });
+
+  after(async () => {
+    try {
+      if (browser) await withTimeout(browser.close(), 10_000, 'browser.close()');
+    } catch (e) {
+      process.stderr.write(`browser.close: ${e.message}\n`);
+    }
+    for (const p of procs) {
+      if (!p.exited) await p.terminate(5000).catch(() => {});
+      p.killGroup();
+    }
+    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('alice and bob appear in each other\'s who-is-online list, over one connection per page', async () => {
+    const a = await loginCounting(aliceCtx, 'alice');
+    alice = a.page;
+    aliceConnections.push(a.seen);
+    await expectStatus(alice, 'connected');
+    await expectOnline(alice, ['alice']);
+    const b = await loginCounting(bobCtx, 'bob');
+    bob = b.page;
+    await expectStatus(bob, 'connected');
+    await expectOnline(bob, ['alice', 'bob']);
+    await expectOnline(alice, ['alice', 'bob']); // presence:join reached alice
+    // The session route's `user` is what the list shows.
+    assert.deepEqual(await alice.getByTestId('online-user').allTextContents(), ['Alice (you)', 'Bob']);
+    for (const page of [alice, bob]) {
+      await page.getByTestId('team-status').filter({ hasText: /^subscribed$/ }).waitFor();
+    }
+    // The bell, the team panel and the presence list share one Socket.IO connection.
+    await sleep(300);
+    for (const [who, seen] of [['alice', a.seen], ['bob', b.seen]]) {
+      assert.equal(seen.handshakes, 1, `${who}: Socket.IO handshakes ${JSON.stringify(seen)}`);
+      assert.ok(seen.websockets <= 1, `${who}: WebSockets ${JSON.stringify(seen)}`);
+    }
+    const room = await api('GET', '/rooms/presence%3Ateam-demo');
+    assert.equal(room.status, 200, JSON.stringify(room.body));
+    assert.deepEqual(
+      [...room.body.members].sort((x, y) => x.id.localeCompare(y.id)),
+      [{ id: 'alice', info: { name: 'Alice' } }, { id: 'bob', info: { name: 'Bob' } }],
+    );
+  });
+
+  test('a team publish reaches both (from the page, through the app, and on the publish socket)', async (t) => {
+    if (!alice || !bob) return t.skip('needs the logged-in pages of the first test');
+    // From alice's page: "Send to team" → POST /api/team → publish to room team:demo.
+    await alice.getByTestId('team-input').fill('Standup in 5');
+    const responseP = alice.waitForResponse((r) => r.url() === `${baseURL}/api/team`);
+    await alice.getByTestId('team-send').click();
+    const res = await responseP;
+    assert.equal(res.status(), 201);
+    assert.ok((await res.json()).recipients >= 2, 'both sockets are in team:demo');
+    for (const page of [alice, bob]) await expectTeamMessage(page, 'Standup in 5');
+
+    // Straight to the publish socket, like demo.sh's curl line.
+    const pub = await publish({ room: 'team:demo', event: 'message', data: { from: 'curl', text: 'Hello team' } });
+    assert.equal(pub.status, 200, pub.body);
+    assert.equal(JSON.parse(pub.body).recipients, 2, pub.body);
+    for (const page of [alice, bob]) await expectTeamMessage(page, 'Hello team');
+    // A team message is not a notification.
+    assert.equal(await alice.getByTestId('notification-item').count(), 0);
+    await alice.screenshot({ path: path.join(ARTIFACTS, 'alice-team.png'), fullPage: true });
+  });
+
+  test('a room the authorize route forbids shows the error; the team channel is unaffected', async (t) => {
+    if (!alice) return t.skip('needs the logged-in pages of the first test');
+    await alice.getByTestId('other-room-input').fill('team:secret');
+    await alice.getByTestId('other-room-join').click();
+    await alice.getByTestId('other-room-status').filter({ hasText: /^team:secret: forbidden$/ }).waitFor();
+    await alice.getByTestId('other-room-input').fill('user:bob');
+    await alice.getByTestId('other-room-join').click();
+    await alice.getByTestId('other-room-status').filter({ hasText: /^user:bob: invalid room$/ }).waitFor();
+    assert.equal(await alice.getByTestId('team-status').textContent(), 'subscribed');
+    const status = await api('GET', '/users/alice');
+    assert.ok(!status.body.rooms.includes('team:secret'), JSON.stringify(status.body));
+  });
+
+  test('a second tab changes nothing; closing the last one removes the user after the grace', async (t) => {
+    if (!alice || !bob) return t.skip('needs the logged-in pages of the first test');
+    const bob2 = await bobCtx.newPage();
+    await bob2.goto(`${baseURL}/`);
+    await expectStatus(bob2, 'connected');
+    await expectOnline(bob2, ['alice', 'bob']);
+    await bob2.close();
+    await sleep(PRESENCE_GRACE_MS + 700);
+    await expectOnline(alice, ['alice', 'bob'], 100); // bob still has a tab open
+
+    const t0 = Date.now();
+    await bob.close();
+    bob = null;
+    await sleep(Math.min(500, PRESENCE_GRACE_MS / 3));
+    assert.deepEqual((await onlineIds(alice)).sort(), ['alice', 'bob'], 'bob is kept during the grace');
+    await expectOnline(alice, ['alice'], PRESENCE_GRACE_MS + STEP_TIMEOUT_MS);
+    const gone = Date.now() - t0;
+    assert.ok(gone >= PRESENCE_GRACE_MS - 100, `bob left after ${gone} ms, before the ${PRESENCE_GRACE_MS} ms grace`);
+  });
+
+  test('after a reconnect the list is fetched again: a leave missed while away is applied', async (t) => {
+    if (!alice) return t.skip('needs the logged-in page of the first test');
+    bob = await bobCtx.newPage();
+    await bob.goto(`${baseURL}/`);
+    await expectOnline(alice, ['alice', 'bob']);
+
+    // Cut alice off: her socket is closed by sockgate and her reconnects fail for now.
+    const isSocketIo = (url) => new URL(url).pathname.startsWith('/socket.io/');
+    await alice.route(isSocketIo, (route) => route.abort('connectionrefused'));
+    const kicked = await api('POST', '/users/alice/disconnect');
+    assert.equal(kicked.body.disconnected, 1, JSON.stringify(kicked.body));
+    await alice.getByTestId('team-status').filter({ hasText: /^disconnected$/ }).waitFor();
+
+    // Bob leaves while alice is away: she cannot get the presence:leave.
+    await bob.close();
+    bob = null;
+    const deadline = Date.now() + PRESENCE_GRACE_MS + STEP_TIMEOUT_MS;
+    for (;;) {
+      const room = await api('GET', '/rooms/presence%3Ateam-demo');
+      if (!(room.body.members ?? []).some((m) => m.id === 'bob')) break;
+      assert.ok(Date.now() < deadline, `bob never left: ${JSON.stringify(room.body)}`);
+      await sleep(100);
+    }
+    assert.deepEqual((await onlineIds(alice)).sort(), ['alice', 'bob'], 'alice\'s list is stale while she is away');
+
+    await alice.unroute(isSocketIo);
+    await expectStatus(alice, 'connected', RECONNECT_TIMEOUT_MS);
+    await alice.getByTestId('team-status').filter({ hasText: /^subscribed$/ }).waitFor({ timeout: RECONNECT_TIMEOUT_MS });
+    await expectOnline(alice, ['alice']);
+    // And the team channel works on the new socket.
+    await publish({ room: 'team:demo', event: 'message', data: { from: 'curl', text: 'After reconnect' } });
+    await expectTeamMessage(alice, 'After reconnect');
+    // Still one connection on alice's page at a time: the reconnects reused the same socket.
+    assert.ok(aliceConnections[0].handshakes >= 2, JSON.stringify(aliceConnections[0]));
   });
 });

@@ -11,6 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 import {
@@ -18,9 +19,12 @@ import {
   createClient,
   defaultSocketPath,
   disconnectUser,
+  presence,
   publish,
   pushNotification,
+  room,
   SockgateError,
+  userStatus,
   verifyWebhook,
 } from '../index.mjs';
 
@@ -167,6 +171,45 @@ describe('client (fake server)', () => {
       closeDefaultClient();
       if (prev === undefined) delete process.env.SOCKGATE_SOCKET;
       else process.env.SOCKGATE_SOCKET = prev;
+      server.close();
+    }
+  });
+
+  test('room / presence: GET /rooms/{room}, the name percent-encoded; presence is the members array', async () => {
+    const socketPath = path.join(dir, 'rooms.sock');
+    const urls = [];
+    const server = await fakeServer(socketPath, (req, res) => {
+      urls.push(`${req.method} ${req.url}`);
+      if (req.url === '/rooms/presence%3Ateam%40x') {
+        return sendJson(res, 200, {
+          room: 'presence:team@x', sockets: 3, users: 2, scope: 'local',
+          members: [{ id: 'alice', info: { name: 'Alice' } }, { id: 'bob', info: null }],
+        });
+      }
+      if (req.url === '/rooms/team%3Ademo') return sendJson(res, 200, { room: 'team:demo', sockets: 0, users: 0, scope: 'local' });
+      sendJson(res, 400, { ok: false, error: 'invalid room' });
+    });
+    const client = createClient({ socketPath });
+    try {
+      assert.deepEqual(await client.presence('presence:team@x'), [
+        { id: 'alice', info: { name: 'Alice' } },
+        { id: 'bob', info: null },
+      ]);
+      assert.equal((await client.room('presence:team@x')).users, 2);
+      assert.deepEqual(await client.room('team:demo'), { room: 'team:demo', sockets: 0, users: 0, scope: 'local' });
+      assert.deepEqual(await client.presence('team:demo'), [], 'not a presence room: no members');
+      await assert.rejects(client.room('a b'), { status: 400, error: 'invalid room', code: 'SOCKGATE_HTTP_ERROR' });
+      await assert.rejects(client.room(''), TypeError);
+      await assert.rejects(client.presence(undefined), TypeError);
+      assert.deepEqual(urls, [
+        'GET /rooms/presence%3Ateam%40x',
+        'GET /rooms/presence%3Ateam%40x',
+        'GET /rooms/team%3Ademo',
+        'GET /rooms/team%3Ademo',
+        'GET /rooms/a%20b',
+      ]);
+    } finally {
+      client.close();
       server.close();
     }
   });
@@ -443,5 +486,204 @@ describe('verifyWebhook', () => {
     assert.equal(verifyWebhook(body, undefined, 'Jefe'), false);
     assert.equal(verifyWebhook(body, [good], 'Jefe'), false);
     assert.equal(verifyWebhook(body, good, ''), false);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rooms and presence against a real sockgate: a small app answers the session route
+// (userId, user, rooms) and the authorize route; sockets come from socket.io-client, taken
+// from the test fixture's dependencies (tests/fixture: `npm ci` there), skipped without it.
+
+const fixtureRequire = createRequire(path.resolve(here, '../../../tests/fixture/package.json'));
+let ioClient = null;
+try {
+  ioClient = fixtureRequire('socket.io-client').io;
+} catch {
+  ioClient = null;
+}
+const roomsSkip = !haveBinary
+  ? `no sockgate binary at ${SOCKGATE_BIN}`
+  : !ioClient ? 'socket.io-client is not installed in tests/fixture (npm ci there)' : false;
+
+async function eventually(fn, { timeout = 5000, interval = 50, message = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`${message} not met within ${timeout} ms: ${last?.message}`);
+    await sleep(interval);
+  }
+}
+
+describe('rooms and presence against a real sockgate', { skip: roomsSkip }, () => {
+  const ORIGIN = 'http://app.test';
+  let dir;
+  let socketPath;
+  let child;
+  let app;
+  let port;
+  let output = '';
+  const sockets = new Set();
+  const authorized = [];
+
+  before(async () => {
+    dir = tmpDir();
+    socketPath = path.join(dir, 's.sock');
+    // The app: cookie `u=<id>` is a session; the session route names the user's rooms and
+    // member info, the authorize route allows team:* and presence:team-* only.
+    app = http.createServer((req, res) => {
+      const chunks = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', () => {
+        const user = /(?:^|;\s*)u=([a-z]+)/.exec(req.headers.cookie ?? '')?.[1];
+        if (req.method === 'GET' && req.url === '/api/session') {
+          if (!user) return sendJson(res, 401, { error: 'unauthorized' });
+          return sendJson(res, 200, {
+            userId: user,
+            user: { name: user[0].toUpperCase() + user.slice(1) },
+            rooms: ['team:demo'],
+          });
+        }
+        if (req.method === 'POST' && req.url === '/api/socket/authorize') {
+          const body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+          authorized.push({ user, ...body });
+          if (!user) return sendJson(res, 401, { error: 'unauthorized' });
+          const ok = /^(team:|presence:team-)/.test(body.room);
+          return sendJson(res, ok ? 200 : 403, ok ? { ok: true } : { error: 'forbidden' });
+        }
+        sendJson(res, 404, { error: 'not found' });
+      });
+    });
+    await new Promise((r) => app.listen(0, '127.0.0.1', r));
+    port = await freePort();
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SIDECAR_')));
+    child = spawn(SOCKGATE_BIN, [], {
+      cwd: dir,
+      env: {
+        ...env,
+        SIDECAR_SERVER__HOST: '127.0.0.1',
+        SIDECAR_SERVER__PORT: String(port),
+        SIDECAR_UPSTREAM__URL: `http://127.0.0.1:${app.address().port}`,
+        SIDECAR_PUBLISH__SOCKET: socketPath,
+        SIDECAR_REALTIME__ALLOWED_ORIGINS: JSON.stringify([ORIGIN]),
+        SIDECAR_AUTH__SESSION_PATH: '/api/session',
+        SIDECAR_CHANNELS__PRESENCE_GRACE_MS: '300',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.on('data', (d) => (output += d));
+    child.stderr.on('data', (d) => (output += d));
+    let exited = null;
+    child.once('exit', (code, signal) => (exited = { code, signal }));
+    const deadline = Date.now() + 15_000;
+    while (!existsSync(socketPath)) {
+      if (exited) throw new Error(`sockgate exited early (${JSON.stringify(exited)}):\n${output}`);
+      if (Date.now() > deadline) throw new Error(`sockgate did not create ${socketPath} within 15s:\n${output}`);
+      await sleep(50);
+    }
+    process.env.SOCKGATE_SOCKET = socketPath; // for the top-level helpers
+    closeDefaultClient();
+  });
+
+  after(async () => {
+    for (const s of sockets) s.close();
+    closeDefaultClient();
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await gone;
+      clearTimeout(timer);
+    }
+    if (app) await new Promise((r) => app.close(r));
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** A connected socket for `user` (its session cookie), reconnection off. */
+  function connectAs(user) {
+    const socket = ioClient(`http://127.0.0.1:${port}`, {
+      reconnection: false,
+      forceNew: true,
+      timeout: 5000,
+      extraHeaders: { cookie: `u=${user}`, origin: ORIGIN },
+    });
+    sockets.add(socket);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${user}: no connect within 5 s\n${output}`)), 5000);
+      socket.once('connect', () => { clearTimeout(timer); resolve(socket); });
+      socket.once('connect_error', (err) => { clearTimeout(timer); reject(new Error(`${user}: connect_error ${err.message}`)); });
+    });
+  }
+
+  const ack = (socket, event, body) => socket.timeout(5000).emitWithAck(event, body);
+
+  let alice1;
+  let alice2;
+  let bob;
+
+  test('room(): an empty room counts nothing', async () => {
+    const res = await room('team:nobody-here');
+    assert.equal(res.room, 'team:nobody-here');
+    assert.equal(res.sockets, 0);
+    assert.equal(res.users, 0);
+    assert.equal(res.members, undefined, 'not a presence room: no members');
+    assert.ok(['local', 'cluster'].includes(res.scope), JSON.stringify(res));
+  });
+
+  test('room(): sockets join the rooms their session route names; publish to the room reaches them', async () => {
+    alice1 = await connectAs('alice');
+    alice2 = await connectAs('alice'); // a second tab
+    bob = await connectAs('bob');
+    const res = await room('team:demo');
+    assert.deepEqual({ room: res.room, sockets: res.sockets, users: res.users }, { room: 'team:demo', sockets: 3, users: 2 });
+    assert.equal(res.members, undefined);
+    assert.deepEqual(await presence('team:demo'), [], 'presence() of a plain room is []');
+
+    const got = [alice1, alice2, bob].map((s) => new Promise((r) => s.once('team', r)));
+    const pub = await publish({ room: 'team:demo', event: 'team', data: { text: 'hello team' } });
+    assert.equal(pub.recipients, 3);
+    assert.deepEqual(await Promise.all(got), [{ text: 'hello team' }, { text: 'hello team' }, { text: 'hello team' }]);
+  });
+
+  test('presence(): one member per user with the session route\'s user info; userStatus lists the rooms', async () => {
+    for (const s of [alice1, alice2, bob]) {
+      assert.deepEqual(await ack(s, 'subscribe', { room: 'presence:team-demo' }), { ok: true });
+    }
+    assert.deepEqual(await ack(bob, 'subscribe', { room: 'secret:stuff' }), { ok: false, error: 'forbidden' });
+    assert.ok(authorized.some((a) => a.room === 'presence:team-demo' && a.userId === 'alice' && a.user === 'alice'),
+      `the authorize route got the cookie and {room, userId}: ${JSON.stringify(authorized)}`);
+
+    const members = await presence('presence:team-demo');
+    assert.deepEqual(
+      [...members].sort((a, b) => a.id.localeCompare(b.id)),
+      [{ id: 'alice', info: { name: 'Alice' } }, { id: 'bob', info: { name: 'Bob' } }],
+    );
+    const res = await room('presence:team-demo');
+    assert.equal(res.sockets, 3);
+    assert.equal(res.users, 2);
+    assert.equal(res.members.length, 2);
+
+    const status = await userStatus('alice');
+    assert.equal(status.sockets, 2);
+    assert.deepEqual([...status.rooms].sort(), ['presence:team-demo', 'team:demo']);
+  });
+
+  test('presence(): a user whose last socket left is gone after the grace', async () => {
+    bob.close();
+    await eventually(async () => {
+      const ids = (await presence('presence:team-demo')).map((m) => m.id);
+      assert.deepEqual(ids, ['alice']);
+    }, { message: 'bob gone from presence' });
+    const res = await room('presence:team-demo');
+    assert.deepEqual({ sockets: res.sockets, users: res.users }, { sockets: 2, users: 1 });
+    // One of alice's two tabs leaving changes nothing for presence.
+    assert.deepEqual(await ack(alice2, 'unsubscribe', { room: 'presence:team-demo' }), { ok: true });
+    await sleep(500);
+    assert.deepEqual((await presence('presence:team-demo')).map((m) => m.id), ['alice']);
+    assert.equal((await room('presence:team-demo')).sockets, 1);
   });
 });

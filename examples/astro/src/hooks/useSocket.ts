@@ -8,8 +8,12 @@
 // calls `onReconnect` so the app refetches. Handlers still receive just the payload.
 // A message whose offset was seen already is dropped: in cluster mode a message published
 // through another instance during a reconnect can come twice (replayed, then live).
+//
+// One connection per page: useSocket, useChannel and usePresence (./useChannel.ts) all share
+// the socket made here (`acquireConnection`), opened by the first hook that mounts and closed
+// shortly after the last one unmounts.
 import { useEffect, useRef, useState } from 'react';
-import { io } from 'socket.io-client';
+import { io, type Socket } from 'socket.io-client';
 
 export interface UseSocketOptions<T = unknown> {
   userId: string | null | undefined;
@@ -59,6 +63,167 @@ export function isNewerOffset(offset: string, last: string | null): boolean {
   return false;
 }
 
+type Listener<A extends unknown[]> = (...args: A) => void;
+
+/** The page's one Socket.IO connection, shared by every hook (see `acquireConnection`). */
+export class SharedConnection {
+  readonly socket: Socket;
+  isConnected = false;
+  error: string | null = null;
+  private lastOffset: string | null = null;
+  private lastConnectError: string | null = null;
+  private retryAttempt = 0;
+  private manualTimer: ReturnType<typeof setTimeout> | undefined;
+  // The offsets seen lately: repeats come within a reconnect, so a short memory suffices.
+  private seen = new Set<string>();
+  private seenOrder: string[] = [];
+  private stateListeners = new Set<Listener<[]>>();
+  private connectListeners = new Set<Listener<[]>>();
+  private recoveryFailedListeners = new Set<Listener<[]>>();
+  private eventListeners = new Set<Listener<[string, unknown]>>();
+
+  constructor() {
+    // ?transport=polling forces long-polling only (handy for tests).
+    const forcePolling = new URLSearchParams(window.location.search).get('transport') === 'polling';
+    this.socket = io({
+      path: '/socket.io',
+      withCredentials: true,
+      auth: (cb) => cb({ offset: this.lastOffset }),
+      ...(forcePolling ? { transports: ['polling'] } : {}),
+    });
+    this.socket.onAny(this.handleAny);
+    this.socket.on('recovery_failed', this.handleRecoveryFailed);
+    this.socket.on('connect', this.handleConnect);
+    this.socket.on('disconnect', this.handleDisconnect);
+    this.socket.on('connect_error', this.handleConnectError);
+  }
+
+  /** State changes (isConnected, error). */
+  onState(fn: Listener<[]>) {
+    this.stateListeners.add(fn);
+    return () => void this.stateListeners.delete(fn);
+  }
+  /** Every connect, the first one included. */
+  onConnect(fn: Listener<[]>) {
+    this.connectListeners.add(fn);
+    return () => void this.connectListeners.delete(fn);
+  }
+  /** Messages were missed and cannot be replayed: the app refetches. */
+  onRecoveryFailed(fn: Listener<[]>) {
+    this.recoveryFailedListeners.add(fn);
+    return () => void this.recoveryFailedListeners.delete(fn);
+  }
+  /** Every event from the server (payload only), repeats (an offset seen already) dropped. */
+  onEvent(fn: Listener<[string, unknown]>) {
+    this.eventListeners.add(fn);
+    return () => void this.eventListeners.delete(fn);
+  }
+
+  close() {
+    clearTimeout(this.manualTimer);
+    this.socket.offAny(this.handleAny);
+    this.socket.removeAllListeners();
+    this.socket.disconnect();
+    this.setState(false, this.error);
+  }
+
+  private setState(isConnected: boolean, error: string | null) {
+    if (isConnected === this.isConnected && error === this.error) return;
+    this.isConnected = isConnected;
+    this.error = error;
+    for (const fn of [...this.stateListeners]) fn();
+  }
+
+  private scheduleConnect() {
+    clearTimeout(this.manualTimer);
+    this.manualTimer = setTimeout(() => {
+      if (!this.socket.connected) this.socket.connect();
+    }, retryDelay(this.retryAttempt++));
+  }
+
+  // Offsets count every message to the user, whatever its event name.
+  private handleAny = (event: string, payload: unknown, meta?: { offset?: string }) => {
+    const offset = meta?.offset;
+    if (typeof offset === 'string') {
+      if (this.seen.has(offset)) return; // a repeat: handlers already had it
+      this.seen.add(offset);
+      this.seenOrder.push(offset);
+      if (this.seenOrder.length > 1000) this.seen.delete(this.seenOrder.shift()!);
+      if (isNewerOffset(offset, this.lastOffset)) this.lastOffset = offset;
+    }
+    if (event === 'recovery_failed') return;
+    for (const fn of [...this.eventListeners]) fn(event, payload);
+  };
+
+  private handleRecoveryFailed = () => {
+    for (const fn of [...this.recoveryFailedListeners]) fn();
+  };
+
+  private handleConnect = () => {
+    this.lastConnectError = null;
+    this.retryAttempt = 0;
+    this.setState(true, null);
+    // 'connect' comes once sockgate has put the socket in the user's room, so a refetch
+    // started now cannot miss a message published in between.
+    for (const fn of [...this.connectListeners]) fn();
+  };
+
+  private handleDisconnect = (reason: string) => {
+    this.setState(false, this.error);
+    // The server closed the socket on purpose (sockgate restart/drain, or the session was
+    // revalidated away). Socket.IO does not retry that, so we do — unless we were last
+    // rejected as unauthorized (then a retry cannot succeed).
+    if (reason === 'io server disconnect' && this.lastConnectError !== 'unauthorized') {
+      this.scheduleConnect();
+    }
+  };
+
+  private handleConnectError = (err: Error) => {
+    const message = refusal(err);
+    this.lastConnectError = message;
+    this.setState(false, message);
+    if (message === 'unauthorized') {
+      // No (valid) session: stop every retry path until the page is reloaded.
+      clearTimeout(this.manualTimer);
+      this.socket.disconnect();
+    } else if (!this.socket.active) {
+      // Refused by the server for another reason (e.g. "session unavailable" while the app
+      // restarts): Socket.IO gives up on such refusals, we retry with backoff.
+      this.scheduleConnect();
+    }
+    // Otherwise (transport error) the Manager's own reconnection is already on it.
+  };
+}
+
+let shared: SharedConnection | null = null;
+let holders = 0;
+let closeTimer: ReturnType<typeof setTimeout> | undefined;
+
+/**
+ * The page's shared connection, opened on first use. Call the returned `release` when done:
+ * the socket closes once nobody holds it (a moment later, so a remount — React StrictMode, a
+ * component moving — keeps the same socket instead of reconnecting).
+ */
+export function acquireConnection(): { connection: SharedConnection; release: () => void } {
+  clearTimeout(closeTimer);
+  shared ??= new SharedConnection();
+  holders++;
+  const connection = shared;
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    if (--holders > 0) return;
+    closeTimer = setTimeout(() => {
+      if (holders === 0 && shared === connection) {
+        shared = null;
+        connection.close();
+      }
+    }, 0);
+  };
+  return { connection, release };
+}
+
 export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: UseSocketOptions<T>): UseSocketResult {
   const [isConnected, setIsConnected] = useState(false);
   const [error, setError] = useState<string | null>(null);
@@ -73,105 +238,29 @@ export function useSocket<T = unknown>({ userId, onNotification, onReconnect }: 
 
   useEffect(() => {
     if (!userId) return;
-
-    // ?transport=polling forces long-polling only (handy for tests).
-    const forcePolling = new URLSearchParams(window.location.search).get('transport') === 'polling';
-    let lastOffset: string | null = null;
-    const socket = io({
-      path: '/socket.io',
-      withCredentials: true,
-      auth: (cb) => cb({ offset: lastOffset }),
-      ...(forcePolling ? { transports: ['polling'] } : {}),
-    });
-
-    let lastConnectError: string | null = null;
-    let everConnected = false;
-    let retryAttempt = 0;
-    let manualTimer: ReturnType<typeof setTimeout> | undefined;
-
-    const scheduleConnect = () => {
-      clearTimeout(manualTimer);
-      manualTimer = setTimeout(() => {
-        if (!socket.connected) socket.connect();
-      }, retryDelay(retryAttempt++));
+    const { connection, release } = acquireConnection();
+    const sync = () => {
+      setIsConnected(connection.isConnected);
+      setError(connection.error);
     };
-
-    // Set by trackOffset, which Socket.IO runs (onAny) just before the event's own handler.
-    let repeated = false;
-    // The offsets seen lately: repeats come within a reconnect, so a short memory suffices.
-    const seen = new Set<string>();
-    const seenOrder: string[] = [];
-    const handleNotification = (payload: T) => {
-      if (!repeated) onNotificationRef.current?.(payload);
-    };
-    // Offsets count every message to the user, whatever its event name.
-    const trackOffset = (_event: string, _payload: unknown, meta?: { offset?: string }) => {
-      const offset = meta?.offset;
-      repeated = typeof offset === 'string' && seen.has(offset);
-      if (typeof offset !== 'string' || repeated) return;
-      seen.add(offset);
-      seenOrder.push(offset);
-      if (seenOrder.length > 1000) seen.delete(seenOrder.shift()!);
-      if (isNewerOffset(offset, lastOffset)) lastOffset = offset;
-    };
-    // Messages were missed and cannot be replayed: the app refetches.
-    const handleRecoveryFailed = () => onReconnectRef.current?.();
-
-    const handleConnect = () => {
-      lastConnectError = null;
-      retryAttempt = 0;
-      setIsConnected(true);
-      setError(null);
-      // Every connect after the first is a reconnection, whoever retried (the Manager or us).
-      // 'connect' comes once sockgate has put the socket in the user's room, so a refetch
-      // started now cannot miss a message published in between.
-      if (everConnected) onReconnectRef.current?.();
-      everConnected = true;
-    };
-
-    const handleDisconnect = (reason: string) => {
-      setIsConnected(false);
-      // The server closed the socket on purpose (sockgate restart/drain, or the session was
-      // revalidated away). Socket.IO does not retry that, so we do — unless we were last
-      // rejected as unauthorized (then a retry cannot succeed).
-      if (reason === 'io server disconnect' && lastConnectError !== 'unauthorized') {
-        scheduleConnect();
-      }
-    };
-
-    const handleConnectError = (err: Error) => {
-      const message = refusal(err);
-      lastConnectError = message;
-      setIsConnected(false);
-      setError(message);
-      if (message === 'unauthorized') {
-        // No (valid) session: stop every retry path until the page is reloaded.
-        clearTimeout(manualTimer);
-        socket.disconnect();
-      } else if (!socket.active) {
-        // Refused by the server for another reason (e.g. "session unavailable" while the app
-        // restarts): Socket.IO gives up on such refusals, we retry with backoff.
-        scheduleConnect();
-      }
-      // Otherwise (transport error) the Manager's own reconnection is already on it.
-    };
-
-    socket.on('notification', handleNotification);
-    socket.on('recovery_failed', handleRecoveryFailed);
-    socket.onAny(trackOffset);
-    socket.on('connect', handleConnect);
-    socket.on('disconnect', handleDisconnect);
-    socket.on('connect_error', handleConnectError);
-
+    sync();
+    // Every connect after the first this hook saw is a reconnection, whoever retried (the
+    // Manager or the connection's own backoff); a socket already up counts as the first.
+    let everConnected = connection.isConnected;
+    const offs = [
+      connection.onState(sync),
+      connection.onConnect(() => {
+        if (everConnected) onReconnectRef.current?.();
+        everConnected = true;
+      }),
+      connection.onRecoveryFailed(() => onReconnectRef.current?.()),
+      connection.onEvent((event, payload) => {
+        if (event === 'notification') onNotificationRef.current?.(payload as T);
+      }),
+    ];
     return () => {
-      clearTimeout(manualTimer);
-      socket.off('notification', handleNotification);
-      socket.off('recovery_failed', handleRecoveryFailed);
-      socket.offAny(trackOffset);
-      socket.off('connect', handleConnect);
-      socket.off('disconnect', handleDisconnect);
-      socket.off('connect_error', handleConnectError);
-      socket.disconnect();
+      for (const off of offs) off();
+      release();
       setIsConnected(false);
     };
   }, [userId]);
