@@ -102,9 +102,8 @@ pub struct RealtimeConfig {
     pub ping_interval_ms: u64,
     pub ping_timeout_ms: u64,
     /// Largest HTTP long-polling POST body accepted from a client. Clients only send
-    /// handshakes, pongs and `subscribe`/`unsubscribe` (sockgate takes no other client
-    /// events), so this is small. Also the
-    /// most sockgate batches into one polling response (a larger message goes alone).
+    /// handshakes, pongs and `subscribe`/`unsubscribe`/`presence` (sockgate takes no other
+    /// client events), so this is small. Also the most sockgate batches into one polling response (a larger message goes alone).
     pub max_poll_payload_bytes: u64,
     /// Largest WebSocket message (and frame) accepted from a client; a larger one closes the
     /// socket. Binary attachments are refused whatever their size. What sockgate sends is

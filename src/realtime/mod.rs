@@ -3,8 +3,8 @@
 //!
 //! The service is built once. A socket gets in only through the session check (`auth`), then
 //! joins its user's room and the rooms its session lists. It is one-way by design: the server
-//! emits, and whatever a client emits is dropped unread, except `subscribe`/`unsubscribe`,
-//! which `channels` handles with the app's authorization.
+//! emits, and whatever a client emits is dropped unread, except `subscribe`/`unsubscribe`/
+//! `presence`, which `channels` handles with the app's authorization.
 
 mod admission;
 mod auth;
