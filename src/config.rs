@@ -192,7 +192,8 @@ pub struct ChannelsConfig {
     pub public_prefixes: Vec<String>,
     /// Most rooms a socket is in besides its user room (session rooms and subscriptions).
     pub max_rooms_per_socket: usize,
-    /// Most `subscribe` events a socket may send per second (a burst of as many is fine).
+    /// Most `subscribe` and `presence` requests a socket may send per second (a burst of as
+    /// many is fine).
     pub max_subscribes_per_sec: u32,
     /// Room prefixes whose members sockgate tracks: distinct users, announced with
     /// `presence:join`/`presence:leave` and listed on request.

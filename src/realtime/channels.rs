@@ -449,12 +449,18 @@ impl Channels {
 
     /// The members of a presence room the socket is in.
     async fn presence<A: Adapter>(&self, socket: &SocketRef<A>, room: &str) -> Reply {
-        let member = socket
-            .extensions
-            .get::<Membership>()
-            .is_some_and(|m| m.lock().rooms.contains(room));
-        if !member || !self.roster.is_presence(room) {
+        let Some(membership) = socket.extensions.get::<Membership>() else {
             return refused("not subscribed");
+        };
+        {
+            // Each list is a Redis read in cluster mode: asked no faster than subscribes.
+            let mut joined = membership.lock();
+            if !joined.take_token(self.per_sec) {
+                return refused("rate limited");
+            }
+            if !joined.rooms.contains(room) || !self.roster.is_presence(room) {
+                return refused("not subscribed");
+            }
         }
         match self.roster.members(room).await {
             Some(members) => Reply {

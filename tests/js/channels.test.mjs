@@ -153,6 +153,19 @@ describe('channels on one instance', () => {
     }
   });
 
+  test('presence lists are rate limited like subscribes (each is a Redis read in cluster mode)', async () => {
+    const sock = await connect(s.url, { cookie: 'sid=user-s6' });
+    try {
+      assert.deepEqual(await subscribe(sock, 'public:p'), { ok: true });
+      const replies = [];
+      for (let i = 0; i < 4; i += 1) replies.push(await ask(sock, 'presence', { room: 'public:p' }));
+      assert.deepEqual(replies.slice(0, 3).map((r) => r.error), ['not subscribed', 'not subscribed', 'not subscribed']);
+      assert.deepEqual(replies[3], { ok: false, error: 'rate limited' });
+    } finally {
+      closeAll([sock]);
+    }
+  });
+
   test('public prefixes need no authorization', async () => {
     const sock = await connect(s.url, { cookie: 'sid=user-s5' });
     try {
