@@ -134,14 +134,11 @@ impl PublishApi {
                 let body = self.read_json(req).await?;
                 let messages = parse_batch(&body, self.max_batch)
                     .map_err(|e| Failure::bad_request(e.to_string()))?;
-                let mut recipients = 0;
-                for msg in &messages {
-                    recipients += self
-                        .hub
-                        .publish(&msg.target, &msg.event, &msg.data)
-                        .await
-                        .map_err(hub_failure)?;
-                }
+                let batch: Vec<_> = messages
+                    .iter()
+                    .map(|m| (&m.target, m.event.as_str(), &m.data))
+                    .collect();
+                let recipients = self.hub.publish_batch(&batch).await.map_err(hub_failure)?;
                 Ok(json!({"ok": true, "messages": messages.len(), "recipients": recipients}))
             }
             ["users", id, "disconnect"] => {

@@ -71,6 +71,9 @@ enum Io {
     Cluster(SocketIo<ClusterAdapter>, Outages),
 }
 
+/// How many rooms of one batch are published to at once.
+const BATCH_ROOMS_AT_ONCE: usize = 64;
+
 /// What a publish or a kick made during the drain is told.
 pub const DRAINING: &str = "sockgate is draining (shutting down): its sockets are closed; publish through another instance or retry once it is back";
 
@@ -197,6 +200,104 @@ impl Hub {
         self.metrics
             .published(recipients - dropped, dropped, started.elapsed());
         Ok(recipients)
+    }
+
+    /// Publishes a batch; returns the recipients on this instance. Messages to user rooms
+    /// run concurrently across rooms (in cluster mode their Redis commands share round
+    /// trips) and in batch order within each room; a message to any other room or a broadcast
+    /// waits for the ones before it and holds back the ones after it, so every socket still
+    /// receives the batch in its order.
+    pub async fn publish_batch(
+        &self,
+        messages: &[(&Target, &str, &serde_json::Value)],
+    ) -> Result<usize, String> {
+        if self.is_draining() {
+            return Err(DRAINING.into());
+        }
+        let mut recipients = 0;
+        let mut run: Vec<usize> = Vec::new();
+        for (i, (target, event, data)) in messages.iter().enumerate() {
+            let alone = match target {
+                Target::User(_) | Target::Users(_) => false,
+                Target::Room(room) => !room.starts_with(self.room_prefix.as_str()),
+                Target::Broadcast => true,
+            };
+            if !alone {
+                run.push(i);
+                continue;
+            }
+            recipients += self
+                .publish_run(messages, &std::mem::take(&mut run))
+                .await?;
+            recipients += self.publish(target, event, data).await?;
+        }
+        recipients += self.publish_run(messages, &run).await?;
+        Ok(recipients)
+    }
+
+    /// Runs messages (indexes into `messages`, all to user rooms) grouped by room: the groups
+    /// at once, each group in order. Metrics count each message once, when its last room got it.
+    async fn publish_run(
+        &self,
+        messages: &[(&Target, &str, &serde_json::Value)],
+        run: &[usize],
+    ) -> Result<usize, String> {
+        use futures_util::StreamExt;
+        if run.is_empty() {
+            return Ok(0);
+        }
+        let started = std::time::Instant::now();
+        let mut rooms: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut index: std::collections::HashMap<String, usize> = Default::default();
+        for &i in run {
+            let users: Vec<String> = match messages[i].0 {
+                Target::User(id) => vec![self.user_room(id)],
+                Target::Users(ids) => ids.iter().map(|id| self.user_room(id)).collect(),
+                Target::Room(room) => vec![room.clone()],
+                Target::Broadcast => Vec::new(),
+            };
+            for room in users {
+                let at = *index.entry(room.clone()).or_insert_with(|| {
+                    rooms.push((room, Vec::new()));
+                    rooms.len() - 1
+                });
+                rooms[at].1.push(i);
+            }
+        }
+        let mut reached = vec![(0usize, 0usize, std::time::Duration::ZERO); messages.len()];
+        let mut groups =
+            futures_util::stream::iter(rooms.into_iter().map(|(room, list)| async move {
+                let mut out = Vec::with_capacity(list.len());
+                for i in list {
+                    let (_, event, data) = messages[i];
+                    let got = self.publish_to_room(room.clone(), event, data).await?;
+                    out.push((i, got, started.elapsed()));
+                }
+                Ok::<_, String>(out)
+            }))
+            .buffer_unordered(BATCH_ROOMS_AT_ONCE);
+        let mut failed = None;
+        while let Some(group) = groups.next().await {
+            match group {
+                Ok(out) => {
+                    for (i, (r, d), took) in out {
+                        let entry = &mut reached[i];
+                        *entry = (entry.0 + r, entry.1 + d, entry.2.max(took));
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        let mut recipients = 0;
+        for &i in run {
+            let (r, d, took) = reached[i];
+            self.metrics.published(r - d, d, took);
+            recipients += r;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(recipients),
+        }
     }
 
     async fn publish_to_room(

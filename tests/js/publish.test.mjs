@@ -210,6 +210,40 @@ test('batch of 3 → all delivered, in order', async () => {
   }
 });
 
+test('a batch keeps every socket\'s order: per user across users run at once, a channel or broadcast in between holds its place', async () => {
+  await s.control({ sessionExtra: { bm: { rooms: ['team:bm'] } } });
+  const users = Array.from({ length: 12 }, (_, i) => `bo${i}`);
+  const mine = await connect(s.url, { cookie: 'sid=user-bm' });
+  const others = await Promise.all(users.map((u) => connect(s.url, { cookie: `sid=user-${u}` })));
+  try {
+    const rec = recorder(mine);
+    const recs = others.map(recorder);
+    const messages = [
+      { userId: 'bm', event: 'seq', data: 1 },
+      { room: 'team:bm', event: 'seq', data: 2 },
+      { userIds: ['bm', users[0]], event: 'seq', data: 3 },
+      { broadcast: true, event: 'seq', data: 4 },
+      { userId: 'bm', event: 'seq', data: 5 },
+    ];
+    // 240 per-user messages interleaved across the 12 users, then one more for bm.
+    for (let n = 0; n < 240; n += 1) messages.push({ userId: users[n % 12], event: 'seq', data: 100 + n });
+    messages.push({ room: 'user:bm', event: 'seq', data: 6 });
+    const r = await api('POST', '/publish/batch', { messages });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.messages, messages.length);
+    assert.equal(r.json.recipients, 1 + 1 + 2 + 13 + 1 + 240 + 1);
+    await rec.waitCount(6);
+    assert.deepEqual(rec.events.map((e) => e.args[0]), [1, 2, 3, 4, 5, 6]);
+    for (const [i, rc] of recs.entries()) {
+      const want = [...(i === 0 ? [3] : []), 4, ...Array.from({ length: 20 }, (_, k) => 100 + i + 12 * k)];
+      await rc.waitCount(want.length);
+      assert.deepEqual(rc.events.map((e) => e.args[0]), want, `order at ${users[i]}`);
+    }
+  } finally {
+    closeAll([mine, ...others]);
+  }
+});
+
 test('batch with a bad 2nd message → 400 naming messages[1], nothing delivered', async () => {
   const sock = await connect(s.url, { cookie: 'sid=user-badbatch' });
   try {
