@@ -16,7 +16,8 @@ for tool in redis-server redis-cli node taskset python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench/cluster-cost.sh: '$tool' is required" >&2; exit 2; }
 done
 cargo build --release --quiet -p sockgate -p loadgen
-SOCKGATE=$ROOT/target/release/sockgate; LOADGEN=$ROOT/target/release/loadgen
+# SOCKGATE=/path/to/another/build compares a build (e.g. the previous commit's) in the same harness.
+SOCKGATE=${SOCKGATE:-$ROOT/target/release/sockgate}; LOADGEN=$ROOT/target/release/loadgen
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sockgate-bench-XXXXXX")
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; sleep 0.3; kill -9 "${PIDS[@]}" 2>/dev/null; rm -rf "$WORK"' EXIT
