@@ -272,12 +272,11 @@ impl Channels {
     /// The socket closed: it leaves its presence rooms (after the grace, when it was the
     /// user's last socket there). Called from its disconnect handler.
     pub(super) fn closed<A: Adapter>(&self, socket: &SocketRef<A>) {
-        let Some(membership) = socket.extensions.get::<Membership>() else {
-            return;
-        };
         let Some(identity) = socket.extensions.get::<Identity>() else {
             return;
         };
+        // Made if need be, so that a `follow_session` racing with this close finds it closed.
+        let membership = self.membership(socket);
         let mut joined = membership.lock();
         joined.closed = true;
         let rooms = std::mem::take(&mut joined.rooms);

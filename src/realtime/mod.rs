@@ -450,14 +450,35 @@ async fn authenticate<A: Adapter>(
     handlers: Handlers,
 ) -> Result<(), AuthError> {
     let result = check_session(&socket, auth, &handlers).await;
-    if let Err(e) = &result {
-        tracing::debug!(socket = %log_id(socket.id), "socket refused: {e}");
-        handlers.metrics.rejected(match e {
-            AuthError::Unauthorized => Reject::Unauthorized,
-            AuthError::Unavailable(_) => Reject::SessionUnavailable,
-        });
+    match &result {
+        Ok(()) => let_in(&socket, &handlers),
+        Err(e) => {
+            tracing::debug!(socket = %log_id(socket.id), "socket refused: {e}");
+            handlers.metrics.rejected(match e {
+                AuthError::Unauthorized => Reject::Unauthorized,
+                AuthError::Unavailable(_) => Reject::SessionUnavailable,
+            });
+        }
     }
     result
+}
+
+/// Sets up a socket the session check let in, before socketioxide sends it CONNECT: the
+/// connect handler runs in a task of its own, later, and a client emits what it buffered
+/// (a `subscribe`, say) the moment CONNECT arrives — an event with no handler yet is dropped
+/// unanswered. The disconnect handler is here for the same reason: a socket that closes
+/// before its connect handler runs is still matched by a departure.
+fn let_in<A: Adapter>(socket: &SocketRef<A>, handlers: &Handlers) {
+    handlers.channels.register(socket);
+    let tab = handlers
+        .webhooks
+        .connected(socket.extensions.get::<Identity>().map(|i| i.user_id));
+    let channels = handlers.channels.clone();
+    socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
+        drop(tab);
+        channels.closed(&socket);
+        async move { hub::close_transport(&socket, reason) }
+    });
 }
 
 async fn check_session<A: Adapter>(
@@ -522,23 +543,13 @@ struct SessionRooms(Arc<[Arc<str>]>);
 
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
-    // Joined first, before anything here waits: with the disconnect handler below, every
-    // presence arrival made here is matched by a departure.
+    // Joined first, before anything here waits: with the disconnect handler (set in
+    // `let_in`), every presence arrival made here is matched by a departure.
     if let Some(SessionRooms(rooms)) = socket.extensions.remove::<SessionRooms>()
         && socket.connected()
     {
         handlers.channels.follow_session(&socket, &rooms);
     }
-    handlers.channels.register(&socket);
-    let tab = handlers
-        .webhooks
-        .connected(socket.extensions.get::<Identity>().map(|i| i.user_id));
-    let channels = handlers.channels.clone();
-    socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
-        tab.closed();
-        channels.closed(&socket);
-        async move { hub::close_transport(&socket, reason) }
-    });
     if let (Some(history), Some(ReplayFrom { since, shape }), Some(identity)) = (
         handlers.journal.history(),
         // Taken, not copied: it is needed once, and each socket's memory counts.

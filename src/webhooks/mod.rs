@@ -142,10 +142,12 @@ impl Webhooks {
     /// A socket of `user` (when known) opened; the returned [`Tab`] is closed when it goes.
     pub fn connected(&self, user: Option<Arc<str>>) -> Tab {
         let tab = self.0.as_ref().map(|on| on.users.clone()).zip(user);
-        if let Some((changes, user)) = &tab {
-            let _ = changes.send(Change::Up(user.clone(), None));
+        Tab {
+            _open: tab.map(|(changes, user)| {
+                let _ = changes.send(Change::Up(user.clone(), None));
+                Arc::new(OpenTab { changes, user })
+            }),
         }
-        Tab(tab)
     }
 
     /// A socket joined channel `room` (counted for `room.occupied`).
@@ -174,16 +176,22 @@ impl Webhooks {
     }
 }
 
-/// One open socket as the webhooks see it.
+/// One open socket as the webhooks see it. It closes when its last clone is dropped (the
+/// disconnect handler that holds it runs once, on a clone), so a socket whose handler is
+/// dropped unrun — its CONNECT could not be sent — still goes down.
 #[derive(Clone)]
-pub struct Tab(Option<(mpsc::UnboundedSender<Change>, Arc<str>)>);
+pub struct Tab {
+    _open: Option<Arc<OpenTab>>,
+}
 
-impl Tab {
-    /// The socket closed.
-    pub fn closed(self) {
-        if let Some((changes, user)) = self.0 {
-            let _ = changes.send(Change::Down(user));
-        }
+struct OpenTab {
+    changes: mpsc::UnboundedSender<Change>,
+    user: Arc<str>,
+}
+
+impl Drop for OpenTab {
+    fn drop(&mut self) {
+        let _ = self.changes.send(Change::Down(self.user.clone()));
     }
 }
 

@@ -11,6 +11,7 @@ import {
   startSockgate,
   startStack,
   freePort,
+  client,
   connect,
   recorder,
   waitFor,
@@ -175,6 +176,22 @@ describe('channels on one instance', () => {
       assert.equal(calls.length, 0);
     } finally {
       closeAll([sock]);
+    }
+  });
+
+  test('a subscribe sent the moment the socket connects is answered (its handler is there before CONNECT)', async () => {
+    // socket.io-client sends what was emitted before `connect` right after the CONNECT packet
+    // arrives: the server must already listen for it then, or the event is dropped unanswered.
+    for (let round = 0; round < 20; round++) {
+      const socks = Array.from({ length: 40 }, (_, i) => client(s.url, { cookie: `sid=user-early${round}x${i}`, ...WS }));
+      try {
+        const acks = await Promise.allSettled(socks.map((sock) => subscribe(sock, 'public:early')));
+        const missed = acks.filter((a) => a.status !== 'fulfilled').map((a) => a.reason.message);
+        assert.deepEqual(missed, [], `round ${round}: subscribes left unanswered`);
+        assert.ok(acks.every((a) => a.value.ok === true), JSON.stringify(acks.map((a) => a.value)));
+      } finally {
+        closeAll(socks);
+      }
     }
   });
 
