@@ -204,6 +204,11 @@ pub struct ChannelsConfig {
     /// Cluster mode: an instance that has not refreshed its presence liveness key for this
     /// long is taken for dead, and its members leave their rooms.
     pub presence_instance_ttl_ms: u64,
+    /// Most distinct users a `subscribe` lets into a presence room: every arrival is
+    /// announced to every member and a member list carries up to 1 KiB per member, so an
+    /// unbounded room costs the square of its size. Rooms the session route lists are the
+    /// app's word and not held to it.
+    pub max_presence_members: usize,
 }
 
 impl Default for ChannelsConfig {
@@ -216,6 +221,7 @@ impl Default for ChannelsConfig {
             presence_prefixes: vec!["presence:".into()],
             presence_grace_ms: 5_000,
             presence_instance_ttl_ms: 15_000,
+            max_presence_members: 100,
         }
     }
 }
@@ -741,6 +747,10 @@ impl Config {
             (
                 "channels.presence_instance_ttl_ms",
                 self.channels.presence_instance_ttl_ms,
+            ),
+            (
+                "channels.max_presence_members",
+                self.channels.max_presence_members as u64,
             ),
         ] {
             if value == 0 {

@@ -390,6 +390,17 @@ impl Channels {
             }
             joined.pending += 1;
         }
+        if self.roster.is_presence(&room) {
+            let place = self.roster.has_place_for(&room, &identity.user_id).await;
+            if place != Some(true) {
+                membership.lock().pending -= 1;
+                return refused(if place.is_some() {
+                    "room full"
+                } else {
+                    "unavailable"
+                });
+            }
+        }
         let verdict = if self.public_prefixes.iter().any(|p| room.starts_with(p)) {
             Ok(true)
         } else {

@@ -66,6 +66,7 @@ type Rooms = HashMap<String, BTreeMap<String, Option<Arc<str>>>>;
 
 pub struct Roster {
     prefixes: Vec<String>,
+    max_members: usize,
     changes: mpsc::UnboundedSender<Change>,
     /// Cluster mode: the member lists are in Redis.
     shared: Option<Arc<occupancy::Shared>>,
@@ -133,6 +134,7 @@ impl Roster {
         );
         Self {
             prefixes: config.presence_prefixes.clone(),
+            max_members: config.max_presence_members,
             changes,
             shared,
             local,
@@ -155,6 +157,27 @@ impl Roster {
     /// A socket of `user` left presence room `room` (or closed).
     pub fn left(&self, room: &str, user: &str) {
         let _ = self.changes.send(Change::Down(key(room, user)));
+    }
+
+    /// Whether `user` may join presence room `room` under `channels.max_presence_members`:
+    /// a member already, or the room has a free place (every instance in cluster mode;
+    /// `None` when Redis cannot say). Sockets that join at once may all see the last place.
+    pub async fn has_place_for(&self, room: &str, user: &str) -> Option<bool> {
+        let fits = |members: usize, member: bool| member || members < self.max_members;
+        match &self.shared {
+            Some(shared) => {
+                let members = shared.members(room).await?;
+                Some(fits(
+                    members.len(),
+                    members.iter().any(|(id, _)| id == user),
+                ))
+            }
+            None => Some(
+                lock(&self.local)
+                    .get(room)
+                    .is_none_or(|m| fits(m.len(), m.contains_key(user))),
+            ),
+        }
     }
 
     /// The members of `room` (every instance in cluster mode), sorted by id; `None` when

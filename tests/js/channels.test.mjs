@@ -39,6 +39,7 @@ describe('channels on one instance', () => {
         SIDECAR_CHANNELS__MAX_SUBSCRIBES_PER_SEC: '4',
         SIDECAR_CHANNELS__PUBLIC_PREFIXES: '["public:"]',
         SIDECAR_CHANNELS__PRESENCE_GRACE_MS: String(GRACE_MS),
+        SIDECAR_CHANNELS__MAX_PRESENCE_MEMBERS: '2',
       },
     });
   });
@@ -249,6 +250,32 @@ describe('channels on one instance', () => {
     }
   });
 
+  test('a presence room is capped at channels.max_presence_members distinct users; a member\'s next tab still gets in', async () => {
+    const room = 'presence:capped';
+    await s.control({ allowed: { f1: [room], f2: [room], f3: [room] } });
+    const f1 = await connect(s.url, { cookie: 'sid=user-f1', ...WS });
+    const heard = recorder(f1);
+    const f2 = await connect(s.url, { cookie: 'sid=user-f2', ...WS });
+    const others = [];
+    try {
+      for (const sock of [f1, f2]) assert.deepEqual(await subscribe(sock, room), { ok: true });
+      await heard.waitFor((e) => e.event === 'presence:join' && e.args[0].user.id === 'f2', 'f2 joins');
+      others.push(await connect(s.url, { cookie: 'sid=user-f1', ...WS }));
+      assert.deepEqual(await subscribe(others[0], room), { ok: true }, "a member's second tab");
+      others.push(await connect(s.url, { cookie: 'sid=user-f3', ...WS }));
+      assert.deepEqual(await subscribe(others[1], room), { ok: false, error: 'room full' });
+      const asked = (await s.fixtureStats()).authorizeCalls.filter((c) => c.userId === 'f3');
+      assert.equal(asked.length, 0, 'the app is not asked about a full room');
+      assert.equal(heard.of('presence:join').filter((j) => j.user.id === 'f3').length, 0);
+      f2.close();
+      await heard.waitFor((e) => e.event === 'presence:leave' && e.args[0].userId === 'f2', 'f2 leaves', 4000);
+      assert.deepEqual(await subscribe(others[1], room), { ok: true }, 'a place is free again');
+      await heard.waitFor((e) => e.event === 'presence:join' && e.args[0].user.id === 'f3', 'f3 joins');
+    } finally {
+      closeAll([f1, f2, ...others]);
+    }
+  });
+
   test('presence of a room the socket is not in is refused; a non-presence room has no member list', async () => {
     await s.control({ allowed: { p3: ['team:q'] } });
     const sock = await connect(s.url, { cookie: 'sid=user-p3' });
@@ -294,6 +321,7 @@ describe('channels and presence across two cluster instances', { skip: findRedis
       SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
       SIDECAR_CHANNELS__PRESENCE_GRACE_MS: String(GRACE_MS),
       SIDECAR_CHANNELS__PRESENCE_INSTANCE_TTL_MS: '1500',
+      SIDECAR_CHANNELS__MAX_PRESENCE_MEMBERS: '2',
     };
     [A, B] = await Promise.all([
       startSockgate({ upstreamUrl: fixture.url, env }),
@@ -303,7 +331,7 @@ describe('channels and presence across two cluster instances', { skip: findRedis
     await fetch(`${fixture.url}/__control`, {
       method: 'POST',
       body: JSON.stringify({
-        allowed: Object.fromEntries(users.map((u) => [u, [room, 'team:x']])),
+        allowed: Object.fromEntries(users.map((u) => [u, [room, 'team:x', 'presence:cap']])),
         sessionExtra: Object.fromEntries(users.map((u) => [u, { user: { name: u.toUpperCase() } }])),
       }),
     });
@@ -359,6 +387,27 @@ describe('channels and presence across two cluster instances', { skip: findRedis
       assert.equal(heard.of('presence:leave').length, 1, 'one leave');
     } finally {
       closeAll([watcher, ...tabs]);
+    }
+  });
+
+  test('the presence member cap counts the users of every instance', async () => {
+    const cap = 'presence:cap';
+    const c1 = await connect(A.url, { cookie: 'sid=user-c1', ...WS });
+    const heard = recorder(c1);
+    const c2 = await connect(B.url, { cookie: 'sid=user-c2', ...WS });
+    const others = [];
+    try {
+      for (const sock of [c1, c2]) assert.deepEqual(await subscribe(sock, cap), { ok: true });
+      await heard.waitFor((e) => e.event === 'presence:join' && e.args[0].user.id === 'c2', 'c2 (on B) joins');
+      others.push(await connect(A.url, { cookie: 'sid=user-c3', ...WS }));
+      assert.deepEqual(await subscribe(others[0], cap), { ok: false, error: 'room full' }, 'full, counted across A and B');
+      others.push(await connect(B.url, { cookie: 'sid=user-c1', ...WS }));
+      assert.deepEqual(await subscribe(others[1], cap), { ok: true }, "a member's tab on the other instance");
+      c2.close();
+      await heard.waitFor((e) => e.event === 'presence:leave' && e.args[0].userId === 'c2', 'c2 leaves', 4000);
+      assert.deepEqual(await subscribe(others[0], cap), { ok: true }, 'a place is free again');
+    } finally {
+      closeAll([c1, c2, ...others]);
     }
   });
 
