@@ -321,46 +321,35 @@ impl Channels {
     /// Registers `subscribe`, `unsubscribe` and `presence` on a socket that was let in;
     /// every other client event stays unhandled (dropped unread).
     pub(super) fn register<A: Adapter>(self: &Arc<Self>, socket: &SocketRef<A>) {
+        self.answer(socket, SUBSCRIBE, |channels, socket, room| async move {
+            channels.subscribe(&socket, room).await
+        });
+        self.answer(socket, UNSUBSCRIBE, |channels, socket, room| async move {
+            channels.unsubscribe(&socket, &room)
+        });
+        self.answer(socket, PRESENCE, |channels, socket, room| async move {
+            channels.presence(&socket, &room).await
+        });
+    }
+
+    /// Answers `event` on `socket` with `handle`'s reply as the ack; a payload that is not
+    /// `{room: string}` is acked `invalid room`.
+    fn answer<A, F, Fut>(self: &Arc<Self>, socket: &SocketRef<A>, event: &'static str, handle: F)
+    where
+        A: Adapter,
+        F: Fn(Arc<Self>, SocketRef<A>, String) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
         let channels = self.clone();
         socket.on(
-            SUBSCRIBE,
+            event,
             move |socket: SocketRef<A>,
                   ack: AckSender<A>,
                   TryData(request): TryData<RoomRequest>| {
-                let channels = channels.clone();
+                let reply = request.map(|RoomRequest { room }| handle(channels, socket, room));
                 async move {
-                    let reply = match request {
-                        Ok(RoomRequest { room }) => channels.subscribe(&socket, room).await,
-                        Err(_) => refused("invalid room"),
-                    };
-                    let _ = ack.send(&reply);
-                }
-            },
-        );
-        let channels = self.clone();
-        socket.on(
-            UNSUBSCRIBE,
-            move |socket: SocketRef<A>,
-                  ack: AckSender<A>,
-                  TryData(request): TryData<RoomRequest>| {
-                let reply = match request {
-                    Ok(RoomRequest { room }) => channels.unsubscribe(&socket, &room),
-                    Err(_) => refused("invalid room"),
-                };
-                let _ = ack.send(&reply);
-                std::future::ready(())
-            },
-        );
-        let channels = self.clone();
-        socket.on(
-            PRESENCE,
-            move |socket: SocketRef<A>,
-                  ack: AckSender<A>,
-                  TryData(request): TryData<RoomRequest>| {
-                let channels = channels.clone();
-                async move {
-                    let reply = match request {
-                        Ok(RoomRequest { room }) => channels.presence(&socket, &room).await,
+                    let reply = match reply {
+                        Ok(reply) => reply.await,
                         Err(_) => refused("invalid room"),
                     };
                     let _ = ack.send(&reply);
