@@ -255,52 +255,65 @@ describe('client (fake server)', () => {
 
 const haveBinary = existsSync(SOCKGATE_BIN);
 
+/**
+ * Starts sockgate with `env` (over a copy of this process's environment without SIDECAR_*)
+ * and waits for its publish socket. `output()` is what it printed so far; `stop()` ends it.
+ */
+async function startSockgate({ cwd, socketPath, env }) {
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SIDECAR_')));
+  const child = spawn(SOCKGATE_BIN, [], {
+    cwd,
+    env: { ...inherited, SIDECAR_PUBLISH__SOCKET: socketPath, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  let exited = null;
+  child.once('exit', (code, signal) => (exited = { code, signal }));
+  const deadline = Date.now() + 15_000;
+  while (!existsSync(socketPath)) {
+    if (exited) throw new Error(`sockgate exited early (${JSON.stringify(exited)}) before creating ${socketPath}:\n${output}`);
+    if (Date.now() > deadline) throw new Error(`sockgate did not create ${socketPath} within 15s:\n${output}`);
+    await sleep(50);
+  }
+  return {
+    output: () => output,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await gone;
+      clearTimeout(timer);
+    },
+  };
+}
+
 describe('client against a real sockgate', { skip: haveBinary ? false : `no sockgate binary at ${SOCKGATE_BIN}` }, () => {
   let dir;
   let socketPath;
-  let child;
-  let output = '';
+  let sockgate;
 
   before(async () => {
     dir = tmpDir();
     socketPath = path.join(dir, 's.sock');
     const [port, upstreamPort] = [await freePort(), await freePort()];
-    child = spawn(SOCKGATE_BIN, [], {
+    sockgate = await startSockgate({
+      socketPath,
       env: {
-        ...process.env,
         SIDECAR_SERVER__HOST: '127.0.0.1',
         SIDECAR_SERVER__PORT: String(port),
         SIDECAR_UPSTREAM__URL: `http://127.0.0.1:${upstreamPort}`,
-        SIDECAR_PUBLISH__SOCKET: socketPath,
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
     });
-    child.stdout.on('data', (d) => (output += d));
-    child.stderr.on('data', (d) => (output += d));
-    let exited = null;
-    child.once('exit', (code, signal) => (exited = { code, signal }));
-
-    const deadline = Date.now() + 15_000;
-    while (!existsSync(socketPath)) {
-      if (exited) {
-        throw new Error(`sockgate exited early (${JSON.stringify(exited)}) before creating ${socketPath}:\n${output}`);
-      }
-      if (Date.now() > deadline) throw new Error(`sockgate did not create ${socketPath} within 15s:\n${output}`);
-      await sleep(50);
-    }
     process.env.SOCKGATE_SOCKET = socketPath; // for the top-level helpers
     closeDefaultClient();
   });
 
   after(async () => {
     closeDefaultClient();
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await gone;
-      clearTimeout(timer);
-    }
+    await sockgate?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
@@ -523,10 +536,9 @@ describe('rooms and presence against a real sockgate', { skip: roomsSkip }, () =
   const ORIGIN = 'http://app.test';
   let dir;
   let socketPath;
-  let child;
+  let sockgate;
   let app;
   let port;
-  let output = '';
   const sockets = new Set();
   const authorized = [];
 
@@ -560,31 +572,18 @@ describe('rooms and presence against a real sockgate', { skip: roomsSkip }, () =
     });
     await new Promise((r) => app.listen(0, '127.0.0.1', r));
     port = await freePort();
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SIDECAR_')));
-    child = spawn(SOCKGATE_BIN, [], {
+    sockgate = await startSockgate({
       cwd: dir,
+      socketPath,
       env: {
-        ...env,
         SIDECAR_SERVER__HOST: '127.0.0.1',
         SIDECAR_SERVER__PORT: String(port),
         SIDECAR_UPSTREAM__URL: `http://127.0.0.1:${app.address().port}`,
-        SIDECAR_PUBLISH__SOCKET: socketPath,
         SIDECAR_REALTIME__ALLOWED_ORIGINS: JSON.stringify([ORIGIN]),
         SIDECAR_AUTH__SESSION_PATH: '/api/session',
         SIDECAR_CHANNELS__PRESENCE_GRACE_MS: '300',
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
     });
-    child.stdout.on('data', (d) => (output += d));
-    child.stderr.on('data', (d) => (output += d));
-    let exited = null;
-    child.once('exit', (code, signal) => (exited = { code, signal }));
-    const deadline = Date.now() + 15_000;
-    while (!existsSync(socketPath)) {
-      if (exited) throw new Error(`sockgate exited early (${JSON.stringify(exited)}):\n${output}`);
-      if (Date.now() > deadline) throw new Error(`sockgate did not create ${socketPath} within 15s:\n${output}`);
-      await sleep(50);
-    }
     process.env.SOCKGATE_SOCKET = socketPath; // for the top-level helpers
     closeDefaultClient();
   });
@@ -592,13 +591,7 @@ describe('rooms and presence against a real sockgate', { skip: roomsSkip }, () =
   after(async () => {
     for (const s of sockets) s.close();
     closeDefaultClient();
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await gone;
-      clearTimeout(timer);
-    }
+    await sockgate?.stop();
     if (app) await new Promise((r) => app.close(r));
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
@@ -613,7 +606,7 @@ describe('rooms and presence against a real sockgate', { skip: roomsSkip }, () =
     });
     sockets.add(socket);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${user}: no connect within 5 s\n${output}`)), 5000);
+      const timer = setTimeout(() => reject(new Error(`${user}: no connect within 5 s\n${sockgate.output()}`)), 5000);
       socket.once('connect', () => { clearTimeout(timer); resolve(socket); });
       socket.once('connect_error', (err) => { clearTimeout(timer); reject(new Error(`${user}: connect_error ${err.message}`)); });
     });
