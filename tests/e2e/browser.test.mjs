@@ -171,6 +171,34 @@ process.on('exit', () => {
 // ---------------------------------------------------------------------------
 // Page helpers
 // ---------------------------------------------------------------------------
+/** Headless Chromium with the flags this machine needs, and a context for each of alice and bob. */
+async function openBrowser(viewport) {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    timeout: 30_000,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const contexts = [await browser.newContext({ viewport }), await browser.newContext({ viewport })];
+  for (const ctx of contexts) ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+  return [browser, ...contexts];
+}
+
+/** Closes the browser, stops every process the suite started (gracefully, then the group), removes `tmp`. */
+async function tearDown(browser, tmp) {
+  try {
+    if (browser) await withTimeout(browser.close(), 10_000, 'browser.close()');
+  } catch (e) {
+    process.stderr.write(`browser.close: ${e.message}\n`);
+  }
+  for (const p of procs) {
+    // Graceful first (lets sockgate stop the app), then the whole group.
+    if (!p.exited) await p.terminate(5000).catch(() => {});
+    p.killGroup();
+  }
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+}
+
 const statusOf = (page) => page.getByTestId('socket-status').textContent();
 
 async function expectStatus(page, want, timeout = STEP_TIMEOUT_MS) {
@@ -264,15 +292,7 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     baseURL = `http://127.0.0.1:${port}`;
     await startSockgate('sockgate#1');
 
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      timeout: 30_000,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-    aliceCtx = await browser.newContext({ viewport: { width: 900, height: 700 } });
-    bobCtx = await browser.newContext({ viewport: { width: 900, height: 700 } });
-    for (const ctx of [aliceCtx, bobCtx]) ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+    [browser, aliceCtx, bobCtx] = await openBrowser({ width: 900, height: 700 });
   });
 
   afterEach((t) => {
@@ -280,19 +300,7 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
   });
 
   after(async () => {
-    try {
-      if (browser) await withTimeout(browser.close(), 10_000, 'browser.close()');
-    } catch (e) {
-      process.stderr.write(`browser.close: ${e.message}\n`);
-    }
-    for (const p of procs) {
-      if (!p.exited) {
-        // Graceful first (lets sockgate stop the app), then the whole group.
-        await p.terminate(5000).catch(() => {});
-      }
-      p.killGroup();
-    }
-    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    await tearDown(browser, tmp);
     if (latencies.length) {
       process.stderr.write(`publish → DOM latencies (ms): ${latencies.map(([k, v]) => `${k}=${v}`).join(', ')}\n`);
     }
@@ -582,15 +590,7 @@ describe('browser end-to-end: channels and presence', { timeout: 240_000 }, () =
       dumpOutputs('starting sockgate with channels');
       throw e;
     });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      timeout: 30_000,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-    aliceCtx = await browser.newContext({ viewport: { width: 900, height: 900 } });
-    bobCtx = await browser.newContext({ viewport: { width: 900, height: 900 } });
-    for (const ctx of [aliceCtx, bobCtx]) ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+    [browser, aliceCtx, bobCtx] = await openBrowser({ width: 900, height: 900 });
   });
 
   afterEach((t) => {
@@ -598,16 +598,7 @@ describe('browser end-to-end: channels and presence', { timeout: 240_000 }, () =
   });
 
   after(async () => {
-    try {
-      if (browser) await withTimeout(browser.close(), 10_000, 'browser.close()');
-    } catch (e) {
-      process.stderr.write(`browser.close: ${e.message}\n`);
-    }
-    for (const p of procs) {
-      if (!p.exited) await p.terminate(5000).catch(() => {});
-      p.killGroup();
-    }
-    if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+    await tearDown(browser, tmp);
   });
 
   test('alice and bob appear in each other\'s who-is-online list, over one connection per page', async () => {
