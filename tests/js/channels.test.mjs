@@ -276,6 +276,33 @@ describe('channels on one instance', () => {
     }
   });
 
+  test('user info over 1 KiB is left out of presence (null), up to it is shown', async () => {
+    const room = 'presence:info';
+    const fits = { name: 'x'.repeat(1000) }; // 1,011 bytes of JSON
+    const over = { name: 'y'.repeat(1100) };
+    await s.control({
+      allowed: { i1: [room], i2: [room] },
+      sessionExtra: { i1: { user: fits }, i2: { user: over } },
+    });
+    const small = await connect(s.url, { cookie: 'sid=user-i1', ...WS });
+    const heard = recorder(small);
+    const big = await connect(s.url, { cookie: 'sid=user-i2', ...WS });
+    try {
+      for (const sock of [small, big]) assert.deepEqual(await subscribe(sock, room), { ok: true });
+      await heard.waitFor((e) => e.event === 'presence:join' && e.args[0].user.id === 'i2', 'i2 joins');
+      assert.deepEqual(heard.of('presence:join').map((j) => j.user), [
+        { id: 'i1', info: fits },
+        { id: 'i2', info: null },
+      ]);
+      assert.deepEqual((await ask(small, 'presence', { room })).members, [
+        { id: 'i1', info: fits },
+        { id: 'i2', info: null },
+      ]);
+    } finally {
+      closeAll([small, big]);
+    }
+  });
+
   test('presence of a room the socket is not in is refused; a non-presence room has no member list', async () => {
     await s.control({ allowed: { p3: ['team:q'] } });
     const sock = await connect(s.url, { cookie: 'sid=user-p3' });
