@@ -319,7 +319,10 @@ function isNewerOffset(a, b) {
 }
 
 test('cluster: reconnecting through B while A and C publish — every message exactly once, in stream order, for a steady and a reconnecting socket', { skip: noRedis, timeout: 120_000 }, async () => {
-  const { sgs: [a, b, c] } = await clusterStack({}, 3);
+  // The stream keeps all 3,000 messages: a reconnect slowed by a busy machine must not fall
+  // past the trim (a legitimate recovery_failed, tested elsewhere) — this test is about order
+  // and exactly once.
+  const { sgs: [a, b, c] } = await clusterStack({ SIDECAR_HISTORY__MAX_MESSAGES: '4000' }, 3);
   await waitFor(() => /every instance relays kept messages.*instances=3/.test(a.proc.text() + c.proc.text()), {
     message: 'the publishers see every instance relay', timeout: 5000,
   });
@@ -573,6 +576,33 @@ test('cluster: a relayed message lost between Redis and B is mended from the str
   await sleep(200);
   assert.equal(lossy.dropped(), 1, 'the proxy dropped the relayed message on its way to B');
   assert.deepEqual(rec.events.map((e) => e.args[0]), ['before', 'lost-on-the-way', 'after'], 'mended, in order, once');
+});
+
+test('cluster: a publish that first mends the chain counts its own recipients, not the messages the mend delivered', { skip: noRedis, timeout: 60_000 }, async () => {
+  const redis = await startRedis(await freePort());
+  after(() => redis.kill());
+  const fixture = await startFixture();
+  after(() => fixture.stop());
+  const env = { ...WS, SIDECAR_CLUSTER__REDIS_URL: redis.url };
+  const a = await startSockgate({ upstreamUrl: fixture.url, env });
+  const lossy = await pushDroppingProxy(redis.port, 'lost-on-the-way');
+  const b = await startSockgate({ upstreamUrl: fixture.url, env: { ...env, SIDECAR_CLUSTER__REDIS_URL: lossy.url } });
+  after(() => Promise.all([a.stop(), b.stop()]));
+  await waitFor(() => /every instance relays kept messages.*instances=2/.test(b.proc.text()), { message: 'both instances relay', timeout: 5000 });
+  await sleep(1200); // A has counted B too
+  const { socket } = recoveringClient(b.url, 'sid=user-counted');
+  const rec = recorder(socket);
+  await connected(socket);
+  await sleep(200);
+  // Through A: the second never reaches B's relay, so B's own next publish mends it first.
+  for (const data of ['before', 'lost-on-the-way']) await publishOk(a.publishSocket, { userId: 'counted', data });
+  await rec.waitFor((e) => e.args[0] === 'before', 'the first message', 5000);
+  await sleep(200);
+  const published = await publishOk(b.publishSocket, { userId: 'counted', data: 'after' });
+  await rec.waitFor((e) => e.args[0] === 'after', 'the message published on B', 5000);
+  assert.equal(lossy.dropped(), 1, 'the proxy dropped the relayed message on its way to B');
+  assert.deepEqual(rec.events.map((e) => e.args[0]), ['before', 'lost-on-the-way', 'after'], 'mended, in order, once');
+  assert.equal(published.recipients, 1, 'one socket got the message published on B');
 });
 
 /**
