@@ -223,6 +223,9 @@ test('userIds, room, broadcast and batch reach sockets on both instances', { ski
     for (const rec of [ra, rc, rd, re]) rec.events.length = 0;
     r = await pub(A, { broadcast: true, event: 'all', data: 'b' });
     assert.equal(r.recipients, 2, 'A has two local sockets (carol, erin)');
+    // Broadcasts from two instances have no order between them (README, Running several
+    // instances): the second is published once the first is everywhere.
+    await Promise.all([ra, rc, rd, re].map((rec) => rec.waitFor((e) => e.event === 'all' && e.args[0] === 'b', "A's broadcast")));
     r = await pub(B, { broadcast: true, event: 'all', data: 'b2' });
     assert.equal(r.recipients, 2, 'B has two local sockets (alice, dave)');
     await fenceAll();

@@ -519,6 +519,10 @@ test('a burst of cross-instance publishes is delivered whole (the subscriber buf
     SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
     // Without the history's Redis round trips the publisher goes as fast as it can.
     SIDECAR_HISTORY__ENABLED: 'false',
+    // Room for the whole burst in the socket's own queue: what is tested is the path from
+    // Redis to B, not whether this test's client reads 4000 messages as fast as they come
+    // (on a busy machine it did not, and was rightly closed as a slow consumer).
+    SIDECAR_REALTIME__MAX_BUFFER_SIZE: '4096',
   };
   const [A, B] = await Promise.all([0, 1].map(() => startSockgate({ upstreamUrl: fixture.url, env })));
   const aliceB = await connect(B.url, { cookie: 'sid=alice-token', transports: ['websocket'] });
