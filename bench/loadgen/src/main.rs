@@ -898,7 +898,14 @@ async fn sockets_main(o: Opts) -> Res<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss = rss_kib(&pids);
         let per_socket = (rss as f64 - rss0 as f64) / total as f64;
-        // Broadcasts to all.
+        // Broadcasts to all. With --mark-dir, `broadcasts.start` / `broadcasts.end` appear
+        // there around them, for a profiler to measure the same window.
+        let mark = |name: &str| {
+            if let Some(dir) = o.0.get("mark-dir") {
+                let _ = std::fs::write(format!("{dir}/{name}"), "");
+            }
+        };
+        mark("broadcasts.start");
         let mut lasts = vec![];
         let mut lost = 0u64;
         let cpu0 = cpu_ns(&pids);
@@ -915,6 +922,7 @@ async fn sockets_main(o: Opts) -> Res<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let cpu = cpu_ns(&pids) - cpu0;
+        mark("broadcasts.end");
         let recipients = broadcasts as u64 * total;
         let lv = json!({
             "n": total, "connected_now": ok, "connect_secs": secs, "connect_rate": (total - before) as f64 / secs,
