@@ -120,6 +120,10 @@ pub struct RealtimeConfig {
     pub room_prefix: String,
     /// Most sockets open at once; further handshakes get 503 (the proxy keeps working).
     pub max_connections: usize,
+    /// Most sockets one user may have open on this instance: a logged-in client must not
+    /// take every slot of `max_connections` from everyone else. Further CONNECTs get a
+    /// `connect_error`.
+    pub max_sockets_per_user: usize,
     /// Most Engine.IO sessions that have not completed their Socket.IO CONNECT (new ones,
     /// and ones whose session check failed); further handshakes get 503.
     pub max_pending_connections: usize,
@@ -429,6 +433,7 @@ impl Default for RealtimeConfig {
             allowed_origins: Vec::new(),
             room_prefix: "user:".into(),
             max_connections: 50_000,
+            max_sockets_per_user: 100,
             max_pending_connections: 1024,
             connect_timeout_ms: 10_000,
             parser: Parser::Default,
@@ -751,6 +756,10 @@ impl Config {
             (
                 "channels.max_presence_members",
                 self.channels.max_presence_members as u64,
+            ),
+            (
+                "realtime.max_sockets_per_user",
+                self.realtime.max_sockets_per_user as u64,
             ),
         ] {
             if value == 0 {

@@ -21,6 +21,7 @@ pub enum Reject {
     Origin,
     Capacity,
     AppStarting,
+    PerUserLimit,
 }
 
 impl Reject {
@@ -31,6 +32,7 @@ impl Reject {
             Reject::Origin => "origin",
             Reject::Capacity => "capacity",
             Reject::AppStarting => "app_starting",
+            Reject::PerUserLimit => "per_user_limit",
         }
     }
 }

@@ -127,6 +127,7 @@ struct Handlers {
     relay: Option<Arc<Relay>>,
     webhooks: Webhooks,
     channels: Arc<Channels>,
+    max_sockets_per_user: usize,
 }
 
 /// Where a socket's replay starts, and in which shape it gets user messages, decided at the
@@ -271,6 +272,7 @@ pub async fn start(
         relay: relay.as_ref().map(|(r, _)| r.clone()),
         webhooks,
         channels,
+        max_sockets_per_user: config.max_sockets_per_user,
     };
     let room_prefix = config.room_prefix.clone();
     let draining = revalidation.shutdown.clone();
@@ -431,6 +433,15 @@ fn detach_handshake_head<B>(req: http::Request<B>, kept: &[http::HeaderName]) ->
     http::Request::from_parts(parts, body)
 }
 
+/// Why a Socket.IO CONNECT is refused; the text is the client's `connect_error` message.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error(transparent)]
+    Session(#[from] AuthError),
+    #[error("too many sockets for this user (realtime.max_sockets_per_user)")]
+    TooManySockets,
+}
+
 /// Registers the one namespace: the session check (which joins the user's room), then the
 /// bookkeeping of connected sockets.
 fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, handlers: Handlers) -> A::InitRes {
@@ -448,15 +459,16 @@ async fn authenticate<A: Adapter>(
     socket: SocketRef<A>,
     auth: Option<serde_json::Value>,
     handlers: Handlers,
-) -> Result<(), AuthError> {
+) -> Result<(), Refused> {
     let result = check_session(&socket, auth, &handlers).await;
     match &result {
         Ok(()) => let_in(&socket, &handlers),
         Err(e) => {
             tracing::debug!(socket = %log_id(socket.id), "socket refused: {e}");
             handlers.metrics.rejected(match e {
-                AuthError::Unauthorized => Reject::Unauthorized,
-                AuthError::Unavailable(_) => Reject::SessionUnavailable,
+                Refused::Session(AuthError::Unauthorized) => Reject::Unauthorized,
+                Refused::Session(AuthError::Unavailable(_)) => Reject::SessionUnavailable,
+                Refused::TooManySockets => Reject::PerUserLimit,
             });
         }
     }
@@ -485,20 +497,31 @@ async fn check_session<A: Adapter>(
     socket: &SocketRef<A>,
     auth: Option<serde_json::Value>,
     handlers: &Handlers,
-) -> Result<(), AuthError> {
+) -> Result<(), Refused> {
     let credentials = handlers
         .auth
         .credentials(&socket.req_parts().headers)
-        .map_err(|_| AuthError::Unauthorized)?;
+        .map_err(|_| Refused::Session(AuthError::Unauthorized))?;
     let Session {
         user_id,
         rooms,
         info,
     } = handlers.auth.authenticate(&credentials).await?;
+    let room = format!("{}{user_id}", handlers.room_prefix);
+    // Counted on this instance, connected or still joining; handshakes at the same moment
+    // may each see the last place.
+    let open = socket
+        .local()
+        .within(vec![room.clone(), connecting_room(&user_id)])
+        .sockets()
+        .len();
+    if open >= handlers.max_sockets_per_user {
+        tracing::warn!(user = %user_id, open, "socket refused: the user has realtime.max_sockets_per_user sockets open");
+        return Err(Refused::TooManySockets);
+    }
     if let Some(ticket) = socket.req_parts().extensions.get::<Ticket>() {
         ticket.connected();
     }
-    let room = format!("{}{user_id}", handlers.room_prefix);
     tracing::debug!(socket = %log_id(socket.id), user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
     match handlers.journal.history() {
         // socketioxide sends the client its CONNECT before the connect handler runs, so the

@@ -463,6 +463,31 @@ test('cookie-less handshakes are refused with 401 and take no slot: a real user 
   }
 });
 
+test('one user cannot take every socket: past realtime.max_sockets_per_user their CONNECT is refused, others still connect', async () => {
+  const capped = await startStack({ env: { SIDECAR_REALTIME__MAX_SOCKETS_PER_USER: '3' } });
+  const socks = [];
+  try {
+    const WS_ONLY = { transports: ['websocket'] };
+    for (let i = 0; i < 3; i++) socks.push(await connect(capped.url, { cookie: 'sid=user-hog', ...WS_ONLY }));
+    const refused = await connectError(capped.url, { cookie: 'sid=user-hog', ...WS_ONLY });
+    assert.match(refused.message, /too many sockets for this user/);
+    // Polling counts the same.
+    const overPolling = await connectError(capped.url, { cookie: 'sid=user-hog', transports: ['polling'] });
+    assert.match(overPolling.message, /too many sockets for this user/);
+    socks.push(await connect(capped.url, { cookie: 'sid=user-other', ...WS_ONLY }));
+    assert.equal((await capped.publish({ userId: 'hog', event: 'x', data: 1 })).recipients, 3);
+    const metrics = await capped.publishApi('GET', '/metrics');
+    assert.match(metrics.text, /sockgate_socket_rejects_total\{reason="per_user_limit"\} 2/);
+    // A place frees when one closes.
+    socks[0].close();
+    await waitFor(async () => (await capped.publishApi('GET', '/users/hog')).json.sockets === 2, { message: 'one of hog\'s sockets gone' });
+    socks.push(await connect(capped.url, { cookie: 'sid=user-hog', ...WS_ONLY }));
+  } finally {
+    closeAll(socks);
+    await capped.stop();
+  }
+});
+
 test('handshakes that never CONNECT are capped (realtime.max_pending_connections) and closed after realtime.connect_timeout_ms', async () => {
   const pend = await startStack({
     env: {
