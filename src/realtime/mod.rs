@@ -487,7 +487,7 @@ fn let_in<A: Adapter>(socket: &SocketRef<A>, handlers: &Handlers) {
         .connected(socket.extensions.get::<Identity>().map(|i| i.user_id));
     let channels = handlers.channels.clone();
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
-        drop(tab);
+        drop(tab); // down once this handler's last clone is gone (see `Tab`)
         channels.closed(&socket);
         async move { hub::close_transport(&socket, reason) }
     });
