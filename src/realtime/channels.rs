@@ -289,13 +289,20 @@ impl Channels {
         self.leave(socket, &identity, &gone);
         let mut new = Vec::new();
         let fresh: Vec<Arc<str>> = now.difference(&joined.session).cloned().collect();
-        for room in fresh {
+        for (i, room) in fresh.iter().enumerate() {
             if joined.rooms.len() + joined.pending >= self.rules.max_rooms {
                 tracing::warn!(socket = %log_id(socket.id), "a session room does not fit under channels.max_rooms_per_socket: skipped");
+                // Entered early (`enter_early`) before subscribes took the places: left.
+                let skipped: Vec<String> = fresh[i..]
+                    .iter()
+                    .filter(|r| !joined.rooms.contains(*r))
+                    .flat_map(|r| [r.to_string(), offsets_room(r)])
+                    .collect();
+                socket.leave(skipped);
                 break;
             }
             if joined.rooms.insert(room.clone()) {
-                new.push(room);
+                new.push(room.clone());
             }
         }
         if !new.is_empty() {
@@ -525,6 +532,26 @@ impl Channels {
         match entered || socket.connected() {
             true => (OK, Some(held)),
             false => (refused("unavailable"), None),
+        }
+    }
+
+    /// Puts a socket that was just let in into its session's rooms (but those in `replays`),
+    /// in the adapter only, before its CONNECT is sent: [`Channels::follow_session`] then
+    /// records them (presence, occupancy, bounds) from the connect handler.
+    pub(super) fn enter_early<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        rooms: &[Arc<str>],
+        replays: &[(Arc<str>, String)],
+        with_offsets: bool,
+    ) {
+        let now: Vec<String> = rooms
+            .iter()
+            .filter(|r| !replays.iter().any(|(replayed, _)| replayed == *r))
+            .flat_map(|r| self.socket_rooms(r, with_offsets))
+            .collect();
+        if !now.is_empty() {
+            socket.join(now);
         }
     }
 

@@ -597,16 +597,19 @@ async fn authenticate<A: Adapter>(
 /// before its connect handler runs is still matched by a departure.
 fn let_in<A: Adapter>(socket: &SocketRef<A>, handlers: &Handlers) {
     handlers.channels.register(socket);
-    // The session's rooms are joined here too, for the same reason as the user room: a
-    // publish made as soon as the client reports "connected" must find the socket in them.
-    // Those to replay count as joined (presence, occupancy, bounds), but the socket enters
-    // them only once their replay is sent, under their lock (in the connect handler).
-    if let Some(SessionRooms { rooms, replays }) = socket.extensions.remove::<SessionRooms>() {
-        let deferred: Vec<Arc<str>> = replays.iter().map(|(room, _)| room.clone()).collect();
-        handlers.channels.follow_session(socket, &rooms, &deferred);
-        if !replays.is_empty() {
-            socket.extensions.insert(Replays(replays));
-        }
+    // The session's rooms (but those to replay) are entered here already, for the same reason
+    // as the user room: a publish made as soon as the client reports "connected" must find
+    // the socket in them. Only the adapter's rooms: a socket that never gets its CONNECT is
+    // removed from them by socketioxide, with no disconnect handler to undo presence or
+    // occupancy, which the connect handler records (`follow_session`).
+    if let Some(SessionRooms { rooms, replays }) = socket.extensions.get::<SessionRooms>() {
+        let offsets = socket
+            .extensions
+            .get::<Identity>()
+            .is_some_and(|i| i.offsets);
+        handlers
+            .channels
+            .enter_early(socket, &rooms, &replays, offsets);
     }
     let tab = handlers
         .webhooks
@@ -702,17 +705,20 @@ struct SessionRooms {
     replays: Arc<[(Arc<str>, String)]>,
 }
 
-/// The session rooms a socket enters once their replay is sent.
-#[derive(Clone)]
-struct Replays(Arc<[(Arc<str>, String)]>);
-
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
-    let replays = socket
-        .extensions
-        .remove::<Replays>()
-        .map(|Replays(r)| r)
-        .unwrap_or_else(|| Arc::new([]));
+    // Recorded first, before anything here waits: with the disconnect handler (set in
+    // `let_in`), every presence arrival made here is matched by a departure. The rooms to
+    // replay count as joined (presence, occupancy, bounds) but the socket enters them only
+    // once their replay is sent, under their lock.
+    let mut replays: Arc<[(Arc<str>, String)]> = Arc::new([]);
+    if let Some(SessionRooms { rooms, replays: r }) = socket.extensions.remove::<SessionRooms>()
+        && socket.connected()
+    {
+        let deferred: Vec<Arc<str>> = r.iter().map(|(room, _)| room.clone()).collect();
+        handlers.channels.follow_session(&socket, &rooms, &deferred);
+        replays = r;
+    }
     let recovery = Recovery {
         journal: handlers.journal.clone(),
         relay: handlers.relay.clone(),
