@@ -478,6 +478,7 @@ impl Channels {
         } else {
             self.authorize(socket, &room, &identity.user_id).await
         };
+        settle(socket).await;
         let history = self.recovery.history();
         let with_offsets = history.is_some() && (identity.offsets || !matches!(wants, Wants::Live));
         let room: Arc<str> = room.into();
@@ -700,6 +701,20 @@ impl Channels {
             })
             .await;
         result
+    }
+}
+
+/// Waits (briefly) for a socket whose CONNECT is being sent to be marked connected: socketioxide
+/// sends the packet, then marks the socket, and a client that emitted a `subscribe` before
+/// "connect" sends it the moment the packet arrives, so its handler can run in between (and
+/// took the socket for a closed one: "unavailable"). A socket that is really closed stays
+/// unconnected, and is refused as before once this gives up.
+async fn settle<A: Adapter>(socket: &SocketRef<A>) {
+    for _ in 0..50 {
+        if socket.connected() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
 
