@@ -405,4 +405,28 @@ describe('room recovery across two cluster instances', { skip: findRedisServer()
     assert.deepEqual(w.of('team').map((d) => d.n), Array.from({ length: 21 }, (_, i) => i));
     closeAll([watcher, sock]);
   });
+
+  test('while a sockgate that relays user rooms only is connected, channels go through the adapter and still arrive, with offsets', async () => {
+    // As Redis sees such an instance: it listens on the adapter's request channel and on
+    // sockgate:relay, not on sockgate:relay:rooms (its relay would drop a channel's entries).
+    const { spawn } = await import('node:child_process');
+    const older = spawn('redis-cli', ['-p', String(redis.port), 'SSUBSCRIBE', 'socket.io-request#/#', 'sockgate:relay'], { stdio: 'ignore' });
+    after(() => older.kill());
+    await waitFor(() => /does not relay channels is connected/.test(A.proc.text()), { message: 'A notices it', timeout: 5000 });
+    const sock = client(B.url, { cookie: 'sid=user-cr3', transports: WS, autoConnect: false, auth: { offsets: {} } });
+    const rec = recorder(sock);
+    await connected(sock);
+    assert.deepEqual(await ask(sock, 'subscribe', { room: 'team:cr2' }), { ok: true });
+    await publishOk(A.publishSocket, { room: 'team:cr2', event: 'team', data: 'through the adapter' });
+    await rec.waitFor((e) => e.args[0] === 'through the adapter', 'the message on B', 5000);
+    assert.match(rec.metas[0]?.offset ?? '', /:/, 'with its offset');
+    assert.equal(rec.metas[0].room, 'team:cr2');
+    older.kill();
+    await sleep(2500); // counted again: every instance relays channels
+    await publishOk(A.publishSocket, { room: 'team:cr2', event: 'team', data: 'relayed' });
+    await rec.waitFor((e) => e.args[0] === 'relayed', 'the relayed message on B', 5000);
+    await sleep(200);
+    assert.deepEqual(rec.of('team'), ['through the adapter', 'relayed'], 'each once');
+    closeAll([sock]);
+  });
 });
