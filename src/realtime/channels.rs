@@ -26,8 +26,9 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
 use super::auth::SessionAuth;
+use super::history::Since;
 use super::roster::{Member, Roster};
-use super::{INTERNAL_PREFIX, Identity, log_id};
+use super::{INTERNAL_PREFIX, Identity, MAX_OFFSET_BYTES, Recovery, Shape, log_id, offsets_room};
 use crate::config::Config;
 use crate::webhooks::Webhooks;
 
@@ -162,10 +163,30 @@ impl Membership {
     }
 }
 
-/// A `subscribe`, `unsubscribe` or `presence` payload.
+/// A `subscribe`, `unsubscribe` or `presence` payload. A `subscribe` may carry `offset`: the
+/// last offset the client saw in the room (replayed from there), or `null` (live, with
+/// offsets).
 #[derive(Deserialize)]
 struct RoomRequest {
     room: String,
+    /// `None` when the key is absent; `Some(Null)` for `null`.
+    #[serde(default, deserialize_with = "present")]
+    offset: Option<serde_json::Value>,
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// What a `subscribe` asks of the room's history.
+enum Wants {
+    /// Live messages in the socket's shape (no `offset` key).
+    Live,
+    /// Live messages as `(data, {offset, room})` (`offset: null`).
+    Offsets,
+    /// The messages after this offset, then live ones, all with offsets.
+    After(String),
 }
 
 /// Every ack: `{ok:true}`, `{ok:true,members}` or `{ok:false,error}`.
@@ -201,6 +222,7 @@ pub(super) struct Channels {
     authorize_path: PathAndQuery,
     public_prefixes: Vec<String>,
     per_sec: f64,
+    recovery: Recovery,
 }
 
 impl Channels {
@@ -210,6 +232,7 @@ impl Channels {
         auth: Arc<SessionAuth>,
         roster: Arc<Roster>,
         webhooks: Webhooks,
+        recovery: Recovery,
     ) -> Self {
         Self {
             rules: RoomRules::new(config),
@@ -223,15 +246,28 @@ impl Channels {
                 .unwrap_or_else(|_| PathAndQuery::from_static("/api/socket/authorize")),
             public_prefixes: config.channels.public_prefixes.clone(),
             per_sec: f64::from(config.channels.max_subscribes_per_sec.max(1)),
+            recovery,
         }
+    }
+
+    /// `channels.max_rooms_per_socket`.
+    pub(super) fn max_rooms(&self) -> usize {
+        self.rules.max_rooms
     }
 
     /// At the handshake and on every revalidation: joins the session's rooms that are new
     /// since its last answer and leaves those it no longer lists (also when they were
     /// subscribed too: the app's latest word wins). A session room the client unsubscribed
     /// from stays left until the app lists it anew; one that does not fit under
-    /// `channels.max_rooms_per_socket` (subscriptions took the places) is skipped.
-    pub(super) fn follow_session<A: Adapter>(&self, socket: &SocketRef<A>, rooms: &[Arc<str>]) {
+    /// `channels.max_rooms_per_socket` (subscriptions took the places) is skipped. Rooms in
+    /// `deferred` count as joined, but the socket enters them later ([`Channels::enter`], once
+    /// their replay is sent).
+    pub(super) fn follow_session<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        rooms: &[Arc<str>],
+        deferred: &[Arc<str>],
+    ) {
         // A socket with no channels has no membership: nothing to keep per idle socket.
         if rooms.is_empty() && socket.extensions.get::<Membership>().is_none() {
             return;
@@ -253,18 +289,25 @@ impl Channels {
         self.leave(socket, &identity, &gone);
         let mut new = Vec::new();
         let fresh: Vec<Arc<str>> = now.difference(&joined.session).cloned().collect();
-        for room in fresh {
+        for (i, room) in fresh.iter().enumerate() {
             if joined.rooms.len() + joined.pending >= self.rules.max_rooms {
                 tracing::warn!(socket = %log_id(socket.id), "a session room does not fit under channels.max_rooms_per_socket: skipped");
+                // Entered early (`enter_early`) before subscribes took the places: left.
+                let skipped: Vec<String> = fresh[i..]
+                    .iter()
+                    .filter(|r| !joined.rooms.contains(*r))
+                    .flat_map(|r| [r.to_string(), offsets_room(r)])
+                    .collect();
+                socket.leave(skipped);
                 break;
             }
             if joined.rooms.insert(room.clone()) {
-                new.push(room);
+                new.push(room.clone());
             }
         }
         if !new.is_empty() {
             tracing::debug!(socket = %log_id(socket.id), joined = new.len(), "joined the session's rooms");
-            self.join(socket, &identity, &new);
+            self.join(socket, &identity, &new, identity.offsets, deferred);
         }
         joined.session = now;
     }
@@ -289,12 +332,27 @@ impl Channels {
     }
 
     /// Joins `rooms` (under the membership's lock, so a presence arrival and its departure
-    /// are told in the order they happen).
-    fn join<A: Adapter>(&self, socket: &SocketRef<A>, identity: &Identity, rooms: &[Arc<str>]) {
+    /// are told in the order they happen), with their offsets rooms when the socket gets
+    /// offsets there; those in `deferred` are entered later ([`Channels::enter`]).
+    fn join<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        identity: &Identity,
+        rooms: &[Arc<str>],
+        with_offsets: bool,
+        deferred: &[Arc<str>],
+    ) {
         if rooms.is_empty() {
             return;
         }
-        socket.join(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        let now: Vec<String> = rooms
+            .iter()
+            .filter(|r| !deferred.contains(r))
+            .flat_map(|r| self.socket_rooms(r, with_offsets))
+            .collect();
+        if !now.is_empty() {
+            socket.join(now);
+        }
         for room in rooms {
             self.webhooks.room_joined(room);
             if self.roster.is_presence(room) {
@@ -309,7 +367,12 @@ impl Channels {
         if rooms.is_empty() {
             return;
         }
-        socket.leave(rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        socket.leave(
+            rooms
+                .iter()
+                .flat_map(|r| [r.to_string(), offsets_room(r)])
+                .collect::<Vec<_>>(),
+        );
         for room in rooms {
             self.webhooks.room_left(room);
             if self.roster.is_presence(room) {
@@ -321,9 +384,26 @@ impl Channels {
     /// Registers `subscribe`, `unsubscribe` and `presence` on a socket that was let in;
     /// every other client event stays unhandled (dropped unread).
     pub(super) fn register<A: Adapter>(self: &Arc<Self>, socket: &SocketRef<A>) {
-        self.answer(socket, SUBSCRIBE, |channels, socket, room| async move {
-            channels.subscribe(&socket, room).await
-        });
+        let channels = self.clone();
+        socket.on(
+            SUBSCRIBE,
+            move |socket: SocketRef<A>,
+                  ack: AckSender<A>,
+                  TryData(request): TryData<RoomRequest>| {
+                let channels = channels.clone();
+                async move {
+                    let (reply, _replayed) = match request {
+                        Ok(RoomRequest { room, offset }) => {
+                            channels.subscribe(&socket, room, offset).await
+                        }
+                        Err(_) => (refused("invalid room"), None),
+                    };
+                    // Answered before the room's lock (held after a replay) is let go: the
+                    // ack comes after the replayed messages and before live ones.
+                    let _ = ack.send(&reply);
+                }
+            },
+        );
         self.answer(socket, UNSUBSCRIBE, |channels, socket, room| async move {
             channels.unsubscribe(&socket, &room)
         });
@@ -346,7 +426,7 @@ impl Channels {
             move |socket: SocketRef<A>,
                   ack: AckSender<A>,
                   TryData(request): TryData<RoomRequest>| {
-                let reply = request.map(|RoomRequest { room }| handle(channels, socket, room));
+                let reply = request.map(|RoomRequest { room, .. }| handle(channels, socket, room));
                 async move {
                     let reply = match reply {
                         Ok(reply) => reply.await,
@@ -358,24 +438,40 @@ impl Channels {
         );
     }
 
-    async fn subscribe<A: Adapter>(&self, socket: &SocketRef<A>, room: String) -> Reply {
+    /// Answers a `subscribe`; with an offset, the room's messages after it are sent first,
+    /// and the room's lock comes back with the answer (held until it is sent).
+    async fn subscribe<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        room: String,
+        offset: Option<serde_json::Value>,
+    ) -> (Reply, Option<tokio::sync::MutexGuard<'_, ()>>) {
         if self.rules.check(&room).is_err() {
-            return refused("invalid room");
+            return (refused("invalid room"), None);
         }
+        let wants = match offset {
+            None => Wants::Live,
+            Some(serde_json::Value::Null) => Wants::Offsets,
+            Some(serde_json::Value::String(o)) if !o.is_empty() && o.len() <= MAX_OFFSET_BYTES => {
+                Wants::After(o)
+            }
+            Some(_) => return (refused("invalid offset"), None),
+        };
         let Some(identity) = socket.extensions.get::<Identity>() else {
-            return refused("unavailable");
+            return (refused("unavailable"), None);
         };
         let membership = self.membership(socket);
         {
             let mut joined = membership.lock();
             if !joined.take_token(self.per_sec) {
-                return refused("rate limited");
+                return (refused("rate limited"), None);
             }
+            // In it already, and getting its messages live: nothing to replay.
             if joined.rooms.contains(room.as_str()) {
-                return OK;
+                return (OK, None);
             }
             if joined.rooms.len() + joined.pending >= self.rules.max_rooms {
-                return refused("too many rooms");
+                return (refused("too many rooms"), None);
             }
             joined.pending += 1;
         }
@@ -383,11 +479,12 @@ impl Channels {
             let place = self.roster.has_place_for(&room, &identity.user_id).await;
             if place != Some(true) {
                 membership.lock().pending -= 1;
-                return refused(if place.is_some() {
+                let error = if place.is_some() {
                     "room full"
                 } else {
                     "unavailable"
-                });
+                };
+                return (refused(error), None);
             }
         }
         let verdict = if self.public_prefixes.iter().any(|p| room.starts_with(p)) {
@@ -395,23 +492,123 @@ impl Channels {
         } else {
             self.authorize(socket, &room, &identity.user_id).await
         };
-        let mut joined = membership.lock();
-        joined.pending -= 1;
-        match verdict {
-            Ok(true) if !joined.closed && socket.connected() => {
-                let room: Arc<str> = room.into();
-                if joined.rooms.insert(room.clone()) {
-                    self.join(socket, &identity, &[room]);
+        settle(socket).await;
+        let history = self.recovery.history();
+        let with_offsets = history.is_some() && (identity.offsets || !matches!(wants, Wants::Live));
+        let room: Arc<str> = room.into();
+        let replay = match (history, wants) {
+            (Some(history), Wants::After(offset)) => Some((history, offset)),
+            _ => None,
+        };
+        // Decided under the membership's lock, let go before any replay waits.
+        let replay = {
+            let mut joined = membership.lock();
+            joined.pending -= 1;
+            match verdict {
+                Ok(true) if !joined.closed && socket.connected() => {
+                    let fresh = joined.rooms.insert(room.clone());
+                    match replay {
+                        Some(replay) if fresh => {
+                            // A member from now on (bounds, presence, occupancy,
+                            // unsubscribe), but in the room only once the replay is sent,
+                            // under the room's lock.
+                            let deferred = std::slice::from_ref(&room);
+                            self.join(socket, &identity, deferred, true, deferred);
+                            replay
+                        }
+                        _ => {
+                            if fresh {
+                                self.join(socket, &identity, &[room], with_offsets, &[]);
+                            }
+                            return (OK, None);
+                        }
+                    }
                 }
-                OK
+                Ok(true) => return (refused("unavailable"), None),
+                Ok(false) => return (refused("forbidden"), None),
+                Err(reason) => {
+                    tracing::warn!(socket = %log_id(socket.id), user = %identity.user_id, "subscribe not authorized, the app could not say: {reason}");
+                    return (refused("unavailable"), None);
+                }
             }
-            Ok(true) => refused("unavailable"),
-            Ok(false) => refused("forbidden"),
-            Err(reason) => {
-                tracing::warn!(socket = %log_id(socket.id), user = %identity.user_id, "subscribe not authorized, the app could not say: {reason}");
-                refused("unavailable")
-            }
+        };
+        let (history, offset) = replay;
+        let (held, entered) = super::recover(
+            socket,
+            &self.recovery,
+            history,
+            &room,
+            Since::Client(offset),
+            Shape::WithOffset,
+            || self.is_member(socket, &room),
+            || self.enter(socket, &room, true),
+        )
+        .await;
+        match entered || socket.connected() {
+            true => (OK, Some(held)),
+            false => (refused("unavailable"), None),
         }
+    }
+
+    /// Puts a socket that was just let in into its session's rooms (but those in `replays`),
+    /// in the adapter only, before its CONNECT is sent: [`Channels::follow_session`] then
+    /// records them (presence, occupancy, bounds) from the connect handler.
+    pub(super) fn enter_early<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        rooms: &[Arc<str>],
+        replays: &[(Arc<str>, String)],
+        with_offsets: bool,
+    ) {
+        let now: Vec<String> = rooms
+            .iter()
+            .filter(|r| !replays.iter().any(|(replayed, _)| replayed == *r))
+            .flat_map(|r| self.socket_rooms(r, with_offsets))
+            .collect();
+        if !now.is_empty() {
+            socket.join(now);
+        }
+    }
+
+    /// The socket's own rooms for channel `room`: the room, and its offsets room when the
+    /// socket gets offsets there.
+    fn socket_rooms(&self, room: &str, with_offsets: bool) -> Vec<String> {
+        match with_offsets && self.recovery.history().is_some() {
+            true => vec![room.to_owned(), offsets_room(room)],
+            false => vec![room.to_owned()],
+        }
+    }
+
+    /// Whether the socket (open) counts `room` among its channels.
+    pub(super) fn is_member<A: Adapter>(&self, socket: &SocketRef<A>, room: &str) -> bool {
+        let Some(membership) = socket.extensions.get::<Membership>() else {
+            return false;
+        };
+        let joined = membership.lock();
+        !joined.closed && socket.connected() && joined.rooms.contains(room)
+    }
+
+    /// Puts the socket in a channel it counts as joined but was kept out of while its replay
+    /// ran; false if it left the channel (or closed) meanwhile.
+    pub(super) fn enter<A: Adapter>(
+        &self,
+        socket: &SocketRef<A>,
+        room: &str,
+        with_offsets: bool,
+    ) -> bool {
+        let Some(membership) = socket.extensions.get::<Membership>() else {
+            return false;
+        };
+        let joined = membership.lock();
+        if joined.closed || !socket.connected() || !joined.rooms.contains(room) {
+            return false;
+        }
+        socket.join(self.socket_rooms(room, with_offsets));
+        // Closed between the check and the join: the join would keep it in the room map.
+        if !socket.connected() {
+            socket.leave_all();
+        }
+        true
     }
 
     /// The socket's membership, made on first use. Handlers of one socket may run at once;
@@ -518,6 +715,20 @@ impl Channels {
             })
             .await;
         result
+    }
+}
+
+/// Waits (briefly) for a socket whose CONNECT is being sent to be marked connected: socketioxide
+/// sends the packet, then marks the socket, and a client that emitted a `subscribe` before
+/// "connect" sends it the moment the packet arrives, so its handler can run in between (and
+/// took the socket for a closed one: "unavailable"). A socket that is really closed stays
+/// unconnected, and is refused as before once this gives up.
+async fn settle<A: Adapter>(socket: &SocketRef<A>) {
+    for _ in 0..50 {
+        if socket.connected() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
 

@@ -1,7 +1,7 @@
-//! Recent messages per user, so a client that was away gets what it missed.
+//! Recent messages per room, so a client that was away gets what it missed.
 //!
-//! Every message published to a user room gets an offset, monotonically increasing within the
-//! room. The last few (`history.max_messages`, kept at most `history.max_age_ms` after the
+//! Every message published to a room (a user room or a channel; not a broadcast) gets an
+//! offset, monotonically increasing within the room. The last few (`history.max_messages`, kept at most `history.max_age_ms` after the
 //! room's last message) are kept: in memory on a single instance, in a Redis stream per room in
 //! cluster mode, so a client that comes back through another instance recovers too. A client
 //! that reports an offset older than what is kept is told, never silently skipped.

@@ -12,7 +12,9 @@ use super::history::Journal;
 use super::outage::Outages;
 use super::relay::{Relay, Relayed};
 use super::roster::{Member, Roster};
-use super::{CONNECTING_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, connecting_room, recovery_room};
+use super::{
+    CONNECTING_ROOM_PREFIX, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions, connecting_room,
+};
 use crate::cluster::{ClusterAdapter, Link};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -166,9 +168,10 @@ impl Hub {
     }
 
     /// Emits `event` with `data` to the target's sockets; returns how many sockets on this
-    /// instance were targeted. A user room's messages get an offset and are kept in the
-    /// history (when enabled); they travel as `(data, {"offset"})` to the sockets that asked
-    /// for offsets (in the user's recovery room) and as `data` alone to the others.
+    /// instance were targeted. A room's messages (a user room's or a channel's; not a
+    /// broadcast) get an offset and are kept in the history (when enabled); they travel as
+    /// `(data, {"offset","room"})` to the sockets that asked for offsets (in the room's
+    /// recovery or offsets room too) and as `data` alone to the others.
     pub async fn publish(
         &self,
         target: &Target,
@@ -306,30 +309,25 @@ impl Hub {
         event: &str,
         data: &serde_json::Value,
     ) -> Result<(usize, usize), String> {
-        let kept = self
-            .journal
-            .history()
-            .filter(|_| room.starts_with(&self.room_prefix));
-        let Some(history) = kept else {
+        let Some(history) = self.journal.history() else {
             return self.deliver(Some(room), None, event, data).await;
         };
         // Held until delivered: a socket joining this room meanwhile replays it instead.
         let _joining = self.journal.lock(&room).await;
-        let user = room
-            .strip_prefix(self.room_prefix.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        // This user's sockets still waiting for their replay (it waits for the lock held
-        // here) get the message from it: they are recipients too.
-        let replaying =
-            || with_io!(self, io => io.local().to(connecting_room(&user)).sockets().len());
+        let companions = companions(&self.room_prefix, &room);
+        // A user's sockets still waiting for their replay (it waits for the lock held here)
+        // get the message from it: they are recipients too.
+        let replaying = || match &companions.waiting {
+            Some(waiting) => with_io!(self, io => io.local().to(waiting.clone()).sockets().len()),
+            None => 0,
+        };
         let kept = match (&self.relay, self.cluster_io()) {
             (Some(relay), Some(io)) => {
-                let relayed = relay.everyone_listens();
+                let relayed = relay.everyone_listens_for(&room);
                 match relay.append(&room, event, data, relayed).await {
                     Some(kept) if relayed => {
                         let entry = Relayed::new(room.clone(), kept, event, data);
-                        let (targeted, dropped) = relay.deliver_here(io, &user, entry).await;
+                        let (targeted, dropped) = relay.deliver_here(io, entry).await;
                         return Ok((targeted + replaying(), dropped));
                     }
                     Some(kept) => {
@@ -344,12 +342,13 @@ impl Hub {
         match kept {
             Some(offset) => {
                 let replaying = replaying();
-                // Two broadcasts, each encoded once: the plain one skips the recovery room.
-                let recovering = recovery_room(&user);
+                // Two broadcasts, each encoded once: the plain one skips the sockets that get
+                // offsets (in the room's offsets room too).
+                let recovering = companions.with_offset;
+                let meta = serde_json::json!({ "offset": offset, "room": room });
                 let plain = self
                     .deliver(Some(room), Some(recovering.clone()), event, data)
                     .await?;
-                let meta = serde_json::json!({ "offset": offset });
                 let with_offset = self
                     .deliver(Some(recovering), None, event, &(data, meta))
                     .await?;
@@ -360,11 +359,8 @@ impl Hub {
                 // replay get it live too (their replay reports the hole as a gap).
                 let (delivered, dropped) =
                     self.deliver(Some(room.clone()), None, event, data).await?;
-                let waiting = match room.strip_prefix(self.room_prefix.as_str()) {
-                    Some(user) => {
-                        self.deliver(Some(connecting_room(user)), None, event, data)
-                            .await?
-                    }
+                let waiting = match companions.waiting {
+                    Some(waiting) => self.deliver(Some(waiting), None, event, data).await?,
                     None => (0, 0),
                 };
                 Ok((delivered + waiting.0, dropped + waiting.1))
@@ -593,8 +589,8 @@ impl Hub {
                 users.insert(user);
                 continue;
             }
-            // Its sockets are in their user room too.
-            if room.starts_with(RECOVERY_ROOM_PREFIX) {
+            // Its sockets are in their user room (or channel) too.
+            if room.starts_with(RECOVERY_ROOM_PREFIX) || room.starts_with(OFFSETS_ROOM_PREFIX) {
                 continue;
             }
             public_rooms += 1;

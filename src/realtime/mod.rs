@@ -61,6 +61,9 @@ struct Identity {
     user_id: Arc<str>,
     /// What presence rooms show of the user (`auth.user_info_pointer`).
     info: Option<Arc<str>>,
+    /// The handshake asked for offsets (`auth.offset` or `auth.offsets`): kept messages of
+    /// every room it joins come as `(data, {offset, room})`.
+    offsets: bool,
 }
 
 /// The Socket.IO endpoint as the router sees it: any adapter, one body type.
@@ -117,6 +120,22 @@ impl Drop for SlotGuard {
     }
 }
 
+/// What a replay needs: the history and its locks, the relay, the metrics. Shared by the
+/// connect path and `subscribe`.
+#[derive(Clone)]
+struct Recovery {
+    journal: Arc<Journal>,
+    relay: Option<Arc<Relay>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Recovery {
+    /// The history, when enabled.
+    fn history(&self) -> Option<&History> {
+        self.journal.history()
+    }
+}
+
 /// What the connect path needs, shared by every socket.
 #[derive(Clone)]
 struct Handlers {
@@ -145,16 +164,108 @@ struct ReplayFrom {
 enum Shape {
     /// Exactly what was published: one argument.
     Plain,
-    /// `(data, {offset})`: the handshake's `auth` has an `offset` key (even `null`).
+    /// `(data, {offset, room})`: the handshake's `auth` has an `offset` key (even `null`) or
+    /// an `offsets` key.
     WithOffset,
 }
 
 impl Shape {
     fn asked(auth: Option<&serde_json::Value>) -> Self {
-        match auth.and_then(|a| a.get("offset")) {
+        match auth.filter(|a| a.get("offset").is_some() || a.get("offsets").is_some()) {
             Some(_) => Shape::WithOffset,
             None => Shape::Plain,
         }
+    }
+}
+
+/// Longest offset taken from a client, in bytes (sockgate's own are under 64).
+const MAX_OFFSET_BYTES: usize = 128;
+
+/// What a handshake's `auth.offsets` (`{"<room>": "<last offset seen>"}`) asks for, bounded:
+/// at most `max` entries are read (the rooms of later ones get `recovery_failed`, as do
+/// offsets that are not strings or longer than [`MAX_OFFSET_BYTES`]; an empty offset is
+/// never one sockgate issued, so it makes the replay a gap). Only the user's own room and
+/// its session's rooms count: an entry for any other room is dropped unread, so a client
+/// never gets the history of a room it is not in.
+#[derive(Default, Debug, PartialEq)]
+struct AskedOffsets {
+    /// The user room's entry (`auth.offset` wins over it).
+    user: Option<String>,
+    /// Session rooms to replay from the offset given.
+    rooms: Vec<(Arc<str>, String)>,
+}
+
+impl AskedOffsets {
+    fn read(
+        auth: Option<&serde_json::Value>,
+        user_room: &str,
+        session: &[Arc<str>],
+        max: usize,
+        socket: &str,
+    ) -> Self {
+        let mut asked = AskedOffsets::default();
+        let Some(map) = auth.and_then(|a| a.get("offsets")) else {
+            return asked;
+        };
+        let Some(map) = map.as_object() else {
+            if !map.is_null() {
+                tracing::warn!(socket, "auth.offsets is not an object: ignored");
+            }
+            return asked;
+        };
+        let (mut past, mut bad, mut strangers) = (0usize, 0usize, 0usize);
+        for (i, (room, offset)) in map.iter().enumerate() {
+            let member = match session.iter().find(|r| ***r == **room) {
+                Some(room) => Some(room.clone()),
+                None if room == user_room => None,
+                None => {
+                    strangers += 1;
+                    continue;
+                }
+            };
+            let offset = match offset {
+                // "Seen nothing yet": live from the join, as without an entry.
+                serde_json::Value::Null => continue,
+                _ if i >= max => {
+                    past += 1;
+                    String::new()
+                }
+                serde_json::Value::String(o) if o.len() <= MAX_OFFSET_BYTES && !o.is_empty() => {
+                    o.clone()
+                }
+                _ => {
+                    bad += 1;
+                    String::new()
+                }
+            };
+            match member {
+                Some(room) => asked.rooms.push((room, offset)),
+                None => asked.user = Some(offset),
+            }
+        }
+        if past > 0 {
+            tracing::warn!(
+                socket,
+                entries = map.len(),
+                max,
+                "auth.offsets has more entries than channels.max_rooms_per_socket: rooms past it are not replayed (recovery_failed)"
+            );
+        }
+        if bad > 0 {
+            tracing::warn!(
+                socket,
+                bad,
+                "auth.offsets has offsets that are not strings of at most {MAX_OFFSET_BYTES} bytes: those rooms are not replayed (recovery_failed)"
+            );
+        }
+        if strangers > 0 {
+            tracing::debug!(
+                socket,
+                strangers,
+                "auth.offsets names rooms the socket is not in: ignored"
+            );
+        }
+        asked
     }
 }
 
@@ -173,18 +284,6 @@ pub async fn start(
         .map(|c| (c.commands.clone(), c.link.clone()));
     let webhooks = Webhooks::start(settings, redis.clone(), metrics.clone());
     let roster = Arc::new(Roster::start(settings, redis, webhooks.clone()));
-    let channels = Arc::new(Channels::new(
-        settings,
-        auth.clone(),
-        roster.clone(),
-        webhooks.clone(),
-    ));
-    let revalidation = Revalidation {
-        every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
-        concurrency: settings.auth.max_concurrent,
-        shutdown,
-        channels: channels.clone(),
-    };
     let kept = &settings.history;
     let history = match (&cluster, kept.enabled) {
         (_, false) => None,
@@ -212,6 +311,7 @@ pub async fn start(
             Arc::new(Relay::new(
                 shared.clone(),
                 socketioxide_core::Uid::new().to_string(),
+                config.room_prefix.as_str().into(),
             )),
             c.driver
                 .subscribe(relay::CHANNEL.into(), RELAY_BUFFER)
@@ -219,10 +319,37 @@ pub async fn start(
                 .map_err(|e| {
                     anyhow::anyhow!("cannot subscribe to `{}` in Redis: {e}", relay::CHANNEL)
                 })?,
+            // Nothing is published there: listening says "this instance relays channels".
+            c.driver
+                .subscribe(relay::ROOMS_CHANNEL.into(), 1)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot subscribe to `{}` in Redis: {e}",
+                        relay::ROOMS_CHANNEL
+                    )
+                })?,
         )),
         _ => None,
     };
     let journal = Arc::new(Journal::new(history));
+    let channels = Arc::new(Channels::new(
+        settings,
+        auth.clone(),
+        roster.clone(),
+        webhooks.clone(),
+        Recovery {
+            journal: journal.clone(),
+            relay: relay.as_ref().map(|(r, ..)| r.clone()),
+            metrics: metrics.clone(),
+        },
+    ));
+    let revalidation = Revalidation {
+        every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
+        concurrency: settings.auth.max_concurrent,
+        shutdown,
+        channels: channels.clone(),
+    };
     if let Some(c) = &cluster {
         auth.share_kicks(
             c.commands.clone(),
@@ -269,7 +396,7 @@ pub async fn start(
         metrics: metrics.clone(),
         room_prefix: config.room_prefix.clone().into(),
         journal: journal.clone(),
-        relay: relay.as_ref().map(|(r, _)| r.clone()),
+        relay: relay.as_ref().map(|(r, ..)| r.clone()),
         webhooks,
         channels,
         max_sockets_per_user: config.max_sockets_per_user,
@@ -306,12 +433,12 @@ pub async fn start(
                 revalidation.shutdown.clone(),
                 io.config().server_id,
             ));
-            let relay = relay.map(|(relay, channel)| {
+            let relay = relay.map(|(relay, channel, marker)| {
                 tokio::spawn(relay.clone().run(
                     io.clone(),
                     journal.clone(),
-                    room_prefix.clone().into(),
                     channel,
+                    marker,
                     link.clone(),
                     revalidation.shutdown.clone(),
                 ));
@@ -482,6 +609,20 @@ async fn authenticate<A: Adapter>(
 /// before its connect handler runs is still matched by a departure.
 fn let_in<A: Adapter>(socket: &SocketRef<A>, handlers: &Handlers) {
     handlers.channels.register(socket);
+    // The session's rooms (but those to replay) are entered here already, for the same reason
+    // as the user room: a publish made as soon as the client reports "connected" must find
+    // the socket in them. Only the adapter's rooms: a socket that never gets its CONNECT is
+    // removed from them by socketioxide, with no disconnect handler to undo presence or
+    // occupancy, which the connect handler records (`follow_session`).
+    if let Some(SessionRooms { rooms, replays }) = socket.extensions.get::<SessionRooms>() {
+        let offsets = socket
+            .extensions
+            .get::<Identity>()
+            .is_some_and(|i| i.offsets);
+        handlers
+            .channels
+            .enter_early(socket, &rooms, &replays, offsets);
+    }
     let tab = handlers
         .webhooks
         .connected(socket.extensions.get::<Identity>().map(|i| i.user_id));
@@ -523,6 +664,8 @@ async fn check_session<A: Adapter>(
         ticket.connected();
     }
     tracing::debug!(socket = %log_id(socket.id), user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
+    let mut asked = AskedOffsets::default();
+    let mut offsets = false;
     match handlers.journal.history() {
         // socketioxide sends the client its CONNECT before the connect handler runs, so the
         // room is joined here: a publish made as soon as the client reports "connected" must
@@ -533,11 +676,20 @@ async fn check_session<A: Adapter>(
         // in a room of its own, where a kick (`disconnect`) still finds it.
         Some(history) => {
             let shape = Shape::asked(auth.as_ref());
+            let socket_log = log_id(socket.id);
+            asked = AskedOffsets::read(
+                auth.as_ref(),
+                &room,
+                &rooms,
+                handlers.channels.max_rooms(),
+                &socket_log,
+            );
             let offset = auth
                 .as_ref()
                 .and_then(|a| a.get("offset"))
                 .and_then(|o| o.as_str())
-                .map(str::to_owned);
+                .map(str::to_owned)
+                .or(asked.user.take());
             let since = match offset {
                 Some(offset) => {
                     socket.join(connecting_room(&user_id));
@@ -552,27 +704,49 @@ async fn check_session<A: Adapter>(
                     Since::Head(history.head(&room).await)
                 }
             };
+            offsets = shape == Shape::WithOffset;
             socket.extensions.insert(ReplayFrom { since, shape });
         }
     }
-    socket.extensions.insert(Identity { user_id, info });
-    socket.extensions.insert(SessionRooms(rooms));
+    socket.extensions.insert(Identity {
+        user_id,
+        info,
+        offsets,
+    });
+    socket.extensions.insert(SessionRooms {
+        rooms,
+        replays: asked.rooms.into(),
+    });
     Ok(())
 }
 
-/// The rooms the handshake's session listed, until the socket joins them.
+/// The rooms the handshake's session listed, until the socket joins them (in `let_in`), and
+/// those of them to replay from the offset the client gave.
 #[derive(Clone)]
-struct SessionRooms(Arc<[Arc<str>]>);
+struct SessionRooms {
+    rooms: Arc<[Arc<str>]>,
+    replays: Arc<[(Arc<str>, String)]>,
+}
 
 async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
     handlers.metrics.connected();
-    // Joined first, before anything here waits: with the disconnect handler (set in
-    // `let_in`), every presence arrival made here is matched by a departure.
-    if let Some(SessionRooms(rooms)) = socket.extensions.remove::<SessionRooms>()
+    // Recorded first, before anything here waits: with the disconnect handler (set in
+    // `let_in`), every presence arrival made here is matched by a departure. The rooms to
+    // replay count as joined (presence, occupancy, bounds) but the socket enters them only
+    // once their replay is sent, under their lock.
+    let mut replays: Arc<[(Arc<str>, String)]> = Arc::new([]);
+    if let Some(SessionRooms { rooms, replays: r }) = socket.extensions.remove::<SessionRooms>()
         && socket.connected()
     {
-        handlers.channels.follow_session(&socket, &rooms);
+        let deferred: Vec<Arc<str>> = r.iter().map(|(room, _)| room.clone()).collect();
+        handlers.channels.follow_session(&socket, &rooms, &deferred);
+        replays = r;
     }
+    let recovery = Recovery {
+        journal: handlers.journal.clone(),
+        relay: handlers.relay.clone(),
+        metrics: handlers.metrics.clone(),
+    };
     if let (Some(history), Some(ReplayFrom { since, shape }), Some(identity)) = (
         handlers.journal.history(),
         // Taken, not copied: it is needed once, and each socket's memory counts.
@@ -580,46 +754,102 @@ async fn on_connected<A: Adapter>(socket: SocketRef<A>, handlers: Handlers) {
         socket.extensions.get::<Identity>(),
     ) {
         let room = format!("{}{}", handlers.room_prefix, identity.user_id);
-        // Held while replaying and joining: a publish to this room through this instance,
-        // and a message relayed from another one, waits, so each message is either replayed
-        // or delivered live — once, in order.
-        let _publishing = handlers.journal.lock(&room).await;
-        let mut replayed = replay(&socket, &handlers.metrics, history, &room, &since, shape).await;
-        finish_joining(&socket, room.clone(), &identity.user_id, shape);
-        let relayed = handlers.relay.as_ref().filter(|r| r.everyone_listens());
-        let again = (relayed.is_none() && history.is_shared() && shape == Shape::WithOffset)
-            .then_some(())
-            .and(replayed.clone());
-        if let Some(reached) = again {
-            // An older instance publishes through the adapter, past this lock: a message it
-            // appended after the read above may have reached this instance live before the
-            // join, and so this socket neither way. Read again from where the replay ended;
-            // what also came live is sent twice, and clients drop an offset that is not newer
-            // than the last they saw. A socket without offsets cannot tell a repeat, so it is
-            // not read again: like on a plain Socket.IO server, a message published while it
-            // was joining may miss it, but none comes twice.
-            let since = match reached.or(since_offset(since.clone())) {
-                Some(offset) => Since::Client(offset),
-                None => Since::Head(Head::Empty),
-            };
-            replayed = replay(&socket, &handlers.metrics, history, &room, &since, shape)
-                .await
-                .map(|again| again.or(since_offset(since.clone())));
-        }
-        if let Some(relay) = &handlers.relay {
-            let start = since_offset(since.clone());
-            let reached = match &replayed {
-                None => Reached::Unknown,
-                Some(Some(last)) => Reached::At(last),
-                Some(None) => match (&start, &since) {
-                    (Some(offset), _) => Reached::At(offset),
-                    (None, Since::Head(Head::Empty)) => Reached::Empty,
-                    (None, _) => Reached::Unknown,
-                },
-            };
-            relay.joined(&room, socket.id, reached);
+        let _joined = recover(
+            &socket,
+            &recovery,
+            history,
+            &room,
+            since,
+            shape,
+            || true,
+            || {
+                finish_joining(&socket, room.clone(), &identity.user_id, shape);
+                true
+            },
+        )
+        .await;
+    }
+    if let Some(history) = handlers.journal.history() {
+        for (room, offset) in replays.iter() {
+            let channels = &handlers.channels;
+            let _joined = recover(
+                &socket,
+                &recovery,
+                history,
+                room,
+                Since::Client(offset.clone()),
+                Shape::WithOffset,
+                || channels.is_member(&socket, room),
+                || channels.enter(&socket, room, true),
+            )
+            .await;
         }
     }
+}
+
+/// Replays to `socket` what `room` has after `since` (or tells it `recovery_failed`), then
+/// `join`s it, under the room's lock: a publish to the room through this instance, and a
+/// message relayed from another one, waits, so each message is either replayed or delivered
+/// live — once, in order. Nothing is sent unless `member` holds under the lock (a socket that
+/// left the room meanwhile gets none of its history). The lock is held until the returned
+/// guard is dropped (a `subscribe` answers its ack first); the flag says whether it joined.
+#[allow(clippy::too_many_arguments)]
+async fn recover<'a, A: Adapter>(
+    socket: &SocketRef<A>,
+    recovery: &'a Recovery,
+    history: &History,
+    room: &str,
+    since: Since,
+    shape: Shape,
+    member: impl FnOnce() -> bool,
+    join: impl FnOnce() -> bool,
+) -> (tokio::sync::MutexGuard<'a, ()>, bool) {
+    let publishing = recovery.journal.lock(room).await;
+    if !member() {
+        return (publishing, false);
+    }
+    let metrics = &recovery.metrics;
+    let mut replayed = replay(socket, metrics, history, room, &since, shape).await;
+    if !join() {
+        return (publishing, false);
+    }
+    let relayed = recovery
+        .relay
+        .as_ref()
+        .filter(|r| r.everyone_listens_for(room));
+    let again = (relayed.is_none() && history.is_shared() && shape == Shape::WithOffset)
+        .then_some(())
+        .and(replayed.clone());
+    if let Some(reached) = again {
+        // An older instance publishes through the adapter, past this lock: a message it
+        // appended after the read above may have reached this instance live before the
+        // join, and so this socket neither way. Read again from where the replay ended;
+        // what also came live is sent twice, and clients drop an offset that is not newer
+        // than the last they saw. A socket without offsets cannot tell a repeat, so it is
+        // not read again: like on a plain Socket.IO server, a message published while it
+        // was joining may miss it, but none comes twice.
+        let since = match reached.or(since_offset(since.clone())) {
+            Some(offset) => Since::Client(offset),
+            None => Since::Head(Head::Empty),
+        };
+        replayed = replay(socket, metrics, history, room, &since, shape)
+            .await
+            .map(|again| again.or(since_offset(since.clone())));
+    }
+    if let Some(relay) = &recovery.relay {
+        let start = since_offset(since.clone());
+        let reached = match &replayed {
+            None => Reached::Unknown,
+            Some(Some(last)) => Reached::At(last),
+            Some(None) => match (&start, &since) {
+                (Some(offset), _) => Reached::At(offset),
+                (None, Since::Head(Head::Empty)) => Reached::Empty,
+                (None, _) => Reached::Unknown,
+            },
+        };
+        relay.joined(room, socket.id, reached);
+    }
+    (publishing, true)
 }
 
 /// The offset a replay starts after, if any.
@@ -653,7 +883,7 @@ async fn replay<A: Adapter>(
                         emit_waiting(socket, &entry.event, &*entry.data, deadline).await
                     }
                     Shape::WithOffset => {
-                        let meta = serde_json::json!({ "offset": entry.offset });
+                        let meta = serde_json::json!({ "offset": entry.offset, "room": room });
                         emit_waiting(socket, &entry.event, &(&*entry.data, meta), deadline).await
                     }
                 };
@@ -676,7 +906,7 @@ async fn replay<A: Adapter>(
             tracing::debug!(socket = %log_id(socket.id), "history gap: client told to refetch");
             let _ = socket.emit(
                 RECOVERY_FAILED,
-                &serde_json::json!({ "reason": "messages since the last offset are no longer kept" }),
+                &serde_json::json!({ "reason": "messages since the last offset are no longer kept", "room": room }),
             );
             None
         }
@@ -751,6 +981,36 @@ pub(crate) fn recovery_room(user_id: &str) -> String {
 }
 pub(crate) const RECOVERY_ROOM_PREFIX: &str = "sockgate:recovery:";
 
+/// The room of a channel's sockets that get `(data, {offset, room})`, beside the channel itself
+/// (as [`recovery_room`] is for a user room). Internal, never published to by name.
+pub(crate) fn offsets_room(room: &str) -> String {
+    format!("{OFFSETS_ROOM_PREFIX}{room}")
+}
+pub(crate) const OFFSETS_ROOM_PREFIX: &str = "sockgate:offsets:";
+
+/// The internal rooms that go with a room whose messages are kept.
+pub(crate) struct Companions {
+    /// Where its sockets that get offsets are (they are in the room too).
+    pub with_offset: String,
+    /// Where its sockets wait while their replay runs, for a user room (a channel's wait in
+    /// no room: they enter it once replayed).
+    pub waiting: Option<String>,
+}
+
+/// The companions of `room`: a user room's (under `room_prefix`) or a channel's.
+pub(crate) fn companions(room_prefix: &str, room: &str) -> Companions {
+    match room.strip_prefix(room_prefix) {
+        Some(user) => Companions {
+            with_offset: recovery_room(user),
+            waiting: Some(connecting_room(user)),
+        },
+        None => Companions {
+            with_offset: offsets_room(room),
+            waiting: None,
+        },
+    }
+}
+
 /// Rooms and events whose names start with this are sockgate's own: the publish API refuses
 /// them, so an app cannot reach a socket that is still being let in, or impersonate sockgate.
 pub const INTERNAL_PREFIX: &str = "sockgate:";
@@ -791,7 +1051,7 @@ impl Revalidation {
                 Some(async move {
                     match auth.authenticate(&credentials).await {
                         Ok(session) if session.user_id == identity.user_id => {
-                            channels.follow_session(&socket, &session.rooms);
+                            channels.follow_session(&socket, &session.rooms, &[]);
                             false
                         }
                         Ok(_) | Err(AuthError::Unauthorized) => {
@@ -853,6 +1113,55 @@ mod tests {
     fn internal_rooms_carry_the_internal_prefix() {
         assert!(connecting_room("alice").starts_with(INTERNAL_PREFIX));
         assert!(recovery_room("alice").starts_with(INTERNAL_PREFIX));
+        assert!(offsets_room("team:7").starts_with(INTERNAL_PREFIX));
+        // A user id cannot make its recovery room a channel's offsets room.
+        assert!(!offsets_room("x").starts_with(RECOVERY_ROOM_PREFIX));
+        assert!(!recovery_room("x").starts_with(OFFSETS_ROOM_PREFIX));
+    }
+
+    #[test]
+    fn asked_offsets_are_bounded_and_only_for_the_sockets_rooms() {
+        let session: Vec<Arc<str>> = vec!["team:1".into(), "team:2".into(), "team:3".into()];
+        let read = |auth: serde_json::Value, max| {
+            AskedOffsets::read(Some(&auth), "user:a", &session, max, "test")
+        };
+        let asked = read(
+            serde_json::json!({ "offsets": {
+                "team:9": "r-1",            // not a member: dropped unread
+                "user:b": "r-1",            // another user's room: dropped unread
+                "sockgate:recovery:b": "r-1",
+                "user:a": "r-2",
+                "team:1": "r-3",
+                "team:2": null,             // seen nothing: live
+                "team:3": "x".repeat(MAX_OFFSET_BYTES + 1),
+            }}),
+            100,
+        );
+        assert_eq!(asked.user.as_deref(), Some("r-2"));
+        let rooms: Vec<(&str, &str)> = asked
+            .rooms
+            .iter()
+            .map(|(r, o)| (&**r, o.as_str()))
+            .collect();
+        // An overlong offset is kept as one that names nothing: its replay is a gap.
+        assert_eq!(rooms, [("team:1", "r-3"), ("team:3", "")]);
+        // Entries past the bound are not replayed: their rooms get a gap.
+        let mut many = serde_json::Map::new();
+        for i in 0..1000 {
+            many.insert(format!("junk:{i}"), "r-1".into());
+        }
+        many.insert("team:1".into(), "r-3".into());
+        let asked = read(serde_json::json!({ "offsets": many }), 3);
+        assert_eq!(asked.rooms.len(), 1);
+        assert_eq!(asked.rooms[0].1, "");
+        assert_eq!(
+            read(serde_json::json!({ "offsets": ["team:1"] }), 3),
+            AskedOffsets::default()
+        );
+        assert_eq!(
+            read(serde_json::json!({ "offset": "r-1" }), 3),
+            AskedOffsets::default()
+        );
     }
 
     #[test]

@@ -32,12 +32,18 @@ use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio::sync::mpsc;
 
 use super::history::{Appended, Entry, Head, Journal, RedisHistory, Replay, STRIPES, Since};
-use super::{RECOVERY_FAILED, connecting_room, recovery_room};
+use super::{Companions, RECOVERY_FAILED, companions};
 use crate::cluster::{ClusterAdapter, Link};
 use crate::shutdown::Shutdown;
 
 /// The sharded channel kept messages travel on.
 pub const CHANNEL: &str = "sockgate:relay";
+
+/// A sharded channel nothing is published on: an instance that listens here delivers relayed
+/// entries of channels (rooms other than user rooms), not only of user rooms. An older
+/// sockgate listens on [`CHANNEL`] only and drops a channel's entries: while one is connected,
+/// channels' messages go through the adapter ([`Relay::everyone_listens_for`]).
+pub const ROOMS_CHANNEL: &str = "sockgate:relay:rooms";
 
 /// Messages buffered between the channel and the room workers, per worker.
 const WORKER_BUFFER: usize = 1024;
@@ -183,16 +189,26 @@ pub struct Relay {
     origin: String,
     positions: Mutex<HashMap<String, Position>>,
     everyone_listens: AtomicBool,
+    /// Every instance listens on [`ROOMS_CHANNEL`] too.
+    everyone_relays_rooms: AtomicBool,
+    /// `realtime.room_prefix`: tells user rooms from channels.
+    room_prefix: Arc<str>,
 }
 
 impl Relay {
-    pub fn new(history: RedisHistory, origin: String) -> Self {
+    pub fn new(history: RedisHistory, origin: String, room_prefix: Arc<str>) -> Self {
         Self {
             history,
             origin,
             positions: Mutex::default(),
             everyone_listens: AtomicBool::new(false),
+            everyone_relays_rooms: AtomicBool::new(false),
+            room_prefix,
         }
+    }
+
+    fn companions(&self, room: &str) -> Companions {
+        companions(&self.room_prefix, room)
     }
 
     fn positions(&self) -> MutexGuard<'_, HashMap<String, Position>> {
@@ -203,6 +219,14 @@ impl Relay {
     /// connected, or the count is not in yet), messages go through the adapter.
     pub fn everyone_listens(&self) -> bool {
         self.everyone_listens.load(Ordering::Acquire)
+    }
+
+    /// Whether `room`'s entries are delivered by every instance's relay: a user room's when
+    /// [`Relay::everyone_listens`], a channel's when every instance relays channels too.
+    pub fn everyone_listens_for(&self, room: &str) -> bool {
+        self.everyone_listens()
+            && (room.starts_with(&*self.room_prefix)
+                || self.everyone_relays_rooms.load(Ordering::Acquire))
     }
 
     /// Keeps a message in `room`'s stream and, in the same step, relays it to the other
@@ -230,9 +254,9 @@ impl Relay {
     pub async fn deliver_here(
         &self,
         io: &SocketIo<ClusterAdapter>,
-        user: &str,
         entry: Relayed,
     ) -> (usize, usize) {
+        let companions = self.companions(&entry.room);
         let Some(place) = Place::of(&entry.kept) else {
             tracing::warn!(
                 room = entry.room,
@@ -258,7 +282,7 @@ impl Relay {
             Some(last) => (last, entry.kept.prev.is_empty()),
             // Sockets that joined without a known position (their replay failed and they
             // were told to refetch): they take the chain from here.
-            None if has_sockets(io, &entry.room, user) => (None, true),
+            None if has_sockets(io, &entry.room, &companions) => (None, true),
             None => return (0, 0),
         };
         if !follows {
@@ -279,7 +303,7 @@ impl Relay {
                         }
                         // A socket that misses one because its queue is full is closed
                         // (and counted) as a slow consumer by the engine.
-                        self.emit_here(io, &entry.room, user, &at, &kept);
+                        self.emit_here(io, &entry.room, &companions, &at, &kept);
                     }
                 }
                 Replay::Gap => {
@@ -287,7 +311,7 @@ impl Relay {
                         room = entry.room,
                         "messages relayed between instances were lost and are no longer kept: the room's sockets here are told to refetch (recovery_failed)"
                     );
-                    let payload = serde_json::json!({ "reason": "messages were lost between instances and are no longer kept" });
+                    let payload = serde_json::json!({ "reason": "messages were lost between instances and are no longer kept", "room": entry.room });
                     // Sockets still replaying find the gap in their replay.
                     let _ = io
                         .local()
@@ -302,7 +326,7 @@ impl Relay {
             event: entry.event,
             data: entry.data,
         };
-        self.emit_here(io, &entry.room, user, &place, &kept)
+        self.emit_here(io, &entry.room, &companions, &place, &kept)
     }
 
     /// An entry of `room` was delivered through the adapter: only the position moves on.
@@ -318,7 +342,7 @@ impl Relay {
         &self,
         io: &SocketIo<ClusterAdapter>,
         room: &str,
-        user: &str,
+        companions: &Companions,
         at: &Place,
         entry: &Entry,
     ) -> (usize, usize) {
@@ -338,10 +362,10 @@ impl Relay {
             });
             skipped
         };
-        let recovering = recovery_room(user);
+        let recovering = companions.with_offset.clone();
         let with_offset: Vec<_> = io.local().to(recovering.clone()).sockets();
         let plain: Vec<_> = io.local().to(room.to_owned()).except(recovering).sockets();
-        let meta = serde_json::json!({ "offset": entry.offset });
+        let meta = serde_json::json!({ "offset": entry.offset, "room": room });
         let payload = (&*entry.data, meta);
         let mut targeted = 0;
         let mut dropped = 0;
@@ -406,20 +430,17 @@ impl Relay {
         self: Arc<Self>,
         io: SocketIo<ClusterAdapter>,
         journal: Arc<Journal>,
-        room_prefix: Arc<str>,
         mut channel: MessageStream<ChanItem>,
+        marker: MessageStream<ChanItem>,
         link: Link,
         shutdown: Shutdown,
     ) {
+        // Held, never read: its subscription is what the other instances count.
+        let _marker = marker;
         let workers: Vec<mpsc::Sender<Relayed>> = (0..STRIPES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(WORKER_BUFFER);
-                tokio::spawn(self.clone().work(
-                    io.clone(),
-                    journal.clone(),
-                    room_prefix.clone(),
-                    rx,
-                ));
+                tokio::spawn(self.clone().work(io.clone(), journal.clone(), rx));
                 tx
             })
             .collect();
@@ -445,7 +466,7 @@ impl Relay {
                     }
                 }
                 _ = sweep.tick() => {
-                    self.sweep(&io, &room_prefix);
+                    self.sweep(&io);
                     self.count_listeners(&link).await;
                 }
                 _ = shutdown.draining() => return,
@@ -457,36 +478,35 @@ impl Relay {
         self: Arc<Self>,
         io: SocketIo<ClusterAdapter>,
         journal: Arc<Journal>,
-        room_prefix: Arc<str>,
         mut entries: mpsc::Receiver<Relayed>,
     ) {
         while let Some(entry) = entries.recv().await {
-            let Some(user) = entry.room.strip_prefix(&*room_prefix).map(str::to_owned) else {
-                continue;
-            };
             let _delivering = journal.lock(&entry.room).await;
-            self.deliver_here(&io, &user, entry).await;
+            self.deliver_here(&io, entry).await;
         }
     }
 
     /// Forgets the rooms that have no socket here any more.
-    fn sweep(&self, io: &SocketIo<ClusterAdapter>, room_prefix: &str) {
+    fn sweep(&self, io: &SocketIo<ClusterAdapter>) {
         let rooms: Vec<String> = self.positions().keys().cloned().collect();
         for room in rooms {
-            let user = room.strip_prefix(room_prefix).unwrap_or_default();
-            if !has_sockets(io, &room, user) {
+            if !has_sockets(io, &room, &self.companions(&room)) {
                 self.positions().remove(&room);
             }
         }
     }
 
-    /// Compares the listeners on [`CHANNEL`] with the adapter's servers.
+    /// Compares the listeners on [`CHANNEL`] and [`ROOMS_CHANNEL`] with the adapter's servers.
     async fn count_listeners(&self, link: &Link) {
         if !link.is_up() {
             return;
         }
         let counted = link
-            .shard_subscribers(vec![CHANNEL.to_owned(), crate::canary::request_channel()])
+            .shard_subscribers(vec![
+                CHANNEL.to_owned(),
+                ROOMS_CHANNEL.to_owned(),
+                crate::canary::request_channel(),
+            ])
             .await;
         let Ok(counts) = counted else { return };
         let count = |name: &str| counts.iter().find(|(c, _)| c == name).map(|(_, n)| *n);
@@ -495,6 +515,20 @@ impl Relay {
         else {
             return;
         };
+        let rooms = count(ROOMS_CHANNEL).unwrap_or(0);
+        let relays_rooms = rooms > 0 && rooms >= servers;
+        if self
+            .everyone_relays_rooms
+            .swap(relays_rooms, Ordering::AcqRel)
+            != relays_rooms
+            && !relays_rooms
+        {
+            tracing::warn!(
+                listeners = rooms,
+                instances = servers,
+                "an instance of a sockgate that does not relay channels is connected: channels' messages go through the adapter (at least once across instances) until it is gone"
+            );
+        }
         let everyone = listeners > 0 && listeners >= servers;
         if self.everyone_listens.swap(everyone, Ordering::AcqRel) != everyone {
             if everyone {
@@ -513,12 +547,12 @@ impl Relay {
     }
 }
 
-/// Whether `room` (of `user`) has a socket here, joined or still replaying.
-fn has_sockets(io: &SocketIo<ClusterAdapter>, room: &str, user: &str) -> bool {
-    !io.local()
-        .to(vec![room.to_owned(), connecting_room(user)])
-        .sockets()
-        .is_empty()
+/// Whether `room` has a socket here, joined or (a user room) still replaying.
+fn has_sockets(io: &SocketIo<ClusterAdapter>, room: &str, companions: &Companions) -> bool {
+    let rooms: Vec<String> = std::iter::once(room.to_owned())
+        .chain(companions.waiting.clone())
+        .collect();
+    !io.local().to(rooms).sockets().is_empty()
 }
 
 fn entry_id(id: StreamId) -> String {

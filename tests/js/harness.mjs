@@ -517,7 +517,7 @@ export function nextEvent(socket, event, timeout = 5000) {
 
 /** Records every event received by `socket` as {event, args}. */
 export function recorder(socket) {
-  // sockgate sends a user room's messages as (data, {offset}) to sockets whose handshake asked
+  // sockgate sends a room's messages as (data, {offset, room}) to sockets whose handshake asked
   // for offsets, else as (data); handlers see `data` first either way. `events` keeps the payload only; `metas` keeps the second argument.
   const events = [];
   const metas = [];

@@ -287,15 +287,16 @@ test('a user message without offset is one argument, byte for byte as published 
   ws.ws.close();
 });
 
-test('a user message to a socket that asked for offsets is (data, {offset}), data byte for byte as published', async () => {
+test('a user message to a socket that asked for offsets is (data, {offset, room}), data byte for byte as published', async () => {
   const ws = await connectedUserWs('wire-offset', '40{"offset":null}');
   await publishRaw('wire-offset', DATA_JSON);
   const frame = await ws.next((f) => f.startsWith('42'), 5000, 'the message');
   const prefix = `42["notification",${DATA_JSON},`;
   assert.ok(frame.startsWith(prefix), `${frame}\n does not start with\n${prefix}`);
   const meta = JSON.parse(frame.slice(prefix.length, -1));
-  assert.deepEqual(Object.keys(meta), ['offset']);
+  assert.deepEqual(Object.keys(meta), ['offset', 'room']);
   assert.equal(typeof meta.offset, 'string');
+  assert.equal(meta.room, 'user:wire-offset');
   assert.ok(frame.endsWith('}]'));
   ws.ws.close();
 });

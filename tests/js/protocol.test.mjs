@@ -3,8 +3,8 @@
 //   node --test tests/js/protocol.test.mjs        (the cluster case needs redis-server on PATH)
 //
 // A user message is emitted with exactly what was published — one argument — unless the socket
-// asked for recovery in its handshake (an `offset` key in `auth`, even `null`): then it gets
-// `(data, {offset})`, live and replayed.
+// asked for recovery in its handshake (an `offset` or `offsets` key in `auth`, even `null`):
+// then it gets `(data, {offset, room})`, live and replayed.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {

@@ -5,8 +5,9 @@
 //
 // sockgate lets a socket into a room when the app's `POST /api/socket/authorize` answers 2xx
 // (or when the session route lists the room in `rooms`). The hooks subscribe on every connect
-// (a reconnect is a new socket on the server: its subscriptions are gone) and unsubscribe
-// when the last hook for a room unmounts. Several hooks on the same room share one
+// (a reconnect is a new socket on the server: its subscriptions are gone), with the room's last
+// offset seen so that sockgate replays what was missed meanwhile, and unsubscribe when the
+// last hook for a room unmounts. Several hooks on the same room share one
 // subscription.
 //
 // Socket.IO carries no room name with an event, so a channel handler gets every event of its
@@ -123,9 +124,12 @@ class Channel {
   }
 
   private ask(event: string, gen: number, then: (ack: Ack) => void) {
+    // A subscribe carries the room's last offset seen: sockgate replays what was missed
+    // (or says `recovery_failed`, and useSocket's onReconnect refetches).
+    const offset = event === 'subscribe' ? this.connection.offsetOf(this.room) : undefined;
     this.connection.socket
       .timeout(ACK_TIMEOUT_MS)
-      .emit(event, { room: this.room }, (err: Error | null, ack: Ack) => {
+      .emit(event, offset ? { room: this.room, offset } : { room: this.room }, (err: Error | null, ack: Ack) => {
         if (gen !== this.generation) {
           // Unmounted (or reconnected) meanwhile: undo a subscription nobody wants any more.
           if (event === 'subscribe' && !err && ack?.ok && this.holders === 0 && this.connection.isConnected) {

@@ -1,13 +1,17 @@
 // Replaces usePusher: same interface, Socket.IO to the same origin (answered by sockgate).
 //
-// Missed messages: the hook asks for offsets in every handshake (`auth.offset`, `null` on the
-// first connect), so sockgate sends each user message as (payload, { offset }) — sockets that do
-// not ask get the payload alone. The hook remembers the last offset and reports it when it
-// reconnects (the handshake `auth`, computed per attempt), so sockgate replays what was published meanwhile, in order, before live
-// messages. If that is older than what sockgate keeps, it emits `recovery_failed` and the hook
-// calls `onReconnect` so the app refetches. Handlers still receive just the payload.
-// A message whose offset was seen already is dropped: in cluster mode a message published
-// through another instance during a reconnect can come twice (replayed, then live).
+// Missed messages: the hook asks for offsets in every handshake (`auth.offsets`), so sockgate
+// sends each message of a room (the user's, and every channel's) as (payload, { offset, room })
+// — sockets that do not ask get the payload alone. The hook remembers the last offset of each
+// room (at most MAX_ROOMS) and reports them when it reconnects (the handshake `auth`, computed
+// per attempt): sockgate replays what was published meanwhile to the user room and to the
+// rooms the session lists, in order, before live messages; useChannel subscribes with the
+// room's offset for the others. If an offset is older than what sockgate keeps, it emits
+// `recovery_failed` ({ reason, room }) and the hook calls `onReconnect` so the app refetches.
+// Handlers still receive just the payload. A message whose (room, offset) was seen already is
+// dropped: in cluster mode a message published through another instance during a reconnect
+// can come twice (replayed, then live). `auth.offset` is kept for a sockgate that sends no
+// `room` (older ones), whose offsets are the user room's.
 //
 // One connection per page: useSocket, useChannel and usePresence (./useChannel.ts) all share
 // the socket made here (`acquireConnection`), opened by the first hook that mounts and closed
@@ -65,12 +69,16 @@ export function isNewerOffset(offset: string, last: string | null): boolean {
 
 type Listener<A extends unknown[]> = (...args: A) => void;
 
+/** Rooms whose last offset is kept (sockgate reads at most `channels.max_rooms_per_socket`). */
+const MAX_ROOMS = 100;
+
 /** The page's one Socket.IO connection, shared by every hook (see `acquireConnection`). */
 export class SharedConnection {
   readonly socket: Socket;
   isConnected = false;
   error: string | null = null;
-  private lastOffset: string | null = null;
+  // The last offset seen per room (`meta.room`; '' for a sockgate that sends none).
+  private lastOffsets = new Map<string, string>();
   private lastConnectError: string | null = null;
   private retryAttempt = 0;
   private manualTimer: ReturnType<typeof setTimeout> | undefined;
@@ -88,7 +96,11 @@ export class SharedConnection {
     this.socket = io({
       path: '/socket.io',
       withCredentials: true,
-      auth: (cb) => cb({ offset: this.lastOffset }),
+      auth: (cb) => {
+        const offsets: Record<string, string> = {};
+        for (const [room, offset] of this.lastOffsets) if (room) offsets[room] = offset;
+        cb({ offset: this.lastOffsets.get('') ?? null, offsets });
+      },
       ...(forcePolling ? { transports: ['polling'] } : {}),
     });
     this.socket.onAny(this.handleAny);
@@ -113,6 +125,11 @@ export class SharedConnection {
     this.recoveryFailedListeners.add(fn);
     return () => void this.recoveryFailedListeners.delete(fn);
   }
+  /** The last offset seen in `room`, if any (useChannel subscribes with it). */
+  offsetOf(room: string): string | undefined {
+    return this.lastOffsets.get(room);
+  }
+
   /** Every event from the server (payload only), repeats (an offset seen already) dropped. */
   onEvent(fn: Listener<[string, unknown]>) {
     this.eventListeners.add(fn);
@@ -141,15 +158,21 @@ export class SharedConnection {
     }, retryDelay(this.retryAttempt++));
   }
 
-  // Offsets count every message to the user, whatever its event name.
-  private handleAny = (event: string, payload: unknown, meta?: { offset?: string }) => {
+  // Offsets count every message of a room, whatever its event name.
+  private handleAny = (event: string, payload: unknown, meta?: { offset?: string; room?: string }) => {
     const offset = meta?.offset;
     if (typeof offset === 'string') {
-      if (this.seen.has(offset)) return; // a repeat: handlers already had it
-      this.seen.add(offset);
-      this.seenOrder.push(offset);
+      const room = typeof meta?.room === 'string' ? meta.room : '';
+      const key = `${room}\n${offset}`;
+      if (this.seen.has(key)) return; // a repeat: handlers already had it
+      this.seen.add(key);
+      this.seenOrder.push(key);
       if (this.seenOrder.length > 1000) this.seen.delete(this.seenOrder.shift()!);
-      if (isNewerOffset(offset, this.lastOffset)) this.lastOffset = offset;
+      if (isNewerOffset(offset, this.lastOffsets.get(room) ?? null)) {
+        this.lastOffsets.delete(room); // re-inserted last: the oldest room is dropped first
+        this.lastOffsets.set(room, offset);
+        if (this.lastOffsets.size > MAX_ROOMS) this.lastOffsets.delete(this.lastOffsets.keys().next().value!);
+      }
     }
     if (event === 'recovery_failed') return;
     for (const fn of [...this.eventListeners]) fn(event, payload);
