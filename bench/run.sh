@@ -11,7 +11,7 @@
 # RUNS runs (3; 1 with --quick). Results: BENCHMARKS.md (table, machine, chart bench/chart.svg),
 # raw data in target/bench/<timestamp>/ and bench/results.json.
 #
-# Installs what it lacks: wrk and nginx (apt-get), socket.io (npm ci in tests/fixture).
+# Installs what it lacks: wrk and nginx (apt-get), socket.io (npm ci in bench/node-socketio).
 # Every process it starts is stopped on exit; every load loop is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,9 +46,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if [ ! -d tests/fixture/node_modules/socket.io ]; then
-  say "npm ci in tests/fixture (socket.io for the seed design)"
-  (cd tests/fixture && npm ci --no-audit --no-fund --loglevel=error)
+if [ ! -f bench/node-socketio/node_modules/@socket.io/redis-adapter/package.json ]; then
+  say "npm ci in bench/node-socketio (socket.io 4.8 for the seed design, @socket.io/redis-adapter for its cluster)"
+  (cd bench/node-socketio && npm ci --no-audit --no-fund --loglevel=error)
 fi
 say "building sockgate and loadgen (release)"
 cargo build --release --quiet -p sockgate -p loadgen
