@@ -20,17 +20,18 @@
 #              step is retried once; LADDER_MAX=0 skips it)
 #   flood      FLOOD messages as fast as one keep-alive connection publishes them (FLOOD=0 skips)
 # CPU µs per message of A, B and Redis (schedstat of every thread; utime/stime split in the JSON)
-# over each phase. Table on stdout and in $OUT/table.md; raw JSON in $OUT. Bounded: every
+# over each phase, after WARMUP s at RATE (not reported: Node's JIT, caches). Table on stdout
+# and in $OUT/table.md; raw JSON in $OUT. Bounded: every
 # phase has a count and a time limit, the load generator exits after 600 s whatever happens.
 source "$(dirname "$0")/cluster-lib.sh"
-N=${N:-10000}; RATE=${RATE:-2000}; SECS=${SECS:-8}
+N=${N:-10000}; RATE=${RATE:-2000}; WARMUP=${WARMUP:-2}; SECS=${SECS:-8}
 LADDER_MAX=${LADDER_MAX:-20000}; LADDER_STEP=${LADDER_STEP:-1000}; STEP_SECS=${STEP_SECS:-2}; P50_MS=${P50_MS:-5}
 FLOOD=${FLOOD:-50000}
 CONFIGS=${CONFIGS:-sockgate-1 relay adapter node-1 node}
 AP=$((BASE+3)); BP=$((BASE+4))
 { uptime; nproc; lscpu | sed -n 's/^Model name: *//p'; git rev-parse --short HEAD; } >"$OUT/machine.txt"
 echo "cluster-cost: N=$N RATE=$RATE SECS=$SECS LADDER_MAX=$LADDER_MAX FLOOD=$FLOOD; load: $(uptime | sed 's/.*load average: //')" | tee "$OUT/params.txt"
-ARGS=(--n "$N" --batch 50 --rates "$RATE" --secs "$SECS" --ladder-start "$LADDER_STEP" --ladder-step "$LADDER_STEP"
+ARGS=(--n "$N" --batch 50 --warmup-secs "$WARMUP" --rates "$RATE" --secs "$SECS" --ladder-start "$LADDER_STEP" --ladder-step "$LADDER_STEP"
   --ladder-max "$LADDER_MAX" --step-secs "$STEP_SECS" --p50-ms "$P50_MS" --flood "$FLOOD" --flood-secs 30)
 for cfg in $CONFIGS; do
   echo "[$(date +%H:%M:%S)] $cfg (load $(uptime | sed 's/.*load average: //'))" >&2

@@ -8,10 +8,11 @@
 # K instances (socket k on instance k mod K), messages published through instance 1:
 #   per-user   RATE msg/s to random-ish users (user i, i+1, …) for SECS; (K−1)/K of them cross Redis
 #   broadcast  BCASTS broadcasts to all N sockets, one at a time
-# CPU µs per message (per recipient for broadcasts) of each instance and Redis, from schedstat.
+# CPU µs per message (per recipient for broadcasts) of each instance and Redis, from schedstat,
+# after WARMUP s at RATE (not reported).
 # Table on stdout and in $OUT/table.md; raw JSON in $OUT. Bounded like cluster-cost.sh.
 source "$(dirname "$0")/cluster-lib.sh"
-N=${N:-6000}; RATE=${RATE:-2000}; SECS=${SECS:-6}; BCASTS=${BCASTS:-20}
+N=${N:-6000}; RATE=${RATE:-2000}; WARMUP=${WARMUP:-2}; SECS=${SECS:-6}; BCASTS=${BCASTS:-20}
 DESIGNS=${DESIGNS:-sockgate node}; COUNTS=${COUNTS:-1 2 3}
 { uptime; nproc; lscpu | sed -n 's/^Model name: *//p'; git rev-parse --short HEAD; } >"$OUT/machine.txt"
 echo "cluster-scale: N=$N RATE=$RATE SECS=$SECS BCASTS=$BCASTS; load: $(uptime | sed 's/.*load average: //')" | tee "$OUT/params.txt"
@@ -29,7 +30,7 @@ for design in $DESIGNS; do
     if [ "$design" = sockgate ]; then wait_for "grep -q 'every instance relays' $WORK/i$k/log"; fi
     sleep 1
     run_loadgen "$OUT/$design-$k.json" --addr "$(IFS=,; echo "${addrs[*]}")" --publish-socket "$WORK/i1/p.sock" \
-      --server-pids "$(IFS=,; echo "${pids[*]}"),$REDIS" --n "$N" --batch 50 --rates "$RATE" --secs "$SECS" \
+      --server-pids "$(IFS=,; echo "${pids[*]}"),$REDIS" --n "$N" --batch 50 --warmup-secs "$WARMUP" --rates "$RATE" --secs "$SECS" \
       --broadcasts "$BCASTS"
     stop_all
     sleep 1

@@ -1038,6 +1038,7 @@ fn cpu_per(before: &[[u64; 3]], after: &[[u64; 3]], units: u64) -> Value {
 /// Cross-instance measurements for bench/cluster-cost.sh and bench/cluster-scale.sh. N sockets
 /// (one user each) on --addr (one instance, or `a,b,c`), per-user messages through
 /// --publish-socket (batches of --batch), then, each optional:
+///   --warmup-secs W the first rate for W s first, not reported
 ///   --rates R1,R2   fixed-rate steps of --secs each
 ///   --ladder-max M  rates --ladder-start, +--ladder-step, … ≤ M (--step-secs each); a step
 ///                   passes when every message arrives, the publisher keeps ≥ 95 % of the pace
@@ -1076,6 +1077,22 @@ async fn cluster_main(o: Opts) -> Res<()> {
         .filter(|x| !x.is_empty())
         .map(|x| x.parse().expect("--rates"))
         .collect();
+    // Warm-up (not reported): the first rate for --warmup-secs, so Node's JIT and every
+    // process's buffers and caches are warm before anything is measured.
+    let warmup: f64 = o.n("warmup-secs", 0.0);
+    if warmup > 0.0 {
+        let r = rate_step(
+            &mut pool,
+            &mut publ,
+            rates.first().copied().unwrap_or(1000.0),
+            warmup,
+            batch,
+        )
+        .await?;
+        eprintln!("cluster: warm-up {r}");
+        out["warmup"] = r;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut fixed = vec![];
     for rate in rates {
         let r = step(&mut pool, &mut publ, rate, o.n("secs", 8.0)).await?;
