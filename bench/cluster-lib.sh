@@ -33,7 +33,9 @@ stop_all() {
 }
 trap 'stop_all; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
-BASE=${BENCH_PORT_BASE:-39400}
+# Below the ephemeral range (32768–60999 here): a listener there can collide with any outgoing
+# connection on the machine that happens to hold the same local port.
+BASE=${BENCH_PORT_BASE:-23400}
 RP=$((BASE+1)); APP=$((BASE+2))
 for p in $(seq $((BASE+1)) $((BASE+9))); do
   if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
@@ -44,9 +46,9 @@ wait_for() { for _ in $(seq 150); do eval "$1" >/dev/null 2>&1 && return 0; slee
 
 start_redis() { # fresh, empty Redis: sets REDIS
   rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
-  (cd "$WORK/redis" && exec taskset -c 0 redis-server --port $RP --save '' --appendonly no) >"$WORK/redis/log" 2>&1 &
+  (cd "$WORK/redis" && exec taskset -c 0 redis-server --bind 127.0.0.1 --port $RP --save '' --appendonly no) >"$WORK/redis/log" 2>&1 &
   REDIS=$!; PIDS+=($REDIS)
-  wait_for "redis-cli -p $RP ping | grep -q PONG"
+  wait_for "[ \"\$(redis-cli -p $RP ping)\" = PONG ]"
 }
 start_app() { # the Node app behind sockgate (SSR page + /api/session)
   PORT=$APP taskset -c 0 node bench/node-app/app.mjs >>"$WORK/app.log" 2>&1 & PIDS+=($!)
@@ -75,5 +77,7 @@ start_node() { # name port cluster(1|0): sets LAST_PID; publish socket $WORK/nam
 }
 run_loadgen() { # out.json loadgen-cluster-args...
   local out=$1; shift
-  taskset -c 1 "$LOADGEN" cluster --out "$out" --max-secs 600 "$@" 2>>"$OUT/loadgen.log"
+  taskset -c 1 "$LOADGEN" cluster --out "$out" --max-secs 600 "$@" 2>>"$OUT/loadgen.log" &
+  local lg=$!; PIDS+=($lg)
+  wait "$lg" || { echo "$0: the load generator failed (see $OUT/loadgen.log)" >&2; tail -3 "$OUT/loadgen.log" >&2; exit 1; }
 }
