@@ -21,7 +21,7 @@
 #   flood      FLOOD messages as fast as one keep-alive connection publishes them (FLOOD=0 skips)
 # CPU µs per message of A, B and Redis (schedstat of every thread; utime/stime split in the JSON)
 # over each phase, after WARMUP s at RATE (not reported: Node's JIT, caches). Table on stdout
-# and in $OUT/table.md; raw JSON in $OUT. Bounded: every
+# and in $OUT/table.md; raw JSON in $OUT, with Redis's INFO commandstats per cluster config. Bounded: every
 # phase has a count and a time limit, the load generator exits after 600 s whatever happens.
 source "$(dirname "$0")/cluster-lib.sh"
 N=${N:-10000}; RATE=${RATE:-2000}; WARMUP=${WARMUP:-2}; SECS=${SECS:-8}
@@ -61,6 +61,8 @@ for cfg in $CONFIGS; do
       run_loadgen "$OUT/$cfg.json" --addr 127.0.0.1:$BP --publish-socket "$WORK/a/p.sock" --server-pids "$A,$B,$REDIS" "${ARGS[@]}" ;;
     *) echo "unknown config $cfg" >&2; exit 2 ;;
   esac
+  # Redis's own account of the commands it ran (calls, µs per call), for the cluster configs.
+  [ "$cfg" = "${cfg%-1}" ] && redis-cli -p $RP INFO commandstats >"$OUT/$cfg-redis-commandstats.txt" 2>/dev/null
   stop_all
   sleep 1
 done
