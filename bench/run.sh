@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sockgate's benchmark, in one command:   bench/run.sh [--quick]
+# sockgate's benchmark, in one command:   bench/run.sh [--quick]     (CLUSTER=1: + the cluster phase)
 #
 # Compares, side by side on this machine,
 #   * sockgate (+ the Node app behind it)  vs  the seed design (socket.io 4.8 inside the Node app)
@@ -11,7 +11,7 @@
 # RUNS runs (3; 1 with --quick). Results: BENCHMARKS.md (table, machine, chart bench/chart.svg),
 # raw data in target/bench/<timestamp>/ and bench/results.json.
 #
-# Installs what it lacks: wrk and nginx (apt-get), socket.io (npm ci in tests/fixture).
+# Installs what it lacks: wrk and nginx (apt-get), socket.io (npm ci in bench/node-socketio).
 # Every process it starts is stopped on exit; every load loop is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,9 +46,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-if [ ! -d tests/fixture/node_modules/socket.io ]; then
-  say "npm ci in tests/fixture (socket.io for the seed design)"
-  (cd tests/fixture && npm ci --no-audit --no-fund --loglevel=error)
+if [ ! -f bench/node-socketio/node_modules/@socket.io/redis-adapter/package.json ]; then
+  say "npm ci in bench/node-socketio (socket.io 4.8 for the seed design, @socket.io/redis-adapter for its cluster)"
+  (cd bench/node-socketio && npm ci --no-audit --no-fund --loglevel=error)
 fi
 say "building sockgate and loadgen (release)"
 cargo build --release --quiet -p sockgate -p loadgen
@@ -243,6 +243,24 @@ for r in $(seq "$RUNS"); do
   "${WRK_OWN[@]}" "http://127.0.0.1:$SG_PORT/ssr" >"$OUT/page-own-sockgate-$r.txt"
 done
 stop "$SG_PID" "$APP_PID"
+
+# --- 4. cluster (optional: CLUSTER=1, ~15 min full, ~4 min with --quick) ---------------------
+# sockgate's relay and adapter paths next to Node + @socket.io/redis-adapter, cross-instance
+# (bench/cluster-cost.sh), then 1/2/3 instances (bench/cluster-scale.sh). Each script starts
+# and stops its own processes and prints its table; both stay in $OUT/cluster-*/table.md
+# (BENCHMARKS.md's cluster section is written by hand from them).
+if [ "${CLUSTER:-0}" = 1 ]; then
+  say "cluster: cross-instance cost, sockgate vs Node + redis-adapter"
+  if [ "$QUICK" = 1 ]; then
+    N=2000 SECS=3 LADDER_MAX=8000 LADDER_STEP=2000 FLOOD=10000 BENCH_OUT=$OUT/cluster-cost bench/cluster-cost.sh | tee -a "$LOG"
+    say "cluster: 1/2/3 instances"
+    N=2000 SECS=3 BCASTS=10 BENCH_OUT=$OUT/cluster-scale bench/cluster-scale.sh | tee -a "$LOG"
+  else
+    BENCH_OUT=$OUT/cluster-cost bench/cluster-cost.sh | tee -a "$LOG"
+    say "cluster: 1/2/3 instances"
+    BENCH_OUT=$OUT/cluster-scale bench/cluster-scale.sh | tee -a "$LOG"
+  fi
+fi
 
 uptime >"$OUT/uptime-end.txt"
 say "done measuring in $(( $(date +%s) - T0 )) s; writing BENCHMARKS.md"

@@ -6,21 +6,34 @@
 // calling io.to('user:' + id).emit(...) — so the load generator drives both servers the same
 // way. POST /__gc runs a full GC (node --expose-gc) before memory is read.
 //   PORT=4322 PUBLISH_SOCKET=/tmp/x.sock node --expose-gc bench/node-socketio/server.mjs
+//
+// Cluster mode, the seed's plan for several instances: REDIS_URL=redis://127.0.0.1:6379 attaches
+// @socket.io/redis-adapter (its documented setup: createAdapter over a node-redis pub client
+// and a duplicate for subscribing). Every io.to(room).emit is then also PUBLISHed to Redis and
+// every other instance delivers it to its own sockets in that room.
+// `npm ci` in this directory installs socket.io, the adapter and the client.
 import http from 'node:http';
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
+import { Server } from 'socket.io';
 import { appHandler, getCachedSession, sendJson } from '../node-app/page.mjs';
-
-const require = createRequire(new URL('../../tests/fixture/package.json', import.meta.url));
-const { Server } = require('socket.io');
 
 const PORT = Number(process.env.PORT || 4322);
 const PUBLISH_SOCKET = process.env.PUBLISH_SOCKET || '/tmp/node-socketio.sock';
+const REDIS_URL = process.env.REDIS_URL || '';
 
 const httpServer = http.createServer(appHandler);
 httpServer.keepAliveTimeout = 5000;
 
 const io = new Server(httpServer, { serveClient: false });
+if (REDIS_URL) {
+  const { createClient } = await import('redis');
+  const { createAdapter } = await import('@socket.io/redis-adapter');
+  const pubClient = createClient({ url: REDIS_URL });
+  const subClient = pubClient.duplicate();
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  io.adapter(createAdapter(pubClient, subClient));
+  console.log(`node-socketio: redis adapter on ${REDIS_URL}`);
+}
 io.use((socket, next) => {
   const session = getCachedSession(socket.handshake.headers.cookie);
   if (!session) return next(new Error('unauthorized'));

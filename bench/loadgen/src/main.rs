@@ -18,6 +18,9 @@
 //!   stream    connect N sockets and publish a steady per-user stream until --stop-file or
 //!             --duration; JSON to --out
 //!   smoke     ~200 sockets, one broadcast, a few per-user publishes; exit 1 unless all arrive
+//!   cluster   connect N sockets (over one or several instances: `--addr a,b,c`, socket k goes
+//!             to the (k mod m)-th), then fixed-rate steps, a rate ladder, a flood and
+//!             broadcasts, with the CPU of each --server-pids process per phase; JSON to --out
 //!   upstream  a tiny fast HTTP/1.1 server (for the proxy benchmark)
 //!   worker    (internal) holds sockets for the coordinator
 
@@ -140,7 +143,7 @@ fn main() {
             rt.block_on(upstream_main(opts));
             0
         }
-        "sockets" | "stream" | "smoke" => {
+        "sockets" | "stream" | "smoke" | "cluster" => {
             watchdog(opts.n("max-secs", 900), "coordinator");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -150,6 +153,7 @@ fn main() {
                 match cmd.as_str() {
                     "sockets" => sockets_main(opts).await,
                     "stream" => stream_main(opts).await,
+                    "cluster" => cluster_main(opts).await,
                     _ => smoke_main(opts).await,
                 }
             });
@@ -163,7 +167,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: loadgen sockets|stream|smoke|upstream [--key value ...] (see src/main.rs)"
+                "usage: loadgen sockets|stream|smoke|cluster|upstream [--key value ...] (see src/main.rs)"
             );
             2
         }
@@ -325,7 +329,12 @@ async fn socket_task(
 }
 
 async fn worker_main(opts: Opts) {
-    let addr: SocketAddr = opts.req("addr").parse().expect("--addr host:port");
+    // `--addr a,b,c`: socket k connects to the (k mod m)-th address (several instances).
+    let addrs: Vec<SocketAddr> = opts
+        .req("addr")
+        .split(',')
+        .map(|a| a.parse().expect("--addr host:port[,host:port...]"))
+        .collect();
     let path: Rc<str> = opts.s("path", "/socket.io/").into();
     let ip_offset: u64 = opts.n("ip-offset", 0);
     let st = Rc::new(RefCell::new(State {
@@ -348,7 +357,7 @@ async fn worker_main(opts: Opts) {
                 for k in first..first + count {
                     let permit = sem.clone().acquire_owned().await.unwrap();
                     tokio::task::spawn_local(socket_task(
-                        addr,
+                        addrs[(k % addrs.len() as u64) as usize],
                         path.clone(),
                         k,
                         source_ip(ip_offset, k),
@@ -998,6 +1007,214 @@ async fn stream_main(o: Opts) -> Res<()> {
     let (recv, closed, hist) = pool.stats().await?;
     let out = json!({"n": n, "rate": rate, "sent": sent, "delivered": recv, "secs": elapsed, "closed": closed,
         "p50_us": percentile_us(&hist, 0.5), "p99_us": percentile_us(&hist, 0.99)});
+    std::fs::write(o.req("out"), serde_json::to_string_pretty(&out).unwrap()).map_err(e)?;
+    Ok(())
+}
+
+/// CPU of each process: (schedstat ns of every thread, utime ticks, stime ticks).
+fn cpu_each(pids: &[u32]) -> Vec<[u64; 3]> {
+    pids.iter()
+        .map(|&p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let tick = |i: usize| f.get(i - 3).and_then(|x| x.parse().ok()).unwrap_or(0);
+            [cpu_ns(&[p]), tick(14), tick(15)]
+        })
+        .collect()
+}
+
+/// Per-process CPU between two `cpu_each` readings, per `units` (messages or recipients):
+/// `[{"us": total µs per unit, "user_us": .., "sys_us": ..}]` in --server-pids order.
+fn cpu_per(before: &[[u64; 3]], after: &[[u64; 3]], units: u64) -> Value {
+    let hz = 100.0; // USER_HZ on Linux
+    let u = units.max(1) as f64;
+    Value::Array(
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| {
+                json!({"us": (a[0] - b[0]) as f64 / 1e3 / u,
+                       "user_us": (a[1] - b[1]) as f64 / hz * 1e6 / u,
+                       "sys_us": (a[2] - b[2]) as f64 / hz * 1e6 / u})
+            })
+            .collect(),
+    )
+}
+
+/// Cross-instance measurements for bench/cluster-cost.sh and bench/cluster-scale.sh. N sockets
+/// (one user each) on --addr (one instance, or `a,b,c`), per-user messages through
+/// --publish-socket (batches of --batch), then, each optional:
+///   --warmup-secs W the first rate for W s first, not reported
+///   --rates R1,R2   fixed-rate steps of --secs each
+///   --ladder-max M  rates --ladder-start, +--ladder-step, … ≤ M (--step-secs each); a step
+///                   passes when every message arrives, the publisher keeps ≥ 95 % of the pace
+///                   and p50 ≤ --p50-ms; a failed step is retried once, the second failure ends
+///                   the ladder; best = the highest passing rate
+///   --flood C       C messages as fast as one keep-alive connection publishes them (bounded by
+///                   --flood-secs), then up to 10 s for deliveries: delivered %, rates
+///   --broadcasts B  B broadcasts to everyone, one at a time: last delivery, CPU per recipient
+/// CPU µs per message (per recipient for broadcasts) of every --server-pids process per phase.
+async fn cluster_main(o: Opts) -> Res<()> {
+    let n: u64 = o.req("n").parse().map_err(e)?;
+    let pids = pids(&o);
+    let batch: u64 = o.n("batch", 50);
+    let mut publ = Publisher::connect(&o.req("publish-socket")).await?;
+    let mut pool = Pool::new(&o);
+    let (ok, fail, secs, err) = pool.grow_to(n).await?;
+    eprintln!("cluster: connected {ok} (failed {fail}) in {secs:.2} s {err}");
+    if pool.total() < n {
+        return Err(format!(
+            "only {} of {n} sockets connected: {err}",
+            pool.total()
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(o.n("settle-ms", 1500))).await;
+    let mut out = json!({"n": n, "pids": pids, "batch": batch, "connect_secs": secs});
+    let step = async |pool: &mut Pool, publ: &mut Publisher, rate: f64, secs: f64| -> Res<Value> {
+        let c0 = cpu_each(&pids);
+        let mut r = rate_step(pool, publ, rate, secs, batch).await?;
+        let c1 = cpu_each(&pids);
+        r["cpu"] = cpu_per(&c0, &c1, r["sent"].as_u64().unwrap_or(0));
+        Ok(r)
+    };
+    let rates: Vec<f64> = o
+        .s("rates", "")
+        .split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().expect("--rates"))
+        .collect();
+    // Warm-up (not reported): the first rate for --warmup-secs, so Node's JIT and every
+    // process's buffers and caches are warm before anything is measured.
+    let warmup: f64 = o.n("warmup-secs", 0.0);
+    if warmup > 0.0 {
+        let r = rate_step(
+            &mut pool,
+            &mut publ,
+            rates.first().copied().unwrap_or(1000.0),
+            warmup,
+            batch,
+        )
+        .await?;
+        eprintln!("cluster: warm-up {r}");
+        out["warmup"] = r;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut fixed = vec![];
+    for rate in rates {
+        let r = step(&mut pool, &mut publ, rate, o.n("secs", 8.0)).await?;
+        eprintln!("cluster: fixed {r}");
+        fixed.push(r);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    out["fixed"] = json!(fixed);
+    let ladder_max: f64 = o.n("ladder-max", 0.0);
+    if ladder_max > 0.0 {
+        let p50_max_us = o.n("p50-ms", 5.0) * 1e3;
+        let step_secs: f64 = o.n("step-secs", 2.0);
+        let mut rate: f64 = o.n("ladder-start", 1000.0);
+        let inc: f64 = o.n("ladder-step", 1000.0);
+        let (mut best, mut steps, mut retried) = (0.0f64, vec![], false);
+        while rate <= ladder_max {
+            let mut r = step(&mut pool, &mut publ, rate, step_secs).await?;
+            let pass = r["sent"].as_f64() == Some((rate * step_secs).round())
+                && r["delivered"].as_u64() >= r["sent"].as_u64()
+                && r["achieved"].as_f64().unwrap_or(0.0) >= rate * 0.95
+                && r["p50_us"].as_f64().is_some_and(|p| p <= p50_max_us)
+                && r["errors"].as_u64() == Some(0);
+            r["pass"] = json!(pass);
+            eprintln!("cluster: ladder {r}");
+            steps.push(r);
+            // After a failed step, let its stragglers land before the next step's mark.
+            tokio::time::sleep(Duration::from_millis(if pass { 300 } else { 2000 })).await;
+            if pass {
+                best = rate;
+                rate += inc;
+                retried = false;
+            } else if !retried {
+                retried = true;
+            } else {
+                break;
+            }
+        }
+        out["ladder"] = json!({"best_rate": best, "capped": rate > ladder_max, "p50_ms_max": p50_max_us / 1e3, "steps": steps});
+    }
+    let flood: u64 = o.n("flood", 0);
+    if flood > 0 {
+        let limit = Duration::from_secs_f64(o.n("flood-secs", 30.0));
+        pool.mark().await?;
+        let c0 = cpu_each(&pids);
+        let start = Instant::now();
+        let (mut sent, mut user, mut errors) = (0u64, 0u64, 0u64);
+        while sent < flood && start.elapsed() < limit {
+            let k = batch.min(flood - sent);
+            match publ.post("/publish/batch", batch_body(user, n, k)).await {
+                Ok(_) => sent += k,
+                Err(x) => {
+                    errors += 1;
+                    eprintln!("cluster: flood publish error {x}");
+                    if errors > 10 {
+                        break;
+                    }
+                }
+            }
+            user += k;
+        }
+        let publish_secs = start.elapsed().as_secs_f64();
+        // Deliveries: until all arrived, or 2 s without progress, or 10 s.
+        let (mut recv, mut last_change) = (0u64, Instant::now());
+        let mut done_at = start.elapsed().as_secs_f64();
+        let until = Instant::now() + Duration::from_secs(10);
+        let hist = loop {
+            let (r, _, h) = pool.stats().await?;
+            if r != recv {
+                recv = r;
+                last_change = Instant::now();
+                done_at = start.elapsed().as_secs_f64();
+            }
+            if recv >= sent
+                || last_change.elapsed() > Duration::from_secs(2)
+                || Instant::now() > until
+            {
+                break h;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let c1 = cpu_each(&pids);
+        let r = json!({"count": flood, "sent": sent, "delivered": recv, "errors": errors,
+            "delivered_pct": recv as f64 * 100.0 / sent.max(1) as f64,
+            "publish_secs": publish_secs, "publish_rate": sent as f64 / publish_secs,
+            "last_delivery_secs": done_at, "delivered_rate": recv as f64 / done_at.max(1e-9),
+            "p50_us": percentile_us(&hist, 0.5), "p99_us": percentile_us(&hist, 0.99),
+            "cpu": cpu_per(&c0, &c1, sent)});
+        eprintln!("cluster: flood {r}");
+        out["flood"] = r;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let broadcasts: u32 = o.n("broadcasts", 0);
+    if broadcasts > 0 {
+        let total = pool.total();
+        let (mut lasts, mut lost) = (vec![], 0u64);
+        let c0 = cpu_each(&pids);
+        for bid in 1..=broadcasts {
+            let body = format!(
+                r#"{{"broadcast":true,"event":"notification","data":{{"t":{},"b":{bid}}}}}"#,
+                now_ns()
+            );
+            publ.post("/publish", body.into_bytes()).await?;
+            let (count, max_ns) = pool.await_bcast(bid, 10_000).await?;
+            lost += total - count.min(total);
+            lasts.push(max_ns as f64 / 1e6);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let c1 = cpu_each(&pids);
+        let r = json!({"count": broadcasts, "lost": lost, "last_ms": lasts,
+            "p50_ms": pct_sorted(&mut lasts.clone(), 0.5), "p99_ms": pct_sorted(&mut lasts.clone(), 0.99),
+            "cpu_per_recipient": cpu_per(&c0, &c1, broadcasts as u64 * total)});
+        eprintln!("cluster: broadcasts {r}");
+        out["broadcast"] = r;
+    }
     std::fs::write(o.req("out"), serde_json::to_string_pretty(&out).unwrap()).map_err(e)?;
     Ok(())
 }
