@@ -23,12 +23,12 @@
 //! line per episode.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use fred::clients::Client as RedisClient;
-use fred::interfaces::LuaInterface;
+use fred::types::scripts::Script;
 use tokio::sync::mpsc;
 
 use crate::cluster::Link;
@@ -276,6 +276,14 @@ return left
 /// compiled into the Redis client).
 const MEMBERS: &str = "return redis.call('HGETALL', KEYS[1])";
 
+/// The scripts above, sent by their hash (`EVALSHA`, loaded again when Redis does not know
+/// them), not with their text on every call.
+static ARRIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ARRIVE));
+static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(LEAVE));
+static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(HEARTBEAT));
+static SWEEP_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(SWEEP));
+static MEMBERS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(MEMBERS));
+
 /// Where in Redis a use of the tracker keeps its bookkeeping, and its name in logs.
 #[derive(Debug, Clone, Copy)]
 pub struct Namespace {
@@ -370,12 +378,18 @@ impl Shared {
         (keys, vec![self.instance.clone(), key.to_owned(), member])
     }
 
-    async fn flag(&self, what: &str, script: &str, keys: Vec<String>, args: Vec<String>) -> bool {
+    async fn flag(
+        &self,
+        what: &str,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> bool {
         if !self.link.is_up() {
             self.failed(what, None);
             return false;
         }
-        let reply: Result<i64, _> = self.client.eval(script, keys, args).await;
+        let reply: Result<i64, _> = script.evalsha_with_reload(&self.client, keys, args).await;
         match reply {
             Ok(n) => {
                 self.succeeded();
@@ -391,12 +405,12 @@ impl Shared {
     async fn arrive(&self, key: &str, info: Option<&str>) -> bool {
         let (keys, mut args) = self.script_input(key);
         args.push(info.unwrap_or("null").to_owned());
-        self.flag("an arrival", ARRIVE, keys, args).await
+        self.flag("an arrival", &ARRIVE_SCRIPT, keys, args).await
     }
 
     async fn leave(&self, key: &str) -> bool {
         let (keys, args) = self.script_input(key);
-        self.flag("a departure", LEAVE, keys, args).await
+        self.flag("a departure", &LEAVE_SCRIPT, keys, args).await
     }
 
     /// Refreshes this instance's liveness key; true if it was not listed (swept, or Redis
@@ -408,7 +422,8 @@ impl Shared {
             format!("{prefix}instances"),
         ];
         let args = vec![self.instance.clone(), self.ttl.as_millis().to_string()];
-        self.flag("the liveness beat", HEARTBEAT, keys, args).await
+        self.flag("the liveness beat", &HEARTBEAT_SCRIPT, keys, args)
+            .await
     }
 
     async fn sweep(&self) -> Vec<String> {
@@ -416,10 +431,9 @@ impl Shared {
             return Vec::new();
         }
         let prefix = self.namespace.prefix;
-        let reply: Result<Vec<String>, _> = self
-            .client
-            .eval(
-                SWEEP,
+        let reply: Result<Vec<String>, _> = SWEEP_SCRIPT
+            .evalsha_with_reload(
+                &self.client,
                 vec![format!("{prefix}instances")],
                 vec![prefix.to_owned()],
             )
@@ -437,7 +451,9 @@ impl Shared {
             return None;
         }
         let key = format!("{}group:{group}", self.namespace.prefix);
-        let reply: Result<Vec<String>, _> = self.client.eval(MEMBERS, vec![key], ()).await;
+        let reply: Result<Vec<String>, _> = MEMBERS_SCRIPT
+            .evalsha_with_reload(&self.client, vec![key], ())
+            .await;
         match reply {
             Ok(flat) => Some(
                 flat.chunks_exact(2)

@@ -9,12 +9,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client as RedisClient;
-use fred::interfaces::{KeysInterface, LuaInterface};
+use fred::interfaces::KeysInterface;
 use fred::types::Value as RedisValue;
+use fred::types::scripts::Script;
 use serde_json::Value;
 
 use crate::cluster::Link;
@@ -424,6 +425,13 @@ if #newest == 0 then return {} end
 return {epoch, newest[1][1]}
 ";
 
+/// The scripts above, sent by their hash (`EVALSHA`, loaded again when Redis does not know
+/// them: after a restart or a failover). `EVAL` would ship a script's whole text with every
+/// call, and Redis would hash it every time: the append runs once per message kept.
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(APPEND_SCRIPT));
+static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLAY_SCRIPT));
+static HEAD: LazyLock<Script> = LazyLock::new(|| Script::from_lua(HEAD_SCRIPT));
+
 /// How many entries a replay reads at most beyond `max_messages`: `MAXLEN ~` trims whole
 /// nodes (100 entries by default), so a stream holds up to that many more. A replay that
 /// would need more is a gap, never a partial replay.
@@ -528,9 +536,8 @@ impl RedisHistory {
             channel.to_owned(),
             header,
         ];
-        let added: Result<Vec<String>, _> = self
-            .client
-            .eval(APPEND_SCRIPT, Self::keys(room), args)
+        let added: Result<Vec<String>, _> = APPEND
+            .evalsha_with_reload(&self.client, Self::keys(room), args)
             .await;
         match added.map(<[String; 3]>::try_from) {
             Ok(Ok([epoch, id, prev])) => {
@@ -560,9 +567,8 @@ impl RedisHistory {
             // handshake", and once the link is back the replay would send old messages.
             return Head::Unknown;
         }
-        let newest: Result<Vec<String>, _> = self
-            .client
-            .eval(HEAD_SCRIPT, Self::keys(room), Vec::<String>::new())
+        let newest: Result<Vec<String>, _> = HEAD
+            .evalsha_with_reload(&self.client, Self::keys(room), Vec::<String>::new())
             .await;
         match newest.map(<[String; 2]>::try_from) {
             Ok(Ok([epoch, id])) => Head::At(format!("{epoch}:{id}")),
@@ -594,10 +600,9 @@ impl RedisHistory {
         };
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let limit = self.max_messages + TRIM_SLACK;
-        let read: Result<RedisValue, _> = self
-            .client
-            .eval(
-                REPLAY_SCRIPT,
+        let read: Result<RedisValue, _> = REPLAY
+            .evalsha_with_reload(
+                &self.client,
                 Self::keys(room),
                 vec![start, (limit + 1).to_string()],
             )

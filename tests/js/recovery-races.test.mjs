@@ -212,6 +212,27 @@ test('cluster: a message that could not be kept (Redis stalled) makes recovery a
   assertWholeOrFailed(rec, before, [2, 3], 'reconnect across a message that was not kept');
 });
 
+test('cluster: Redis forgetting its scripts (SCRIPT FLUSH, as after a restart or failover) loses nothing: they are loaded again', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  const { socket, state } = recoveringClient(sg.url, 'sid=user-flushed');
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(sg.publishSocket, { userId: 'flushed', data: 1 });
+  await rec.waitCount(1);
+  socket.disconnect();
+  await gone(sg, 'flushed');
+  assert.deepEqual(redisCli(redis, 'SCRIPT', 'FLUSH'), ['OK']);
+  // The append script is unknown to Redis now: kept all the same, so a replay gets it.
+  await publishOk(sg.publishSocket, { userId: 'flushed', data: 2 });
+  assert.equal(redisCli(redis, 'XLEN', 'sockgate:history:{user:flushed}')[0], '2', 'both messages kept');
+  redisCli(redis, 'SCRIPT', 'FLUSH');
+  const before = rec.events.length;
+  await connected(socket); // the replay script is unknown too
+  await rec.waitFor((e) => e.args[0] === 2, 'the missed message, replayed', 5000);
+  assertWholeOrFailed(rec, before, [2], 'reconnect after SCRIPT FLUSH');
+  assert.ok(state.lastOffset, 'with its offset');
+});
+
 test('a replay longer than the socket queue waits for room: every message arrives, the socket stays', async () => {
   const sg = await memoryStack({ SIDECAR_HISTORY__MAX_MESSAGES: '1000', SIDECAR_REALTIME__MAX_BUFFER_SIZE: '8' });
   const { socket } = recoveringClient(sg.url, 'sid=user-long');
