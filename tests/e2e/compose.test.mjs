@@ -106,7 +106,13 @@ test('deploy/nginx.conf in front of two instances: polling + upgrade, a publish 
 
   // Which instance holds the socket (its own gauge), then publish on the other one.
   const local = async (s) => Number((await publishApi(s.publishSocket, 'GET', '/metrics')).text.match(/^sockgate_sockets_open\{transport="websocket"\} (\d+)/m)?.[1] ?? 0);
-  const [onA, onB] = [await local(a), await local(b)];
+  // The client counts the upgrade as done when it sends its last upgrade packet; the server
+  // moves the session to WebSocket when that packet arrives, a moment later.
+  let [onA, onB] = [0, 0];
+  await waitFor(async () => {
+    [onA, onB] = [await local(a), await local(b)];
+    return onA + onB === 1;
+  }, { timeout: 5000, message: 'the upgraded socket counted by its instance' }).catch(() => {});
   assert.equal(onA + onB, 1, `one socket in the cluster (A ${onA}, B ${onB})`);
   const other = onA ? b : a;
   const got = new Promise((resolve) => sock.on('notification', resolve));
