@@ -576,7 +576,11 @@ test('cluster: while an older sockgate (not relaying) is connected, kept message
   assert.deepEqual(rec.events.map((e) => e.args[0]), ['through the adapter', 'relayed'], 'each once');
 });
 
-test('cluster: a relayed message lost between Redis and B is mended from the stream — B\'s client gets it, in order', { skip: noRedis, timeout: 60_000 }, async () => {
+/**
+ * Two relaying instances on one Redis, B reaching it through a proxy that drops the relayed
+ * message carrying `lost-on-the-way`, and a recovering client of `userId` on B (settled).
+ */
+async function lossyPair(userId) {
   const redis = await startRedis(await freePort());
   after(() => redis.kill());
   const fixture = await startFixture();
@@ -588,10 +592,15 @@ test('cluster: a relayed message lost between Redis and B is mended from the str
   after(() => Promise.all([a.stop(), b.stop()]));
   await waitFor(() => /every instance relays kept messages.*instances=2/.test(b.proc.text()), { message: 'both instances relay', timeout: 5000 });
   await sleep(1200); // A has counted B too
-  const { socket } = recoveringClient(b.url, 'sid=user-mend');
+  const { socket } = recoveringClient(b.url, `sid=user-${userId}`);
   const rec = recorder(socket);
   await connected(socket);
   await sleep(200);
+  return { a, b, lossy, rec };
+}
+
+test('cluster: a relayed message lost between Redis and B is mended from the stream — B\'s client gets it, in order', { skip: noRedis, timeout: 60_000 }, async () => {
+  const { a, lossy, rec } = await lossyPair('mend');
   for (const data of ['before', 'lost-on-the-way', 'after']) await publishOk(a.publishSocket, { userId: 'mend', data });
   await rec.waitFor((e) => e.args[0] === 'after', 'the message after the lost one', 5000);
   await sleep(200);
@@ -600,21 +609,7 @@ test('cluster: a relayed message lost between Redis and B is mended from the str
 });
 
 test('cluster: a publish that first mends the chain counts its own recipients, not the messages the mend delivered', { skip: noRedis, timeout: 60_000 }, async () => {
-  const redis = await startRedis(await freePort());
-  after(() => redis.kill());
-  const fixture = await startFixture();
-  after(() => fixture.stop());
-  const env = { ...WS, SIDECAR_CLUSTER__REDIS_URL: redis.url };
-  const a = await startSockgate({ upstreamUrl: fixture.url, env });
-  const lossy = await pushDroppingProxy(redis.port, 'lost-on-the-way');
-  const b = await startSockgate({ upstreamUrl: fixture.url, env: { ...env, SIDECAR_CLUSTER__REDIS_URL: lossy.url } });
-  after(() => Promise.all([a.stop(), b.stop()]));
-  await waitFor(() => /every instance relays kept messages.*instances=2/.test(b.proc.text()), { message: 'both instances relay', timeout: 5000 });
-  await sleep(1200); // A has counted B too
-  const { socket } = recoveringClient(b.url, 'sid=user-counted');
-  const rec = recorder(socket);
-  await connected(socket);
-  await sleep(200);
+  const { a, b, lossy, rec } = await lossyPair('counted');
   // Through A: the second never reaches B's relay, so B's own next publish mends it first.
   for (const data of ['before', 'lost-on-the-way']) await publishOk(a.publishSocket, { userId: 'counted', data });
   await rec.waitFor((e) => e.args[0] === 'before', 'the first message', 5000);
