@@ -873,6 +873,30 @@ async fn gc(o: &Opts, publ: &mut Publisher) {
     }
 }
 
+/// Broadcasts once per id in `bids`, 100 ms apart, each waited for until the pool's `total`
+/// sockets have it (10 s at most). Returns each one's last-delivery latency (ms) and how many
+/// deliveries were missing in all.
+async fn broadcast_each(
+    pool: &mut Pool,
+    publ: &mut Publisher,
+    bids: std::ops::RangeInclusive<u32>,
+    total: u64,
+) -> Res<(Vec<f64>, u64)> {
+    let (mut lasts, mut lost) = (vec![], 0u64);
+    for bid in bids {
+        let body = format!(
+            r#"{{"broadcast":true,"event":"notification","data":{{"t":{},"b":{bid}}}}}"#,
+            now_ns()
+        );
+        publ.post("/publish", body.into_bytes()).await?;
+        let (count, max_ns) = pool.await_bcast(bid, 10_000).await?;
+        lost += total - count.min(total);
+        lasts.push(max_ns as f64 / 1e6);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((lasts, lost))
+}
+
 async fn sockets_main(o: Opts) -> Res<()> {
     let pids = pids(&o);
     let levels: Vec<u64> = o
@@ -915,21 +939,10 @@ async fn sockets_main(o: Opts) -> Res<()> {
             }
         };
         mark("broadcasts.start");
-        let mut lasts = vec![];
-        let mut lost = 0u64;
         let cpu0 = cpu_ns(&pids);
-        for _ in 0..broadcasts {
-            bid += 1;
-            let body = format!(
-                r#"{{"broadcast":true,"event":"notification","data":{{"t":{},"b":{bid}}}}}"#,
-                now_ns()
-            );
-            publ.post("/publish", body.into_bytes()).await?;
-            let (count, max_ns) = pool.await_bcast(bid, 10_000).await?;
-            lost += total - count.min(total);
-            lasts.push(max_ns as f64 / 1e6);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (lasts, lost) =
+            broadcast_each(&mut pool, &mut publ, bid + 1..=bid + broadcasts, total).await?;
+        bid += broadcasts;
         let cpu = cpu_ns(&pids) - cpu0;
         mark("broadcasts.end");
         let recipients = broadcasts as u64 * total;
@@ -1195,19 +1208,8 @@ async fn cluster_main(o: Opts) -> Res<()> {
     let broadcasts: u32 = o.n("broadcasts", 0);
     if broadcasts > 0 {
         let total = pool.total();
-        let (mut lasts, mut lost) = (vec![], 0u64);
         let c0 = cpu_each(&pids);
-        for bid in 1..=broadcasts {
-            let body = format!(
-                r#"{{"broadcast":true,"event":"notification","data":{{"t":{},"b":{bid}}}}}"#,
-                now_ns()
-            );
-            publ.post("/publish", body.into_bytes()).await?;
-            let (count, max_ns) = pool.await_bcast(bid, 10_000).await?;
-            lost += total - count.min(total);
-            lasts.push(max_ns as f64 / 1e6);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (lasts, lost) = broadcast_each(&mut pool, &mut publ, 1..=broadcasts, total).await?;
         let c1 = cpu_each(&pids);
         let r = json!({"count": broadcasts, "lost": lost, "last_ms": lasts,
             "p50_ms": pct_sorted(&mut lasts.clone(), 0.5), "p99_ms": pct_sorted(&mut lasts.clone(), 0.99),
