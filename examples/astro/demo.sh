@@ -3,10 +3,13 @@
 # sockgate in supervisor mode (sockgate starts the app, owns the public port, answers
 # /socket.io/ and proxies the rest). Ctrl-C stops both.
 #
-#   ./examples/astro/demo.sh            # http://localhost:3000
+#   ./examples/astro/demo.sh            # http://localhost:3000, this machine only
 #   PORT=8080 ./examples/astro/demo.sh
+#   HOST=0.0.0.0 ./examples/astro/demo.sh   # reachable from other machines too
 #
 # Environment:
+#   HOST             address sockgate listens on (default 127.0.0.1: the demo app logs anyone
+#                    in as alice or bob without a password, so it is not exposed unless asked)
 #   PORT             public port (default 3000)
 #   UPSTREAM_PORT    where the app listens, on 127.0.0.1 (default 4321)
 #   SOCKGATE_SOCKET  publish socket path (default: sockgate's own, $XDG_RUNTIME_DIR/sockgate/sockgate.sock
@@ -16,6 +19,7 @@ set -euo pipefail
 
 APP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$APP_DIR/../.." && pwd)"
+HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-3000}"
 UPSTREAM_PORT="${UPSTREAM_PORT:-4321}"
 if [ -n "${XDG_RUNTIME_DIR:-}" ]; then DEFAULT_SOCK="$XDG_RUNTIME_DIR/sockgate/sockgate.sock"
@@ -76,6 +80,11 @@ export SOCKGATE_SOCKET="$SOCK" # read by the app's pushNotification (src/lib/soc
 if [ -t 1 ]; then bold=$'\033[1;32m' reset=$'\033[0m'; else bold='' reset=''; fi
 printf '\n%s  Open http://localhost:%s — log in as alice or bob, click "Notify me"%s\n' "$bold" "$PORT" "$reset"
 printf '  (use a second browser or a private window for the other user; Ctrl-C stops everything)\n'
+case "$HOST" in
+  127.*|localhost|::1) printf '  Listening on %s only. To open it to other machines: HOST=0.0.0.0 %s\n' "$HOST" "$0"
+    printf '  (anyone who reaches it can log in as alice or bob: the demo has no passwords)\n' ;;
+  *) printf '  Listening on %s: anyone who reaches this port can log in as alice or bob (no passwords).\n' "$HOST" ;;
+esac
 printf '  Publish socket: %s — from another terminal, notify alice (log in as her first):\n' "$SOCK"
 printf "    curl --unix-socket %q http://localhost/publish -H 'content-type: application/json' -d '%s'\n" \
   "$SOCK" '{"userId":"alice","data":{"title":"Hello from curl"}}'
@@ -84,7 +93,7 @@ printf "    curl --unix-socket %q http://localhost/publish -H 'content-type: app
   "$SOCK" '{"room":"team:demo","event":"message","data":{"from":"curl","text":"Hello team"}}'
 
 set -m
-"$BIN" --port "$PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" --publish-socket "$SOCK" \
+"$BIN" --host "$HOST" --port "$PORT" --upstream "http://127.0.0.1:$UPSTREAM_PORT" --publish-socket "$SOCK" \
   -- node ./dist/server/entry.mjs &
 pid=$!
 set +m
