@@ -5,6 +5,7 @@
 //! bare `PORT` (what Railway/Heroku/Fly set) < command-line flags. A value that does not parse or
 //! validate stops startup with one line naming the key, where the value came from and why.
 
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -488,6 +489,21 @@ impl Default for LogConfig {
     }
 }
 
+/// `$XDG_RUNTIME_DIR/sockgate/sockgate.sock` when `XDG_RUNTIME_DIR` is set (a per-user
+/// directory only that user can enter), else `/tmp/sockgate-<uid>/sockgate.sock`. The Node
+/// client (`clients/node`) resolves its default the same way.
+pub fn default_socket_path(xdg_runtime_dir: Option<OsString>, uid: u32) -> PathBuf {
+    match xdg_runtime_dir.filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("sockgate").join("sockgate.sock"),
+        None => PathBuf::from(format!("/tmp/sockgate-{uid}")).join("sockgate.sock"),
+    }
+}
+
+/// The effective user id, as the default path and the ownership checks use it.
+pub fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 impl ServerConfig {
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
@@ -533,10 +549,8 @@ impl Config {
         let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
         config.validate(&figment)?;
         if config.publish.socket.as_os_str().is_empty() {
-            config.publish.socket = crate::publish::default_socket_path(
-                std::env::var_os("XDG_RUNTIME_DIR"),
-                crate::publish::current_uid(),
-            );
+            config.publish.socket =
+                default_socket_path(std::env::var_os("XDG_RUNTIME_DIR"), current_uid());
         }
         Ok(config)
     }
@@ -726,7 +740,7 @@ impl Config {
             )
         {
             let reserved = [
-                crate::realtime::INTERNAL_PREFIX,
+                crate::reserved::INTERNAL_PREFIX,
                 self.realtime.room_prefix.as_str(),
             ];
             if prefix.is_empty()
@@ -738,7 +752,7 @@ impl Config {
                     key,
                     format!(
                         "`{prefix}` must be non-empty and must not overlap `{}` or realtime.room_prefix (`{}`)",
-                        crate::realtime::INTERNAL_PREFIX,
+                        crate::reserved::INTERNAL_PREFIX,
                         self.realtime.room_prefix
                     ),
                 ));
@@ -827,7 +841,7 @@ impl Config {
         }
         let redis = &self.cluster.redis_url;
         if !redis.is_empty() {
-            crate::cluster::redis_config(redis, &self.cluster.tls_ca_file)
+            crate::redis_url::redis_config(redis, &self.cluster.tls_ca_file)
                 .map_err(|(key, reason)| fail(key, reason))?;
         } else if !self.cluster.tls_ca_file.is_empty() {
             return Err(fail(
@@ -1075,10 +1089,8 @@ mod tests {
             let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
             let config = Config::load(Some(&shipped), &Overrides::default()).expect("loads");
             let mut expected = Config::default();
-            expected.publish.socket = PathBuf::from(format!(
-                "/tmp/sockgate-{}/sockgate.sock",
-                crate::publish::current_uid()
-            ));
+            expected.publish.socket =
+                PathBuf::from(format!("/tmp/sockgate-{}/sockgate.sock", current_uid()));
             assert_eq!(
                 config, expected,
                 "the default socket path is private, per user"
@@ -1218,5 +1230,21 @@ mod tests {
             assert_eq!(source_of(&defaults, "server.port"), "the built-in defaults");
             Ok(())
         });
+    }
+
+    #[test]
+    fn default_path_is_per_user() {
+        assert_eq!(
+            default_socket_path(Some("/run/user/1000".into()), 1000),
+            PathBuf::from("/run/user/1000/sockgate/sockgate.sock")
+        );
+        assert_eq!(
+            default_socket_path(None, 1000),
+            PathBuf::from("/tmp/sockgate-1000/sockgate.sock")
+        );
+        assert_eq!(
+            default_socket_path(Some("".into()), 7),
+            PathBuf::from("/tmp/sockgate-7/sockgate.sock")
+        );
     }
 }

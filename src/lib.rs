@@ -21,6 +21,8 @@ pub mod ops;
 pub mod proxy;
 pub mod publish;
 pub mod realtime;
+pub mod redis_url;
+pub mod reserved;
 pub mod server;
 pub mod shutdown;
 pub mod status;

@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::realtime::{INTERNAL_PREFIX, SOCKGATE_EVENTS, Target};
+use crate::realtime::{SOCKGATE_EVENTS, Target};
+use crate::reserved::INTERNAL_PREFIX;
 
 /// Events the Socket.IO client reserves for itself; publishing them would confuse clients.
 const RESERVED_EVENTS: [&str; 6] = [

@@ -21,26 +21,7 @@ use crate::shutdown::Shutdown;
 
 pub use api::PublishApi;
 pub use message::{InvalidField, Publish, parse_batch, parse_publish};
-pub use socket_dir::{current_uid, default_socket_path};
-
-/// Why the publish socket could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error(
-        "publish socket {0}: another process is listening on it (is sockgate already running?); \
-         stop it or set publish.socket / SIDECAR_PUBLISH__SOCKET to another path"
-    )]
-    InUse(PathBuf),
-    #[error("publish socket {0}: the path exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    #[error("publish socket {0}: {1}")]
-    Io(PathBuf, io::Error),
-    #[error(
-        "publish socket {0}: {1}; refusing to start (set publish.socket / SIDECAR_PUBLISH__SOCKET \
-         to a path in a directory only this user can change)"
-    )]
-    Unsafe(PathBuf, String),
-}
+pub use socket_dir::BindError;
 
 /// The bound socket; its file is removed when this is dropped.
 pub struct PublishSocket {

@@ -11,31 +11,34 @@
 //! - a file already at the socket path must be ours: one owned by another user may be a
 //!   squatter's socket, and is never replaced.
 //!
-//! The default path, [`default_socket_path`], is a private directory per user.
+//! The default path, [`crate::config::default_socket_path`], is a private directory per user.
 
-use std::ffi::OsString;
 use std::fs::{DirBuilder, Metadata};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::BindError;
+use crate::config::current_uid;
 
 const STICKY: u32 = 0o1000;
 
-/// `$XDG_RUNTIME_DIR/sockgate/sockgate.sock` when `XDG_RUNTIME_DIR` is set (a per-user
-/// directory only that user can enter), else `/tmp/sockgate-<uid>/sockgate.sock`. The Node
-/// client (`clients/node`) resolves its default the same way.
-pub fn default_socket_path(xdg_runtime_dir: Option<OsString>, uid: u32) -> PathBuf {
-    match xdg_runtime_dir.filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("sockgate").join("sockgate.sock"),
-        None => PathBuf::from(format!("/tmp/sockgate-{uid}")).join("sockgate.sock"),
-    }
-}
-
-/// The effective user id, as the default path and the ownership checks use it.
-pub fn current_uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+/// Why the publish socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "publish socket {0}: another process is listening on it (is sockgate already running?); \
+         stop it or set publish.socket / SIDECAR_PUBLISH__SOCKET to another path"
+    )]
+    InUse(PathBuf),
+    #[error("publish socket {0}: the path exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("publish socket {0}: {1}")]
+    Io(PathBuf, io::Error),
+    #[error(
+        "publish socket {0}: {1}; refusing to start (set publish.socket / SIDECAR_PUBLISH__SOCKET \
+         to a path in a directory only this user can change)"
+    )]
+    Unsafe(PathBuf, String),
 }
 
 /// Creates the socket's directory if needed and checks that `socket` can be bound there
@@ -145,22 +148,6 @@ mod tests {
             Err(e @ BindError::Unsafe(..)) => e.to_string(),
             other => panic!("{} was accepted: {other:?}", socket.display()),
         }
-    }
-
-    #[test]
-    fn default_path_is_per_user() {
-        assert_eq!(
-            default_socket_path(Some("/run/user/1000".into()), 1000),
-            PathBuf::from("/run/user/1000/sockgate/sockgate.sock")
-        );
-        assert_eq!(
-            default_socket_path(None, 1000),
-            PathBuf::from("/tmp/sockgate-1000/sockgate.sock")
-        );
-        assert_eq!(
-            default_socket_path(Some("".into()), 7),
-            PathBuf::from("/tmp/sockgate-7/sockgate.sock")
-        );
     }
 
     #[test]

@@ -28,8 +28,9 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 use super::auth::SessionAuth;
 use super::history::Since;
 use super::roster::{Member, Roster};
-use super::{INTERNAL_PREFIX, Identity, MAX_OFFSET_BYTES, Recovery, Shape, log_id, offsets_room};
+use super::{Identity, MAX_OFFSET_BYTES, Recovery, Shape, log_id, offsets_room};
 use crate::config::Config;
+use crate::reserved::INTERNAL_PREFIX;
 use crate::webhooks::Webhooks;
 
 /// Longest room name accepted, in bytes.

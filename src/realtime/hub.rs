@@ -551,7 +551,8 @@ impl Hub {
 
     /// Whether `room` is a channel: neither a user room nor sockgate's own.
     fn is_channel(&self, room: &str) -> bool {
-        !room.starts_with(self.room_prefix.as_str()) && !room.starts_with(super::INTERNAL_PREFIX)
+        !room.starts_with(self.room_prefix.as_str())
+            && !room.starts_with(crate::reserved::INTERNAL_PREFIX)
     }
 
     pub async fn stats(&self) -> HubStats {

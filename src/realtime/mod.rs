@@ -1011,10 +1011,6 @@ pub(crate) fn companions(room_prefix: &str, room: &str) -> Companions {
     }
 }
 
-/// Rooms and events whose names start with this are sockgate's own: the publish API refuses
-/// them, so an app cannot reach a socket that is still being let in, or impersonate sockgate.
-pub const INTERNAL_PREFIX: &str = "sockgate:";
-
 /// The event a client gets when its missed messages cannot be replayed.
 pub const RECOVERY_FAILED: &str = "recovery_failed";
 
@@ -1079,6 +1075,7 @@ impl Revalidation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reserved::INTERNAL_PREFIX;
 
     fn request(uri: &str) -> http::Request<()> {
         http::Request::builder()
