@@ -11,7 +11,6 @@
 //! ```
 
 pub mod body;
-pub mod canary;
 pub mod cluster;
 pub mod config;
 pub mod connection;

@@ -348,7 +348,7 @@ impl Metrics {
         self.cluster_link_up.set(i64::from(up));
     }
 
-    /// The cluster's subscriber connection was replaced (see [`crate::canary`]).
+    /// The cluster's subscriber connection was replaced (see [`crate::cluster::canary`]).
     pub fn cluster_link_rebuilt(&self) {
         self.cluster_link_rebuilds.inc();
     }

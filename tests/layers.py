@@ -25,11 +25,40 @@ def module_path(rel):
     return parts
 
 def strip(code):
-    code = re.sub(r"/\*.*?\*/", "", code, flags=re.S)
-    code = re.sub(r'r#*"(?:.|\n)*?"#*', '""', code)
-    code = re.sub(r'"(?:\\.|[^"\\])*"', '""', code)
-    code = re.sub(r"//[^\n]*", "", code)
-    return code
+    """The code without comments and string contents (one pass, so a quote in a comment or
+    `//` in a string cannot confuse it)."""
+    out, i, n = [], 0, len(code)
+    while i < n:
+        c = code[i]
+        if code.startswith("//", i):
+            j = code.find("\n", i)
+            i = n if j < 0 else j
+        elif code.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if code.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif code.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c == "r" and re.match(r'r#*"', code[i:i + 260]) and not (i and (code[i - 1].isalnum() or code[i - 1] == "_")):
+            hashes = re.match(r'r(#*)"', code[i:]).group(1)
+            end = code.find('"' + hashes, i + 2 + len(hashes))
+            out.append('""')
+            i = n if end < 0 else end + 1 + len(hashes)
+        elif c == '"':
+            i += 1
+            while i < n and code[i] != '"':
+                i += 2 if code[i] == "\\" else 1
+            out.append('""')
+            i += 1
+        elif c == "'" and (char := re.match(r"'(\\.|[^'\\])'", code[i:i + 4])):
+            i += char.end()
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 def main():
     rels = sorted(files())

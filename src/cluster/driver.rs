@@ -34,7 +34,7 @@ use fred::types::Message;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::Link;
+use super::link::Link;
 use crate::metrics::{Dropped, Metrics};
 
 /// How long a message waits for room in its channel's full stream before it is dropped.
@@ -320,7 +320,7 @@ mod tests {
         }
         assert_eq!(got, [&b"first"[..], b"second", b"third"]);
         assert_eq!(dropped(&metrics, "full"), 0);
-        assert_eq!(link.problem().as_deref(), Some(super::super::LOST));
+        assert_eq!(link.problem().as_deref(), Some(super::super::link::LOST));
     }
 
     #[tokio::test]
@@ -411,6 +411,6 @@ mod tests {
             .expect("in time")
             .expect("open");
         assert_eq!(dropped(&metrics, "closed"), 1);
-        assert_eq!(link.problem().as_deref(), Some(super::super::LOST));
+        assert_eq!(link.problem().as_deref(), Some(super::super::link::LOST));
     }
 }

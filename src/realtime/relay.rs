@@ -505,14 +505,15 @@ impl Relay {
             .shard_subscribers(vec![
                 CHANNEL.to_owned(),
                 ROOMS_CHANNEL.to_owned(),
-                crate::canary::request_channel(),
+                crate::cluster::canary::request_channel(),
             ])
             .await;
         let Ok(counts) = counted else { return };
         let count = |name: &str| counts.iter().find(|(c, _)| c == name).map(|(_, n)| *n);
-        let (Some(listeners), Some(servers)) =
-            (count(CHANNEL), count(&crate::canary::request_channel()))
-        else {
+        let (Some(listeners), Some(servers)) = (
+            count(CHANNEL),
+            count(&crate::cluster::canary::request_channel()),
+        ) else {
             return;
         };
         let rooms = count(ROOMS_CHANNEL).unwrap_or(0);

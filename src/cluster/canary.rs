@@ -34,7 +34,8 @@ use socketioxide_core::adapter::BroadcastOptions;
 use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 
-use crate::cluster::{ClusterDriver, Link};
+use super::driver::ClusterDriver;
+use super::link::Link;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
