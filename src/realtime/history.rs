@@ -34,7 +34,9 @@ pub enum Since {
 /// A room's newest offset, read at a socket's handshake.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Head {
-    /// Nothing kept: everything in the room is newer than the handshake.
+    /// Nothing kept: everything in the room is newer than the handshake. (The in-memory
+    /// history answers the run's last offset instead, which also tells whether the room
+    /// was evicted before its replay.)
     Empty,
     At(String),
     /// The history could not be read: where the client stands is unknown, so it is told to
