@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// The file read when `--config` is not given; a missing default file is not an error.
 pub const DEFAULT_CONFIG_FILE: &str = "sidecar.toml";
 
+/// The smallest `history.max_bytes`: a few dozen messages of a few KiB.
+const MIN_HISTORY_BYTES: usize = 64 * 1024;
+
 /// Everything sockgate can be told. Each section maps to one `[section]` of `sidecar.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -240,6 +243,9 @@ pub struct PublishConfig {
     pub socket_mode: String,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// Time a client gets to send a request's body, from its head on; past it `408` and the
+    /// connection is closed (a stuck or trickling client holds no connection for longer).
+    pub body_timeout_ms: u64,
     /// Loopback `host:port` for the same API over TCP, for apps that cannot use a Unix
     /// socket; empty = off. Requires `token`.
     pub tcp_listen: String,
@@ -290,6 +296,10 @@ pub struct HistoryConfig {
     pub max_messages: usize,
     /// How long a user's messages are kept after their last one.
     pub max_age_ms: u64,
+    /// Most memory the single-instance history may take, all rooms together (an estimate of
+    /// what its messages hold); past it the rooms least recently published to are dropped
+    /// whole. Not used in cluster mode: Redis bounds its own memory (`maxmemory`).
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -298,6 +308,7 @@ impl Default for HistoryConfig {
             enabled: true,
             max_messages: 100,
             max_age_ms: 120_000,
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -474,6 +485,7 @@ impl Default for PublishConfig {
             socket_mode: "0660".into(),
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
+            body_timeout_ms: 10_000,
             tcp_listen: String::new(),
             token: String::new(),
         }
@@ -898,6 +910,19 @@ impl Config {
         if self.publish.max_batch == 0 {
             return Err(fail("publish.max_batch", "must be at least 1".into()));
         }
+        if self.publish.body_timeout_ms == 0 {
+            return Err(fail("publish.body_timeout_ms", "must be at least 1".into()));
+        }
+        if self.history.max_bytes < MIN_HISTORY_BYTES {
+            return Err(fail(
+                "history.max_bytes",
+                format!(
+                    "{} is below {MIN_HISTORY_BYTES} (64 KiB), too little to recover anything; \
+                     turn history off with history.enabled = false instead",
+                    self.history.max_bytes
+                ),
+            ));
+        }
         self.validate_webhooks(&fail)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| fail("log.filter", format!("`{}`: {e}", self.log.filter)))?;
@@ -1198,6 +1223,20 @@ mod tests {
             let e = load(&Overrides::default()).unwrap_err();
             assert_eq!(e.key, "publish.socket_mode");
 
+            jail.set_env("SIDECAR_PUBLISH__SOCKET_MODE", "\"0600\"");
+            for (var, key) in [
+                ("SIDECAR_HISTORY__MAX_BYTES", "history.max_bytes"),
+                (
+                    "SIDECAR_PUBLISH__BODY_TIMEOUT_MS",
+                    "publish.body_timeout_ms",
+                ),
+            ] {
+                jail.set_env(var, "0");
+                let e = load(&Overrides::default()).unwrap_err();
+                assert_eq!(e.key, key);
+                assert!(e.source_name.contains(var), "{e}");
+                jail.set_env(var, "65536");
+            }
             jail.set_env("SIDECAR_PUBLISH__SOCKET_MODE", "0600");
             jail.set_env("PORT", "http");
             let e = load(&Overrides::default()).unwrap_err();

@@ -165,6 +165,8 @@ pub async fn run(
         kicks,
         config.publish.max_body_bytes,
         config.publish.max_batch,
+        ms(config.publish.body_timeout_ms),
+        metrics.clone(),
     );
     if !config.publish.tcp_listen.is_empty() {
         let tcp = TcpListener::bind(&config.publish.tcp_listen)

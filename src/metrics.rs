@@ -97,6 +97,9 @@ pub struct Metrics {
     webhook_failed: Counter,
     webhook_dropped: Counter,
     webhook_queue: Gauge,
+    history_bytes: Gauge,
+    history_rooms_evicted: Counter,
+    publish_body_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -135,6 +138,9 @@ impl Metrics {
             webhook_failed: Counter::default(),
             webhook_dropped: Counter::default(),
             webhook_queue: Gauge::default(),
+            history_bytes: Gauge::default(),
+            history_rooms_evicted: Counter::default(),
+            publish_body_timeouts: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -265,7 +271,33 @@ impl Metrics {
             "Webhook events waiting to be sent",
             m.webhook_queue.clone(),
         );
+        r.register(
+            "history_bytes",
+            "Memory the single-instance history holds (estimated), at most history.max_bytes",
+            m.history_bytes.clone(),
+        );
+        r.register(
+            "history_rooms_evicted",
+            "Rooms whose kept messages were dropped to stay within history.max_bytes (their offsets get recovery_failed)",
+            m.history_rooms_evicted.clone(),
+        );
+        r.register(
+            "publish_body_timeouts",
+            "Publish API requests whose body did not arrive within publish.body_timeout_ms (408, connection closed)",
+            m.publish_body_timeouts.clone(),
+        );
         m
+    }
+
+    /// What the single-instance history holds now, and how many rooms it just evicted.
+    pub fn history(&self, bytes: usize, evicted: usize) {
+        self.history_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.history_rooms_evicted.inc_by(evicted as u64);
+    }
+
+    pub fn publish_body_timeout(&self) {
+        self.publish_body_timeouts.inc();
     }
 
     /// `count` webhook events were accepted by the receiver.

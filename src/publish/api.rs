@@ -1,6 +1,7 @@
 //! The publish API's routes: parse, validate, hand to the hub, answer JSON.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::message::{parse_batch, parse_publish};
 use crate::body::{self, Body};
+use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::realtime::{Hub, SessionAuth};
 
@@ -19,6 +21,9 @@ pub struct PublishApi {
     auth: Arc<SessionAuth>,
     max_body_bytes: usize,
     max_batch: usize,
+    /// Time a request's body may take to arrive (`publish.body_timeout_ms`).
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
     /// `Authorization: Bearer <token>` every request must carry (the TCP listener's).
     token: Option<Arc<str>>,
 }
@@ -39,6 +44,8 @@ impl PublishApi {
         auth: Arc<SessionAuth>,
         max_body_bytes: usize,
         max_batch: usize,
+        body_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             hub,
@@ -46,6 +53,8 @@ impl PublishApi {
             auth,
             max_body_bytes,
             max_batch,
+            body_timeout,
+            metrics,
             token: None,
         }
     }
@@ -93,7 +102,16 @@ impl PublishApi {
             Ok(value) => body::json(StatusCode::OK, &value),
             Err(Failure(status, error)) => {
                 tracing::debug!(%status, "publish API refused a request: {error}");
-                body::json(status, &json!({"ok": false, "error": error}))
+                let mut resp = body::json(status, &json!({"ok": false, "error": error}));
+                if status == StatusCode::REQUEST_TIMEOUT {
+                    // The rest of the body may still be on its way: the connection cannot
+                    // carry another request.
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                resp
             }
         }
     }
@@ -215,15 +233,38 @@ impl PublishApi {
             return Err(too_large());
         }
         let mut bytes = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| Failure::bad_request(format!("cannot read body: {}", e.into())))?;
-            if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > self.max_body_bytes {
-                    discard(body).await;
-                    return Err(too_large());
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame
+                    .map_err(|e| Failure::bad_request(format!("cannot read body: {}", e.into())))?;
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > self.max_body_bytes {
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&data);
                 }
-                bytes.extend_from_slice(&data);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.body_timeout, read).await {
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => {
+                if failure.0 == StatusCode::PAYLOAD_TOO_LARGE {
+                    discard(body).await;
+                }
+                return Err(failure);
+            }
+            Err(_) => {
+                // Counted, and logged like any refused request (DEBUG): a stuck client
+                // retrying writes no line per attempt.
+                self.metrics.publish_body_timeout();
+                return Err(Failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {} ms (publish.body_timeout_ms)",
+                        self.body_timeout.as_millis()
+                    ),
+                ));
             }
         }
         if bytes.is_empty() {

@@ -287,7 +287,12 @@ pub async fn start(
     let kept = &settings.history;
     let history = match (&cluster, kept.enabled) {
         (_, false) => None,
-        (None, true) => Some(History::memory(kept.max_messages, ms(kept.max_age_ms))),
+        (None, true) => Some(History::memory(
+            kept.max_messages,
+            ms(kept.max_age_ms),
+            kept.max_bytes,
+            metrics.clone(),
+        )),
         (Some(c), true) => Some(History::redis(
             c.commands.clone(),
             c.link.clone(),

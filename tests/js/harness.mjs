@@ -434,6 +434,12 @@ export async function publishOk(socketPath, msg) {
 // ---------------------------------------------------------------------------
 // Socket.IO client helpers
 // ---------------------------------------------------------------------------
+/** The resident memory of process `pid`, in KiB. */
+export function rssKiB(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+}
+
 /** Creates a socket.io-client socket (reconnection off, tracked for cleanup). */
 export function client(url, { cookie, origin, headers = {}, ...opts } = {}) {
   const extraHeaders = { ...headers };

@@ -23,6 +23,7 @@ import {
   withTimeout,
   sleep,
 } from './harness.mjs';
+import { metrics } from './fault-helpers.mjs';
 
 let s; // shared fixture + sockgate
 
@@ -401,6 +402,36 @@ test('a body just under 1 MiB is accepted', async () => {
   const body = { userId: 'nobody-big', data: 'y'.repeat(1024 * 1024 - 200) };
   const r = await api('POST', '/publish', body);
   assert.equal(r.status, 200, r.text.slice(0, 200));
+});
+
+test('a body trickled 1 byte at a time → 408 within publish.body_timeout_ms, connection closed, counted', async () => {
+  const stack = await startStack({ env: { SIDECAR_PUBLISH__BODY_TIMEOUT_MS: '1000' } });
+  after(() => stack.stop());
+  const conn = net.connect(stack.publishSocket);
+  await new Promise((resolve, reject) => conn.once('connect', resolve).once('error', reject));
+  let answer = '';
+  let closed = false;
+  conn.on('data', (chunk) => (answer += chunk));
+  conn.on('error', () => {});
+  conn.on('close', () => (closed = true));
+  conn.write('POST /publish HTTP/1.1\r\nHost: sockgate\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n');
+  const started = Date.now();
+  // Bounded: at most 40 bytes, 250 ms apart (10 s), never the whole declared body.
+  for (let sent = 0; sent < 40 && !closed && !answer; sent++) {
+    conn.write('{');
+    await sleep(250);
+  }
+  await waitFor(() => closed, { timeout: 3000, message: 'the connection to be closed' }).catch(() => {});
+  const took = Date.now() - started;
+  conn.destroy();
+  assert.match(answer, /^HTTP\/1\.1 408 /, `answer after ${took} ms: ${JSON.stringify(answer.slice(0, 200))}`);
+  assert.match(answer, /publish\.body_timeout_ms/);
+  assert.ok(took < 6000, `answered within the bound (1 s + margin), took ${took} ms`);
+  assert.ok(closed, 'the connection is closed after the 408');
+  const counted = (await metrics(stack.publishSocket)).get('sockgate_publish_body_timeouts_total');
+  assert.equal(counted, 1, 'the timeout is counted');
+  // The API still serves.
+  assert.equal((await stack.publishApi('GET', '/health')).status, 200);
 });
 
 test('unknown path → 404, wrong method → 405', async () => {

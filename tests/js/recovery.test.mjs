@@ -6,8 +6,9 @@ import { spawnSync, spawn } from 'node:child_process';
 
 import {
   startStack, startFixture, startSockgate, client, connect, nextEvent, recorder, waitFor, freePort, sleep,
-  publishOk, tmpDir, recoveringClient, connected,
+  publishOk, tmpDir, recoveringClient, connected, rssKiB,
 } from './harness.mjs';
+import { metrics } from './fault-helpers.mjs';
 import path from 'node:path';
 
 test('single instance: 20 messages published while away arrive once, in order, before live ones', async () => {
@@ -75,6 +76,63 @@ test('history overflow → recovery_failed, then live delivery continues', async
   assert.deepEqual(rec.of('notification'), [0], 'nothing partial is replayed after a gap');
   await publishOk(stack.publishSocket, { userId: 'over', data: 21 });
   await rec.waitFor((e) => e.event === 'notification' && e.args[0] === 21, 'live message');
+});
+
+/** A user who saw message 0, went away, and missed message 1. */
+async function missedOne(stack, userId) {
+  const { socket, state } = recoveringClient(stack.url, `sid=user-${userId}`);
+  const rec = recorder(socket);
+  await connected(socket);
+  await publishOk(stack.publishSocket, { userId, data: 0 });
+  await rec.waitCount(1);
+  assert.ok(state.lastOffset, 'the message carried an offset');
+  socket.disconnect();
+  await waitFor(async () => (await stack.publishApi('GET', `/users/${userId}`)).json.sockets === 0, {
+    message: `sockgate saw ${userId} leave`,
+  });
+  await publishOk(stack.publishSocket, { userId, data: 1 });
+  return { socket, rec };
+}
+
+test('in-memory history stays within history.max_bytes: oldest rooms evicted, their offsets → recovery_failed', async () => {
+  const cap = 1024 * 1024;
+  const stack = await startStack({
+    env: { SIDECAR_REALTIME__TRANSPORTS: '["websocket"]', SIDECAR_HISTORY__MAX_BYTES: String(cap) },
+  });
+  after(() => stack.stop());
+  // Its room soon the oldest.
+  const { socket, rec } = await missedOne(stack, 'evicted');
+
+  // 30,000 messages of 1 KB to distinct offline users (RSS +64.5 MiB without a cap).
+  const before = rssKiB(stack.sockgate.pid);
+  const text = 'x'.repeat(1000);
+  const users = 30_000;
+  const perBatch = 500;
+  for (let first = 0; first < users; first += perBatch) {
+    const messages = Array.from({ length: perBatch }, (_, i) => ({ userId: `u${first + i}`, data: { text } }));
+    const r = await stack.publishApi('POST', '/publish/batch', { messages });
+    assert.equal(r.status, 200, r.text);
+  }
+  const grewMiB = (rssKiB(stack.sockgate.pid) - before) / 1024;
+  assert.ok(grewMiB < 20, `RSS grew ${grewMiB.toFixed(1)} MiB for ${users} × 1 KB to distinct users (cap 1 MiB)`);
+  const m = await metrics(stack.publishSocket);
+  const kept = m.get('sockgate_history_bytes');
+  assert.ok(kept > 0 && kept <= cap, `history holds ${kept} bytes, cap ${cap}`);
+  assert.ok(m.get('sockgate_history_rooms_evicted_total') >= users / 2, `evictions counted: ${m.get('sockgate_history_rooms_evicted_total')}`);
+
+  // The evicted room's offset is a gap, told, never a silent skip.
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed for the evicted room');
+  assert.deepEqual(rec.of('notification'), [0], 'nothing of the evicted room is replayed');
+  assert.equal(rec.of('recovery_failed')[0].room, 'user:evicted');
+  socket.disconnect();
+
+  // A room published to since is kept and still recovers.
+  const { socket: recent, rec: rec2 } = await missedOne(stack, 'recent');
+  await connected(recent);
+  await rec2.waitCount(2, 'the missed message replayed');
+  assert.deepEqual(rec2.of('notification'), [0, 1]);
+  assert.deepEqual(rec2.of('recovery_failed'), []);
 });
 
 test('in-memory history does not survive a restart: the client is told, not left silent', async () => {

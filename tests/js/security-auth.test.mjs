@@ -4,7 +4,6 @@
 //   SOCKGATE_BIN=$PWD/target/debug/sockgate node --test tests/js/security-auth.test.mjs
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
 import path from 'node:path';
@@ -27,6 +26,7 @@ import {
   withTimeout,
   waitFor,
   sleep,
+  rssKiB,
 } from './harness.mjs';
 
 const fixtureRequire = createRequire(path.join(REPO_ROOT, 'tests', 'fixture', 'package.json'));
@@ -152,11 +152,6 @@ async function presence(stack, userId) {
   const r = await stack.publishApi('GET', `/users/${encodeURIComponent(userId)}`);
   assert.equal(r.status, 200, r.text);
   return r.json.sockets;
-}
-
-function rssKiB(pid) {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
 }
 
 /** Runs `count` async jobs, at most `width` at a time; resolves with their settled results. */
