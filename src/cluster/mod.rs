@@ -32,8 +32,10 @@ use crate::canary::{self, Canary};
 use crate::metrics::Metrics;
 
 pub mod driver;
+pub mod query;
 
 pub use driver::ClusterDriver;
+pub use query::Queries;
 
 /// The Socket.IO adapter type in cluster mode.
 pub type ClusterAdapter =
@@ -60,6 +62,8 @@ pub struct Cluster {
     pub canary: Canary,
     /// The subscription connection's driver, for channels of sockgate's own.
     pub driver: ClusterDriver,
+    /// Cluster-wide reads, bounded by the request timeout.
+    pub queries: Queries,
     /// Redis is a Redis Cluster: a script may touch only the keys and channels of one slot, so
     /// kept messages cannot be published from the script that appends them (the relay is off,
     /// see [`crate::realtime`]).
@@ -490,6 +494,7 @@ pub async fn connect(
         driver: driver.clone(),
         commands: commands.clone(),
     };
+    let queries = at_startup(&shown, Queries::new(driver.clone(), request_timeout)).await?;
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
         driver.clone(),
@@ -501,6 +506,7 @@ pub async fn connect(
         commands,
         canary,
         driver,
+        queries,
         redis_cluster,
     })
 }
