@@ -153,49 +153,60 @@ impl Queries {
                 ));
             }
         };
-        // By server id (a `Uid` is not hashable; the `Sid` it wraps is).
-        let mut answers: HashMap<Sid, Answer> = HashMap::new();
-        let complete =
-            |answers: &HashMap<Sid, Answer>| answers.values().filter(|a| a.complete()).count();
-        while complete(&answers) < others {
-            let Ok(Some(item)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
-                break;
-            };
-            let response = match rmp_serde::from_slice::<(Sid, Response<RemoteSocketData>)>(&item) {
-                Ok((_, response)) => response,
-                Err(e) => {
-                    tracing::debug!("undecodable answer to a cluster request: {e}");
-                    continue;
-                }
-            };
-            if response.node_id == server {
+        Ok(gather(&mut rx, others, server, deadline).await)
+    }
+}
+
+/// Reads the answers to a read's two requests until `others` instances (any but `server`,
+/// this one) answered both, or `deadline`; sums the figures of those that did.
+async fn gather(
+    rx: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    others: usize,
+    server: Uid,
+    deadline: Instant,
+) -> Answers {
+    // By server id (a `Uid` is not hashable; the `Sid` it wraps is).
+    let mut answers: HashMap<Sid, Answer> = HashMap::new();
+    let complete =
+        |answers: &HashMap<Sid, Answer>| answers.values().filter(|a| a.complete()).count();
+    while complete(&answers) < others {
+        let Ok(Some(item)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            break;
+        };
+        let response = match rmp_serde::from_slice::<(Sid, Response<RemoteSocketData>)>(&item) {
+            Ok((_, response)) => response,
+            Err(e) => {
+                tracing::debug!("undecodable answer to a cluster request: {e}");
                 continue;
             }
-            let answer = answers.entry(*response.node_id).or_default();
-            match response.r#type {
-                ResponseType::FetchSockets(sockets) => answer.sockets = Some(sockets.len()),
-                ResponseType::AllRooms(rooms) => {
-                    answer.rooms = Some(rooms.into_iter().map(|r| r.into_owned()).collect());
-                }
-                _ => {}
-            }
-        }
-        let mut total = Answers {
-            unanswered: others.saturating_sub(complete(&answers)),
-            ..Answers::default()
         };
-        for answer in answers.into_values() {
-            if let Answer {
-                sockets: Some(sockets),
-                rooms: Some(rooms),
-            } = answer
-            {
-                total.sockets += sockets;
-                total.rooms.extend(rooms);
-            }
+        if response.node_id == server {
+            continue;
         }
-        Ok(total)
+        let answer = answers.entry(*response.node_id).or_default();
+        match response.r#type {
+            ResponseType::FetchSockets(sockets) => answer.sockets = Some(sockets.len()),
+            ResponseType::AllRooms(rooms) => {
+                answer.rooms = Some(rooms.into_iter().map(|r| r.into_owned()).collect());
+            }
+            _ => {}
+        }
     }
+    let mut total = Answers {
+        unanswered: others.saturating_sub(complete(&answers)),
+        ..Answers::default()
+    };
+    for answer in answers.into_values() {
+        if let Answer {
+            sockets: Some(sockets),
+            rooms: Some(rooms),
+        } = answer
+        {
+            total.sockets += sockets;
+            total.rooms.extend(rooms);
+        }
+    }
+    total
 }
 
 /// Hands each answer on the querier's response channel to the read that asked for it; an
@@ -216,5 +227,85 @@ async fn route(mut answers: MessageStream<ChanItem>, pending: Pending) {
             }
             None => tracing::debug!(?id, "a late answer to a cluster request, dropped"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use socketioxide_core::Str;
+
+    use super::*;
+
+    /// `node`'s answer to a FetchSockets request: `n` sockets.
+    fn sockets(node: Uid, n: usize) -> Vec<u8> {
+        let data = (0..n)
+            .map(|_| RemoteSocketData {
+                id: Sid::new(),
+                server_id: node,
+                ns: Str::from("/"),
+            })
+            .collect();
+        let response = Response {
+            node_id: node,
+            r#type: ResponseType::FetchSockets(data),
+        };
+        rmp_serde::to_vec(&(Sid::new(), response)).expect("encodable")
+    }
+
+    /// `node`'s answer to an AllRooms request.
+    fn rooms(node: Uid, rooms: &[&'static str]) -> Vec<u8> {
+        let response = Response::<()> {
+            node_id: node,
+            r#type: ResponseType::AllRooms(rooms.iter().map(|r| (*r).into()).collect()),
+        };
+        rmp_serde::to_vec(&(Sid::new(), response)).expect("encodable")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_instance_answered_ends_before_the_deadline() {
+        let (me, b, c) = (Uid::new(), Uid::new(), Uid::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for item in [
+            sockets(b, 2),
+            sockets(me, 5),
+            rooms(me, &["mine"]),
+            rooms(c, &["user:x", "team"]),
+            rooms(b, &["user:y", "team"]),
+            sockets(c, 1),
+        ] {
+            tx.send(item).expect("open");
+        }
+        let began = Instant::now();
+        let answers = gather(&mut rx, 2, me, began + Duration::from_secs(1)).await;
+        assert_eq!(began.elapsed(), Duration::ZERO, "no wait once all answered");
+        assert_eq!((answers.sockets, answers.unanswered), (3, 0));
+        let mut rooms: Vec<_> = answers.rooms.into_iter().collect();
+        rooms.sort();
+        assert_eq!(
+            rooms,
+            ["team", "user:x", "user:y"],
+            "this instance's own answer ignored"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_that_did_not_answer_both_is_left_out_and_counted_at_the_deadline() {
+        let (me, b, c) = (Uid::new(), Uid::new(), Uid::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Three others: b answers both, c only one of the two, the third nothing (stopped).
+        for item in [sockets(b, 2), rooms(b, &["team"]), sockets(c, 7)] {
+            tx.send(item).expect("open");
+        }
+        let began = Instant::now();
+        let answers = gather(&mut rx, 3, me, began + Duration::from_secs(1)).await;
+        assert_eq!(
+            began.elapsed(),
+            Duration::from_secs(1),
+            "waited until the deadline, once"
+        );
+        assert_eq!((answers.sockets, answers.unanswered), (2, 2));
+        assert_eq!(answers.rooms, HashSet::from(["team".to_owned()]));
     }
 }
