@@ -9,7 +9,9 @@
 //! instance was stopped, and reported a user connected only there as offline, cluster-wide.
 //! Here both requests go out at once, from a server id of sockgate's own (answers come back on
 //! its own response channel, subscribed once through the driver, so the adapter's requests are
-//! untouched), and an instance's figures count only once it answered both.
+//! untouched), and an instance's figures count only once it answered both. This instance's
+//! adapter answers them too (they are not from its own server id): that answer is ignored and
+//! its sockets read locally, one more answer per read, the price of a channel of our own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

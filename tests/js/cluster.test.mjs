@@ -706,22 +706,28 @@ test('an instance stopped (SIGSTOP): presence, rooms and stats answer within the
   const socks = [];
   let stopped = false;
   try {
-    socks.push(await ws(C, 'sid=user-carol'));
+    socks.push(await ws(C, 'sid=user-carol'), await ws(B, 'sid=user-dave'));
     const seen = await userUntil(A, 'carol', (j) => j.sockets === 1 && j.scope === 'cluster');
     assert.equal(seen?.sockets, 1, `carol on C seen from A before the stop: ${JSON.stringify(seen)}`);
+    const dave = await userUntil(A, 'dave', (j) => j.sockets === 1 && j.scope === 'cluster');
+    assert.equal(dave?.sockets, 1, `dave on B seen from A before the stop: ${JSON.stringify(dave)}`);
     process.kill(C.proc.child.pid, 'SIGSTOP');
     stopped = true;
     const user = await timedGet(A, '/users/carol');
     const stats = await timedGet(A, '/stats');
     const room = await timedGet(A, `/rooms/${encodeURIComponent('user:carol')}`);
-    t.diagnostic(`C stopped: GET /users/carol ${user.ms} ms ${user.text}; /stats ${stats.ms} ms ${stats.text}; /rooms ${room.ms} ms ${room.text}`);
-    for (const [what, r] of [['/users/carol', user], ['/stats', stats], ['/rooms/user:carol', room]]) {
+    const onB = await timedGet(A, '/users/dave');
+    t.diagnostic(`C stopped: GET /users/carol ${user.ms} ms ${user.text}; /stats ${stats.ms} ms ${stats.text}; /rooms ${room.ms} ms ${room.text}; /users/dave ${onB.ms} ms ${onB.text}`);
+    for (const [what, r] of [['/users/carol', user], ['/stats', stats], ['/rooms/user:carol', room], ['/users/dave', onB]]) {
       assert.equal(r.status, 200, `${what}: ${r.text}`);
       assert.ok(r.ms < ANSWER_BOUND_MS, `${what} with an instance stopped took ${r.ms} ms (bound: cluster.request_timeout_ms = 1 s)`);
       // carol is on C only: an answer without C must not pass for the whole cluster.
       assert.equal(r.json.scope, 'partial', `${what} does not cover C: ${r.text}`);
       assert.equal(r.json.unanswered, 1, `${what} names how many instances did not answer: ${r.text}`);
     }
+    // What the instances that answered hold is in: dave's socket on B, not carol's on C.
+    assert.deepEqual([onB.json.online, onB.json.sockets], [true, 1], onB.text);
+    assert.equal(stats.json.connections, 1, stats.text);
     process.kill(C.proc.child.pid, 'SIGCONT');
     stopped = false;
     const back = await userUntil(A, 'carol', (j) => j.scope === 'cluster' && j.sockets === 1);
