@@ -18,12 +18,18 @@ export type PublishMessage = {
 export interface PublishResult { ok: true; recipients: number }
 export interface PublishBatchResult { ok: true; messages: number; recipients?: number }
 export interface DisconnectResult { ok: true; disconnected: number }
+/** What figures cover: this instance, every instance, or the instances that answered in time. */
+export type Scope = 'local' | 'cluster' | 'partial';
+
 export interface UserStatus {
   userId: string;
   online: boolean;
   sockets: number;
-  /** "local": this instance only; "cluster": every instance (Redis). */
-  scope?: 'local' | 'cluster';
+  /** "local": this instance only; "cluster": every instance (Redis); "partial": not every
+   * instance answered within cluster.request_timeout_ms (see `unanswered`). */
+  scope?: Scope;
+  /** With scope "partial": how many instances did not answer in time. */
+  unanswered?: number;
   /** The channels (rooms other than user:{id}) the user's sockets are in. */
   rooms?: string[];
 }
@@ -43,7 +49,9 @@ export interface RoomStatus<Info = unknown> {
   users: number;
   /** Presence rooms only (names starting with a `channels.presence_prefixes` entry, e.g. `presence:`). */
   members?: Array<PresenceMember<Info>>;
-  scope: 'local' | 'cluster';
+  scope: Scope;
+  /** With scope "partial": how many instances did not answer in time. */
+  unanswered?: number;
 }
 
 export interface ClientOptions {

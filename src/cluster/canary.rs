@@ -81,9 +81,10 @@ pub fn request_channel() -> String {
     format!("{ADAPTER_PREFIX}-request#{NAMESPACE}#")
 }
 
-/// The channel the probe's answers come back on.
-pub fn answer_channel(prober: Uid) -> String {
-    format!("{ADAPTER_PREFIX}-response#{NAMESPACE}#{prober}#")
+/// The channel answers to server `asker`'s requests come back on (the probe's, and the
+/// cluster-wide reads' of [`crate::cluster::Queries`]).
+pub fn answer_channel(asker: Uid) -> String {
+    format!("{ADAPTER_PREFIX}-response#{NAMESPACE}#{asker}#")
 }
 
 /// When each other instance's canary last arrived, by instance id.

@@ -29,11 +29,13 @@ use crate::redis_url::{redact, redis_config};
 pub mod canary;
 pub mod driver;
 mod link;
+pub mod query;
 
 pub use canary::Canary;
 pub use driver::ClusterDriver;
 use link::CONNECT_TIMEOUT;
 pub use link::{Link, subscribe_each};
+pub use query::Queries;
 
 /// The Socket.IO adapter type in cluster mode.
 pub type ClusterAdapter =
@@ -52,6 +54,8 @@ pub struct Cluster {
     pub canary: Canary,
     /// The subscription connection's driver, for channels of sockgate's own.
     pub driver: ClusterDriver,
+    /// Cluster-wide reads, bounded by the request timeout.
+    pub queries: Queries,
     /// Redis is a Redis Cluster: a script may touch only the keys and channels of one slot, so
     /// kept messages cannot be published from the script that appends them (the relay is off,
     /// see [`crate::realtime`]).
@@ -133,6 +137,7 @@ pub async fn connect(
         driver: driver.clone(),
         commands: commands.clone(),
     };
+    let queries = at_startup(&shown, Queries::new(driver.clone(), request_timeout)).await?;
     link.watch(shown);
     let adapter = RedisAdapterCtr::new_with_driver(
         driver.clone(),
@@ -144,6 +149,7 @@ pub async fn connect(
         commands,
         canary,
         driver,
+        queries,
         redis_cluster,
     })
 }

@@ -28,6 +28,16 @@ pub struct PublishApi {
     token: Option<Arc<str>>,
 }
 
+/// `GET /users/{id}`: the user's presence, with what it covers.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserAnswer<'a> {
+    user_id: &'a str,
+    online: bool,
+    #[serde(flatten)]
+    presence: &'a crate::realtime::Presence,
+}
+
 /// An answer that is not a success, with its status.
 struct Failure(StatusCode, String);
 
@@ -174,13 +184,12 @@ impl PublishApi {
                 allow(&Method::GET)?;
                 let id = decoded(id, "user id")?;
                 let presence = self.hub.presence(&id).await;
-                Ok(json!({
-                    "userId": id,
-                    "online": presence.sockets > 0,
-                    "sockets": presence.sockets,
-                    "rooms": presence.rooms,
-                    "scope": presence.scope,
-                }))
+                let answer = UserAnswer {
+                    user_id: &id,
+                    online: presence.sockets > 0,
+                    presence: &presence,
+                };
+                serde_json::to_value(answer).map_err(|e| internal(e.to_string()))
             }
             ["rooms", room] => {
                 allow(&Method::GET)?;

@@ -3,6 +3,7 @@
 //! through the Redis adapter across instances (falling back to local delivery while Redis is
 //! away).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use socketioxide::adapter::{Adapter, LocalAdapter};
@@ -15,7 +16,7 @@ use super::roster::{Member, Roster};
 use super::{
     CONNECTING_ROOM_PREFIX, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions, connecting_room,
 };
-use crate::cluster::{ClusterAdapter, Link};
+use crate::cluster::{ClusterAdapter, Link, Queries};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -28,12 +29,44 @@ pub enum Target {
     Broadcast,
 }
 
-/// Whether figures cover every instance or only this one.
+/// Whether figures cover every instance, only some of them, or only this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Local,
+    /// Some instances did not answer within the request timeout: what they hold is missing.
+    Partial,
     Cluster,
+}
+
+/// What figures cover: flattened into the answers as `scope`, and `unanswered` (how many
+/// instances did not answer in time) when partial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Coverage {
+    pub scope: Scope,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanswered: Option<usize>,
+}
+
+impl Coverage {
+    const LOCAL: Self = Self {
+        scope: Scope::Local,
+        unanswered: None,
+    };
+
+    /// A cluster-wide read that `unanswered` instances did not answer.
+    fn cluster(unanswered: usize) -> Self {
+        match unanswered {
+            0 => Self {
+                scope: Scope::Cluster,
+                unanswered: None,
+            },
+            n => Self {
+                scope: Scope::Partial,
+                unanswered: Some(n),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,16 +76,18 @@ pub struct HubStats {
     pub rooms: usize,
     pub publishes: u64,
     pub deliveries: u64,
-    pub scope: Scope,
+    #[serde(flatten)]
+    pub coverage: Coverage,
 }
 
 /// A user's presence.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Presence {
     pub sockets: usize,
     /// The channels their sockets are in (not the user room nor sockgate's own), sorted.
     pub rooms: Vec<String>,
-    pub scope: Scope,
+    #[serde(flatten)]
+    pub coverage: Coverage,
 }
 
 /// Who is in a room.
@@ -65,12 +100,14 @@ pub struct RoomInfo {
     /// A presence room's members, with their info.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<Member>>,
-    pub scope: Scope,
+    #[serde(flatten)]
+    pub coverage: Coverage,
 }
 
 enum Io {
     Local(SocketIo<LocalAdapter>),
-    Cluster(SocketIo<ClusterAdapter>, Outages),
+    // Boxed: the Redis clients it holds are large, and a hub has one `Io` for its life.
+    Cluster(SocketIo<ClusterAdapter>, Outages, Box<Queries>),
 }
 
 /// How many rooms of one batch are published to at once.
@@ -97,7 +134,7 @@ macro_rules! with_io {
     ($hub:expr, $io:ident => $body:expr) => {
         match &$hub.io {
             Io::Local($io) => $body,
-            Io::Cluster($io, _) => $body,
+            Io::Cluster($io, ..) => $body,
         }
     };
 }
@@ -121,9 +158,11 @@ impl Hub {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // what a cluster hub is built from, each once
     pub fn cluster(
         io: SocketIo<ClusterAdapter>,
         link: Link,
+        queries: Queries,
         room_prefix: String,
         metrics: Arc<Metrics>,
         journal: Arc<Journal>,
@@ -131,7 +170,7 @@ impl Hub {
         roster: Arc<Roster>,
     ) -> Self {
         Self {
-            io: Io::Cluster(io, Outages::new(link)),
+            io: Io::Cluster(io, Outages::new(link), Box::new(queries)),
             room_prefix,
             metrics,
             journal,
@@ -154,7 +193,7 @@ impl Hub {
     /// The cluster's `SocketIo` while Redis is reachable; `None` means "act locally".
     fn cluster_io(&self) -> Option<&SocketIo<ClusterAdapter>> {
         match &self.io {
-            Io::Cluster(io, outages) if outages.link().is_up() => Some(io),
+            Io::Cluster(io, outages, _) if outages.link().is_up() => Some(io),
             _ => None,
         }
     }
@@ -162,7 +201,7 @@ impl Hub {
     /// In cluster mode, until the drain starts: once the link is back after an outage, tells
     /// the sockets that may have missed messages meanwhile (see [`super::outage`]).
     pub async fn tell_after_outages(self: Arc<Self>, shutdown: Shutdown) {
-        if let Io::Cluster(io, outages) = &self.io {
+        if let Io::Cluster(io, outages, _) = &self.io {
             outages.tell_after_outages(io, shutdown).await;
         }
     }
@@ -404,7 +443,7 @@ impl Hub {
                 Err(BroadcastError::Socket(errors)) => return Ok((local, full_count(&errors))),
                 Err(BroadcastError::Adapter(e)) => {
                     tracing::warn!("Redis publish failed, delivering locally only: {e}");
-                    if let Io::Cluster(_, outages) = &self.io {
+                    if let Io::Cluster(_, outages, _) = &self.io {
                         outages
                             .link()
                             .suspect(format!("a publish through Redis: {e}"));
@@ -413,7 +452,7 @@ impl Hub {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        if let Io::Cluster(_, outages) = &self.io {
+        if let Io::Cluster(_, outages, _) = &self.io {
             outages.delivered_locally(room.as_deref());
         }
         with_io!(self, io => match room {
@@ -475,20 +514,28 @@ impl Hub {
     /// How many sockets `user_id` has open and the channels they are in (on every instance
     /// in cluster mode).
     pub async fn presence(&self, user_id: &str) -> Presence {
-        let (sockets, rooms, scope) = self.sockets_and_rooms(self.user_rooms(user_id)).await;
+        let (sockets, rooms, coverage) = self.sockets_and_rooms(self.user_rooms(user_id)).await;
         let mut rooms: Vec<String> = rooms.into_iter().filter(|r| self.is_channel(r)).collect();
         rooms.sort();
         Presence {
             sockets,
             rooms,
-            scope,
+            coverage,
         }
     }
 
     /// Who is in `room` (on every instance in cluster mode): sockets, distinct users (told by
     /// the user rooms those sockets are in), and a presence room's members.
     pub async fn room(&self, room: &str) -> RoomInfo {
-        let (sockets, rooms, mut scope) = self.sockets_and_rooms(vec![room.to_owned()]).await;
+        // The members are in Redis too: read at the same time, not after the sockets.
+        let members = async {
+            match self.roster.is_presence(room) {
+                true => Some(self.roster.members(room).await),
+                false => None,
+            }
+        };
+        let ((sockets, rooms, mut coverage), members) =
+            tokio::join!(self.sockets_and_rooms(vec![room.to_owned()]), members);
         // A socket still replaying its missed messages waits in its connecting room.
         let users = rooms
             .iter()
@@ -496,57 +543,59 @@ impl Hub {
                 r.strip_prefix(self.room_prefix.as_str())
                     .or_else(|| r.strip_prefix(CONNECTING_ROOM_PREFIX))
             })
-            .collect::<std::collections::HashSet<_>>()
+            .collect::<HashSet<_>>()
             .len();
-        let members = match self.roster.is_presence(room) {
-            true => {
-                let members = self.roster.members(room).await;
-                if members.is_none() {
-                    scope = Scope::Local;
-                }
-                Some(members.unwrap_or_default())
-            }
-            false => None,
-        };
+        if members.as_ref().is_some_and(Option::is_none) {
+            coverage = Coverage::LOCAL;
+        }
         RoomInfo {
             room: room.to_owned(),
             sockets,
             users,
-            members,
-            scope,
+            members: members.map(Option::unwrap_or_default),
+            coverage,
         }
     }
 
-    /// How many sockets are in `rooms`, and every room those sockets are in.
-    async fn sockets_and_rooms(&self, rooms: Vec<String>) -> (usize, Vec<String>, Scope) {
+    /// How many sockets are in `rooms` (every socket when empty), every room those sockets
+    /// are in, and which instances that covers: in cluster mode the others are asked within
+    /// one request timeout in all ([`Queries`]); the ones that did not answer are counted.
+    async fn sockets_and_rooms(&self, rooms: Vec<String>) -> (usize, HashSet<String>, Coverage) {
         if self.is_draining() {
-            return (0, Vec::new(), Scope::Local);
+            return (0, HashSet::new(), Coverage::LOCAL);
         }
-        if let Some(io) = self.cluster_io() {
-            let sockets = io.to(rooms.clone()).fetch_sockets().await;
-            let theirs = io.to(rooms.clone()).rooms().await;
-            match (sockets, theirs) {
-                (Ok(sockets), Ok(theirs)) => {
-                    let theirs = theirs.into_iter().map(|r| r.to_string()).collect();
-                    return (sockets.len(), theirs, Scope::Cluster);
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!("cluster presence unavailable, answering locally: {e}");
+        let others = match &self.io {
+            Io::Cluster(io, outages, queries) if outages.link().is_up() => {
+                match queries
+                    .sockets_and_rooms(rooms.clone(), io.config().server_id)
+                    .await
+                {
+                    Ok(others) => Some(others),
+                    Err(e) => {
+                        tracing::warn!("cluster presence unavailable, answering locally: {e}");
+                        None
+                    }
                 }
             }
-        }
-        with_io!(self, io => {
-            let local = io.local().to(rooms);
-            let sockets = local.sockets();
-            let mut theirs: Vec<String> = sockets
-                .iter()
-                .flat_map(|s| s.rooms())
-                .map(|r| r.to_string())
-                .collect();
-            theirs.sort();
-            theirs.dedup();
-            (sockets.len(), theirs, Scope::Local)
-        })
+            _ => None,
+        };
+        let (mut sockets, mut theirs): (usize, HashSet<String>) = with_io!(self, io => (
+            io.local().to(rooms.clone()).sockets().len(),
+            io.local()
+                .to(rooms)
+                .rooms()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.into_owned())
+                .collect(),
+        ));
+        let Some(others) = others else {
+            return (sockets, theirs, Coverage::LOCAL);
+        };
+        sockets += others.sockets;
+        theirs.extend(others.rooms);
+        (sockets, theirs, Coverage::cluster(others.unanswered))
     }
 
     /// Whether `room` is a channel: neither a user room nor sockgate's own.
@@ -563,27 +612,13 @@ impl Hub {
                 rooms: 0,
                 publishes: self.metrics.publishes_total(),
                 deliveries: self.metrics.deliveries_total(),
-                scope: Scope::Local,
+                coverage: Coverage::LOCAL,
             };
         }
-        let cluster = match self.cluster_io() {
-            Some(io) => match (io.fetch_sockets().await, io.rooms().await) {
-                (Ok(sockets), Ok(rooms)) => Some((sockets.len(), rooms)),
-                _ => None,
-            },
-            None => None,
-        };
-        let (connections, rooms, scope) = match cluster {
-            Some((connections, rooms)) => (connections, rooms, Scope::Cluster),
-            None => with_io!(self, io => (
-                io.local().sockets().len(),
-                io.local().rooms().await.unwrap_or_default(),
-                Scope::Local,
-            )),
-        };
+        let (connections, rooms, coverage) = self.sockets_and_rooms(Vec::new()).await;
         // A user counts from the handshake on, like in presence: a socket still replaying
         // missed messages waits in its connecting room, not yet in the user room.
-        let mut users = std::collections::HashSet::new();
+        let mut users = HashSet::new();
         let mut public_rooms = 0;
         for room in &rooms {
             if let Some(user) = room.strip_prefix(CONNECTING_ROOM_PREFIX) {
@@ -605,7 +640,7 @@ impl Hub {
             rooms: public_rooms,
             publishes: self.metrics.publishes_total(),
             deliveries: self.metrics.deliveries_total(),
-            scope,
+            coverage,
         }
     }
 
@@ -613,7 +648,7 @@ impl Hub {
     /// a single instance).
     pub fn cluster_problem(&self) -> Option<String> {
         match &self.io {
-            Io::Cluster(_, outages) => outages.link().problem(),
+            Io::Cluster(_, outages, _) => outages.link().problem(),
             Io::Local(_) => None,
         }
     }
@@ -621,7 +656,7 @@ impl Hub {
     /// Whether the cluster link is up (`None` on a single instance).
     pub fn cluster_link_up(&self) -> Option<bool> {
         match &self.io {
-            Io::Cluster(_, outages) => Some(outages.link().is_up()),
+            Io::Cluster(_, outages, _) => Some(outages.link().is_up()),
             Io::Local(_) => None,
         }
     }

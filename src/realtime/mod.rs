@@ -47,7 +47,7 @@ pub use auth::{AuthError, Credentials, Session, SessionAuth};
 use channels::Channels;
 pub use channels::RoomRules;
 use history::{Head, History, Journal, Replay, Since};
-pub use hub::{DRAINING, Hub, HubStats, Presence, Scope, Target};
+pub use hub::{DRAINING, Hub, HubStats, Presence, Target};
 pub use origin::OriginPolicy;
 use relay::{Reached, Relay};
 pub use roster::Member;
@@ -423,6 +423,7 @@ pub async fn start(
             adapter,
             link,
             canary,
+            queries,
             ..
         }) => {
             let (svc, io) = builder
@@ -452,7 +453,16 @@ pub async fn start(
             tokio::spawn(revalidation.run(io.clone(), auth));
             (
                 erase(svc, kept_headers),
-                Hub::cluster(io, link, room_prefix, metrics, journal, relay, roster),
+                Hub::cluster(
+                    io,
+                    link,
+                    queries,
+                    room_prefix,
+                    metrics,
+                    journal,
+                    relay,
+                    roster,
+                ),
             )
         }
     };

@@ -685,3 +685,90 @@ for (const stalled of ['publisher', 'receiver']) {
     }
   });
 }
+
+// ---------------------------------------------------------------------------
+// 7. Answers while a peer or Redis is away: within cluster.request_timeout_ms (1 s here),
+//    saying what they cover
+// ---------------------------------------------------------------------------
+/** The documented bound (cluster.request_timeout_ms, default 1 s), plus room for 2 loaded cores. */
+const ANSWER_BOUND_MS = 1600;
+
+/** `GET p` on `inst`, with how long it took. */
+async function timedGet(inst, p) {
+  const t0 = performance.now();
+  const r = await api(inst, 'GET', p);
+  return { ms: Math.round(performance.now() - t0), status: r.status, json: r.json, text: r.text };
+}
+
+test('an instance stopped (SIGSTOP): presence, rooms and stats answer within the request timeout, marked partial', { skip: SKIP, timeout: 60_000 }, async (t) => {
+  await quiesce();
+  const C = await startInstance();
+  const socks = [];
+  let stopped = false;
+  try {
+    socks.push(await ws(C, 'sid=user-carol'), await ws(B, 'sid=user-dave'));
+    const seen = await userUntil(A, 'carol', (j) => j.sockets === 1 && j.scope === 'cluster');
+    assert.equal(seen?.sockets, 1, `carol on C seen from A before the stop: ${JSON.stringify(seen)}`);
+    const dave = await userUntil(A, 'dave', (j) => j.sockets === 1 && j.scope === 'cluster');
+    assert.equal(dave?.sockets, 1, `dave on B seen from A before the stop: ${JSON.stringify(dave)}`);
+    process.kill(C.proc.child.pid, 'SIGSTOP');
+    stopped = true;
+    const user = await timedGet(A, '/users/carol');
+    const stats = await timedGet(A, '/stats');
+    const room = await timedGet(A, `/rooms/${encodeURIComponent('user:carol')}`);
+    const onB = await timedGet(A, '/users/dave');
+    t.diagnostic(`C stopped: GET /users/carol ${user.ms} ms ${user.text}; /stats ${stats.ms} ms ${stats.text}; /rooms ${room.ms} ms ${room.text}; /users/dave ${onB.ms} ms ${onB.text}`);
+    for (const [what, r] of [['/users/carol', user], ['/stats', stats], ['/rooms/user:carol', room], ['/users/dave', onB]]) {
+      assert.equal(r.status, 200, `${what}: ${r.text}`);
+      assert.ok(r.ms < ANSWER_BOUND_MS, `${what} with an instance stopped took ${r.ms} ms (bound: cluster.request_timeout_ms = 1 s)`);
+      // carol is on C only: an answer without C must not pass for the whole cluster.
+      assert.equal(r.json.scope, 'partial', `${what} does not cover C: ${r.text}`);
+      assert.equal(r.json.unanswered, 1, `${what} names how many instances did not answer: ${r.text}`);
+    }
+    // What the instances that answered hold is in: dave's socket on B, not carol's on C.
+    assert.deepEqual([onB.json.online, onB.json.sockets], [true, 1], onB.text);
+    assert.equal(stats.json.connections, 1, stats.text);
+    process.kill(C.proc.child.pid, 'SIGCONT');
+    stopped = false;
+    const back = await userUntil(A, 'carol', (j) => j.scope === 'cluster' && j.sockets === 1);
+    assert.deepEqual(
+      { online: back?.online, scope: back?.scope, unanswered: back?.unanswered },
+      { online: true, scope: 'cluster', unanswered: undefined },
+      `C answers again: ${JSON.stringify(back)}`,
+    );
+  } finally {
+    if (stopped) process.kill(C.proc.child.pid, 'SIGCONT');
+    closeAll(socks);
+    await C.stop();
+  }
+});
+
+test('Redis stalled: presence, rooms and stats answer within the request timeout, marked local', { skip: SKIP, timeout: 60_000 }, async (t) => {
+  const proxy = await pausableProxy(redisPort);
+  const P = await startInstance({ SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${proxy.port}` });
+  const socks = [];
+  try {
+    socks.push(await ws(P, 'sid=user-erin'));
+    const seen = await userUntil(P, 'erin', (j) => j.sockets === 1 && j.scope === 'cluster');
+    assert.equal(seen?.scope, 'cluster', `erin on P, link up: ${JSON.stringify(seen)}`);
+    proxy.pause();
+    // Asked at once: before the self-check has marked the link down, so each waits on Redis.
+    const [user, stats, room] = await Promise.all([
+      timedGet(P, '/users/erin'),
+      timedGet(P, '/stats'),
+      timedGet(P, `/rooms/${encodeURIComponent('user:erin')}`),
+    ]);
+    t.diagnostic(`Redis stalled: GET /users/erin ${user.ms} ms ${user.text}; /stats ${stats.ms} ms ${stats.text}; /rooms ${room.ms} ms ${room.text}`);
+    for (const [what, r] of [['/users/erin', user], ['/stats', stats], ['/rooms/user:erin', room]]) {
+      assert.equal(r.status, 200, `${what}: ${r.text}`);
+      assert.ok(r.ms < ANSWER_BOUND_MS, `${what} with Redis stalled took ${r.ms} ms (bound: cluster.request_timeout_ms = 1 s)`);
+      assert.equal(r.json.scope, 'local', `${what} covers this instance only: ${r.text}`);
+    }
+    assert.equal(user.json.sockets, 1, `erin's socket on P is counted: ${user.text}`);
+  } finally {
+    proxy.resume();
+    closeAll(socks);
+    await P.stop();
+    await proxy.close();
+  }
+});
