@@ -1172,6 +1172,22 @@ async fn app_connections_until(app_port: u16, limit: Duration, done: impl Fn(i64
     }
 }
 
+/// Opens streams `ids` with a 10 MiB download each and waits until the app holds a connection
+/// for every one; returns the app's open connections then (`baseline` before).
+async fn h2_downloads(h2: &mut RawH2, ids: &[u32], app_port: u16, baseline: i64) -> i64 {
+    for &id in ids {
+        h2.get(id, "/download?bytes=10485760").await;
+    }
+    let wanted = baseline + i64::try_from(ids.len()).expect("a few streams");
+    let during =
+        app_connections_until(app_port, Duration::from_secs(5), |open| open >= wanted).await;
+    assert!(
+        during >= wanted,
+        "the downloads did not reach the app: {baseline} → {during}"
+    );
+    during
+}
+
 #[tokio::test]
 async fn h2c_downloads_whose_window_never_opens_are_reset_and_free_the_app() {
     const STREAMS: u32 = 20;
@@ -1183,17 +1199,7 @@ async fn h2c_downloads_whose_window_never_opens_are_reset_and_free_the_app() {
     let mut h2 = RawH2::connect_with(sg.port(), &[0, 4, 0, 0, 4, 0]).await;
     let ids: Vec<u32> = (0..STREAMS).map(|i| 1 + 2 * i).collect();
     let asked = Instant::now();
-    for &id in &ids {
-        h2.get(id, "/download?bytes=10485760").await;
-    }
-    let during = app_connections_until(app.port, Duration::from_secs(5), |open| {
-        open >= baseline + i64::from(STREAMS)
-    })
-    .await;
-    assert!(
-        during >= baseline + i64::from(STREAMS),
-        "the downloads did not reach the app: {baseline} → {during}"
-    );
+    let during = h2_downloads(&mut h2, &ids, app.port, baseline).await;
     let stalled = Instant::now();
     let (mut reset, mut goaway, mut closed) = (Vec::new(), false, false);
     let mut ping = tokio::time::interval(Duration::from_millis(200));
@@ -1296,6 +1302,52 @@ async fn http1_response_the_client_stops_reading_is_cut_and_frees_the_app() {
         metric_sum(&metrics(&sg).await, "sockgate_send_stalls_total"),
         1.0
     );
+}
+
+#[tokio::test]
+async fn h2c_client_that_reads_nothing_frees_the_app_and_then_its_connection() {
+    const STREAMS: u32 = 5;
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            (
+                "SIDECAR_SERVER__SEND_STALL_TIMEOUT_MS",
+                &STALL_MS.to_string(),
+            ),
+            ("SIDECAR_SERVER__IDLE_TIMEOUT_MS", "2000"),
+        ],
+    );
+    let pid = sg.proc.pid();
+    let baseline = app_connections(app.port).await;
+    let fds_before = open_fds(pid);
+    // The windows are open (the defaults), but the client never reads its socket, so
+    // sockgate's writes block: every stream stalls on its send buffer instead.
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let ids: Vec<u32> = (0..STREAMS).map(|i| 1 + 2 * i).collect();
+    let during = h2_downloads(&mut h2, &ids, app.port, baseline).await;
+    let after = app_connections_until(
+        app.port,
+        Duration::from_millis(STALL_MS) + Duration::from_secs(8),
+        |open| open <= baseline,
+    )
+    .await;
+    assert!(
+        after <= baseline,
+        "app connections: {baseline} before, {during} during, {after} after"
+    );
+    // Nothing is in flight any more: the connection is idle, and closed after the idle
+    // timeout (2 s) and its grace (1 s) although the client never read a byte.
+    let released = Instant::now();
+    while open_fds(pid) > fds_before {
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "the client's connection is still open: {} fds, {fds_before} before",
+            open_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(h2);
 }
 
 /// Downloads `bytes` over HTTP/1.1 through a small receive buffer, reading `step` bytes every
