@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// A response whose next chunk the client has not taken for this long (it stopped reading,
+    /// or never opens its HTTP/2 window) is cut and its app connection released.
+    pub send_stall_timeout_ms: u64,
 }
 
 /// The Node app sockgate fronts.
@@ -404,6 +407,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: 60_000,
             max_connections: 0,
             max_concurrent_streams: 100,
+            send_stall_timeout_ms: 30_000,
         }
     }
 }
@@ -906,6 +910,12 @@ impl Config {
         }
         if self.server.idle_timeout_ms == 0 {
             return Err(fail("server.idle_timeout_ms", "must be at least 1".into()));
+        }
+        if self.server.send_stall_timeout_ms == 0 {
+            return Err(fail(
+                "server.send_stall_timeout_ms",
+                "must be at least 1".into(),
+            ));
         }
         if self.publish.max_batch == 0 {
             return Err(fail("publish.max_batch", "must be at least 1".into()));

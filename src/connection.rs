@@ -10,11 +10,16 @@
 //! activity (HTTP/2 PINGs and other frames do not), and a request counts until its response
 //! body is finished. An upgraded connection (WebSocket, tunnel) belongs to whoever took it
 //! over and has no idle timer here.
+//!
+//! A response the client takes nothing of (it stopped reading, or never opens its HTTP/2
+//! window) would hold its app connection for as long as the client stays: see
+//! [`Activity::send_stalled`].
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,9 +29,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{self, Body, BoxError};
+use crate::metrics::Metrics;
 
 /// How long an idle connection told to shut down (GOAWAY) may take to close before its reads
 /// end anyway: a client that ignores the GOAWAY does not keep it.
@@ -95,6 +102,8 @@ pub struct Activity {
     upgraded: AtomicBool,
     /// Told once the connection has been idle for the whole timeout.
     idle: Notify,
+    /// The responses being sent, for the send-stall watch (dead ones pruned as it goes).
+    sending: Mutex<Vec<Weak<Sending>>>,
 }
 
 impl Activity {
@@ -105,6 +114,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
             idle: Notify::new(),
+            sending: Mutex::new(Vec::new()),
         })
     }
 
@@ -114,13 +124,79 @@ impl Activity {
         self.idle.notified().await;
     }
 
+    /// Milliseconds since the connection was accepted.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(now, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
         self.born + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Watches this connection's responses for the client taking nothing of them for `limit`
+    /// (`server.send_stall_timeout_ms`). hyper asks a response body for its next chunk only
+    /// once it has written the last one (HTTP/1.1: its write buffer has room; HTTP/2: the
+    /// client's window has), so a stalled body is never polled and cannot notice by itself:
+    /// this one timer per connection does, waking when the oldest waiting chunk would be
+    /// overdue. A body waiting for the app (SSE, slow SSR) is being polled, so never stalls.
+    ///
+    /// A stalled HTTP/2 stream's task is aborted: hyper drops its stream, which h2 resets
+    /// (`RST_STREAM` `CANCEL`), and its body, which closes the app connection; the client's
+    /// other streams go on. For HTTP/1.1 the response is the connection, so this completes
+    /// and the server drops the connection (closing it, and the app connection with it).
+    pub async fn send_stalled(&self, limit: Duration, peer: SocketAddr, metrics: &Metrics) {
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let mut next = Instant::now() + limit;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let now = self.now_ms();
+            // The oldest chunk still waiting that is not yet overdue; `now` when none waits.
+            let mut oldest = now;
+            let (mut reset, mut close) = (0u64, false);
+            self.sending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|sending| {
+                    let Some(sending) = sending.upgrade() else {
+                        return false;
+                    };
+                    let Some(since) = sending.handed_at.load(Ordering::Relaxed).checked_sub(1)
+                    else {
+                        return true;
+                    };
+                    if now.saturating_sub(since) < limit_ms {
+                        oldest = oldest.min(since);
+                        return true;
+                    }
+                    match sending.stream.as_ref().map(|task| task.get()) {
+                        Some(Some(task)) => {
+                            task.abort();
+                            reset += 1;
+                            false
+                        }
+                        // Spawned but not yet told its handle: looked at again next time.
+                        Some(None) => true,
+                        None => {
+                            close = true;
+                            true
+                        }
+                    }
+                });
+            if reset > 0 {
+                metrics.send_stalled(reset);
+                tracing::debug!(%peer, streams = reset, "HTTP/2 responses the client took nothing of for server.send_stall_timeout_ms: streams reset");
+            }
+            if close {
+                metrics.send_stalled(1);
+                tracing::debug!(%peer, "HTTP/1.1 response the client took nothing of for server.send_stall_timeout_ms: closing the connection");
+                return;
+            }
+            next = self.born + Duration::from_millis(oldest.saturating_add(limit_ms));
+        }
     }
 
     /// Counts a request from now until its response body is dropped, which `respond` ties
@@ -139,13 +215,33 @@ impl InFlight {
     /// The response, with this request counted until its body is finished. A `101` hands
     /// the connection over for good.
     pub fn respond(self, resp: Response<Body>) -> Response<Body> {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            self.0.upgraded.store(true, Ordering::Relaxed);
+        let sending = Arc::new(Sending {
+            handed_at: AtomicU64::new(0),
+            stream: STREAM_TASK.try_with(Arc::clone).ok(),
+        });
+        {
+            let mut watched = self
+                .0
+                .sending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                self.0.upgraded.store(true, Ordering::Relaxed);
+                // The upgraded socket keeps its `Activity`, but has no more responses to watch.
+                drop(std::mem::take(&mut *watched));
+            } else {
+                // Pruned before the list grows, so it holds about as many as are in flight.
+                if watched.len() == watched.capacity() {
+                    watched.retain(|sending| sending.strong_count() > 0);
+                }
+                watched.push(Arc::downgrade(&sending));
+            }
         }
         resp.map(|inner| {
             body::boxed(Tracked {
                 inner,
-                _in_flight: self,
+                sending,
+                in_flight: self,
             })
         })
     }
@@ -158,9 +254,43 @@ impl Drop for InFlight {
     }
 }
 
+tokio::task_local! {
+    /// The HTTP/2 stream task a response is produced in (see [`StreamExecutor`]).
+    static STREAM_TASK: Arc<OnceLock<AbortHandle>>;
+}
+
+/// Spawns hyper's HTTP/2 stream tasks, each knowing its own abort handle, so that the
+/// send-stall watch can reset one stream: aborting its task drops hyper's handles on the
+/// stream, which h2 answers with `RST_STREAM`.
+#[derive(Clone, Copy)]
+pub struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let task = Arc::new(OnceLock::new());
+        let handle = tokio::spawn(STREAM_TASK.scope(task.clone(), fut)).abort_handle();
+        let _ = task.set(handle);
+    }
+}
+
+/// One response being sent, as the send-stall watch sees it.
+struct Sending {
+    /// When (`Activity::now_ms` + 1) the body last handed hyper a frame that hyper has not
+    /// come back from (it asks again once it has written it); 0 while hyper is asking, i.e.
+    /// while the body waits for the app, and once it is done.
+    handed_at: AtomicU64,
+    /// The HTTP/2 stream task the response belongs to; `None` for HTTP/1.1.
+    stream: Option<Arc<OnceLock<AbortHandle>>>,
+}
+
 struct Tracked {
     inner: Body,
-    _in_flight: InFlight,
+    sending: Arc<Sending>,
+    in_flight: InFlight,
 }
 
 impl HttpBody for Tracked {
@@ -171,7 +301,16 @@ impl HttpBody for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        this.sending.handed_at.store(0, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = polled {
+            let now = this.in_flight.0.now_ms();
+            this.sending
+                .handed_at
+                .store(now.saturating_add(1), Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

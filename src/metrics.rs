@@ -84,6 +84,7 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     upstream_errors: Family<Label, Counter>,
     client_errors: Family<Label, Counter>,
+    send_stalls: Counter,
     tunnels_opened: Counter,
     pub tunnels_open: Gauge,
     cluster_canary_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -125,6 +126,7 @@ impl Metrics {
             upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             upstream_errors: Family::default(),
             client_errors: Family::default(),
+            send_stalls: Counter::default(),
             tunnels_opened: Counter::default(),
             tunnels_open: Gauge::default(),
             cluster_canary_seconds: Gauge::default(),
@@ -250,6 +252,11 @@ impl Metrics {
             "client_errors",
             "Proxied requests refused because of the client (malformed, aborted or too slow body), by reason",
             m.client_errors.clone(),
+        );
+        r.register(
+            "send_stalls",
+            "Responses cut because the client took nothing of them for server.send_stall_timeout_ms (HTTP/2 stream reset, HTTP/1.1 connection closed)",
+            m.send_stalls.clone(),
         );
         r.register(
             "webhook_events_delivered",
@@ -416,6 +423,10 @@ impl Metrics {
         self.client_errors
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    pub fn send_stalled(&self, responses: u64) {
+        self.send_stalls.inc_by(responses);
     }
 
     pub fn tunnel_opened(&self) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,7 +18,7 @@ use tower::ServiceExt;
 
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, is_under, ms};
-use crate::connection::{Connection, ConnectionLimit};
+use crate::connection::{Connection, ConnectionLimit, StreamExecutor};
 use crate::metrics::{Metrics, Reject};
 use crate::ops::Ops;
 use crate::proxy::{Proxy, host_from_authority, mark_forwarded};
@@ -169,7 +169,7 @@ pub async fn serve(
     config: &ServerConfig,
     shutdown: Shutdown,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(StreamExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -214,6 +214,8 @@ pub async fn serve(
         let header_read_timeout = ms(config.header_read_timeout_ms);
         let (stream, activity) = Connection::new(stream, place, ms(config.idle_timeout_ms));
         let idle = activity.clone();
+        let send_stall_timeout = ms(config.send_stall_timeout_ms);
+        let metrics = router.metrics.clone();
         let router = router.clone();
         let service = hyper::service::service_fn(move |req| {
             let router = router.clone();
@@ -229,12 +231,17 @@ pub async fn serve(
             }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
+            let stalled = idle.send_stalled(send_stall_timeout, peer, &metrics);
+            tokio::pin!(stalled);
             // Shut down gracefully (GOAWAY for HTTP/2: streams in flight finish) when the
             // connection has been idle for server.idle_timeout_ms, or when the drain begins.
             let mut closing = false;
             let ended = loop {
                 tokio::select! {
                     ended = conn.as_mut() => break ended,
+                    // An HTTP/1.1 response the client stopped taking: dropping the connection
+                    // closes it and the app connection its body holds.
+                    () = &mut stalled => break Ok(()),
                     _ = idle.went_idle(), if !closing => {
                         closing = true;
                         conn.as_mut().graceful_shutdown();

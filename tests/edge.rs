@@ -268,6 +268,14 @@ struct H2Frame {
     payload: Vec<u8>,
 }
 
+impl H2Frame {
+    /// The error code of a RST_STREAM (its first 4 bytes).
+    fn error_code(&self) -> Option<u32> {
+        let code = self.payload.get(..4)?;
+        Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]))
+    }
+}
+
 /// An h2c client speaking raw frames (prior knowledge), so a test can do what a well-behaved
 /// client would not: ignore the server's SETTINGS, keep a connection open with PINGs only.
 struct RawH2 {
@@ -279,13 +287,18 @@ struct RawH2 {
 impl RawH2 {
     /// Connects and sends the preface and an empty SETTINGS frame.
     async fn connect(port: u16) -> Self {
+        Self::connect_with(port, &[]).await
+    }
+
+    /// Connects and sends the preface and a SETTINGS frame of `settings` (6 bytes each).
+    async fn connect_with(port: u16, settings: &[u8]) -> Self {
         let (rd, mut wr) = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect")
             .into_split();
         let hello = [
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            h2_frame(H2_SETTINGS, 0, 0, &[]),
+            h2_frame(H2_SETTINGS, 0, 0, settings),
         ]
         .concat();
         wr.write_all(&hello).await.expect("preface");
@@ -500,11 +513,12 @@ async fn h2c_streams_beyond_max_concurrent_streams_are_refused() {
             .expect("the connection stays open");
         match frame.kind {
             H2_RST_STREAM => {
-                let code = frame
-                    .payload
-                    .get(..4)
-                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
-                assert_eq!(code, Some(REFUSED_STREAM), "stream {}", frame.stream);
+                assert_eq!(
+                    frame.error_code(),
+                    Some(REFUSED_STREAM),
+                    "stream {}",
+                    frame.stream
+                );
                 refused.push(frame.stream);
             }
             // 0x88: `:status 200`, indexed (HPACK static table entry 8).
@@ -1127,4 +1141,264 @@ async fn junk_cookies_cannot_fill_the_pending_places() {
     // The app was asked once per cookie (the CONNECT was answered from the cache).
     let stats = body_json(get(app.port, "/__stats").await).await;
     assert_eq!(stats["sessionCalls"], 301, "{stats}");
+}
+
+/// `server.send_stall_timeout_ms` in the send-stall tests: short, so they take seconds.
+const STALL_MS: u64 = 1000;
+
+/// The fixture app, and sockgate in front of it with a send-stall timeout of `STALL_MS`.
+fn with_send_stall_timeout() -> (Proc, Sockgate) {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[(
+            "SIDECAR_SERVER__SEND_STALL_TIMEOUT_MS",
+            &STALL_MS.to_string(),
+        )],
+    );
+    (app, sg)
+}
+
+/// Polls the app's open connections until `done` holds for the count, or `limit` passes;
+/// returns the last count.
+async fn app_connections_until(app_port: u16, limit: Duration, done: impl Fn(i64) -> bool) -> i64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let open = app_connections(app_port).await;
+        if done(open) || Instant::now() >= deadline {
+            return open;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Opens streams `ids` with a 10 MiB download each and waits until the app holds a connection
+/// for every one; returns the app's open connections then (`baseline` before).
+async fn h2_downloads(h2: &mut RawH2, ids: &[u32], app_port: u16, baseline: i64) -> i64 {
+    for &id in ids {
+        h2.get(id, "/download?bytes=10485760").await;
+    }
+    let wanted = baseline + i64::try_from(ids.len()).expect("a few streams");
+    let during =
+        app_connections_until(app_port, Duration::from_secs(5), |open| open >= wanted).await;
+    assert!(
+        during >= wanted,
+        "the downloads did not reach the app: {baseline} → {during}"
+    );
+    during
+}
+
+#[tokio::test]
+async fn h2c_downloads_whose_window_never_opens_are_reset_and_free_the_app() {
+    const STREAMS: u32 = 20;
+    const RST_CANCEL: u32 = 8;
+    let (app, sg) = with_send_stall_timeout();
+    let baseline = app_connections(app.port).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 1024: each stream gets 1 KiB and then waits for a
+    // WINDOW_UPDATE this client never sends, while it answers PINGs and sends its own.
+    let mut h2 = RawH2::connect_with(sg.port(), &[0, 4, 0, 0, 4, 0]).await;
+    let ids: Vec<u32> = (0..STREAMS).map(|i| 1 + 2 * i).collect();
+    let asked = Instant::now();
+    let during = h2_downloads(&mut h2, &ids, app.port, baseline).await;
+    let stalled = Instant::now();
+    let (mut reset, mut goaway, mut closed) = (Vec::new(), false, false);
+    let mut ping = tokio::time::interval(Duration::from_millis(200));
+    let deadline = tokio::time::sleep(Duration::from_millis(STALL_MS) + Duration::from_secs(8));
+    tokio::pin!(deadline);
+    while reset.len() < ids.len() && !closed {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = ping.tick() => h2.send(&h2_frame(H2_PING, 0, 0, b"stillup!")).await,
+            frame = h2.next() => match frame {
+                None => closed = true,
+                Some(f) if f.kind == H2_RST_STREAM => {
+                    assert_eq!(f.error_code(), Some(RST_CANCEL), "stream {}", f.stream);
+                    reset.push(f.stream);
+                }
+                Some(f) => goaway |= f.kind == H2_GOAWAY,
+            },
+        }
+    }
+    let took = stalled.elapsed();
+    let since_asked = asked.elapsed();
+    let after = app_connections_until(app.port, Duration::from_secs(3), |open| {
+        open <= baseline + 1
+    })
+    .await;
+    reset.sort_unstable();
+    assert_eq!(
+        reset, ids,
+        "streams reset within {took:?} (stall timeout {STALL_MS} ms); app connections: \
+         {baseline} before, {during} during, {after} after"
+    );
+    assert!(
+        after <= baseline + 1,
+        "app connections: {baseline} before, {during} during, {after} after"
+    );
+    assert!(
+        since_asked >= Duration::from_millis(STALL_MS),
+        "reset {since_asked:?} after the requests, before the stall timeout"
+    );
+    assert!(
+        !goaway && !closed,
+        "only the stalled streams end, not the connection"
+    );
+    // The connection still serves a response that fits in the window.
+    let next = ids[ids.len() - 1] + 2;
+    h2.get(next, "/").await;
+    let done = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(f) = h2.next().await {
+            if f.stream == next && f.kind == H2_DATA && f.flags & H2_END_STREAM != 0 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(done, Ok(true), "a small response on the same connection");
+    assert!(metric_sum(&metrics(&sg).await, "sockgate_send_stalls_total") >= f64::from(STREAMS));
+}
+
+#[tokio::test]
+async fn http1_response_the_client_stops_reading_is_cut_and_frees_the_app() {
+    const BYTES: usize = 50 * 1024 * 1024;
+    let (app, sg) = with_send_stall_timeout();
+    let baseline = app_connections(app.port).await;
+    let mut conn = TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .expect("connect");
+    conn.write_all(
+        format!("GET /download?bytes={BYTES} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("request");
+    // The client reads nothing: sockgate's buffers and the socket's fill, and the app waits.
+    let during =
+        app_connections_until(app.port, Duration::from_secs(5), |open| open > baseline).await;
+    assert!(
+        during > baseline,
+        "the download did not reach the app: {baseline} → {during}"
+    );
+    let stalled = Instant::now();
+    let after = app_connections_until(
+        app.port,
+        Duration::from_millis(STALL_MS) + Duration::from_secs(8),
+        |open| open <= baseline,
+    )
+    .await;
+    let took = stalled.elapsed();
+    assert!(
+        after <= baseline,
+        "app connections: {baseline} before, {during} during, {after} {took:?} after the client \
+         stopped reading (stall timeout {STALL_MS} ms)"
+    );
+    // The client's connection was closed: what it had been sent ends, short of the whole.
+    let mut received = Vec::new();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut received)).await;
+    assert!(ended.is_ok(), "the client connection is still open");
+    assert!(received.len() < BYTES, "{} bytes received", received.len());
+    assert_eq!(
+        metric_sum(&metrics(&sg).await, "sockgate_send_stalls_total"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn h2c_client_that_reads_nothing_frees_the_app_and_then_its_connection() {
+    const STREAMS: u32 = 5;
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[
+            (
+                "SIDECAR_SERVER__SEND_STALL_TIMEOUT_MS",
+                &STALL_MS.to_string(),
+            ),
+            ("SIDECAR_SERVER__IDLE_TIMEOUT_MS", "2000"),
+        ],
+    );
+    let pid = sg.proc.pid();
+    let baseline = app_connections(app.port).await;
+    let fds_before = open_fds(pid);
+    // The windows are open (the defaults), but the client never reads its socket, so
+    // sockgate's writes block: every stream stalls on its send buffer instead.
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let ids: Vec<u32> = (0..STREAMS).map(|i| 1 + 2 * i).collect();
+    let during = h2_downloads(&mut h2, &ids, app.port, baseline).await;
+    let after = app_connections_until(
+        app.port,
+        Duration::from_millis(STALL_MS) + Duration::from_secs(8),
+        |open| open <= baseline,
+    )
+    .await;
+    assert!(
+        after <= baseline,
+        "app connections: {baseline} before, {during} during, {after} after"
+    );
+    // Nothing is in flight any more: the connection is idle, and closed after the idle
+    // timeout (2 s) and its grace (1 s) although the client never read a byte.
+    let released = Instant::now();
+    while open_fds(pid) > fds_before {
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "the client's connection is still open: {} fds, {fds_before} before",
+            open_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(h2);
+}
+
+/// Downloads `bytes` over HTTP/1.1 through a small receive buffer, reading `step` bytes every
+/// `every`; returns how many body bytes arrived before the connection ended.
+async fn paced_download(port: u16, bytes: usize, step: usize, every: Duration) -> usize {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(32 * 1024).expect("SO_RCVBUF");
+    let mut conn = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    conn.write_all(
+        format!(
+            "GET /download?bytes={bytes} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut received = Vec::new();
+    let mut buf = vec![0; step];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+        tokio::time::sleep(every).await;
+    }
+    let head = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(received.len(), |at| at + 4);
+    received.len() - head
+}
+
+#[tokio::test]
+async fn a_slow_reader_that_keeps_reading_is_not_cut() {
+    const BYTES: usize = 8 * 1024 * 1024;
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[("SIDECAR_SERVER__SEND_STALL_TIMEOUT_MS", "2000")],
+    );
+    // ≈ 3 MB/s, through a 32 KiB receive buffer: sockgate waits on this client all along, but
+    // never for 2 s. (Like nginx's `send_timeout`, what counts is the time between two writes
+    // the socket accepts, and Linux wakes a writer once a third of its send buffer has drained:
+    // on loopback, with megabytes of buffer, this test fails at 400 kB/s, cut after 3.9 MB.)
+    let got = paced_download(sg.port(), BYTES, 64 * 1024, Duration::from_millis(20)).await;
+    assert_eq!(got, BYTES, "the slow reader's download was cut");
+    assert_eq!(
+        metric_sum(&metrics(&sg).await, "sockgate_send_stalls_total"),
+        0.0
+    );
 }

@@ -62,6 +62,31 @@ async fn server_sent_events_arrive_one_by_one() {
 }
 
 #[tokio::test]
+async fn an_event_stream_quieter_than_the_send_stall_timeout_is_not_cut() {
+    let app = fixture(&[]);
+    // The app sends an event every 1.5 s, three times the stall timeout: it is the app that
+    // is waiting, not the client, so nothing is cut (HTTP/1.1 and HTTP/2 alike).
+    let sg = sockgate(
+        app.port,
+        &[("SIDECAR_SERVER__SEND_STALL_TIMEOUT_MS", "500")],
+    );
+    let path = "/sse?events=3&every=1500";
+    let mut h2 = h2c(sg.port()).await;
+    let h2_req = Request::get(format!("http://h2.test:{}{path}", sg.port()))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let (http1, http2) = tokio::join!(
+        async { body_text(get(sg.port(), path).await).await },
+        async { body_text(h2.send_request(h2_req).await.expect("h2 response")).await },
+    );
+    for text in [http1, http2] {
+        for n in 0..3 {
+            assert!(text.contains(&format!("data: tick-{n}\n\n")), "{text}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn ten_mib_upload_streams_byte_exact() {
     let app = fixture(&[]);
     let sg = sockgate(app.port, &[]);
