@@ -109,6 +109,10 @@ pub struct RealtimeConfig {
     /// socket. Binary attachments are refused whatever their size. What sockgate sends is
     /// not limited by it.
     pub max_ws_message_bytes: usize,
+    /// Largest `auth` payload of a Socket.IO CONNECT (its JSON text, or its msgpack bytes);
+    /// a larger one is refused with a `connect_error` before it is parsed. sockgate reads
+    /// only `offset` / `offsets` from it, so it is bounded apart from messages.
+    pub max_auth_bytes: usize,
     /// Packets queued per socket before it counts as a slow consumer.
     pub max_buffer_size: usize,
     /// Read buffer per WebSocket; clients send almost nothing, so a small one saves memory
@@ -428,6 +432,7 @@ impl Default for RealtimeConfig {
             ping_timeout_ms: 20_000,
             max_poll_payload_bytes: 16 * 1024,
             max_ws_message_bytes: 16 * 1024,
+            max_auth_bytes: 8 * 1024,
             max_buffer_size: 128,
             ws_read_buffer_bytes: 256,
             allowed_origins: Vec::new(),
@@ -791,6 +796,12 @@ impl Config {
                      within it",
                     self.realtime.connect_timeout_ms, self.auth.timeout_ms
                 ),
+            ));
+        }
+        if self.realtime.max_auth_bytes < 256 {
+            return Err(fail(
+                "realtime.max_auth_bytes",
+                "must be at least 256 (an `auth.offset` has to fit)".into(),
             ));
         }
         if self.auth.max_credential_bytes < 256 {

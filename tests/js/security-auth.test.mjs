@@ -598,3 +598,20 @@ test('publishing to sockgate: rooms or with sockgate/Socket.IO event names is re
   assert.equal(batch.status, 400, batch.text);
   assert.match(batch.text, /messages\[1\]\.room/);
 });
+
+// ---------------------------------------------------------------------------
+// Issue 29 item 5: what a socket keeps of its CONNECT
+// ---------------------------------------------------------------------------
+
+test('a CONNECT whose auth is over realtime.max_auth_bytes is refused with a connect_error and counted; a small auth connects', async () => {
+  const err = await connectError(s.url, {
+    cookie: 'sid=user-bigauth',
+    transports: ['websocket'],
+    auth: { offsets: {}, pad: 'x'.repeat(9000) },
+  });
+  assert.match(err.message, /realtime\.max_auth_bytes/);
+  const metrics = await s.publishApi('GET', '/metrics');
+  assert.match(metrics.text, /sockgate_socket_rejects_total\{reason="auth_too_large"\} 1/);
+  const ok = await connect(s.url, { cookie: 'sid=user-bigauth', transports: ['websocket'], auth: { offsets: {} } });
+  ok.close();
+});
