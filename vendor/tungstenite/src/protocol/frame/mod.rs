@@ -197,7 +197,9 @@ impl FrameCodec {
             if let Some((_, len)) = &self.header {
                 let len = *len as usize;
                 if len <= self.in_buffer.len() {
-                    break self.in_buffer.split_to(len);
+                    let payload = self.in_buffer.split_to(len);
+                    self.shrink_after(len);
+                    break payload;
                 }
             }
 
@@ -228,6 +230,21 @@ impl FrameCodec {
         let frame = Frame::from_payload(header, payload.freeze());
         trace!("received frame {frame}");
         Ok(Some(frame))
+    }
+
+    /// sockgate patch: a frame larger than the read size made `in_buffer` grow to hold it, and
+    /// the buffer then kept that allocation for the connection's life (split off, the payload
+    /// shares it; `reserve` later reclaims it whole): a client that sent one 15 KB message
+    /// cost 15 KB more for as long as it stayed connected. Such a frame's payload keeps the
+    /// allocation alone, freed with it; the buffer starts again at the read size, with what
+    /// was read past the frame (at most the read size).
+    fn shrink_after(&mut self, frame_len: usize) {
+        if frame_len > self.in_buf_max_read {
+            let mut fresh =
+                BytesMut::with_capacity(self.in_buf_max_read.max(self.in_buffer.len()));
+            fresh.extend_from_slice(&self.in_buffer);
+            self.in_buffer = fresh;
+        }
     }
 
     /// Read into available `in_buffer` capacity.
@@ -296,13 +313,13 @@ mod tests {
 
     use crate::error::{CapacityError, Error};
 
-    use super::{Frame, FrameSocket};
+    use super::{Frame, FrameCodec, FrameSocket};
 
     use std::io::Cursor;
 
     #[test]
     fn read_frames() {
-        env_logger::init();
+        // sockgate patch: `env_logger::init()` removed (dev-dependencies left out).
 
         let raw = Cursor::new(vec![
             0x82, 0x07, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x82, 0x03, 0x03, 0x02, 0x01,
@@ -329,6 +346,28 @@ mod tests {
             sock.read(None).unwrap().unwrap().into_payload(),
             &[0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07][..]
         );
+    }
+
+    /// sockgate patch: a frame larger than the read size leaves no large buffer behind.
+    #[test]
+    fn a_large_frame_leaves_the_buffer_at_the_read_size() {
+        let mut raw = vec![0x82, 0x7e, 0x3a, 0x98]; // binary, 15,000 bytes
+        raw.extend(std::iter::repeat_n(7, 15_000));
+        for _ in 0..1000 {
+            raw.extend([0x82, 0x01, 0x09]);
+        }
+        let mut stream = Cursor::new(raw);
+        let mut codec = FrameCodec::new(256);
+
+        let big = codec.read_frame(&mut stream, None, false, true).unwrap().unwrap();
+        assert_eq!(big.into_payload().len(), 15_000);
+        // Past the end of the allocation the large frame left, the buffer reserves again
+        // (reclaiming that allocation whole, if it still has it).
+        for _ in 0..1000 {
+            let next = codec.read_frame(&mut stream, None, false, true).unwrap().unwrap();
+            assert_eq!(next.into_payload(), &[0x09][..]);
+        }
+        assert!(codec.in_buffer.capacity() < 1024, "{}", codec.in_buffer.capacity());
     }
 
     #[test]
