@@ -640,14 +640,16 @@ test('a socket keeps nothing of its CONNECT auth: 200 sockets with a 15 KB auth 
 });
 
 test('a CONNECT whose auth is over realtime.max_auth_bytes is refused with a connect_error and counted; a small auth connects', async () => {
-  const err = await connectError(s.url, {
-    cookie: 'sid=user-bigauth',
-    transports: ['websocket'],
-    auth: { offsets: {}, pad: 'x'.repeat(9000) },
-  });
-  assert.match(err.message, /realtime\.max_auth_bytes/);
+  for (const transport of ['websocket', 'polling']) {
+    const err = await connectError(s.url, {
+      cookie: 'sid=user-bigauth',
+      transports: [transport],
+      auth: { offsets: {}, pad: 'x'.repeat(9000) },
+    });
+    assert.match(err.message, /auth is \d+ bytes, over realtime\.max_auth_bytes \(8192\)/, transport);
+  }
   const metrics = await s.publishApi('GET', '/metrics');
-  assert.match(metrics.text, /sockgate_socket_rejects_total\{reason="auth_too_large"\} 1/);
+  assert.match(metrics.text, /sockgate_socket_rejects_total\{reason="auth_too_large"\} 2/);
   const ok = await connect(s.url, { cookie: 'sid=user-bigauth', transports: ['websocket'], auth: { offsets: {} } });
   ok.close();
 });
