@@ -1193,6 +1193,15 @@ mod tests {
             assert!(e.source_name.contains("SIDECAR_UPSTREAM__URL"), "{e}");
 
             jail.set_env("SIDECAR_UPSTREAM__URL", "http://127.0.0.1:1");
+            jail.set_env("SIDECAR_REALTIME__MAX_AUTH_BYTES", "100");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "realtime.max_auth_bytes");
+            assert!(
+                e.source_name.contains("SIDECAR_REALTIME__MAX_AUTH_BYTES"),
+                "{e}"
+            );
+
+            jail.set_env("SIDECAR_REALTIME__MAX_AUTH_BYTES", "256");
             jail.set_env("SIDECAR_PUBLISH__SOCKET_MODE", "999");
             let e = load(&Overrides::default()).unwrap_err();
             assert_eq!(e.key, "publish.socket_mode");
