@@ -116,6 +116,10 @@ pub struct RealtimeConfig {
     /// socket. Binary attachments are refused whatever their size. What sockgate sends is
     /// not limited by it.
     pub max_ws_message_bytes: usize,
+    /// Largest `auth` payload of a Socket.IO CONNECT (its JSON text, or its msgpack bytes);
+    /// a larger one is refused with a `connect_error` before it is parsed. sockgate reads
+    /// only `offset` / `offsets` from it, so it is bounded apart from messages.
+    pub max_auth_bytes: usize,
     /// Packets queued per socket before it counts as a slow consumer.
     pub max_buffer_size: usize,
     /// Read buffer per WebSocket; clients send almost nothing, so a small one saves memory
@@ -444,6 +448,7 @@ impl Default for RealtimeConfig {
             ping_timeout_ms: 20_000,
             max_poll_payload_bytes: 16 * 1024,
             max_ws_message_bytes: 16 * 1024,
+            max_auth_bytes: 8 * 1024,
             max_buffer_size: 128,
             ws_read_buffer_bytes: 256,
             allowed_origins: Vec::new(),
@@ -821,6 +826,12 @@ impl Config {
                      within it",
                     self.realtime.connect_timeout_ms, self.auth.timeout_ms
                 ),
+            ));
+        }
+        if self.realtime.max_auth_bytes < 256 {
+            return Err(fail(
+                "realtime.max_auth_bytes",
+                "must be at least 256 (an `auth.offset` has to fit)".into(),
             ));
         }
         if self.auth.max_credential_bytes < 256 {
@@ -1229,6 +1240,15 @@ mod tests {
             assert!(e.source_name.contains("SIDECAR_UPSTREAM__URL"), "{e}");
 
             jail.set_env("SIDECAR_UPSTREAM__URL", "http://127.0.0.1:1");
+            jail.set_env("SIDECAR_REALTIME__MAX_AUTH_BYTES", "100");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "realtime.max_auth_bytes");
+            assert!(
+                e.source_name.contains("SIDECAR_REALTIME__MAX_AUTH_BYTES"),
+                "{e}"
+            );
+
+            jail.set_env("SIDECAR_REALTIME__MAX_AUTH_BYTES", "256");
             jail.set_env("SIDECAR_PUBLISH__SOCKET_MODE", "999");
             let e = load(&Overrides::default()).unwrap_err();
             assert_eq!(e.key, "publish.socket_mode");

@@ -22,6 +22,7 @@ pub enum Reject {
     Capacity,
     AppStarting,
     PerUserLimit,
+    AuthTooLarge,
 }
 
 impl Reject {
@@ -33,6 +34,7 @@ impl Reject {
             Reject::Capacity => "capacity",
             Reject::AppStarting => "app_starting",
             Reject::PerUserLimit => "per_user_limit",
+            Reject::AuthTooLarge => "auth_too_large",
         }
     }
 }

@@ -180,6 +180,74 @@ async fn binary_attachment_floods_do_not_grow_memory() {
     assert_eq!(get(sg.port(), "/").await.status(), 200);
 }
 
+/// A logged-in client that floods WebSocket pings and never reads makes sockgate answer each
+/// with a pong nobody takes: the pongs the connection does not accept must not pile up in
+/// memory, and such a client is closed as a slow consumer.
+#[tokio::test]
+async fn websocket_ping_floods_from_a_client_that_never_reads_are_closed() {
+    const PINGS: usize = 200_000;
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let pid = sg.proc.pid();
+    drop(engine_io_socket(sg.port()).await);
+    let before = rss_kib(pid);
+
+    let mut ws = engine_io_socket(sg.port()).await;
+    // The largest control frame: each pong is 127 bytes, 25 MB for the whole flood, far more
+    // than the kernel's socket buffers hold.
+    let payload = Bytes::from(vec![b'p'; 125]);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < PINGS && started.elapsed() < Duration::from_secs(30) {
+        if ws.feed(Message::Ping(payload.clone())).await.is_err() {
+            break;
+        }
+        sent += 1;
+        if sent % 1000 == 0 && ws.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.flush().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_kib(pid);
+    let slow = metric_sum(
+        &metrics(&sg).await,
+        "sockgate_slow_consumers_disconnected_total",
+    );
+    eprintln!(
+        "ping flood: {sent} pings sent in {:?}; RSS {} KiB before, {} KiB after; slow consumers {slow}",
+        started.elapsed(),
+        before,
+        during
+    );
+    assert!(
+        during.saturating_sub(before) < 8 * 1024,
+        "unread pongs grew RSS from {before} KiB to {during} KiB ({sent} pings)"
+    );
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(5)).await,
+        "a client that never reads its pongs stays connected ({sent} pings)"
+    );
+    assert_eq!(
+        slow, 1.0,
+        "the flooding client is counted once as a slow consumer"
+    );
+    // Pings of a client that reads are answered, and keep it connected.
+    let mut reader = engine_io_socket(sg.port()).await;
+    for _ in 0..100 {
+        reader
+            .send(Message::Ping(payload.clone()))
+            .await
+            .expect("ping");
+        let pong = tokio::time::timeout(Duration::from_secs(5), reader.next()).await;
+        assert!(
+            matches!(pong, Ok(Some(Ok(Message::Pong(_))))),
+            "no pong: {pong:?}"
+        );
+    }
+    assert!(!closed_within(&mut reader, Duration::from_millis(500)).await);
+}
+
 #[tokio::test]
 async fn idle_h2c_connections_are_closed() {
     let app = fixture(&[]);

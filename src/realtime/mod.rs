@@ -9,6 +9,7 @@
 mod admission;
 mod auth;
 mod channels;
+mod connect_auth;
 mod history;
 mod hub;
 mod kicks;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::extract::SocketRef;
 use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
 use socketioxide::{SocketIo, TransportType, socket::DisconnectReason};
@@ -46,6 +47,7 @@ use admission::Ticket;
 pub use auth::{AuthError, Credentials, Session, SessionAuth};
 use channels::Channels;
 pub use channels::RoomRules;
+use connect_auth::{AuthTooLarge, ConnectAuth};
 use history::{Head, History, Journal, Replay, Since};
 pub use hub::{DRAINING, Hub, HubStats, Presence, Target};
 pub use origin::OriginPolicy;
@@ -147,6 +149,7 @@ struct Handlers {
     webhooks: Webhooks,
     channels: Arc<Channels>,
     max_sockets_per_user: usize,
+    max_auth_bytes: usize,
 }
 
 /// Where a socket's replay starts, and in which shape it gets user messages, decided at the
@@ -405,6 +408,7 @@ pub async fn start(
         webhooks,
         channels,
         max_sockets_per_user: config.max_sockets_per_user,
+        max_auth_bytes: config.max_auth_bytes,
     };
     let room_prefix = config.room_prefix.clone();
     let draining = revalidation.shutdown.clone();
@@ -582,6 +586,8 @@ enum Refused {
     Session(#[from] AuthError),
     #[error("too many sockets for this user (realtime.max_sockets_per_user)")]
     TooManySockets,
+    #[error(transparent)]
+    AuthTooLarge(#[from] AuthTooLarge),
 }
 
 /// Registers the one namespace: the session check (which joins the user's room), then the
@@ -589,9 +595,7 @@ enum Refused {
 fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, handlers: Handlers) -> A::InitRes {
     let check = {
         let handlers = handlers.clone();
-        move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
-            authenticate(socket, auth.ok(), handlers)
-        }
+        move |socket: SocketRef<A>, auth: ConnectAuth<A>| authenticate(socket, auth, handlers)
     };
     let on_connect = move |socket: SocketRef<A>| on_connected(socket, handlers);
     io.ns("/", on_connect.with(check))
@@ -599,10 +603,13 @@ fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, handlers: Handlers) -
 
 async fn authenticate<A: Adapter>(
     socket: SocketRef<A>,
-    auth: Option<serde_json::Value>,
+    auth: ConnectAuth<A>,
     handlers: Handlers,
 ) -> Result<(), Refused> {
-    let result = check_session(&socket, auth, &handlers).await;
+    let result = match auth.parse(handlers.max_auth_bytes) {
+        Ok(auth) => check_session(&socket, auth, &handlers).await,
+        Err(too_large) => Err(too_large.into()),
+    };
     match &result {
         Ok(()) => let_in(&socket, &handlers),
         Err(e) => {
@@ -611,6 +618,7 @@ async fn authenticate<A: Adapter>(
                 Refused::Session(AuthError::Unauthorized) => Reject::Unauthorized,
                 Refused::Session(AuthError::Unavailable(_)) => Reject::SessionUnavailable,
                 Refused::TooManySockets => Reject::PerUserLimit,
+                Refused::AuthTooLarge(_) => Reject::AuthTooLarge,
             });
         }
     }

@@ -593,3 +593,58 @@ test('publishing to sockgate: rooms or with sockgate/Socket.IO event names is re
   assert.equal(batch.status, 400, batch.text);
   assert.match(batch.text, /messages\[1\]\.room/);
 });
+
+// ---------------------------------------------------------------------------
+// Issue 29 item 5: what a socket keeps of its CONNECT
+// ---------------------------------------------------------------------------
+
+/** Opens `count` WebSocket sockets of distinct users (20 at a time) with `auth`. */
+async function socketsWithAuth(url, tag, count, auth) {
+  const opened = await bounded(count, 20, (i) =>
+    connect(url, { cookie: `sid=user-${tag}${i}`, transports: ['websocket'], auth }),
+  );
+  const failed = opened.filter((r) => !r.ok);
+  assert.equal(failed.length, 0, `${failed.length} sockets failed: ${failed[0]?.error?.message}`);
+  return opened.map((r) => r.value);
+}
+
+test('a socket keeps nothing of its CONNECT auth: 200 sockets with a 15 KB auth cost what 200 with a small one do', async () => {
+  const COUNT = 200;
+  const st = await startStack({ env: { SIDECAR_REALTIME__MAX_AUTH_BYTES: '16384' } });
+  const held = [];
+  try {
+    closeAll(await socketsWithAuth(st.url, 'warm', 20, { offsets: {} }));
+    await sleep(300);
+    const before = rssKiB(st.sockgate.pid);
+    held.push(...(await socketsWithAuth(st.url, 'small', COUNT, { offsets: {} })));
+    await sleep(300);
+    const small = rssKiB(st.sockgate.pid);
+    held.push(...(await socketsWithAuth(st.url, 'big', COUNT, { offsets: {}, pad: 'x'.repeat(15_000) })));
+    await sleep(300);
+    const big = rssKiB(st.sockgate.pid);
+    const perSmall = (small - before) / COUNT;
+    const perBig = (big - small) / COUNT;
+    const line = `per socket: ${perSmall.toFixed(1)} KiB with a small auth, ${perBig.toFixed(1)} KiB with a 15 KB auth (RSS ${before} → ${small} → ${big} KiB)`;
+    console.log(line);
+    // Measured before the fix: +15 KiB per socket for the 15 KB auth; after, within noise.
+    assert.ok(perBig - perSmall < 5, line);
+  } finally {
+    closeAll(held);
+    await st.stop();
+  }
+});
+
+test('a CONNECT whose auth is over realtime.max_auth_bytes is refused with a connect_error and counted; a small auth connects', async () => {
+  for (const transport of ['websocket', 'polling']) {
+    const err = await connectError(s.url, {
+      cookie: 'sid=user-bigauth',
+      transports: [transport],
+      auth: { offsets: {}, pad: 'x'.repeat(9000) },
+    });
+    assert.match(err.message, /auth is \d+ bytes, over realtime\.max_auth_bytes \(8192\)/, transport);
+  }
+  const metrics = await s.publishApi('GET', '/metrics');
+  assert.match(metrics.text, /sockgate_socket_rejects_total\{reason="auth_too_large"\} 2/);
+  const ok = await connect(s.url, { cookie: 'sid=user-bigauth', transports: ['websocket'], auth: { offsets: {} } });
+  ok.close();
+});

@@ -136,7 +136,8 @@ pub struct AcceptBinary;
 
 /// sockgate patch: a handshake request carrying this extension opens a session that is closed
 /// (as [`Socket::abort`], reason [`DisconnectReason::TransportError`]) the moment a packet finds
-/// its queue full, and the callback is called once, then. Without it a full session stays open
+/// its queue full, and the callback is called once, then. (The callback is also told when the
+/// websocket transport closes a peer that leaves its pongs unread, extension or not.) Without it a full session stays open
 /// and refuses packets: Socket.IO ignores the refusal of a broadcast that came from another
 /// instance, and its `disconnect()` needs a free slot, so a peer that stopped reading could
 /// neither be fed nor closed.
@@ -404,8 +405,18 @@ where
 
     /// sockgate patch: see [`CloseWhenFull`].
     fn closed_when_full(&self) {
-        if let Some(CloseWhenFull(told)) = self.req_parts.extensions.get::<CloseWhenFull>() {
-            if self.abort(DisconnectReason::TransportError) {
+        if self.req_parts.extensions.get::<CloseWhenFull>().is_some() {
+            self.close_slow_consumer();
+        }
+    }
+
+    /// Closes the session of a peer that does not read (as [`Socket::abort`]); the
+    /// [`CloseWhenFull`] callback, if any, is told once, by the call that closed it.
+    ///
+    /// sockgate patch: a full queue, and pongs the connection does not take (`transport::ws`).
+    pub(crate) fn close_slow_consumer(&self) {
+        if self.abort(DisconnectReason::TransportError) {
+            if let Some(CloseWhenFull(told)) = self.req_parts.extensions.get::<CloseWhenFull>() {
                 told();
             }
         }

@@ -4,7 +4,15 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+};
 
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
@@ -13,7 +21,7 @@ use futures_util::{
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use hyper_util::rt::TokioIo;
 use smallvec::smallvec;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -154,10 +162,15 @@ async fn open<H: EngineIoHandler, S>(
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(Arc<Socket<H::Data>>, SplitStream<WebSocketStream<S>>), Error>
+) -> Result<(Arc<Socket<H::Data>>, Reader<S>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let backlog = Arc::new(Backlog::default());
+    let conn = Watched {
+        io: conn,
+        backlog: backlog.clone(),
+    };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
@@ -171,7 +184,7 @@ where
             Some(socket) => {
                 let mut ws = ws_init().await;
 
-                let upgrade_fut = upgrade_handshake::<H, S>(&socket, &mut ws);
+                let upgrade_fut = upgrade_handshake::<H, _>(&socket, &mut ws);
                 match tokio::time::timeout(engine.config.upgrade_timeout, upgrade_fut)
                     .with_cancellation_token(&socket.cancellation_token)
                     .await
@@ -208,15 +221,15 @@ where
     let (tx, rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
-    Ok((socket, rx))
+    tokio::spawn(forward_to_socket::<H, _>(socket.clone(), tx));
+    Ok((socket, Reader { rx, backlog }))
 }
 
 /// Read packets from an opened websocket session until the connection or the session is closed.
 async fn read<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
-    rx: SplitStream<WebSocketStream<S>>,
+    rx: Reader<S>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -248,12 +261,14 @@ async fn read<H: EngineIoHandler, S>(
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    Reader { mut rx, backlog }: Reader<S>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Bytes of pongs queued since the connection last took everything it was given.
+    let mut unread_pongs = 0;
     while let Some(msg) = rx.try_next().await? {
         match msg {
             Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
@@ -282,6 +297,23 @@ where
                 Ok(())
             }
             Message::Binary(data) => return Err(Error::BadPacket(Packet::Binary(data))),
+            // sockgate patch: tungstenite queues a pong for every ping it reads, without bound,
+            // whether or not the peer reads them: a peer that floods pings and never reads
+            // would grow the write buffer for ever (≈ 20 MiB per 200k pings). Close it as a
+            // slow consumer once the pongs it has not taken pass the bound.
+            Message::Ping(ping) => {
+                if backlog.is_empty() {
+                    unread_pongs = 0;
+                }
+                unread_pongs += PONG_HEADER_BYTES + ping.len();
+                if unread_pongs > MAX_UNREAD_PONG_BYTES {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "ws peer does not read its pongs");
+                    socket.close_slow_consumer();
+                    break;
+                }
+                Ok(())
+            }
             Message::Close(_) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("websocket closed, closing session");
@@ -573,6 +605,78 @@ where
     Ok(())
 }
 
+/// Most bytes of pongs a peer may leave unread (queued while the connection took nothing):
+/// past it, the session is closed as a slow consumer. A client that reads gets each pong at
+/// once; 16 KiB is over a hundred unanswered pings of the largest size, and what one socket
+/// can make sockgate hold.
+///
+/// sockgate patch.
+const MAX_UNREAD_PONG_BYTES: usize = 16 * 1024;
+
+/// A server's pong frame header (control frames carry at most 125 bytes: no extended length,
+/// no mask).
+const PONG_HEADER_BYTES: usize = 2;
+
+/// The reading half of an opened websocket session, and what its connection has not taken.
+struct Reader<S> {
+    rx: SplitStream<WebSocketStream<Watched<S>>>,
+    backlog: Arc<Backlog>,
+}
+
+/// Bytes tungstenite asked the connection to write that it did not take, at the last write.
+///
+/// tungstenite hands the connection its whole write buffer at each write (`write_out_buffer`),
+/// so what a write leaves is what is still buffered. sockgate patch.
+#[derive(Debug, Default)]
+struct Backlog(AtomicUsize);
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// The websocket's connection, measuring its [`Backlog`]. sockgate patch.
+struct Watched<S> {
+    io: S,
+    backlog: Arc<Backlog>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        let left = match &written {
+            Poll::Ready(Ok(n)) => buf.len().saturating_sub(*n),
+            Poll::Pending => buf.len(),
+            Poll::Ready(Err(_)) => 0,
+        };
+        self.backlog.0.store(left, Ordering::Relaxed);
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 fn ws_bytes_to_str(bytes: tungstenite::Utf8Bytes) -> Str {
     // SAFETY: the bytes are guaranteed to be valid UTF-8 by the tungstenite parser
     unsafe { Str::from_bytes_unchecked(bytes.into()) }
@@ -618,6 +722,53 @@ mod tests {
             WebSocketStream::from_raw_socket(server, Role::Server, None).await,
             WebSocketStream::from_raw_socket(client, Role::Client, None).await,
         )
+    }
+
+    /// The backlog is what tungstenite keeps buffered: every pong of a peer that sends pings
+    /// and reads nothing, past what the connection holds; nothing once the peer has read.
+    #[tokio::test]
+    async fn backlog_is_what_the_peer_has_not_read() {
+        const PINGS: usize = 100;
+        const PONG: usize = PONG_HEADER_BYTES + 100;
+        let (server, client) = tokio::io::duplex(1024);
+        let backlog = Arc::new(Backlog::default());
+        let server = Watched {
+            io: server,
+            backlog: backlog.clone(),
+        };
+        let mut server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+
+        let flood = async {
+            for _ in 0..PINGS {
+                client.send(Message::Ping(vec![0; 100].into())).await.unwrap();
+            }
+        };
+        let read = async {
+            for _ in 0..PINGS {
+                let ping = server.next().await.unwrap().unwrap();
+                assert!(matches!(ping, Message::Ping(_)), "{ping:?}");
+            }
+        };
+        tokio::time::timeout(TIMEOUT, async { tokio::join!(flood, read) })
+            .await
+            .expect("the server reads every ping");
+        // The last pong is queued, not yet written; the connection holds 1024 bytes.
+        let left = backlog.0.load(Ordering::Relaxed);
+        assert!(left >= (PINGS - 1) * PONG - 1024, "backlog {left}");
+
+        let drain = async {
+            for _ in 0..PINGS {
+                let pong = client.next().await.unwrap().unwrap();
+                assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
+            }
+        };
+        tokio::time::timeout(TIMEOUT, async { tokio::join!(drain, server.flush()) })
+            .await
+            .expect("the client reads every pong")
+            .1
+            .unwrap();
+        assert!(backlog.is_empty());
     }
 
     /// A polling request can still hold the lock at the end of an upgrade.
