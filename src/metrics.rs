@@ -84,6 +84,7 @@ pub struct Metrics {
     upstream_seconds: Histogram,
     upstream_errors: Family<Label, Counter>,
     client_errors: Family<Label, Counter>,
+    protocol_abuse: Family<Label, Counter>,
     tunnels_opened: Counter,
     pub tunnels_open: Gauge,
     cluster_canary_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -122,6 +123,7 @@ impl Metrics {
             upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             upstream_errors: Family::default(),
             client_errors: Family::default(),
+            protocol_abuse: Family::default(),
             tunnels_opened: Counter::default(),
             tunnels_open: Gauge::default(),
             cluster_canary_seconds: Gauge::default(),
@@ -244,6 +246,11 @@ impl Metrics {
             "client_errors",
             "Proxied requests refused because of the client (malformed, aborted or too slow body), by reason",
             m.client_errors.clone(),
+        );
+        r.register(
+            "protocol_abuse",
+            "Client connections closed for abusing HTTP/2 (resets after dispatch, frames the protocol library warned about), by kind",
+            m.protocol_abuse.clone(),
         );
         r.register(
             "webhook_events_delivered",
@@ -384,6 +391,10 @@ impl Metrics {
         self.client_errors
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    pub fn protocol_abuse(&self, kind: &'static str) {
+        self.protocol_abuse.get_or_create(&[("kind", kind)]).inc();
     }
 
     pub fn tunnel_opened(&self) {
