@@ -8,8 +8,10 @@
 //!   client is still there. So a reset HTTP/2 request keeps its *app slot* (one of
 //!   `server.max_concurrent_streams` per connection) until the app has answered it (bounded by
 //!   `upstream.response_timeout_ms`), and requests wait for a slot before they reach the app:
-//!   one connection never has the app work on more than `max_concurrent_streams` requests at
-//!   once. Requests reset after dispatch count against the connection: past
+//!   one connection never has more than `max_concurrent_streams` requests waiting for the
+//!   app's answer. (The slot goes back with the response head: the body that follows is one
+//!   of the connection's streams, and a reset drops it with its app connection.) Requests
+//!   reset after dispatch count against the connection: past
 //!   [`reset_bound`] more than it let complete, it is closed.
 //! - **Frames the library only logs** (e.g. PING acknowledgements nobody asked for): h2 logs a
 //!   WARN per frame and carries on. [`AbuseLayer`] sees those events while the connection that
