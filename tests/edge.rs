@@ -646,6 +646,55 @@ async fn h2c_paced_rapid_reset_is_bounded_and_closed() {
 }
 
 #[tokio::test]
+async fn h2c_client_that_resets_now_and_then_keeps_its_connection() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[("SIDECAR_SERVER__MAX_CONCURRENT_STREAMS", "4")]);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let app_got = async || {
+        let stats = body_json(get(app.port, "/__stats").await).await;
+        stats["holdRequests"].as_u64().expect("holdRequests")
+    };
+    // 30 times: one request that completes, then one reset once the app has it. 30 resets
+    // are well past the bound (8), but never more than one beyond the completed requests.
+    let mut id = 1;
+    for round in 0..30 {
+        h2.get(id, "/hold?ms=0").await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let frame = tokio::time::timeout_at(deadline.into(), h2.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no answer"))
+                .unwrap_or_else(|| panic!("round {round}: the connection was closed"));
+            assert_ne!(frame.kind, H2_GOAWAY, "round {round}: GOAWAY");
+            if frame.stream == id && frame.flags & H2_END_STREAM != 0 {
+                break;
+            }
+        }
+        let before = app_got().await;
+        h2.get(id + 2, "/hold?ms=50").await;
+        while app_got().await == before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the app never got it"
+            );
+        }
+        h2.send(&h2_frame(
+            H2_RST_STREAM,
+            0,
+            id + 2,
+            &H2_CANCEL.to_be_bytes(),
+        ))
+        .await;
+        id += 4;
+    }
+    let metrics = metrics(&sg).await;
+    assert!(
+        !metrics.contains("sockgate_protocol_abuse_total{"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn h2c_unsolicited_ping_acks_are_counted_not_logged() {
     const ACKS: usize = 50_000;
     let app = fixture(&[]);
