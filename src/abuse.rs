@@ -7,12 +7,11 @@
 //!   the app's request, but most apps work on until their answer is ready whether or not the
 //!   client is still there. So a reset HTTP/2 request keeps its *app slot* (one of
 //!   `server.max_concurrent_streams` per connection) until the app has answered it (bounded by
-//!   `upstream.response_timeout_ms`), and requests wait for a slot before they reach the app:
-//!   one connection never has more than `max_concurrent_streams` requests waiting for the
-//!   app's answer. (The slot goes back with the response head: the body that follows is one
-//!   of the connection's streams, and a reset drops it with its app connection.) Requests
-//!   reset after dispatch count against the connection: past
-//!   [`reset_bound`] more than it let complete, it is closed.
+//!   `upstream.response_timeout_ms`), an answered one keeps it until its body is over, and
+//!   requests wait for a slot before they reach the app: one connection never has the app
+//!   work on more than `max_concurrent_streams` requests at once. Requests reset before
+//!   their answer is over (waiting, dispatched, or while their body streams) count against
+//!   the connection: past [`reset_bound`] more than it let complete, it is closed.
 //! - **Frames the library only logs** (e.g. PING acknowledgements nobody asked for): h2 logs a
 //!   WARN per frame and carries on. [`AbuseLayer`] sees those events while the connection that
 //!   caused them is being polled ([`Conduct::polling`]) and reports the connection instead.
@@ -28,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{Notify, Semaphore};
 use tracing::Subscriber;
 use tracing_subscriber::layer::{self, Layer};
@@ -110,27 +110,37 @@ impl Conduct {
     /// Dropped before it completes (the client reset the stream), the exchange still runs to
     /// its end in the background, keeping its slot: the app is working on it either way. A
     /// request reset while it waits for a slot or for the app counts against the connection.
+    /// The answer comes with its [`Ticket`], which keeps the slot until the answer is over.
     pub async fn dispatch<T: Send + 'static>(
         self: &Arc<Self>,
         exchange: impl Future<Output = T> + Send + 'static,
-    ) -> T {
+    ) -> (T, Ticket) {
         let mut unanswered = Unanswered(Some(self));
-        // The semaphore is never closed; the permit goes back when the `Slot` is dropped.
-        let slot = self.slots.acquire().await.ok().map(|permit| {
+        // `acquire` fails only on a closed semaphore, and this one is never closed; the
+        // permit goes back when the `Slot` is dropped.
+        if let Ok(permit) = self.slots.acquire().await {
             permit.forget();
-            Slot(self.clone())
-        });
-        let out = Dispatched {
+        }
+        let answered = Dispatched {
             exchange: Some(Box::pin(exchange)),
-            slot,
+            slot: Some(Slot(self.clone())),
         }
         .await;
         unanswered.0 = None;
-        // Saturating: one completion forgives one earlier reset.
+        answered
+    }
+
+    fn count_reset(&self) {
+        if self.resets.fetch_add(1, Ordering::AcqRel) + 1 > self.reset_bound {
+            self.report(Abuse::RapidReset);
+        }
+    }
+
+    /// Saturating: one completed request forgives one earlier reset.
+    fn forgive_reset(&self) {
         let _ = self
             .resets
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        out
     }
 
     /// `conn`, polled with this connection as the one [`AbuseLayer`] reports.
@@ -149,11 +159,8 @@ struct Unanswered<'a>(Option<&'a Conduct>);
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        let Some(conduct) = self.0 else {
-            return;
-        };
-        if conduct.resets.fetch_add(1, Ordering::AcqRel) + 1 > conduct.reset_bound {
-            conduct.report(Abuse::RapidReset);
+        if let Some(conduct) = self.0 {
+            conduct.count_reset();
         }
     }
 }
@@ -167,6 +174,74 @@ impl Drop for Slot {
     }
 }
 
+/// An answered request's app slot, kept until the answer is over: dropped, it counts as a
+/// completed request (an error page, a body that ended); see [`Ticket::hold`].
+pub struct Ticket {
+    slot: Option<Slot>,
+}
+
+impl Ticket {
+    /// `body`, keeping the slot until it ends. Dropped before its end (the client reset the
+    /// stream), it counts as a reset request.
+    pub fn hold<B: HttpBody>(self, body: B) -> Held<B> {
+        let ticket = (!body.is_end_stream()).then_some(self);
+        Held { body, ticket }
+    }
+
+    fn abandon(mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.0.count_reset();
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            slot.0.forgive_reset();
+        }
+    }
+}
+
+/// A response body with its request's [`Ticket`].
+pub struct Held<B> {
+    body: B,
+    ticket: Option<Ticket>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        // Over when the app ended it, well or not (the server may not poll past the end).
+        if !matches!(polled, Some(Ok(_))) || self.body.is_end_stream() {
+            self.ticket = None;
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> Drop for Held<B> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.abandon();
+        }
+    }
+}
+
 /// A request to the app in its slot; see [`Conduct::dispatch`].
 struct Dispatched<T: Send + 'static> {
     exchange: Option<Exchange<T>>,
@@ -174,16 +249,18 @@ struct Dispatched<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> Future for Dispatched<T> {
-    type Output = T;
+    type Output = (T, Ticket);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(T, Ticket)> {
         let Some(exchange) = self.exchange.as_mut() else {
             return Poll::Pending;
         };
         let out = ready!(exchange.as_mut().poll(cx));
         self.exchange = None;
-        self.slot = None;
-        Poll::Ready(out)
+        let ticket = Ticket {
+            slot: self.slot.take(),
+        };
+        Poll::Ready((out, ticket))
     }
 }
 

@@ -526,6 +526,7 @@ async fn h2c_streams_beyond_max_concurrent_streams_are_refused() {
 }
 
 /// What a raw h2c connection was told before it closed: the GOAWAY error code, if any.
+#[derive(Default)]
 struct H2Closing {
     goaway: Option<u32>,
     closed: bool,
@@ -557,23 +558,23 @@ impl H2Closing {
 
 const H2_CANCEL: u32 = 8;
 
+/// sockgate in front of `app`, allowing `max` HTTP/2 streams per connection.
+fn sockgate_with_streams(app: &Proc, max: u64) -> Sockgate {
+    let max = max.to_string();
+    sockgate(
+        app.port,
+        &[("SIDECAR_SERVER__MAX_CONCURRENT_STREAMS", &max)],
+    )
+}
+
 #[tokio::test]
 async fn h2c_paced_rapid_reset_is_bounded_and_closed() {
     const MAX_STREAMS: u64 = 20;
     const ROUNDS: u32 = 30;
     let app = fixture(&[]);
-    let sg = sockgate(
-        app.port,
-        &[(
-            "SIDECAR_SERVER__MAX_CONCURRENT_STREAMS",
-            &MAX_STREAMS.to_string(),
-        )],
-    );
+    let sg = sockgate_with_streams(&app, MAX_STREAMS);
     let mut h2 = RawH2::connect(sg.port()).await;
-    let mut ending = H2Closing {
-        goaway: None,
-        closed: false,
-    };
+    let mut ending = H2Closing::default();
     // Until the server's SETTINGS (its stream limit) are acknowledged, it admits any number.
     loop {
         let frame = h2.next().await.expect("the server's SETTINGS");
@@ -646,9 +647,67 @@ async fn h2c_paced_rapid_reset_is_bounded_and_closed() {
 }
 
 #[tokio::test]
+async fn h2c_resets_of_streamed_answers_count_too() {
+    const MAX_STREAMS: u64 = 4;
+    let app = fixture(&[]);
+    let sg = sockgate_with_streams(&app, MAX_STREAMS);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let mut ending = H2Closing::default();
+    // Streams to an event stream: the app answers at once and then keeps sending; the client
+    // resets them once answered, and repeats.
+    let mut next_id = 1;
+    let mut rounds = 0;
+    while rounds < 10 && ending.goaway.is_none() && !ending.closed {
+        rounds += 1;
+        let per_round = u32::try_from(MAX_STREAMS).expect("a few streams");
+        let ids: Vec<u32> = (0..per_round).map(|n| next_id + 2 * n).collect();
+        next_id += 2 * per_round;
+        for &id in &ids {
+            h2.get(id, "/sse?events=100&every=100").await;
+        }
+        let mut answered = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while answered.len() < ids.len() && ending.goaway.is_none() {
+            let Ok(frame) = tokio::time::timeout_at(deadline.into(), h2.next()).await else {
+                panic!("round {rounds}: streams {answered:?} of {ids:?} answered");
+            };
+            match frame {
+                None => ending.closed = true,
+                Some(f) if f.kind == H2_GOAWAY => ending.goaway = Some(0),
+                // 0x88: `:status 200`, indexed (HPACK static table entry 8).
+                Some(f) if f.kind == H2_HEADERS && f.payload.first() == Some(&0x88) => {
+                    answered.push(f.stream);
+                }
+                Some(_) => {}
+            }
+            if ending.closed {
+                break;
+            }
+        }
+        for &id in &ids {
+            h2.send(&h2_frame(H2_RST_STREAM, 0, id, &H2_CANCEL.to_be_bytes()))
+                .await;
+        }
+    }
+    ending.watch(&mut h2, Duration::from_secs(3)).await;
+    assert!(
+        ending.goaway.is_some() && ending.closed,
+        "{rounds} rounds of {MAX_STREAMS} answered streams reset: GOAWAY {:?}, closed {}",
+        ending.goaway,
+        ending.closed
+    );
+    assert!(rounds <= 4, "closed only after {rounds} rounds");
+    let metrics = metrics(&sg).await;
+    assert!(
+        metrics.contains("sockgate_protocol_abuse_total{kind=\"rapid_reset\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn h2c_client_that_resets_now_and_then_keeps_its_connection() {
     let app = fixture(&[]);
-    let sg = sockgate(app.port, &[("SIDECAR_SERVER__MAX_CONCURRENT_STREAMS", "4")]);
+    let sg = sockgate_with_streams(&app, 4);
     let mut h2 = RawH2::connect(sg.port()).await;
     let app_got = async || {
         let stats = body_json(get(app.port, "/__stats").await).await;
@@ -700,10 +759,7 @@ async fn h2c_unsolicited_ping_acks_are_counted_not_logged() {
     let app = fixture(&[]);
     let sg = sockgate(app.port, &[]);
     let mut h2 = RawH2::connect(sg.port()).await;
-    let mut ending = H2Closing {
-        goaway: None,
-        closed: false,
-    };
+    let mut ending = H2Closing::default();
     ending.watch(&mut h2, Duration::from_millis(100)).await;
     let lines_before = sg.log().lines().count();
     let batch = h2_frame(H2_PING, H2_ACK, 0, b"nevasent").repeat(1_000);

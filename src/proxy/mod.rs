@@ -91,9 +91,12 @@ impl Proxy {
         let exchange = self.upstream.send(req, None);
         // An HTTP/1.1 client that goes away takes its connection: the aborted exchange is
         // the app's cue, and there is no stream to reuse.
-        let answer = match multiplexed {
-            true => conduct.dispatch(exchange).await,
-            false => exchange.await,
+        let (answer, ticket) = match multiplexed {
+            true => {
+                let (answer, ticket) = conduct.dispatch(exchange).await;
+                (answer, Some(ticket))
+            }
+            false => (exchange.await, None),
         };
         let mut resp = match answer {
             Ok(resp) => resp,
@@ -127,7 +130,11 @@ impl Proxy {
                 headers::strip_hop_by_hop(&mut parts.headers);
                 // The client's connection has its own version; hyper picks the wire format.
                 parts.version = Version::default();
-                Response::from_parts(parts, body::boxed(body))
+                let body = match ticket {
+                    Some(ticket) => body::boxed(ticket.hold(body)),
+                    None => body::boxed(body),
+                };
+                Response::from_parts(parts, body)
             }
         }
     }
