@@ -34,7 +34,7 @@ use tracing_subscriber::layer::{self, Layer};
 
 use crate::metrics::Metrics;
 
-/// Requests reset after they reached the app, beyond those the client let complete, that
+/// Requests reset before their answer was over, beyond those the client let complete, that
 /// close a connection: twice what it may have in flight at once.
 pub fn reset_bound(max_concurrent_streams: u32) -> u32 {
     max_concurrent_streams.saturating_mul(2)
@@ -43,7 +43,7 @@ pub fn reset_bound(max_concurrent_streams: u32) -> u32 {
 /// What a connection was closed for (the `kind` label of `sockgate_protocol_abuse_total`).
 #[derive(Debug, Clone, Copy)]
 pub enum Abuse {
-    /// Too many HTTP/2 requests reset after they reached the app.
+    /// Too many HTTP/2 requests reset before their answer was over.
     RapidReset,
     /// HTTP/2 frames the protocol library warned about (e.g. unsolicited PING acks).
     H2Frames,
