@@ -10,6 +10,7 @@
 //! publish socket ─▶ publish::PublishApi ─▶ realtime::Hub ─▶ rooms ─▶ sockets
 //! ```
 
+pub mod abuse;
 pub mod body;
 pub mod cluster;
 pub mod config;

@@ -87,6 +87,7 @@ pub struct Metrics {
     upstream_errors: Family<Label, Counter>,
     client_errors: Family<Label, Counter>,
     send_stalls: Counter,
+    protocol_abuse: Family<Label, Counter>,
     tunnels_opened: Counter,
     pub tunnels_open: Gauge,
     cluster_canary_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -129,6 +130,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             client_errors: Family::default(),
             send_stalls: Counter::default(),
+            protocol_abuse: Family::default(),
             tunnels_opened: Counter::default(),
             tunnels_open: Gauge::default(),
             cluster_canary_seconds: Gauge::default(),
@@ -259,6 +261,11 @@ impl Metrics {
             "send_stalls",
             "Responses cut because the client took nothing of them for server.send_stall_timeout_ms (HTTP/2 stream reset, HTTP/1.1 connection closed)",
             m.send_stalls.clone(),
+        );
+        r.register(
+            "protocol_abuse",
+            "Client connections closed for abusing HTTP/2 (resets after dispatch, frames the protocol library warned about), by kind",
+            m.protocol_abuse.clone(),
         );
         r.register(
             "webhook_events_delivered",
@@ -429,6 +436,10 @@ impl Metrics {
 
     pub fn send_stalled(&self, responses: u64) {
         self.send_stalls.inc_by(responses);
+    }
+
+    pub fn protocol_abuse(&self, kind: &'static str) {
+        self.protocol_abuse.get_or_create(&[("kind", kind)]).inc();
     }
 
     pub fn tunnel_opened(&self) {

@@ -16,9 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use crate::abuse::Conduct;
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, is_under, ms};
-use crate::connection::{Connection, ConnectionLimit, StreamExecutor};
+use crate::connection::{Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
 use crate::metrics::{Metrics, Reject};
 use crate::ops::Ops;
 use crate::proxy::{Proxy, host_from_authority, mark_forwarded};
@@ -49,7 +50,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        conduct: &Arc<Conduct>,
+    ) -> Response<Body> {
         host_from_authority(&mut req);
         let path = req.uri().path();
         if self.health_path.as_deref() == Some(path) {
@@ -63,7 +69,7 @@ impl Router {
             return unavailable("the app is starting; retry in a moment");
         }
         if !realtime {
-            return self.proxy.forward(req, peer).await;
+            return self.proxy.forward(req, peer, conduct).await;
         }
         if let Err(reason) = self.origin.check(req.headers()) {
             self.metrics.rejected(Reject::Origin);
@@ -216,11 +222,17 @@ pub async fn serve(
         let idle = activity.clone();
         let send_stall_timeout = ms(config.send_stall_timeout_ms);
         let metrics = router.metrics.clone();
+        let conduct = Conduct::new(peer, config.max_concurrent_streams, metrics.clone());
+        let watch = conduct.clone();
         let router = router.clone();
         let service = hyper::service::service_fn(move |req| {
             let router = router.clone();
+            let conduct = conduct.clone();
             let request = activity.request();
-            async move { Ok::<_, Infallible>(request.respond(router.handle(req, peer).await)) }
+            async move {
+                let resp = router.handle(req, peer, &conduct).await;
+                Ok::<_, Infallible>(request.respond(resp))
+            }
         });
         let builder = builder.clone();
         let mut draining = drain.subscribe();
@@ -235,13 +247,25 @@ pub async fn serve(
             tokio::pin!(stalled);
             // Shut down gracefully (GOAWAY for HTTP/2: streams in flight finish) when the
             // connection has been idle for server.idle_timeout_ms, or when the drain begins.
+            // A connection that abuses HTTP/2 gets the GOAWAY too, and is cut after a grace.
             let mut closing = false;
+            let cut = tokio::time::sleep(std::time::Duration::MAX);
+            tokio::pin!(cut);
+            let mut abused = false;
             let ended = loop {
                 tokio::select! {
-                    ended = conn.as_mut() => break ended,
+                    ended = watch.polling(conn.as_mut()) => break ended,
                     // An HTTP/1.1 response the client stopped taking: dropping the connection
                     // closes it and the app connection its body holds.
                     () = &mut stalled => break Ok(()),
+                    _ = watch.abused(), if !abused => {
+                        abused = true;
+                        if !std::mem::replace(&mut closing, true) {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        cut.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                    }
+                    _ = &mut cut, if abused => break Ok(()),
                     _ = idle.went_idle(), if !closing => {
                         closing = true;
                         conn.as_mut().graceful_shutdown();

@@ -1,22 +1,46 @@
 //! Logging setup: `tracing` with an env filter (`RUST_LOG` wins over `log.filter`), as text
 //! for people or JSON lines for log pipelines.
+//!
+//! The HTTP/2 library warns once per offending frame (an unsolicited PING ack, ...): a peer
+//! could write the log for us. Those events never reach the output; [`AbuseLayer`] turns them
+//! into one report of the connection being polled (`abuse`).
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
 
+use crate::abuse::AbuseLayer;
 use crate::config::{LogConfig, LogFormat};
+
+/// Where the HTTP/2 library logs what a peer did wrong.
+const H2: &str = "h2";
 
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let output = match config.format {
+        LogFormat::Json => output.json().flatten_event(true).boxed(),
+        LogFormat::Text => output.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(output.with_filter(filter.and(filter_fn(|meta| !peer_warning(meta)))))
+        .with(AbuseLayer.with_filter(Targets::new().with_target(H2, Level::WARN)))
+        .try_init();
+}
+
+/// An HTTP/2 library warning: about what the peer sent, so the peer decides how many.
+fn peer_warning(meta: &Metadata<'_>) -> bool {
+    let target = meta.target();
+    *meta.level() == Level::WARN
+        && target
+            .strip_prefix(H2)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
 }

@@ -78,20 +78,22 @@ impl Upstream {
     }
 
     /// Sends `req` (its URI already pointing at the app) and waits for the response head,
-    /// bounded by the configured response timeout, or `timeout` when given.
-    pub async fn send(
+    /// bounded by the configured response timeout, or `timeout` when given. The exchange
+    /// owns what it needs, so it can outlive the caller (see `abuse::Conduct::dispatch`).
+    pub fn send(
         &self,
         req: Request<UpstreamBody>,
         timeout: Option<Duration>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> impl Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'static {
         let limit = timeout.unwrap_or(self.response_timeout);
-        match tokio::time::timeout(limit, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(
-                self.authority.clone(),
-                describe(&e),
-            )),
-            Err(_) => Err(UpstreamError::Timeout(self.authority.clone(), limit)),
+        let authority = self.authority.clone();
+        let exchange = tokio::time::timeout(limit, self.client.request(req));
+        async move {
+            match exchange.await {
+                Ok(Ok(resp)) => Ok(resp),
+                Ok(Err(e)) => Err(UpstreamError::Unreachable(authority, describe(&e))),
+                Err(_) => Err(UpstreamError::Timeout(authority, limit)),
+            }
         }
     }
 }

@@ -607,6 +607,278 @@ async fn h2c_streams_beyond_max_concurrent_streams_are_refused() {
     assert_eq!(completed, [1, 3], "the admitted streams complete");
 }
 
+/// What a raw h2c connection was told before it closed: the GOAWAY error code, if any.
+#[derive(Default)]
+struct H2Closing {
+    goaway: Option<u32>,
+    closed: bool,
+}
+
+impl H2Closing {
+    /// Reads frames for up to `limit` (or until the server closes the connection), noting a
+    /// GOAWAY.
+    async fn watch(&mut self, h2: &mut RawH2, limit: Duration) {
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        while !self.closed {
+            tokio::select! {
+                _ = &mut deadline => return,
+                frame = h2.next() => match frame {
+                    None => self.closed = true,
+                    Some(f) if f.kind == H2_GOAWAY => {
+                        self.goaway = f
+                            .payload
+                            .get(4..8)
+                            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+}
+
+const H2_CANCEL: u32 = 8;
+
+/// sockgate in front of `app`, allowing `max` HTTP/2 streams per connection.
+fn sockgate_with_streams(app: &Proc, max: u64) -> Sockgate {
+    let max = max.to_string();
+    sockgate(
+        app.port,
+        &[("SIDECAR_SERVER__MAX_CONCURRENT_STREAMS", &max)],
+    )
+}
+
+#[tokio::test]
+async fn h2c_paced_rapid_reset_is_bounded_and_closed() {
+    const MAX_STREAMS: u64 = 20;
+    const ROUNDS: u32 = 30;
+    let app = fixture(&[]);
+    let sg = sockgate_with_streams(&app, MAX_STREAMS);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let mut ending = H2Closing::default();
+    // Until the server's SETTINGS (its stream limit) are acknowledged, it admits any number.
+    loop {
+        let frame = h2.next().await.expect("the server's SETTINGS");
+        if frame.kind == H2_SETTINGS && frame.flags & H2_ACK != 0 {
+            break;
+        }
+    }
+    // Open 50 streams to a route the app works on for 5 s, even for a client that is gone (as
+    // most page handlers do); once the app has them (at least 20 ms), reset all 50; repeat.
+    let app_got = async || {
+        let stats = body_json(get(app.port, "/__stats").await).await;
+        stats["holdRequests"].as_u64().expect("holdRequests")
+    };
+    let mut next_id = 1;
+    let mut rounds = 0;
+    let started = Instant::now();
+    while rounds < ROUNDS && !ending.closed {
+        rounds += 1;
+        let before = app_got().await;
+        let ids: Vec<u32> = (0..50).map(|n| next_id + 2 * n).collect();
+        next_id += 100;
+        for &id in &ids {
+            h2.get(id, "/hold?ms=5000&keep=1").await;
+        }
+        let dispatching = Instant::now();
+        ending.watch(&mut h2, Duration::from_millis(20)).await;
+        while !ending.closed
+            && app_got().await < before + MAX_STREAMS
+            && dispatching.elapsed() < Duration::from_millis(500)
+        {
+            ending.watch(&mut h2, Duration::from_millis(5)).await;
+        }
+        for &id in &ids {
+            h2.send(&h2_frame(H2_RST_STREAM, 0, id, &H2_CANCEL.to_be_bytes()))
+                .await;
+        }
+    }
+    let flooded = started.elapsed();
+    ending.watch(&mut h2, Duration::from_secs(5)).await;
+    let stats = body_json(get(app.port, "/__stats").await).await;
+    let (peak, total) = (
+        stats["peakHolding"].as_u64().expect("peakHolding"),
+        stats["holdRequests"].as_u64().expect("holdRequests"),
+    );
+    eprintln!(
+        "rapid reset: {rounds} rounds in {flooded:?}; the app got {total} requests, \
+         up to {peak} at once; GOAWAY {:?}, closed {}",
+        ending.goaway, ending.closed
+    );
+    assert!(
+        peak <= MAX_STREAMS,
+        "one connection made the app work on {peak} requests at once \
+         (server.max_concurrent_streams = {MAX_STREAMS}; {total} requests in {rounds} rounds)"
+    );
+    assert!(
+        ending.closed && ending.goaway.is_some(),
+        "the connection was not closed with a GOAWAY after {rounds} rounds of resets \
+         (GOAWAY {:?}, closed {})",
+        ending.goaway,
+        ending.closed
+    );
+    assert!(rounds < ROUNDS, "closed only after the client stopped");
+    let metrics = metrics(&sg).await;
+    assert!(
+        metrics.contains("sockgate_protocol_abuse_total{kind=\"rapid_reset\"} 1"),
+        "{metrics}"
+    );
+    // Another connection is served as usual.
+    assert_eq!(get(sg.port(), "/hold?ms=10").await.status(), 200);
+}
+
+#[tokio::test]
+async fn h2c_resets_of_streamed_answers_count_too() {
+    const MAX_STREAMS: u64 = 4;
+    let app = fixture(&[]);
+    let sg = sockgate_with_streams(&app, MAX_STREAMS);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let mut ending = H2Closing::default();
+    // Streams to an event stream: the app answers at once and then keeps sending; the client
+    // resets them once answered, and repeats.
+    let mut next_id = 1;
+    let mut rounds = 0;
+    while rounds < 10 && ending.goaway.is_none() && !ending.closed {
+        rounds += 1;
+        let per_round = u32::try_from(MAX_STREAMS).expect("a few streams");
+        let ids: Vec<u32> = (0..per_round).map(|n| next_id + 2 * n).collect();
+        next_id += 2 * per_round;
+        for &id in &ids {
+            h2.get(id, "/sse?events=100&every=100").await;
+        }
+        let mut answered = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while answered.len() < ids.len() && ending.goaway.is_none() {
+            let Ok(frame) = tokio::time::timeout_at(deadline.into(), h2.next()).await else {
+                panic!("round {rounds}: streams {answered:?} of {ids:?} answered");
+            };
+            match frame {
+                None => ending.closed = true,
+                Some(f) if f.kind == H2_GOAWAY => ending.goaway = Some(0),
+                // 0x88: `:status 200`, indexed (HPACK static table entry 8).
+                Some(f) if f.kind == H2_HEADERS && f.payload.first() == Some(&0x88) => {
+                    answered.push(f.stream);
+                }
+                Some(_) => {}
+            }
+            if ending.closed {
+                break;
+            }
+        }
+        for &id in &ids {
+            h2.send(&h2_frame(H2_RST_STREAM, 0, id, &H2_CANCEL.to_be_bytes()))
+                .await;
+        }
+    }
+    ending.watch(&mut h2, Duration::from_secs(3)).await;
+    assert!(
+        ending.goaway.is_some() && ending.closed,
+        "{rounds} rounds of {MAX_STREAMS} answered streams reset: GOAWAY {:?}, closed {}",
+        ending.goaway,
+        ending.closed
+    );
+    assert!(rounds <= 4, "closed only after {rounds} rounds");
+    let metrics = metrics(&sg).await;
+    assert!(
+        metrics.contains("sockgate_protocol_abuse_total{kind=\"rapid_reset\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn h2c_client_that_resets_now_and_then_keeps_its_connection() {
+    let app = fixture(&[]);
+    let sg = sockgate_with_streams(&app, 4);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let app_got = async || {
+        let stats = body_json(get(app.port, "/__stats").await).await;
+        stats["holdRequests"].as_u64().expect("holdRequests")
+    };
+    // 30 times: one request that completes, then one reset once the app has it. 30 resets
+    // are well past the bound (8), but never more than one beyond the completed requests.
+    let mut id = 1;
+    for round in 0..30 {
+        h2.get(id, "/hold?ms=0").await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let frame = tokio::time::timeout_at(deadline.into(), h2.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no answer"))
+                .unwrap_or_else(|| panic!("round {round}: the connection was closed"));
+            assert_ne!(frame.kind, H2_GOAWAY, "round {round}: GOAWAY");
+            if frame.stream == id && frame.flags & H2_END_STREAM != 0 {
+                break;
+            }
+        }
+        let before = app_got().await;
+        h2.get(id + 2, "/hold?ms=50").await;
+        while app_got().await == before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the app never got it"
+            );
+        }
+        h2.send(&h2_frame(
+            H2_RST_STREAM,
+            0,
+            id + 2,
+            &H2_CANCEL.to_be_bytes(),
+        ))
+        .await;
+        id += 4;
+    }
+    let metrics = metrics(&sg).await;
+    assert!(
+        !metrics.contains("sockgate_protocol_abuse_total{"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn h2c_unsolicited_ping_acks_are_counted_not_logged() {
+    const ACKS: usize = 50_000;
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let mut h2 = RawH2::connect(sg.port()).await;
+    let mut ending = H2Closing::default();
+    ending.watch(&mut h2, Duration::from_millis(100)).await;
+    let lines_before = sg.log().lines().count();
+    let batch = h2_frame(H2_PING, H2_ACK, 0, b"nevasent").repeat(1_000);
+    for _ in 0..ACKS / 1_000 {
+        h2.send(&batch).await;
+    }
+    ending.watch(&mut h2, Duration::from_secs(5)).await;
+    let log = sg.log();
+    let new_lines: Vec<&str> = log.lines().skip(lines_before).collect();
+    eprintln!(
+        "{ACKS} PING acks: {} new log lines ({} bytes); GOAWAY {:?}, closed {}",
+        new_lines.len(),
+        new_lines.iter().map(|l| l.len() + 1).sum::<usize>(),
+        ending.goaway,
+        ending.closed
+    );
+    assert!(
+        new_lines.len() <= 3,
+        "{} log lines for {ACKS} PING acks, e.g. {:?}",
+        new_lines.len(),
+        new_lines.first()
+    );
+    let metrics = metrics(&sg).await;
+    assert!(
+        metrics.contains("sockgate_protocol_abuse_total{kind=\"h2_frames\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        ending.closed && ending.goaway.is_some(),
+        "the connection stayed open (GOAWAY {:?}, closed {})",
+        ending.goaway,
+        ending.closed
+    );
+    // Other clients are served.
+    assert_eq!(get(sg.port(), "/").await.status(), 200);
+}
+
 #[tokio::test]
 async fn connections_beyond_server_max_connections_are_closed() {
     let app = fixture(&[]);

@@ -16,6 +16,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::abuse::Conduct;
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -57,7 +58,14 @@ impl Proxy {
 
     /// Forwards one request from `peer` to the app and returns the app's answer, or a 502/504
     /// page that says why there is none, or a 400/408 when the client's body is at fault.
-    pub async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// An HTTP/2 request waits for one of its connection's app slots (`conduct`).
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        conduct: &Arc<Conduct>,
+    ) -> Response<Body> {
+        let multiplexed = req.version() == Version::HTTP_2;
         let upgrade = (req.version() == Version::HTTP_11)
             .then(|| headers::upgrade_protocol(req.headers()))
             .flatten();
@@ -80,7 +88,17 @@ impl Proxy {
         let req = Request::from_parts(parts, Either::Left(body));
 
         let started = Instant::now();
-        let mut resp = match self.upstream.send(req, None).await {
+        let exchange = self.upstream.send(req, None);
+        // An HTTP/1.1 client that goes away takes its connection: the aborted exchange is
+        // the app's cue, and there is no stream to reuse.
+        let (answer, ticket) = match multiplexed {
+            true => {
+                let (answer, ticket) = conduct.dispatch(exchange).await;
+                (answer, Some(ticket))
+            }
+            false => (exchange.await, None),
+        };
+        let mut resp = match answer {
             Ok(resp) => resp,
             Err(_) if let Some(fault) = client_fault.get() => {
                 // The app is fine: the client sent a broken body, gave up, or trickled.
@@ -112,7 +130,11 @@ impl Proxy {
                 headers::strip_hop_by_hop(&mut parts.headers);
                 // The client's connection has its own version; hyper picks the wire format.
                 parts.version = Version::default();
-                Response::from_parts(parts, body::boxed(body))
+                let body = match ticket {
+                    Some(ticket) => body::boxed(ticket.hold(body)),
+                    None => body::boxed(body),
+                };
+                Response::from_parts(parts, body)
             }
         }
     }

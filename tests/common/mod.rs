@@ -110,6 +110,11 @@ impl Sockgate {
         self.proc.port
     }
 
+    /// What sockgate has logged so far (empty with `SOCKGATE_TEST_LOG` set).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sockgate.log")).unwrap_or_default()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port())
     }
