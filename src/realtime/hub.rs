@@ -12,10 +12,11 @@ use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportTy
 use super::history::Journal;
 use super::outage::Outages;
 use super::relay::{Relay, Relayed};
-use super::roster::{Member, Roster};
-use super::{
+use super::rooms::{
     CONNECTING_ROOM_PREFIX, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions, connecting_room,
 };
+use super::roster::{Member, Roster};
+use super::session::disconnect;
 use crate::cluster::{ClusterAdapter, Link, Queries};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -713,53 +714,4 @@ fn full_count(errors: &[SocketError]) -> usize {
         .iter()
         .filter(|e| matches!(e, SocketError::InternalChannelFull))
         .count()
-}
-
-/// The Engine.IO session under a Socket.IO socket (its handshake request carries a handle).
-fn session<A: Adapter>(
-    socket: &socketioxide::extract::SocketRef<A>,
-) -> Option<engineioxide::SessionHandle> {
-    socket
-        .req_parts()
-        .extensions
-        .get::<engineioxide::SessionHandle>()
-        .cloned()
-}
-
-/// Disconnects a socket from the namespace; [`close_transport`] (its disconnect handler) then
-/// closes the transport. When its queue has room, the client is told first (a Socket.IO
-/// disconnect: it does not reconnect by itself); a full queue made the engine close the
-/// transport at once (`CloseWhenFull`).
-pub(crate) fn disconnect<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) {
-    // Err: closed already, or its queue was full and the engine closed it.
-    let _ = socket.clone().disconnect();
-}
-
-/// Closes the transport of a socket the server disconnected from its namespace: a kick or a
-/// revalidation here, or a kick from another instance, which arrives through the adapter as a
-/// bare namespace disconnect and would leave the connection open (sockgate has one namespace:
-/// a session without it is of no use). What is queued, the disconnect packet included, is
-/// still written, within engineioxide's `CLOSE_GRACE` for a client that does not read.
-pub(crate) fn close_transport<A: Adapter>(
-    socket: &socketioxide::extract::SocketRef<A>,
-    reason: socketioxide::socket::DisconnectReason,
-) {
-    if reason == socketioxide::socket::DisconnectReason::ServerNSDisconnect
-        && let Some(session) = session(socket)
-    {
-        session.close(engineioxide::DisconnectReason::ClosingServer);
-    }
-}
-
-/// Whether a socket's queue has no free slot: a message emitted now would close it as a slow
-/// consumer.
-pub(crate) fn queue_full<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
-    session(socket).is_some_and(|s| s.is_full())
-}
-
-/// Closes a socket's transport at once, whatever its queue holds: the session leaves its rooms,
-/// presence and counts, and frees its slot and file descriptor, as on any disconnect. True if
-/// this call closed it (false if it was closing already).
-pub(crate) fn close_now<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
-    session(socket).is_some_and(|s| s.abort(engineioxide::DisconnectReason::TransportError))
 }
