@@ -24,8 +24,8 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use super::channels::RoomRules;
 use super::kicks::{Kicks, Stamp};
+use super::rooms::RoomRules;
 use crate::config::{AuthConfig, ms};
 use crate::metrics::{Lookup, Metrics};
 use crate::upstream::Upstream;

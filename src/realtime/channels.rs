@@ -5,12 +5,12 @@
 //! and a client's `subscribe` (`{room}`, with an ack), which sockgate lets through only when
 //! the app's authorize route (`channels.authorize_path`) answers 2xx, or when the room is under
 //! a public prefix. `unsubscribe` leaves; `presence` lists a presence room's members (kept by
-//! [`super::roster`], which every join and leave of a presence room is told). This module owns room-name rules, each socket's
-//! channel membership and its bounds (rooms per socket, subscribes per second), and the
-//! authorize call, which runs under the session check's concurrency cap and timeout.
+//! [`super::roster`], which every join and leave of a presence room is told). This module owns
+//! each socket's channel membership and its bounds (rooms per socket, subscribes per second),
+//! and the authorize call, which runs under the session check's concurrency cap and timeout.
 //!
 //! The user room and sockgate's internal rooms are never channels: a name under
-//! `realtime.room_prefix` or `sockgate:` is refused wherever it comes from.
+//! `realtime.room_prefix` or `sockgate:` is refused wherever it comes from ([`RoomRules`]).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,14 +27,12 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 
 use super::auth::SessionAuth;
 use super::history::Since;
+use super::recovery::{MAX_OFFSET_BYTES, Recovery, Shape, recover};
+use super::rooms::{RoomRules, offsets_room};
 use super::roster::{Member, Roster};
-use super::{Identity, MAX_OFFSET_BYTES, Recovery, Shape, log_id, offsets_room};
+use super::session::{Identity, log_id};
 use crate::config::Config;
-use crate::reserved::INTERNAL_PREFIX;
 use crate::webhooks::Webhooks;
-
-/// Longest room name accepted, in bytes.
-pub const MAX_ROOM_BYTES: usize = 128;
 
 /// Largest authorize-route answer read (and thrown away: only the status counts).
 const MAX_AUTHORIZE_BODY: usize = 4 * 1024;
@@ -43,100 +41,6 @@ const MAX_AUTHORIZE_BODY: usize = 4 * 1024;
 pub(super) const SUBSCRIBE: &str = "subscribe";
 pub(super) const UNSUBSCRIBE: &str = "unsubscribe";
 pub(super) const PRESENCE: &str = "presence";
-
-/// Why a room name is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BadRoom {
-    #[error("empty")]
-    Empty,
-    #[error("longer than {MAX_ROOM_BYTES} bytes")]
-    TooLong,
-    #[error("characters other than A-Z a-z 0-9 and `-_.:@`")]
-    Characters,
-    #[error("sockgate's own (`{INTERNAL_PREFIX}`)")]
-    Internal,
-    #[error("a user room (realtime.room_prefix)")]
-    UserRoom,
-}
-
-/// Which room names are channels, and how many a socket may be in.
-#[derive(Debug, Clone)]
-pub struct RoomRules {
-    user_prefix: Arc<str>,
-    max_rooms: usize,
-}
-
-impl RoomRules {
-    pub fn new(config: &Config) -> Self {
-        Self {
-            user_prefix: config.realtime.room_prefix.as_str().into(),
-            max_rooms: config.channels.max_rooms_per_socket,
-        }
-    }
-
-    /// Whether `room` may be a channel: 1 to [`MAX_ROOM_BYTES`] bytes of a conservative
-    /// character set, neither internal nor a user room.
-    pub fn check(&self, room: &str) -> Result<(), BadRoom> {
-        if room.is_empty() {
-            return Err(BadRoom::Empty);
-        }
-        if room.len() > MAX_ROOM_BYTES {
-            return Err(BadRoom::TooLong);
-        }
-        if !room
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
-        {
-            return Err(BadRoom::Characters);
-        }
-        if room.starts_with(INTERNAL_PREFIX) {
-            return Err(BadRoom::Internal);
-        }
-        if room.starts_with(&*self.user_prefix) {
-            return Err(BadRoom::UserRoom);
-        }
-        Ok(())
-    }
-
-    /// The rooms in a session route's answer (`value`, found at `auth.rooms_pointer`): valid
-    /// names only, each once, at most `channels.max_rooms_per_socket`. Anything else is logged
-    /// here — once per answer from the app, which is cached — and skipped.
-    pub(super) fn of_session(
-        &self,
-        user_id: &str,
-        value: Option<&serde_json::Value>,
-    ) -> Arc<[Arc<str>]> {
-        let items = match value {
-            None | Some(serde_json::Value::Null) => return Arc::new([]),
-            Some(serde_json::Value::Array(items)) => items,
-            Some(_) => {
-                tracing::warn!(user = %user_id, "session route's rooms are not an array: ignored");
-                return Arc::new([]);
-            }
-        };
-        let mut rooms: Vec<Arc<str>> = Vec::new();
-        for item in items {
-            let Some(room) = item.as_str() else {
-                tracing::warn!(user = %user_id, "session route listed a room that is not a string: skipped");
-                continue;
-            };
-            if let Err(why) = self.check(room) {
-                let shown: String = room.chars().take(MAX_ROOM_BYTES).collect();
-                tracing::warn!(user = %user_id, room = %shown.escape_debug(), "session route listed an invalid room ({why}): skipped");
-                continue;
-            }
-            if rooms.iter().any(|r| &**r == room) {
-                continue;
-            }
-            if rooms.len() == self.max_rooms {
-                tracing::warn!(user = %user_id, max = self.max_rooms, "session route listed more rooms than channels.max_rooms_per_socket: the rest skipped");
-                break;
-            }
-            rooms.push(room.into());
-        }
-        rooms.into()
-    }
-}
 
 /// One socket's channels, kept in its extensions from the handshake on.
 #[derive(Clone, Default)]
@@ -534,7 +438,7 @@ impl Channels {
             }
         };
         let (history, offset) = replay;
-        let (held, entered) = super::recover(
+        let (held, entered) = recover(
             socket,
             &self.recovery,
             history,
@@ -756,60 +660,6 @@ impl Joined {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn rules(max_rooms: usize) -> RoomRules {
-        let mut config = Config::default();
-        config.channels.max_rooms_per_socket = max_rooms;
-        RoomRules::new(&config)
-    }
-
-    #[test]
-    fn room_names_are_checked() {
-        let rules = rules(100);
-        for good in [
-            "team:42",
-            "doc-7",
-            "a",
-            "org.acme@eu_1",
-            &"x".repeat(MAX_ROOM_BYTES),
-        ] {
-            assert_eq!(rules.check(good), Ok(()), "{good}");
-        }
-        assert_eq!(rules.check(""), Err(BadRoom::Empty));
-        assert_eq!(
-            rules.check(&"x".repeat(MAX_ROOM_BYTES + 1)),
-            Err(BadRoom::TooLong)
-        );
-        for bad in ["team 42", "team/42", "é", "a\nb", "a\0", "<script>", "a*"] {
-            assert_eq!(rules.check(bad), Err(BadRoom::Characters), "{bad:?}");
-        }
-        assert_eq!(rules.check("sockgate:recovery:bob"), Err(BadRoom::Internal));
-        assert_eq!(rules.check("sockgate:"), Err(BadRoom::Internal));
-        assert_eq!(rules.check("user:alice"), Err(BadRoom::UserRoom));
-        assert_eq!(rules.check("users"), Ok(()));
-    }
-
-    #[test]
-    fn session_rooms_are_valid_unique_and_capped() {
-        let rules = rules(2);
-        let rooms = |v: serde_json::Value| {
-            rules
-                .of_session("alice", Some(&v))
-                .iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            rooms(json!([
-                "team:1", 7, "bad room", "user:bob", "team:1", "team:2", "team:3"
-            ])),
-            ["team:1", "team:2"]
-        );
-        assert!(rooms(json!("team:1")).is_empty());
-        assert!(rooms(json!(null)).is_empty());
-        assert!(rules.of_session("alice", None).is_empty());
-    }
 
     #[test]
     fn subscribes_are_rate_limited() {

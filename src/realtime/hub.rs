@@ -9,13 +9,15 @@ use std::sync::Arc;
 use socketioxide::adapter::{Adapter, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
+use super::figures::{Coverage, HubStats, Presence, RoomInfo};
 use super::history::Journal;
 use super::outage::Outages;
 use super::relay::{Relay, Relayed};
-use super::roster::{Member, Roster};
-use super::{
+use super::rooms::{
     CONNECTING_ROOM_PREFIX, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions, connecting_room,
 };
+use super::roster::Roster;
+use super::session::disconnect;
 use crate::cluster::{ClusterAdapter, Link, Queries};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -27,81 +29,6 @@ pub enum Target {
     Users(Vec<String>),
     Room(String),
     Broadcast,
-}
-
-/// Whether figures cover every instance, only some of them, or only this one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Local,
-    /// Some instances did not answer within the request timeout: what they hold is missing.
-    Partial,
-    Cluster,
-}
-
-/// What figures cover: flattened into the answers as `scope`, and `unanswered` (how many
-/// instances did not answer in time) when partial.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Coverage {
-    pub scope: Scope,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unanswered: Option<usize>,
-}
-
-impl Coverage {
-    const LOCAL: Self = Self {
-        scope: Scope::Local,
-        unanswered: None,
-    };
-
-    /// A cluster-wide read that `unanswered` instances did not answer.
-    fn cluster(unanswered: usize) -> Self {
-        match unanswered {
-            0 => Self {
-                scope: Scope::Cluster,
-                unanswered: None,
-            },
-            n => Self {
-                scope: Scope::Partial,
-                unanswered: Some(n),
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HubStats {
-    pub connections: usize,
-    pub users: usize,
-    pub rooms: usize,
-    pub publishes: u64,
-    pub deliveries: u64,
-    #[serde(flatten)]
-    pub coverage: Coverage,
-}
-
-/// A user's presence.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Presence {
-    pub sockets: usize,
-    /// The channels their sockets are in (not the user room nor sockgate's own), sorted.
-    pub rooms: Vec<String>,
-    #[serde(flatten)]
-    pub coverage: Coverage,
-}
-
-/// Who is in a room.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RoomInfo {
-    pub room: String,
-    pub sockets: usize,
-    /// Distinct users among the sockets.
-    pub users: usize,
-    /// A presence room's members, with their info.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub members: Option<Vec<Member>>,
-    #[serde(flatten)]
-    pub coverage: Coverage,
 }
 
 enum Io {
@@ -713,53 +640,4 @@ fn full_count(errors: &[SocketError]) -> usize {
         .iter()
         .filter(|e| matches!(e, SocketError::InternalChannelFull))
         .count()
-}
-
-/// The Engine.IO session under a Socket.IO socket (its handshake request carries a handle).
-fn session<A: Adapter>(
-    socket: &socketioxide::extract::SocketRef<A>,
-) -> Option<engineioxide::SessionHandle> {
-    socket
-        .req_parts()
-        .extensions
-        .get::<engineioxide::SessionHandle>()
-        .cloned()
-}
-
-/// Disconnects a socket from the namespace; [`close_transport`] (its disconnect handler) then
-/// closes the transport. When its queue has room, the client is told first (a Socket.IO
-/// disconnect: it does not reconnect by itself); a full queue made the engine close the
-/// transport at once (`CloseWhenFull`).
-pub(crate) fn disconnect<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) {
-    // Err: closed already, or its queue was full and the engine closed it.
-    let _ = socket.clone().disconnect();
-}
-
-/// Closes the transport of a socket the server disconnected from its namespace: a kick or a
-/// revalidation here, or a kick from another instance, which arrives through the adapter as a
-/// bare namespace disconnect and would leave the connection open (sockgate has one namespace:
-/// a session without it is of no use). What is queued, the disconnect packet included, is
-/// still written, within engineioxide's `CLOSE_GRACE` for a client that does not read.
-pub(crate) fn close_transport<A: Adapter>(
-    socket: &socketioxide::extract::SocketRef<A>,
-    reason: socketioxide::socket::DisconnectReason,
-) {
-    if reason == socketioxide::socket::DisconnectReason::ServerNSDisconnect
-        && let Some(session) = session(socket)
-    {
-        session.close(engineioxide::DisconnectReason::ClosingServer);
-    }
-}
-
-/// Whether a socket's queue has no free slot: a message emitted now would close it as a slow
-/// consumer.
-pub(crate) fn queue_full<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
-    session(socket).is_some_and(|s| s.is_full())
-}
-
-/// Closes a socket's transport at once, whatever its queue holds: the session leaves its rooms,
-/// presence and counts, and frees its slot and file descriptor, as on any disconnect. True if
-/// this call closed it (false if it was closing already).
-pub(crate) fn close_now<A: Adapter>(socket: &socketioxide::extract::SocketRef<A>) -> bool {
-    session(socket).is_some_and(|s| s.abort(engineioxide::DisconnectReason::TransportError))
 }

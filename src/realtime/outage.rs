@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use socketioxide::{BroadcastError, SocketIo};
 use tokio::sync::Notify;
 
-use super::RECOVERY_FAILED;
+use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
 use crate::shutdown::Shutdown;
 

@@ -32,7 +32,8 @@ use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio::sync::mpsc;
 
 use super::history::{Appended, Entry, Head, Journal, RedisHistory, Replay, STRIPES, Since};
-use super::{Companions, RECOVERY_FAILED, companions};
+use super::rooms::{Companions, companions};
+use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
 use crate::shutdown::Shutdown;
 

@@ -1,0 +1,439 @@
+//! The cluster history: each room's recent messages in a Redis stream, shared by every
+//! instance, read and written by Lua scripts so that an append and its relay, or a replay, is
+//! one step.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use fred::clients::Client as RedisClient;
+use fred::interfaces::KeysInterface;
+use fred::types::Value as RedisValue;
+use fred::types::scripts::Script;
+use serde_json::Value;
+
+use super::offsets::{Appended, Entry, Head, Replay, Since, fresh_token};
+use crate::cluster::Link;
+
+/// Cluster history: one Redis stream per room (`sockgate:history:{<room>}`), trimmed to about
+/// `max_messages` entries, expiring `max_age` after its last message, and beside it the
+/// stream's generation (`…:epoch`, same lifetime), created together with the stream by one
+/// script. Offsets are `<generation>:<stream id>`: a stream that expired, was lost with
+/// Redis's data, or was retired because a message could not be kept starts a new generation,
+/// and an offset of an older one is a gap, not a position in the new stream.
+#[derive(Clone)]
+pub struct RedisHistory {
+    client: RedisClient,
+    /// While Redis is away nothing is kept or read (each command would wait for its timeout
+    /// with the room locked): messages go out live only, and a reconnecting client is told
+    /// to refetch.
+    link: Link,
+    max_messages: usize,
+    max_age: Duration,
+    /// Rooms with a message that could not be kept: their stream's generation is retired as
+    /// soon as Redis answers, so no instance replays across the hole.
+    unkept: Arc<Unkept>,
+}
+
+#[derive(Default)]
+struct Unkept {
+    rooms: Mutex<HashSet<String>>,
+    retiring: AtomicBool,
+}
+
+/// Keeps a message, starting a new generation when there is none (new, expired or lost
+/// stream) or when asked to (a message of this room could not be kept). Each entry names the
+/// entry before it (`p`, empty for a generation's first): trimming leaves no trace a reader
+/// can check (`max-deleted-entry-id` only follows `XDEL`), so a replay checks that the first
+/// entry it reads follows the offset it starts from.
+/// When ARGV[7] names a channel, the entry is also published there, in the same step (so the
+/// channel carries a room's entries in stream order): ARGV[8], the start of a JSON header the
+/// script completes with the entry's place, then a newline and the data ([`super::super::relay`]).
+/// KEYS: stream, generation. ARGV: new generation, max len, ttl ms, event, data, "1" = retire,
+/// relay channel or "", relay header start. Returns generation, id, predecessor's id.
+const APPEND_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[2])
+if (not epoch) or ARGV[6] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = ''
+if #newest > 0 then prev = newest[1][1] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'p', prev, 'e', ARGV[4], 'd', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if ARGV[7] ~= '' then
+  redis.call('SPUBLISH', ARGV[7], ARGV[8] .. ',"g":"' .. epoch .. '","i":"' .. id .. '","p":"' .. prev .. '"}\n' .. ARGV[5])
+end
+return {epoch, id, prev}
+"#;
+
+/// Reads, in one step, the generation and the entries after ARGV[1] (at most ARGV[2]).
+/// KEYS: stream, generation.
+const REPLAY_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {'', {}} end
+return {epoch, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+";
+
+/// The generation and the newest id, in one step. KEYS: stream, generation.
+const HEAD_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then return {} end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest == 0 then return {} end
+return {epoch, newest[1][1]}
+";
+
+/// The scripts above, sent by their hash (`EVALSHA`, loaded again when Redis does not know
+/// them: after a restart or a failover). `EVAL` would ship a script's whole text with every
+/// call, and Redis would hash it every time: the append runs once per message kept.
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(APPEND_SCRIPT));
+static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLAY_SCRIPT));
+static HEAD: LazyLock<Script> = LazyLock::new(|| Script::from_lua(HEAD_SCRIPT));
+
+/// How many entries a replay reads at most beyond `max_messages`: `MAXLEN ~` trims whole
+/// nodes (100 entries by default), so a stream holds up to that many more. A replay that
+/// would need more is a gap, never a partial replay.
+const TRIM_SLACK: usize = 1_000;
+
+impl RedisHistory {
+    pub(super) fn new(
+        client: RedisClient,
+        link: Link,
+        max_messages: usize,
+        max_age: Duration,
+    ) -> Self {
+        RedisHistory {
+            client,
+            link,
+            max_messages,
+            max_age,
+            unkept: Arc::default(),
+        }
+    }
+
+    /// The stream and its generation.
+    fn keys(room: &str) -> Vec<String> {
+        let stream = Self::stream_key(room);
+        let epoch = Self::epoch_key(&stream);
+        vec![stream, epoch]
+    }
+
+    /// `sockgate:history:{<room>}`: the room is the key's hash tag, so the stream and its
+    /// generation (`…:epoch`) share a slot on a Redis Cluster, where a script may only touch
+    /// the keys of one slot. A room the tag would come out empty for (empty, or starting with
+    /// `}`) gets `_` as its tag.
+    fn stream_key(room: &str) -> String {
+        if room.is_empty() || room.starts_with('}') {
+            format!("sockgate:history:{{_{room}}}")
+        } else {
+            format!("sockgate:history:{{{room}}}")
+        }
+    }
+
+    fn epoch_key(stream: &str) -> String {
+        format!("{stream}:epoch")
+    }
+
+    fn is_unkept(&self, room: &str) -> bool {
+        let rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.contains(room)
+    }
+
+    /// Remembers that `room` lost a message, and retires its generation once Redis answers.
+    fn mark_unkept(&self, room: &str) {
+        let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.insert(room.to_owned());
+        drop(rooms);
+        if !self.unkept.retiring.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().retire_unkept());
+        }
+    }
+
+    /// Deletes the generation of every room that lost a message (a reconnect on any instance
+    /// then gets a gap, and the next message starts a new generation), retrying until Redis
+    /// answers.
+    async fn retire_unkept(self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !self.link.is_up() {
+                continue;
+            }
+            let rooms: Vec<String> = {
+                let rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                rooms.iter().cloned().collect()
+            };
+            for room in rooms {
+                let epoch = Self::epoch_key(&Self::stream_key(&room));
+                let retired: Result<i64, _> = self.client.del(epoch).await;
+                if retired.is_ok() {
+                    let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                    rooms.remove(&room);
+                }
+            }
+            let rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if rooms.is_empty() {
+                self.unkept.retiring.store(false, Ordering::Release);
+                return;
+            }
+        }
+    }
+
+    pub(super) async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
+        let kept = self.append_relayed(room, event, data, None).await?;
+        Some(kept.offset())
+    }
+
+    /// Keeps a message and, with `relay` (a channel and the start of a header), publishes it
+    /// there in the same step. `None` if it could not be kept (nothing was published then).
+    pub async fn append_relayed(
+        &self,
+        room: &str,
+        event: &str,
+        data: &Value,
+        relay: Option<(&str, String)>,
+    ) -> Option<Appended> {
+        if !self.link.is_up() {
+            self.mark_unkept(room);
+            return None;
+        }
+        let retire = if self.is_unkept(room) { "1" } else { "0" };
+        let ttl_ms = self.max_age.as_millis().max(1) as u64;
+        let (channel, header) = relay.unwrap_or_default();
+        let args: Vec<String> = vec![
+            fresh_token(),
+            self.max_messages.to_string(),
+            ttl_ms.to_string(),
+            event.to_owned(),
+            data.to_string(),
+            retire.to_owned(),
+            channel.to_owned(),
+            header,
+        ];
+        let added: Result<Vec<String>, _> = APPEND
+            .evalsha_with_reload(&self.client, Self::keys(room), args)
+            .await;
+        match added.map(<[String; 3]>::try_from) {
+            Ok(Ok([epoch, id, prev])) => {
+                if retire == "1" {
+                    let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                    rooms.remove(room);
+                }
+                Some(Appended { epoch, id, prev })
+            }
+            Ok(Err(reply)) => {
+                tracing::warn!(room, "history not kept (unexpected Redis reply {reply:?})");
+                self.mark_unkept(room);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(room, "history not kept (Redis): {e}");
+                self.link.command_failed("history append", &e);
+                self.mark_unkept(room);
+                None
+            }
+        }
+    }
+
+    pub(super) async fn head(&self, room: &str) -> Head {
+        if !self.link.is_up() {
+            // Not `Empty`: that would make everything the stream holds "newer than the
+            // handshake", and once the link is back the replay would send old messages.
+            return Head::Unknown;
+        }
+        let newest: Result<Vec<String>, _> = HEAD
+            .evalsha_with_reload(&self.client, Self::keys(room), Vec::<String>::new())
+            .await;
+        match newest.map(<[String; 2]>::try_from) {
+            Ok(Ok([epoch, id])) => Head::At(format!("{epoch}:{id}")),
+            Ok(Err(_)) => Head::Empty,
+            Err(e) => {
+                tracing::warn!(room, "history head unknown (Redis): {e}");
+                Head::Unknown
+            }
+        }
+    }
+
+    pub async fn replay(&self, room: &str, since: &Since) -> Replay {
+        if !self.link.is_up() {
+            return match since {
+                Since::Client(_) | Since::Head(Head::Unknown) => Replay::Gap,
+                Since::Head(_) => Replay::Entries(Vec::new()),
+            };
+        }
+        if self.is_unkept(room) && !matches!(since, Since::Head(_)) {
+            return Replay::Gap;
+        }
+        let (epoch, after) = match since {
+            Since::Head(Head::Unknown) => return Replay::Gap,
+            Since::Head(Head::Empty) => (None, None),
+            Since::Head(Head::At(offset)) | Since::Client(offset) => match offset.split_once(':') {
+                Some((epoch, id)) => (Some(epoch), Some(id)),
+                None => return Replay::Gap,
+            },
+        };
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let limit = self.max_messages + TRIM_SLACK;
+        let read: Result<RedisValue, _> = REPLAY
+            .evalsha_with_reload(
+                &self.client,
+                Self::keys(room),
+                vec![start, (limit + 1).to_string()],
+            )
+            .await;
+        let Some((current, entries)) = read.ok().and_then(parse_replay) else {
+            return Replay::Gap;
+        };
+        let client = matches!(since, Since::Client(_));
+        if epoch.is_some_and(|e| e != current) {
+            // Another generation: the stream this offset points into is gone.
+            return if client {
+                Replay::Gap
+            } else {
+                // A head read at the handshake, then the stream was recreated: everything
+                // in the new one came later.
+                self.whole(room).await
+            };
+        }
+        // The first entry read must be the one right after the offset (or the generation's
+        // first): else what came between was trimmed (a client far behind, or a head read at
+        // the handshake followed by more messages than trimming keeps).
+        let follows = after.unwrap_or_default();
+        if entries
+            .first()
+            .is_some_and(|first| first.prev.as_deref() != Some(follows))
+        {
+            return Replay::Gap;
+        }
+        if entries.len() > limit {
+            return Replay::Gap;
+        }
+        Replay::Entries(
+            entries
+                .into_iter()
+                .map(|kept| Entry {
+                    offset: format!("{current}:{}", kept.id),
+                    event: kept.event,
+                    data: kept.data,
+                })
+                .collect(),
+        )
+    }
+
+    /// The whole current stream (a head from a retired generation).
+    async fn whole(&self, room: &str) -> Replay {
+        Box::pin(self.replay(room, &Since::Head(Head::Empty))).await
+    }
+}
+
+/// One stream entry as read.
+struct Kept {
+    id: String,
+    /// The entry before it in its generation (`""` for the first); `None` when the entry does
+    /// not say (written by an older sockgate): then it cannot be shown to follow anything.
+    prev: Option<String>,
+    event: Arc<str>,
+    data: Arc<Value>,
+}
+
+/// (generation, entries) from the replay script's answer.
+fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
+    let RedisValue::Array(parts) = reply else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let epoch = parts.next()?.into_string()?;
+    let RedisValue::Array(raw) = parts.next()? else {
+        return None;
+    };
+    let mut entries = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let RedisValue::Array(entry) = entry else {
+            return None;
+        };
+        let mut entry = entry.into_iter();
+        let id = entry.next()?.into_string()?;
+        let RedisValue::Array(fields) = entry.next()? else {
+            return None;
+        };
+        let fields: Vec<String> = fields
+            .into_iter()
+            .map(|f| f.into_string())
+            .collect::<Option<_>>()?;
+        let field = |name: &str| {
+            fields
+                .chunks(2)
+                .find(|kv| kv[0] == name)
+                .and_then(|kv| kv.get(1))
+        };
+        // An entry that cannot be read makes the whole read fail: a gap, never a skip.
+        let data = serde_json::from_str(field("d")?).ok()?;
+        let event = field("e")?;
+        entries.push(Kept {
+            id,
+            prev: field("p").cloned(),
+            event: event.as_str().into(),
+            data: Arc::new(data),
+        });
+    }
+    Some((epoch, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag Redis Cluster hashes for `key`: what is between the first `{` and the
+    /// next `}`, when not empty; else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let rest = &key[open + 1..];
+                rest.find('}')
+                    .filter(|&close| close > 0)
+                    .map(|close| &rest[..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn a_rooms_keys_share_one_slot() {
+        assert_eq!(
+            RedisHistory::keys("user:42"),
+            [
+                "sockgate:history:{user:42}",
+                "sockgate:history:{user:42}:epoch"
+            ]
+        );
+        for room in ["user:42", "", "}x", "user:{a}", "user:a}b", "{", "user:{}"] {
+            let [stream, epoch]: [String; 2] =
+                RedisHistory::keys(room).try_into().expect("two keys");
+            assert_eq!(hash_tag(&stream), hash_tag(&epoch), "room {room:?}");
+            assert_ne!(hash_tag(&stream), stream, "room {room:?} has a tag");
+        }
+    }
+
+    #[test]
+    fn a_replay_read_is_whole_or_nothing() {
+        let s = |t: &str| RedisValue::String(t.into());
+        let entry = |id: &str, data: &str| {
+            RedisValue::Array(vec![
+                s(id),
+                RedisValue::Array(vec![s("p"), s("5-0"), s("e"), s("n"), s("d"), s(data)]),
+            ])
+        };
+        let reply = |entries| RedisValue::Array(vec![s("g1"), RedisValue::Array(entries)]);
+        let (epoch, entries) =
+            parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{\"a\":2}")])).unwrap();
+        assert_eq!(epoch, "g1");
+        let ids: Vec<_> = entries.iter().map(|kept| kept.id.as_str()).collect();
+        assert_eq!(ids, ["6-0", "7-0"]);
+        assert_eq!(entries[0].prev.as_deref(), Some("5-0"));
+        // One unreadable entry fails the read (a gap), instead of being skipped.
+        assert!(parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{")])).is_none());
+    }
+}
