@@ -26,6 +26,8 @@ STARTED=$(mktemp "$TMPDIR_CHECKED/run-sh-start.XXXXXX")
 trap 'rm -f "$STARTED"' EXIT
 npm_install examples/astro
 
+echo "== module graph: no import cycles, no import against ARCHITECTURE.md's layers"
+python3 tests/layers.py
 echo "== vendored crates resolve to vendor/"
 tests/install/check.sh
 echo "== cargo build"
