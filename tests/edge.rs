@@ -1484,7 +1484,7 @@ async fn junk_cookies_cannot_fill_the_pending_places() {
 }
 
 /// `server.send_stall_timeout_ms` in the send-stall tests: short, so they take seconds.
-const STALL_MS: u64 = 1000;
+const STALL_MS: u64 = 3000;
 
 /// The fixture app, and sockgate in front of it with a send-stall timeout of `STALL_MS`.
 fn with_send_stall_timeout() -> (Proc, Sockgate) {
