@@ -47,7 +47,8 @@ GENERATED = {"target", "node_modules", ".git", "dist"}
 PLACEHOLDER = re.compile(r"[<>{}$…]|\s")
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
+# A code span may wrap a line but not a paragraph: a stray backtick must not hide what follows.
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)
 # [text](target "title") or ![alt](target); the text may hold one level of brackets and
 # newlines (a link wrapped across lines).
 INLINE_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*(<[^>]*>|[^()\s]+)(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
