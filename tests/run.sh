@@ -28,6 +28,7 @@ npm_install examples/astro
 
 echo "== module graph: no import cycles, no import against ARCHITECTURE.md's layers"
 python3 tests/layers.py
+python3 tests/links.py
 echo "== vendored crates resolve to vendor/"
 tests/install/check.sh
 echo "== cargo build"

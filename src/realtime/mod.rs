@@ -99,7 +99,7 @@ pub async fn start(
         // On a Redis Cluster the append script may not publish to the relay's channel (another
         // slot than the stream's): kept messages go through the adapter, as while an older
         // sockgate is connected — at least once across instances, clients dropping offsets
-        // they have seen (README, "Managed Redis").
+        // they have seen (docs/clustering.md, "Managed Redis").
         (Some(c), Some(_)) if c.redis_cluster => {
             tracing::info!(
                 "Redis Cluster: kept messages cross instances through the adapter (at least \
