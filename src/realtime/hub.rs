@@ -659,3 +659,28 @@ fn full_count(errors: &[SocketError]) -> usize {
         .filter(|e| matches!(e, SocketError::InternalChannelFull))
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub error answers the publish API with socketioxide's words, as it did when the
+    /// error was passed on as its text; `Adapter` restates them, so it is checked against them.
+    #[test]
+    fn hub_errors_read_as_socketioxide_wrote_them() {
+        let failure = || AdapterError(Box::new(std::io::Error::other("no route")));
+        assert_eq!(
+            HubError::Adapter(failure()).to_string(),
+            BroadcastError::Adapter(failure()).to_string()
+        );
+        let unencodable = || socketioxide::ParserError::new(std::io::Error::other("bad value"));
+        assert_eq!(
+            HubError::Serialize(Box::new(BroadcastError::Serialize(unencodable()))).to_string(),
+            BroadcastError::Serialize(unencodable()).to_string()
+        );
+        assert_eq!(
+            HubError::Serialize(Box::new(unencodable())).to_string(),
+            unencodable().to_string()
+        );
+    }
+}
