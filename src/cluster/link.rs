@@ -45,10 +45,28 @@ pub struct Link {
 /// The state of the current outage, if any.
 #[derive(Default)]
 struct Down {
-    reason: Option<String>,
+    reason: Option<Reason>,
     /// Outages begun so far: a self-check ends the current outage only if no new sign of
     /// trouble came while it ran.
     begun: u64,
+}
+
+/// Why the link is down. Its text is what [`Link::problem`] reports; a failed self-check is
+/// told apart from the other signs of trouble because a streak of them is logged once.
+enum Reason {
+    /// A self-check failed, with its error.
+    SelfCheck(String),
+    /// Any other sign of trouble, said in full.
+    Trouble(String),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SelfCheck(e) => write!(f, "{CANARY_FAILED}: {e}"),
+            Self::Trouble(text) => f.write_str(text),
+        }
+    }
 }
 
 impl Link {
@@ -74,8 +92,8 @@ impl Link {
 
     /// Why cross-instance delivery is off, if it is.
     pub fn problem(&self) -> Option<String> {
-        if let Some(reason) = self.state().reason.clone() {
-            return Some(reason);
+        if let Some(reason) = &self.state().reason {
+            return Some(reason.to_string());
         }
         (!self.is_up()).then(|| LOST.into())
     }
@@ -112,7 +130,7 @@ impl Link {
         down.begun += 1;
         let was_up = down.reason.is_none();
         if was_up {
-            down.reason = Some(reason);
+            down.reason = Some(Reason::Trouble(reason));
         }
         was_up
     }
@@ -177,15 +195,12 @@ impl Link {
                 }
             }
             Err(e) => {
-                let failing = down
-                    .reason
-                    .as_ref()
-                    .is_some_and(|r| r.starts_with(CANARY_FAILED));
+                let failing = matches!(down.reason, Some(Reason::SelfCheck(_)));
                 if !failing {
                     tracing::warn!("{CANARY_FAILED}, delivering to local sockets only: {e}");
                 }
                 down.begun += 1;
-                down.reason = Some(format!("{CANARY_FAILED}: {e}"));
+                down.reason = Some(Reason::SelfCheck(e));
             }
         }
     }

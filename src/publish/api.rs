@@ -11,7 +11,7 @@ use super::message::{parse_batch, parse_publish};
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::realtime::{Hub, SessionAuth};
+use crate::realtime::{Hub, HubError, SessionAuth};
 
 #[derive(Clone)]
 pub struct PublishApi {
@@ -320,11 +320,11 @@ fn decoded(segment: &str, what: &str) -> Result<String, Failure> {
 
 /// A publish or kick refused because the hub is draining is the service's state (`503`), not
 /// an internal error.
-fn hub_failure(error: String) -> Failure {
-    if error == crate::realtime::DRAINING {
-        return Failure(StatusCode::SERVICE_UNAVAILABLE, error);
+fn hub_failure(error: HubError) -> Failure {
+    match error {
+        HubError::Draining => Failure(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
+        HubError::Serialize(_) | HubError::Adapter(_) => internal(error.to_string()),
     }
-    internal(error)
 }
 
 fn internal(error: String) -> Failure {

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use socketioxide::adapter::{Adapter, LocalAdapter};
+use socketioxide::adapter::{Adapter, AdapterError, LocalAdapter};
 use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
 
 use super::figures::{Coverage, HubStats, Presence, RoomInfo};
@@ -40,8 +40,23 @@ enum Io {
 /// How many rooms of one batch are published to at once.
 const BATCH_ROOMS_AT_ONCE: usize = 64;
 
-/// What a publish or a kick made during the drain is told.
-pub const DRAINING: &str = "sockgate is draining (shutting down): its sockets are closed; publish through another instance or retry once it is back";
+/// Why the hub did not deliver a publish or a kick. The publish API answers [`HubError::Draining`]
+/// with a 503 (the service's state) and the others with a 500; each text is the answer's body.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The drain has begun ([`Hub::close_all`]): this instance has no sockets any more.
+    #[error(
+        "sockgate is draining (shutting down): its sockets are closed; publish through another instance or retry once it is back"
+    )]
+    Draining,
+    /// The message could not be encoded for the sockets. Kept as socketioxide reported it: a
+    /// broadcast's error in its words, one socket's emit as the encoder's message alone.
+    #[error(transparent)]
+    Serialize(Box<dyn std::error::Error + Send>),
+    /// This instance's adapter failed a local broadcast (as socketioxide words it).
+    #[error("Adapter error: {0}")]
+    Adapter(AdapterError),
+}
 
 pub struct Hub {
     io: Io,
@@ -143,9 +158,9 @@ impl Hub {
         target: &Target,
         event: &str,
         data: &serde_json::Value,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, HubError> {
         if self.is_draining() {
-            return Err(DRAINING.into());
+            return Err(HubError::Draining);
         }
         let started = std::time::Instant::now();
         let (recipients, dropped) = match target {
@@ -179,9 +194,9 @@ impl Hub {
     pub async fn publish_batch(
         &self,
         messages: &[(&Target, &str, &serde_json::Value)],
-    ) -> Result<usize, String> {
+    ) -> Result<usize, HubError> {
         if self.is_draining() {
-            return Err(DRAINING.into());
+            return Err(HubError::Draining);
         }
         let mut recipients = 0;
         let mut run: Vec<usize> = Vec::new();
@@ -210,7 +225,7 @@ impl Hub {
         &self,
         messages: &[(&Target, &str, &serde_json::Value)],
         run: &[usize],
-    ) -> Result<usize, String> {
+    ) -> Result<usize, HubError> {
         use futures_util::StreamExt;
         if run.is_empty() {
             return Ok(0);
@@ -242,7 +257,7 @@ impl Hub {
                     let got = self.publish_to_room(room.clone(), event, data).await?;
                     out.push((i, got, started.elapsed()));
                 }
-                Ok::<_, String>(out)
+                Ok::<_, HubError>(out)
             }))
             .buffer_unordered(BATCH_ROOMS_AT_ONCE);
         let mut failed = None;
@@ -274,7 +289,7 @@ impl Hub {
         room: String,
         event: &str,
         data: &serde_json::Value,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), HubError> {
         let Some(history) = self.journal.history() else {
             return self.deliver(Some(room), None, event, data).await;
         };
@@ -343,7 +358,7 @@ impl Hub {
         except: Option<String>,
         event: &str,
         payload: &P,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), HubError> {
         let except: Vec<String> = except.into_iter().collect();
         if let Some(io) = self.cluster_io() {
             let local = match &room {
@@ -376,7 +391,9 @@ impl Hub {
                             .suspect(format!("a publish through Redis: {e}"));
                     }
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e @ BroadcastError::Serialize(_)) => {
+                    return Err(HubError::Serialize(Box::new(e)));
+                }
             }
         }
         if let Io::Cluster(_, outages, _) = &self.io {
@@ -397,13 +414,13 @@ impl Hub {
         sockets: Vec<socketioxide::extract::SocketRef<A>>,
         event: &str,
         payload: &P,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), HubError> {
         let mut dropped = 0;
         for socket in &sockets {
             match socket.emit(event, payload) {
                 Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => dropped += 1,
-                Err(SendError::Serialize(e)) => return Err(e.to_string()),
+                Err(SendError::Serialize(e)) => return Err(HubError::Serialize(Box::new(e))),
             }
         }
         Ok((sockets.len(), dropped))
@@ -413,9 +430,9 @@ impl Hub {
     /// were open on this one. A socket whose queue is full cannot be sent the Socket.IO
     /// disconnect packet: its transport is closed at once instead, and what was queued for it
     /// is dropped (the client reconnects, and its session is checked again).
-    pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, String> {
+    pub async fn disconnect_user(&self, user_id: &str) -> Result<usize, HubError> {
         if self.is_draining() {
-            return Err(DRAINING.into());
+            return Err(HubError::Draining);
         }
         let room = self.user_rooms(user_id);
         let sockets = with_io!(self, io => {
@@ -604,7 +621,7 @@ impl Hub {
     }
 
     /// Whether [`Self::close_all`] has begun: this instance has no sockets any more, and
-    /// publishes and kicks are refused with [`DRAINING`].
+    /// publishes and kicks are refused with [`HubError::Draining`].
     pub fn is_draining(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -624,12 +641,13 @@ async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
     io: &SocketIo<A>,
     event: &str,
     payload: &P,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), HubError> {
     let recipients = io.local().sockets().len();
     let dropped = match io.local().emit(event, payload).await {
         Ok(()) => 0,
         Err(BroadcastError::Socket(errors)) => full_count(&errors),
-        Err(e) => return Err(e.to_string()),
+        Err(e @ BroadcastError::Serialize(_)) => return Err(HubError::Serialize(Box::new(e))),
+        Err(BroadcastError::Adapter(e)) => return Err(HubError::Adapter(e)),
     };
     Ok((recipients, dropped))
 }
@@ -640,4 +658,29 @@ fn full_count(errors: &[SocketError]) -> usize {
         .iter()
         .filter(|e| matches!(e, SocketError::InternalChannelFull))
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub error answers the publish API with socketioxide's words, as it did when the
+    /// error was passed on as its text; `Adapter` restates them, so it is checked against them.
+    #[test]
+    fn hub_errors_read_as_socketioxide_wrote_them() {
+        let failure = || AdapterError(Box::new(std::io::Error::other("no route")));
+        assert_eq!(
+            HubError::Adapter(failure()).to_string(),
+            BroadcastError::Adapter(failure()).to_string()
+        );
+        let unencodable = || socketioxide::ParserError::new(std::io::Error::other("bad value"));
+        assert_eq!(
+            HubError::Serialize(Box::new(BroadcastError::Serialize(unencodable()))).to_string(),
+            BroadcastError::Serialize(unencodable()).to_string()
+        );
+        assert_eq!(
+            HubError::Serialize(Box::new(unencodable())).to_string(),
+            unencodable().to_string()
+        );
+    }
 }

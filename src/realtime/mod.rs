@@ -42,7 +42,7 @@ use channels::Channels;
 use connect::{Handlers, register};
 pub use figures::{HubStats, Presence};
 use history::{History, Journal};
-pub use hub::{DRAINING, Hub, Target};
+pub use hub::{Hub, HubError, Target};
 pub use origin::OriginPolicy;
 use recovery::Recovery;
 use relay::Relay;
