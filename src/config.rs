@@ -1093,19 +1093,67 @@ fn describe(meta: &figment::Metadata, key: &str) -> String {
     match &meta.source {
         Some(source) => format!("{} {source}", meta.name),
         // The env provider has no source; name the exact variable instead.
-        None if meta.name.contains("environment") => format!(
-            "environment variable `SIDECAR_{}`",
-            key.replace('.', "__").to_uppercase()
-        ),
+        None if meta.name.contains("environment") => {
+            format!("environment variable `{}`", env_variable(key))
+        }
         None => meta.name.to_string(),
     }
 }
 
+/// The `SIDECAR_` variable that set `key`, spelled as it is in the environment: figment
+/// lowercases names and matches the prefix in any case, and a variable may set a whole
+/// section (`SIDECAR_REALTIME='{path="/ws"}'`), so the longest key prefix that names a
+/// variable is the one.
+fn env_variable(key: &str) -> String {
+    let segments: Vec<&str> = key.split('.').collect();
+    let set: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    (1..=segments.len())
+        .rev()
+        .map(|n| format!("SIDECAR_{}", segments[..n].join("__")))
+        .find_map(|wanted| {
+            set.iter()
+                .find(|name| name.trim().eq_ignore_ascii_case(&wanted))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("SIDECAR_{}", key.replace('.', "__").to_uppercase()))
+}
+
+/// figment's own text puts its list of choices in one more pair of backticks
+/// (``polling` or `websocket``); the list reads cleanly without them.
+fn reason_of(kind: &figment::error::Kind) -> String {
+    use figment::error::{Kind, OneOf};
+    match kind {
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "unknown variant: found `{found}`, expected {}",
+                OneOf(expected)
+            )
+        }
+        Kind::UnknownField(found, expected) => {
+            format!(
+                "unknown field: found `{found}`, expected {}",
+                OneOf(expected)
+            )
+        }
+        other => one_line(&other.to_string()),
+    }
+}
+
 fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
-    let key = if error.path.is_empty() {
+    // A list entry's index (`realtime.transports.0`) is no key anyone wrote; the value found
+    // in the reason says which entry it is.
+    let written: Vec<&str> = error
+        .path
+        .iter()
+        .map(String::as_str)
+        .filter(|segment| segment.parse::<usize>().is_err())
+        .collect();
+    let key = if written.is_empty() {
         "(top level)".to_string()
     } else {
-        error.path.join(".")
+        written.join(".")
     };
     let source_name = match &error.metadata {
         Some(meta) => describe(meta, &key),
@@ -1114,7 +1162,7 @@ fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
     ConfigError {
         key,
         source_name,
-        reason: one_line(&error.kind.to_string()),
+        reason: reason_of(&error.kind),
     }
 }
 
@@ -1271,6 +1319,50 @@ mod tests {
             jail.set_env("PORT", "http");
             let e = load(&Overrides::default()).unwrap_err();
             assert!(e.to_string().contains("`PORT`"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_what_the_user_wrote() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("SIDECAR_REALTIME__TRANSPORTS", "[\"carrier-pigeon\"]");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "realtime.transports", "{e}");
+            assert_eq!(
+                e.source_name, "environment variable `SIDECAR_REALTIME__TRANSPORTS`",
+                "{e}"
+            );
+            assert!(
+                e.reason
+                    .ends_with("found `carrier-pigeon`, expected `polling` or `websocket`"),
+                "{e}"
+            );
+
+            jail.clear_env();
+            jail.set_env("sidecar_log__format", "xml");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "log.format", "{e}");
+            assert_eq!(
+                e.source_name, "environment variable `sidecar_log__format`",
+                "{e}"
+            );
+            assert!(!e.reason.contains("``"), "{e}");
+
+            jail.clear_env();
+            jail.create_file(
+                DEFAULT_CONFIG_FILE,
+                "[realtime]\ntransports = [\"polling\", \"pigeon\"]\n",
+            )?;
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "realtime.transports", "{e}");
+            assert!(e.source_name.contains("sidecar.toml"), "{e}");
+            assert!(!e.reason.contains("``"), "{e}");
+
+            jail.create_file(DEFAULT_CONFIG_FILE, "[realtime]\ntransport = []\n")?;
+            let e = load(&Overrides::default()).unwrap_err();
+            assert!(!e.reason.contains("``"), "{e}");
             Ok(())
         });
     }
