@@ -273,6 +273,41 @@ mod tests {
         });
     }
 
+    /// Every key `--print-config` shows (the defaults, serialized) is in the shipped
+    /// `sidecar.toml` with its default, and the file has no key sockgate does not know: the
+    /// file is the reference a user copies from.
+    #[test]
+    fn sidecar_toml_shows_every_key_with_its_default() {
+        let shipped: toml::Table = include_str!("../../sidecar.toml")
+            .parse()
+            .expect("sidecar.toml parses");
+        let defaults = toml::Table::try_from(Config::default()).expect("serializes");
+        for (section, keys) in &defaults {
+            let keys = keys.as_table().expect("a section");
+            let written = shipped.get(section).and_then(toml::Value::as_table);
+            for (key, default) in keys {
+                let value = written.and_then(|w| w.get(key));
+                assert_eq!(
+                    value,
+                    Some(default),
+                    "sidecar.toml lacks `{section}.{key}` with its default"
+                );
+            }
+            for key in written.into_iter().flat_map(|w| w.keys()) {
+                assert!(
+                    keys.contains_key(key),
+                    "sidecar.toml has `{section}.{key}`, which sockgate does not know"
+                );
+            }
+        }
+        for section in shipped.keys() {
+            assert!(
+                defaults.contains_key(section),
+                "sidecar.toml has [{section}], which sockgate does not know"
+            );
+        }
+    }
+
     #[test]
     fn readme_documents_every_key() {
         let readme = include_str!("../../README.md");
