@@ -113,3 +113,21 @@ fn a_ca_file_needs_a_tls_url_and_a_readable_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_bad_list_entry_names_the_variable_as_written() {
+    let (code, stderr) = run(
+        &["--print-config"],
+        &[("SIDECAR_REALTIME__TRANSPORTS", "[\"carrier-pigeon\"]")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "key `realtime.transports` from environment variable \
+             `SIDECAR_REALTIME__TRANSPORTS`: unknown variant: found `carrier-pigeon`, \
+             expected `polling` or `websocket`"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

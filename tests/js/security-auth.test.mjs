@@ -635,16 +635,22 @@ test('a socket keeps nothing of its CONNECT auth: 200 sockets with a 15 KB auth 
 });
 
 test('a CONNECT whose auth is over realtime.max_auth_bytes is refused with a connect_error and counted; a small auth connects', async () => {
-  for (const transport of ['websocket', 'polling']) {
-    const err = await connectError(s.url, {
-      cookie: 'sid=user-bigauth',
-      transports: [transport],
-      auth: { offsets: {}, pad: 'x'.repeat(9000) },
-    });
-    assert.match(err.message, /auth is \d+ bytes, over realtime\.max_auth_bytes \(8192\)/, transport);
+  // Below the message limits, so that the auth bound is what refuses it.
+  const st = await startStack({ env: { SIDECAR_REALTIME__MAX_AUTH_BYTES: '8192' } });
+  try {
+    for (const transport of ['websocket', 'polling']) {
+      const err = await connectError(st.url, {
+        cookie: 'sid=user-bigauth',
+        transports: [transport],
+        auth: { offsets: {}, pad: 'x'.repeat(9000) },
+      });
+      assert.match(err.message, /auth is \d+ bytes, over realtime\.max_auth_bytes \(8192\)/, transport);
+    }
+    const metrics = await st.publishApi('GET', '/metrics');
+    assert.match(metrics.text, /sockgate_socket_rejects_total\{reason="auth_too_large"\} 2/);
+    const ok = await connect(st.url, { cookie: 'sid=user-bigauth', transports: ['websocket'], auth: { offsets: {} } });
+    ok.close();
+  } finally {
+    await st.stop();
   }
-  const metrics = await s.publishApi('GET', '/metrics');
-  assert.match(metrics.text, /sockgate_socket_rejects_total\{reason="auth_too_large"\} 2/);
-  const ok = await connect(s.url, { cookie: 'sid=user-bigauth', transports: ['websocket'], auth: { offsets: {} } });
-  ok.close();
 });

@@ -1,0 +1,110 @@
+//! `[auth]`: how sockets are authenticated through the app's own session route.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Invalid, at_least_one};
+
+/// How sockets are authenticated through the app's own session route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Path (and optional query) of the app's session route, called with `GET`.
+    pub session_path: String,
+    /// Handshake request headers forwarded to the session route.
+    pub forward_headers: Vec<String>,
+    /// JSON pointer (RFC 6901) to the user id in the session route's response.
+    pub user_id_pointer: String,
+    /// JSON pointer to the rooms (an array of strings) the user's sockets join besides their
+    /// user room; empty, or nothing at the pointer, = none.
+    pub rooms_pointer: String,
+    /// JSON pointer to what presence shows of a user (any JSON, at most 1 KiB serialized);
+    /// empty, or nothing at the pointer, = null.
+    pub user_info_pointer: String,
+    pub timeout_ms: u64,
+    pub cache_ttl_ms: u64,
+    pub negative_ttl_ms: u64,
+    pub cache_max_entries: u64,
+    /// Most session-route calls in flight at once (a deploy reconnects every browser at once).
+    pub max_concurrent: usize,
+    /// How often connected sockets are re-checked; `0` turns revalidation off.
+    pub revalidate_interval_ms: u64,
+    /// Most session checks waiting for one of the `max_concurrent` places; further ones are
+    /// refused at once ("session unavailable").
+    pub max_waiting: usize,
+    /// Largest credentials (the handshake headers the session check reads, together) a
+    /// handshake may carry; larger ones get 431 before a session is made.
+    pub max_credential_bytes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_path: "/api/session".into(),
+            forward_headers: vec![
+                "cookie".into(),
+                "user-agent".into(),
+                "x-forwarded-for".into(),
+            ],
+            user_id_pointer: "/userId".into(),
+            rooms_pointer: "/rooms".into(),
+            user_info_pointer: "/user".into(),
+            timeout_ms: 5_000,
+            cache_ttl_ms: 30_000,
+            negative_ttl_ms: 5_000,
+            cache_max_entries: 100_000,
+            max_concurrent: 32,
+            revalidate_interval_ms: 300_000,
+            max_waiting: 512,
+            max_credential_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if !self.session_path.starts_with('/') {
+            return Err(Invalid::new(
+                "auth.session_path",
+                format!("`{}` must start with `/`", self.session_path),
+            ));
+        }
+        if !self.user_id_pointer.is_empty() && !self.user_id_pointer.starts_with('/') {
+            return Err(Invalid::new(
+                "auth.user_id_pointer",
+                format!(
+                    "`{}` is not a JSON pointer (it starts with `/`, e.g. /userId or /user/id)",
+                    self.user_id_pointer
+                ),
+            ));
+        }
+        for (key, pointer, example) in [
+            ("auth.rooms_pointer", &self.rooms_pointer, "/rooms"),
+            ("auth.user_info_pointer", &self.user_info_pointer, "/user"),
+        ] {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                return Err(Invalid::new(
+                    key,
+                    format!(
+                        "`{pointer}` is not a JSON pointer (it starts with `/`, e.g. {example}), or empty for none"
+                    ),
+                ));
+            }
+        }
+        for name in &self.forward_headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(Invalid::new(
+                    "auth.forward_headers",
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+        }
+        at_least_one(&[("auth.max_concurrent", self.max_concurrent as u64)])?;
+        if self.max_credential_bytes < 256 {
+            return Err(Invalid::new(
+                "auth.max_credential_bytes",
+                "must be at least 256 (a session cookie has to fit)",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! `[cluster]`: several instances sharing rooms through Redis.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::Invalid;
+
+/// Several instances sharing rooms through Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://[[user]:password@]host:port[/db]` (Redis ≥ 7), `rediss://` for TLS,
+    /// `redis[s]-cluster://host:port?node=host2:port2` for a Redis Cluster,
+    /// `redis[s]-sentinel://host:port?node=…&sentinelServiceName=…` behind Sentinel; empty =
+    /// single instance, in memory.
+    pub redis_url: String,
+    /// A PEM file of CA certificates trusted for a TLS Redis (`rediss…` URLs), besides the
+    /// system's; empty = the system's only.
+    pub tls_ca_file: String,
+    /// How long cluster-wide questions (presence, stats) wait for the other instances.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            tls_ca_file: String::new(),
+            request_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if !self.redis_url.is_empty() {
+            crate::redis_url::redis_config(&self.redis_url, &self.tls_ca_file)
+                .map_err(|(key, reason)| Invalid::new(key, reason))?;
+        } else if !self.tls_ca_file.is_empty() {
+            return Err(Invalid::new(
+                "cluster.tls_ca_file",
+                "is set but cluster.redis_url is empty (a single instance uses no Redis)",
+            ));
+        }
+        Ok(())
+    }
+}
