@@ -142,11 +142,6 @@ impl Admission {
         }
     }
 
-    /// Sessions that have not completed their Socket.IO CONNECT.
-    pub fn pending(&self) -> usize {
-        self.shared.pending.load(Ordering::Relaxed)
-    }
-
     /// Lets a handshake in, or says why not: no credentials (401), credentials too large
     /// (431), credentials the session route refuses (401), the session route cannot say
     /// (503, within `auth.timeout_ms`), too many sessions pending (503). Nothing is allocated
