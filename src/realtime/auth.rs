@@ -599,10 +599,13 @@ mod tests {
     use serde_json::json;
 
     fn auth() -> SessionAuth {
-        let config = AuthConfig {
+        auth_with(AuthConfig {
             max_credential_bytes: 1024,
             ..AuthConfig::default()
-        };
+        })
+    }
+
+    fn auth_with(config: AuthConfig) -> SessionAuth {
         let upstream = Upstream::new(
             &crate::config::UpstreamConfig::default(),
             http::uri::Authority::from_static("127.0.0.1:9"),
@@ -761,20 +764,10 @@ mod tests {
         };
         assert_eq!(auth.reuse(old).await, None);
         // No cache: every CONNECT asks the app, as before.
-        let config = AuthConfig {
+        let uncached = auth_with(AuthConfig {
             cache_max_entries: 0,
             ..AuthConfig::default()
-        };
-        let upstream = Upstream::new(
-            &crate::config::UpstreamConfig::default(),
-            http::uri::Authority::from_static("127.0.0.1:9"),
-        );
-        let uncached = SessionAuth::new(
-            &config,
-            RoomRules::new(&crate::config::Config::default()),
-            upstream,
-            Arc::new(Metrics::new()),
-        );
+        });
         assert_eq!(uncached.reuse(admitted(&uncached)).await, None);
     }
 
