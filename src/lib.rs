@@ -5,7 +5,7 @@
 //! publish to users over a Unix socket. [`run`] wires the parts together:
 //!
 //! ```text
-//! request ─▶ server::Router ─┬─ /socket.io ─▶ realtime (origin, auth) ─▶ sockets
+//! request ─▶ server::Router ─┬─ /socket.io ─▶ realtime::Gate (origin, admission) ─▶ sockets
 //!                            └─ otherwise ──▶ proxy ─▶ upstream (the app)
 //! publish socket ─▶ publish::PublishApi ─▶ realtime::Hub ─▶ rooms ─▶ sockets
 //! ```
@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::Proxy;
 use crate::publish::{PublishApi, PublishSocket};
-use crate::realtime::{OriginPolicy, RoomRules, SessionAuth};
+use crate::realtime::{RoomRules, SessionAuth};
 use crate::server::Router;
 use crate::shutdown::Shutdown;
 use crate::supervisor::{AppGate, Supervisor};
@@ -121,22 +121,12 @@ pub async fn run(
             .context("upstream.ready_path is not a path")?,
     );
     let router = Arc::new(Router {
-        realtime_path: config.realtime.path.clone(),
-        origin: OriginPolicy::new(
-            &config.realtime.allowed_origins,
-            config.proxy.trust_forwarded,
-        ),
-        realtime: realtime.service,
-        open_sockets: realtime.open,
-        max_connections: config.realtime.max_connections,
+        realtime: realtime.gate,
         proxy: proxy.clone(),
         gate: gate.clone(),
         health_path: Some(config.server.health_path.clone()).filter(|p| !p.is_empty()),
         ops: ops.clone(),
         metrics: metrics.clone(),
-        trust_forwarded: config.proxy.trust_forwarded,
-        admission: realtime.admission,
-        min_body_rate,
     });
 
     // Listen: public port, publish socket, optional admin port.

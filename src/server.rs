@@ -14,39 +14,29 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::abuse::Conduct;
 use crate::body::{self, Body};
-use crate::config::{ServerConfig, is_under, ms};
+use crate::config::{ServerConfig, ms};
 use crate::connection::{Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
-use crate::metrics::{Metrics, Reject};
+use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::proxy::{Proxy, host_from_authority, mark_forwarded};
-use crate::realtime::{Admission, OpenSockets, OriginPolicy, RealtimeService, is_handshake};
+use crate::proxy::{Proxy, host_from_authority};
+use crate::realtime::Gate;
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
-use crate::upload::{MinRate, Upload};
 
 /// Routes requests: the Socket.IO path to sockgate's own endpoint, everything else to the app.
 /// Built once at startup.
 pub struct Router {
-    pub realtime_path: String,
-    pub origin: OriginPolicy,
-    pub realtime: RealtimeService,
-    pub open_sockets: OpenSockets,
-    pub max_connections: usize,
+    /// The Socket.IO endpoint's way in: every check of a request under `realtime.path`.
+    pub realtime: Gate,
     pub proxy: Proxy,
     pub gate: AppGate,
     /// Public readiness path, when configured.
     pub health_path: Option<String>,
     pub ops: Ops,
     pub metrics: Arc<Metrics>,
-    pub trust_forwarded: bool,
-    /// Credentials and pending places of handshakes; the binding of sessions to them.
-    pub admission: Admission,
-    /// What a polling POST's body must keep up (the proxy's `proxy.min_body_rate_*`).
-    pub min_body_rate: MinRate,
 }
 
 impl Router {
@@ -61,78 +51,17 @@ impl Router {
         if self.health_path.as_deref() == Some(path) {
             return self.ops.readiness().await;
         }
-        let realtime = is_under(path, &self.realtime_path);
+        let realtime = self.realtime.serves(path);
         if !self.gate.is_open() {
             if realtime {
-                self.metrics.rejected(Reject::AppStarting);
+                self.realtime.refused_app_starting();
             }
             return unavailable("the app is starting; retry in a moment");
         }
-        if !realtime {
-            return self.proxy.forward(req, peer, conduct).await;
-        }
-        if let Err(reason) = self.origin.check(req.headers()) {
-            self.metrics.rejected(Reject::Origin);
-            tracing::warn!(%peer, "Socket.IO handshake refused: {reason}");
-            return body::text(StatusCode::FORBIDDEN, "origin not allowed");
-        }
-        // The session route sees the client's address like the app's pages do.
-        mark_forwarded(req.headers_mut(), peer, self.trust_forwarded);
-        if !is_handshake(&req) {
-            if let Err(refusal) = self.admission.check(&req) {
-                if refusal.status == StatusCode::FORBIDDEN {
-                    self.metrics.rejected(refusal.reason);
-                    tracing::warn!(%peer, "Socket.IO request refused: {}", refusal.message);
-                }
-                return refusal.response();
-            }
-            return self.call_realtime(req).await;
-        }
-        let ticket = match self.admission.admit(req.headers()).await {
-            Ok(ticket) => ticket,
-            Err(refusal) => {
-                self.metrics.rejected(refusal.reason);
-                tracing::debug!(%peer, "Socket.IO handshake refused: {}", refusal.message);
-                return refusal.response();
-            }
-        };
-        match self.open_sockets.reserve(self.max_connections) {
-            Some(slot) => {
-                req.extensions_mut().insert(slot);
-            }
-            None => {
-                self.metrics.rejected(Reject::Capacity);
-                tracing::warn!(%peer, max = self.max_connections, "Socket.IO handshake refused: connection cap reached (realtime.max_connections)");
-                return unavailable("too many realtime connections; retry later");
-            }
-        }
-        req.extensions_mut().insert(ticket.clone());
-        let resp = self.call_realtime(req).await;
-        ticket.bind(resp).await
-    }
-}
-
-impl Router {
-    /// Hands a request to Engine.IO. A body the client trickled or broke is answered as the
-    /// proxy answers it (`408`/`400`, connection closed), whatever Engine.IO made of it.
-    async fn call_realtime(&self, req: Request<Incoming>) -> Response<Body> {
-        let (parts, incoming) = req.into_parts();
-        let (upload, client_fault) = Upload::new(incoming, self.min_body_rate);
-        let resp = match self
-            .realtime
-            .clone()
-            .oneshot(Request::from_parts(parts, upload))
-            .await
-        {
-            Ok(resp) => resp.map(body::boxed),
-            Err(never) => match never {},
-        };
-        match client_fault.get() {
-            Some(fault) => {
-                self.metrics.client_error(fault.label());
-                fault.response()
-            }
-            None => resp,
+        if realtime {
+            self.realtime.handle(req, peer).await
+        } else {
+            self.proxy.forward(req, peer, conduct).await
         }
     }
 }

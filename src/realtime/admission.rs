@@ -2,7 +2,8 @@
 //!
 //! A handshake must carry credentials (a cookie or `Authorization`, within
 //! `auth.max_credential_bytes`) that the app's session route accepts (asked through the
-//! session cache, so the Socket.IO CONNECT that follows is answered from it) before it gets
+//! session cache; the answer rides in the [`Ticket`] to the Socket.IO CONNECT that follows,
+//! which reuses it while the cache would, unless the user was kicked since) before it gets
 //! anything; then it takes one of `realtime.max_pending_connections` places until its
 //! Socket.IO CONNECT passes the session check (or the session ends:
 //! `realtime.connect_timeout_ms` closes one that never does). A made-up cookie thus gets
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::auth::{AuthError, CredentialError, CredentialKey, SessionAuth};
+use super::auth::{Admitted, AuthError, CredentialError, CredentialKey, SessionAuth};
 use crate::body::{self, Body};
 use crate::metrics::Reject;
 
@@ -63,20 +64,34 @@ impl Refusal {
     }
 }
 
-/// A handshake's place among the pending sessions and its entry among the bound ones. It
-/// rides in the handshake request's extensions, which the Engine.IO session keeps for its
-/// whole life, so both are given back when the session ends, however it ends.
+/// A handshake's place among the pending sessions and its entry among the bound ones, and the
+/// session it was let in on until its CONNECT takes it. It rides in the handshake request's
+/// extensions, which the Engine.IO session keeps for its whole life, so the place and the
+/// entry are given back when the session ends, however it ends.
 #[derive(Clone)]
 pub struct Ticket(Arc<TicketInner>);
 
 struct TicketInner {
     key: CredentialKey,
+    /// Boxed: once taken, a ticket keeps only a pointer's room for it.
+    admitted: Mutex<Option<Box<Admitted>>>,
     pending: AtomicBool,
     sid: OnceLock<Box<str>>,
     shared: Arc<Shared>,
 }
 
 impl Ticket {
+    /// The session the handshake was let in on, for the first CONNECT only: any later one
+    /// looks its credentials up as before.
+    pub fn take_admitted(&self) -> Option<Admitted> {
+        self.0
+            .admitted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|admitted| *admitted)
+    }
+
     /// The session passed its Socket.IO CONNECT: it no longer counts as pending.
     pub fn connected(&self) {
         if self.0.pending.swap(false, Ordering::AcqRel) {
@@ -142,11 +157,6 @@ impl Admission {
         }
     }
 
-    /// Sessions that have not completed their Socket.IO CONNECT.
-    pub fn pending(&self) -> usize {
-        self.shared.pending.load(Ordering::Relaxed)
-    }
-
     /// Lets a handshake in, or says why not: no credentials (401), credentials too large
     /// (431), credentials the session route refuses (401), the session route cannot say
     /// (503, within `auth.timeout_ms`), too many sessions pending (503). Nothing is allocated
@@ -160,22 +170,19 @@ impl Admission {
             message: e.to_string(),
             reason: Reject::Unauthorized,
         })?;
-        // Through the cache and its coalescing: the CONNECT's own check is then a cache hit.
-        self.auth
-            .authenticate(&credentials)
-            .await
-            .map_err(|e| match e {
-                AuthError::Unauthorized => Refusal {
-                    status: StatusCode::UNAUTHORIZED,
-                    message: e.to_string(),
-                    reason: Reject::Unauthorized,
-                },
-                AuthError::Unavailable(_) => Refusal {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    message: e.to_string(),
-                    reason: Reject::SessionUnavailable,
-                },
-            })?;
+        // Through the cache and its coalescing; the answer goes on to the CONNECT.
+        let admitted = self.auth.check(&credentials).await.map_err(|e| match e {
+            AuthError::Unauthorized => Refusal {
+                status: StatusCode::UNAUTHORIZED,
+                message: e.to_string(),
+                reason: Reject::Unauthorized,
+            },
+            AuthError::Unavailable(_) => Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: e.to_string(),
+                reason: Reject::SessionUnavailable,
+            },
+        })?;
         self.shared
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -191,6 +198,7 @@ impl Admission {
             })?;
         Ok(Ticket(Arc::new(TicketInner {
             key: *credentials.secret(),
+            admitted: Mutex::new(Some(Box::new(admitted))),
             pending: AtomicBool::new(true),
             sid: OnceLock::new(),
             shared: self.shared.clone(),

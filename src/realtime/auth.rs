@@ -77,11 +77,23 @@ enum Verdict {
     Rejected,
 }
 
-/// A verdict and when the app was asked (for [`Kicks::kicked_since`]).
+/// A verdict, when the app was asked (for [`Kicks::kicked_since`]) and when it answered.
 #[derive(Debug, Clone)]
 struct Answer {
     verdict: Verdict,
     asked_at: Stamp,
+    /// Before the cache inserts the answer, so the cache holds it at least this long + TTL.
+    answered_at: Instant,
+}
+
+/// The session a handshake was let in on, with when the app gave it: it rides to the
+/// socket's Socket.IO CONNECT ([`SessionAuth::reuse`]) so that the CONNECT neither parses the
+/// credentials nor looks them up again.
+#[derive(Debug)]
+pub struct Admitted {
+    session: Session,
+    asked_at: Stamp,
+    answered_at: Instant,
 }
 
 /// The SHA-256 of a handshake's credential headers: what the cache and the session binding
@@ -145,6 +157,9 @@ pub struct SessionAuth {
     rooms: RoomRules,
     timeout: Duration,
     cache: Cache<CredentialKey, Answer>,
+    /// How long the cache may hold a session (`auth.cache_ttl_ms`; none held when
+    /// `auth.cache_max_entries` is 0): an [`Admitted`] session is reused no longer.
+    reuse_for: Duration,
     permits: Semaphore,
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -233,6 +248,11 @@ impl SessionAuth {
             rooms,
             timeout: ms(config.timeout_ms),
             cache,
+            reuse_for: if config.cache_max_entries == 0 {
+                Duration::ZERO
+            } else {
+                ms(config.cache_ttl_ms)
+            },
             permits: Semaphore::new(config.max_concurrent),
             waiting: AtomicUsize::new(0),
             max_waiting: config.max_waiting,
@@ -306,6 +326,13 @@ impl SessionAuth {
 
     /// The session for these credentials, from the cache or from one session-route call.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Session, AuthError> {
+        self.check(credentials)
+            .await
+            .map(|admitted| admitted.session)
+    }
+
+    /// [`Self::authenticate`], keeping when the answer was given, for [`Self::reuse`].
+    pub(super) async fn check(&self, credentials: &Credentials) -> Result<Admitted, AuthError> {
         for _ in 0..STALE_RETRIES {
             let cached = self.cache.contains_key(&credentials.key);
             let entry = self
@@ -326,25 +353,58 @@ impl SessionAuth {
                     (false, true) => Lookup::Hit,
                     (false, false) => Lookup::Coalesced,
                 });
-            let Answer { verdict, asked_at } = entry.into_value();
+            let Answer {
+                verdict,
+                asked_at,
+                answered_at,
+            } = entry.into_value();
             let session = match verdict {
                 Verdict::User(session) => session,
                 Verdict::Rejected => return Err(AuthError::Unauthorized),
             };
-            match self.kicks.kicked_since(&session.user_id, asked_at).await {
-                Ok(false) => return Ok(session),
-                // Given before the user was kicked: not trusted, the app is asked again.
-                Ok(true) => self.cache.invalidate(&credentials.key).await,
-                Err(reason) => {
-                    tracing::warn!("socket refused: {reason}");
-                    self.metrics.session_lookup(Lookup::Error);
-                    return Err(AuthError::Unavailable(reason));
-                }
+            if self.still_trusted(&session.user_id, asked_at).await? {
+                return Ok(Admitted {
+                    session,
+                    asked_at,
+                    answered_at,
+                });
             }
+            // Given before the user was kicked: not trusted, the app is asked again.
+            self.cache.invalidate(&credentials.key).await;
         }
         Err(AuthError::Unavailable(
             "the user was kicked during every session check".into(),
         ))
+    }
+
+    /// The session a handshake was let in on, for its Socket.IO CONNECT, trusted exactly as
+    /// the cache would trust it: `None` — look the credentials up again — once the cache
+    /// would no longer hold that answer, or when its user was kicked since it was asked.
+    pub(super) async fn reuse(&self, admitted: Admitted) -> Option<Result<Session, AuthError>> {
+        if admitted.answered_at.elapsed() >= self.reuse_for {
+            return None;
+        }
+        match self
+            .still_trusted(&admitted.session.user_id, admitted.asked_at)
+            .await
+        {
+            Ok(true) => Some(Ok(admitted.session)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Whether an answer about `user_id` asked at `asked_at` may still be trusted: not once
+    /// the user was kicked after it. Fails closed when that cannot be known.
+    async fn still_trusted(&self, user_id: &str, asked_at: Stamp) -> Result<bool, AuthError> {
+        match self.kicks.kicked_since(user_id, asked_at).await {
+            Ok(kicked) => Ok(!kicked),
+            Err(reason) => {
+                tracing::warn!("socket refused: {reason}");
+                self.metrics.session_lookup(Lookup::Error);
+                Err(AuthError::Unavailable(reason))
+            }
+        }
     }
 
     /// Forgets every session of `user_id` (a kick: logout, ban): cached answers and answers
@@ -424,7 +484,11 @@ impl SessionAuth {
             .bounded("session route", |remaining| async move {
                 let asked_at = self.kicks.stamp();
                 let verdict = self.call_session_route(headers, remaining).await?;
-                Ok(Answer { verdict, asked_at })
+                Ok(Answer {
+                    verdict,
+                    asked_at,
+                    answered_at: Instant::now(),
+                })
             })
             .await;
         if let Some(took) = took {
@@ -535,10 +599,13 @@ mod tests {
     use serde_json::json;
 
     fn auth() -> SessionAuth {
-        let config = AuthConfig {
+        auth_with(AuthConfig {
             max_credential_bytes: 1024,
             ..AuthConfig::default()
-        };
+        })
+    }
+
+    fn auth_with(config: AuthConfig) -> SessionAuth {
         let upstream = Upstream::new(
             &crate::config::UpstreamConfig::default(),
             http::uri::Authority::from_static("127.0.0.1:9"),
@@ -667,6 +734,41 @@ mod tests {
                 max: 1024
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_handshake_session_is_reused_only_while_the_cache_would_trust_it() {
+        let auth = auth();
+        let session = Session {
+            user_id: "alice".into(),
+            rooms: Arc::new([]),
+            info: None,
+        };
+        let admitted = |auth: &SessionAuth| Admitted {
+            session: session.clone(),
+            asked_at: auth.kicks.stamp(),
+            answered_at: Instant::now(),
+        };
+        assert_eq!(auth.reuse(admitted(&auth)).await, Some(Ok(session.clone())));
+        // Asked before a kick: looked up again.
+        let before = admitted(&auth);
+        auth.forget_user("alice").await.unwrap();
+        assert_eq!(auth.reuse(before).await, None);
+        assert!(auth.reuse(admitted(&auth)).await.is_some());
+        // Older than auth.cache_ttl_ms: the cache would have let it go.
+        let old = Admitted {
+            answered_at: Instant::now()
+                .checked_sub(auth.reuse_for + Duration::from_millis(1))
+                .unwrap(),
+            ..admitted(&auth)
+        };
+        assert_eq!(auth.reuse(old).await, None);
+        // No cache: every CONNECT asks the app, as before.
+        let uncached = auth_with(AuthConfig {
+            cache_max_entries: 0,
+            ..AuthConfig::default()
+        });
+        assert_eq!(uncached.reuse(admitted(&uncached)).await, None);
     }
 
     #[test]

@@ -129,15 +129,29 @@ async fn check_session<A: Adapter>(
     auth: Option<serde_json::Value>,
     handlers: &Handlers,
 ) -> Result<(), Refused> {
-    let credentials = handlers
-        .auth
-        .credentials(&socket.req_parts().headers)
-        .map_err(|_| Refused::Session(AuthError::Unauthorized))?;
+    let ticket = socket.req_parts().extensions.get::<Ticket>();
+    // The session the handshake was let in on, unless the cache would not hold it any more or
+    // its user was kicked since: then the credentials are looked up again, as by any socket
+    // that has no ticket (a second CONNECT on one Engine.IO session).
+    let reused = match ticket.and_then(Ticket::take_admitted) {
+        Some(admitted) => handlers.auth.reuse(admitted).await,
+        None => None,
+    };
+    let session = match reused {
+        Some(reused) => reused?,
+        None => {
+            let credentials = handlers
+                .auth
+                .credentials(&socket.req_parts().headers)
+                .map_err(|_| Refused::Session(AuthError::Unauthorized))?;
+            handlers.auth.authenticate(&credentials).await?
+        }
+    };
     let Session {
         user_id,
         rooms,
         info,
-    } = handlers.auth.authenticate(&credentials).await?;
+    } = session;
     let room = format!("{}{user_id}", handlers.room_prefix);
     // Counted on this instance, connected or still joining; handshakes at the same moment
     // may each see the last place.
@@ -150,7 +164,7 @@ async fn check_session<A: Adapter>(
         tracing::warn!(user = %user_id, open, "socket refused: the user has realtime.max_sockets_per_user sockets open");
         return Err(Refused::TooManySockets);
     }
-    if let Some(ticket) = socket.req_parts().extensions.get::<Ticket>() {
+    if let Some(ticket) = ticket {
         ticket.connected();
     }
     tracing::debug!(socket = %log_id(socket.id), user = %user_id, transport = ?socket.transport_type(), "socket authenticated");

@@ -12,6 +12,7 @@ mod channels;
 mod connect;
 mod connect_auth;
 mod figures;
+mod gate;
 mod history;
 mod hub;
 mod kicks;
@@ -36,14 +37,14 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::webhooks::Webhooks;
 
-pub use admission::Admission;
+use admission::Admission;
 pub use auth::{AuthError, Credentials, Session, SessionAuth};
 use channels::Channels;
 use connect::{Handlers, register};
 pub use figures::{HubStats, Presence};
+pub use gate::Gate;
 use history::{History, Journal};
 pub use hub::{Hub, HubError, Target};
-pub use origin::OriginPolicy;
 use recovery::Recovery;
 use relay::Relay;
 use revalidation::Revalidation;
@@ -51,17 +52,13 @@ pub use rooms::RoomRules;
 pub use roster::Member;
 use roster::Roster;
 use service::{ENGINE_IO_HEADERS, Handshake, erase, not_found, slow_consumer_closed};
-pub use service::{RealtimeService, is_handshake};
 pub use session::{RECOVERY_FAILED, SOCKGATE_EVENTS};
-pub use slots::{OpenSockets, Slot};
 use socketioxide_redis::drivers::Driver;
 
 /// A running Socket.IO endpoint.
 pub struct Realtime {
-    pub service: RealtimeService,
+    pub gate: Gate,
     pub hub: Arc<Hub>,
-    pub open: OpenSockets,
-    pub admission: Admission,
 }
 
 /// Builds the Socket.IO service once — in memory, or on the Redis adapter when `cluster` is
@@ -177,7 +174,6 @@ pub async fn start(
         (false, true) => builder.transports([TransportType::Websocket]),
         _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
     };
-    let open = OpenSockets::default();
     let mut kept_headers: Vec<_> = auth
         .read_headers()
         .chain(ENGINE_IO_HEADERS)
@@ -191,6 +187,7 @@ pub async fn start(
         close_when_full: slow_consumer_closed(metrics.clone()),
     };
     let admission = Admission::new(auth.clone(), config.max_pending_connections);
+    let gate_metrics = metrics.clone();
     let handlers = Handlers {
         auth: auth.clone(),
         metrics: metrics.clone(),
@@ -265,10 +262,8 @@ pub async fn start(
     let hub = Arc::new(hub);
     tokio::spawn(hub.clone().tell_after_outages(draining));
     Ok(Realtime {
-        service,
+        gate: Gate::new(settings, admission, service, gate_metrics),
         hub,
-        open,
-        admission,
     })
 }
 

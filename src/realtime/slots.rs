@@ -11,10 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct OpenSockets(Arc<AtomicUsize>);
 
 impl OpenSockets {
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-
     /// A slot if fewer than `max` are taken.
     pub fn reserve(&self, max: usize) -> Option<Slot> {
         self.0
