@@ -11,6 +11,7 @@
 //! ```
 
 pub mod abuse;
+pub mod accept;
 pub mod body;
 pub mod cluster;
 pub mod config;
