@@ -97,10 +97,10 @@ impl Drain {
 /// Accepts on `listener` until `until`, handing each connection to `connection`, which
 /// returns the connection's task (spawned and tracked) or `None` to refuse it. Then closes an
 /// owned listener, tells every connection to drain, and waits for them up to the deadline.
-/// `failed` is the warning an accept error is logged with.
+/// `failed` logs an accept error (in the listener's module, as its warning always was).
 pub async fn serve<L, C, F>(
     listener: L,
-    failed: &'static str,
+    failed: fn(&io::Error),
     until: Until,
     shutdown: &Shutdown,
     mut connection: C,
@@ -127,7 +127,7 @@ where
             accepted = listener.accept_io() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!("{failed}: {e}");
+                    failed(&e);
                     tokio::time::sleep(BACK_OFF).await;
                     continue;
                 }
@@ -171,7 +171,7 @@ mod tests {
         let finished = Arc::new(AtomicBool::new(false));
         let (accepted_tx, accepted) = tokio::sync::oneshot::channel();
         let mut accepted_tx = Some(accepted_tx);
-        let serving = serve(listener, "accept failed", Until::Draining, &shutdown, {
+        let serving = serve(listener, |_| {}, Until::Draining, &shutdown, {
             let finished = finished.clone();
             move |stream, _peer, drain| {
                 let finished = finished.clone();

@@ -150,7 +150,7 @@ impl Ops {
         let ops = Arc::new(self);
         let accepting = accept::serve(
             listener,
-            "admin accept failed",
+            |e| tracing::warn!("admin accept failed: {e}"),
             Until::Finished,
             &shutdown,
             |stream, _peer, drain| {

@@ -183,7 +183,7 @@ pub async fn serve(
     );
     let accepting = accept::serve(
         listener,
-        "accept failed",
+        |e| tracing::warn!("accept failed: {e}"),
         Until::Draining,
         &shutdown,
         |stream, peer, drain| {

@@ -80,7 +80,7 @@ async fn serve_api<L: accept::Listener>(listener: L, api: PublishApi, shutdown: 
     let api = Arc::new(api);
     let accepting = accept::serve(
         listener,
-        "publish API accept failed",
+        |e| tracing::warn!("publish API accept failed: {e}"),
         Until::Finished,
         &shutdown,
         |stream, _peer, drain| {
