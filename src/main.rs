@@ -109,7 +109,13 @@ fn main() -> ExitCode {
             }
         });
         let app = (!cli.app.is_empty()).then_some(cli.app);
-        match sockgate::run(config, app, shutdown).await {
+        let run = async {
+            sockgate::App::build(config, app, shutdown)
+                .await?
+                .run()
+                .await
+        };
+        match run.await {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
                 tracing::error!("{e:#}");

@@ -6,7 +6,6 @@
 //! health checks. Readiness fails while draining, while the app does not answer HTTP, and in
 //! cluster mode while the Redis link is down or its end-to-end check is late.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::accept::{self, Until};
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::realtime::Hub;
@@ -144,43 +144,41 @@ impl Ops {
         }
     }
 
-    /// Serves only the operational endpoints on a TCP address (e.g. for a Prometheus scraper).
+    /// Serves only the operational endpoints on a TCP address (e.g. for a Prometheus scraper),
+    /// until the public side has drained; open requests then finish.
     pub async fn serve_admin(self, listener: TcpListener, shutdown: Shutdown) {
         let ops = Arc::new(self);
-        loop {
-            let (stream, _peer): (_, SocketAddr) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!("admin accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.finished() => return,
-            };
-            let ops = ops.clone();
-            let service =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let ops = ops.clone();
-                    async move {
-                        let resp = match ops.handle(req.method(), req.uri().path()).await {
-                            Some(resp) => resp,
-                            None => body::text(
-                                StatusCode::NOT_FOUND,
-                                "admin endpoints: / /status.json /metrics /livez /readyz",
-                            ),
-                        };
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-            tokio::spawn(
-                http1::Builder::new()
+        let accepting = accept::serve(
+            listener,
+            |e| tracing::warn!("admin accept failed: {e}"),
+            Until::Finished,
+            &shutdown,
+            |stream, _peer, drain| {
+                let ops = ops.clone();
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let ops = ops.clone();
+                        async move {
+                            let resp = match ops.handle(req.method(), req.uri().path()).await {
+                                Some(resp) => resp,
+                                None => body::text(
+                                    StatusCode::NOT_FOUND,
+                                    "admin endpoints: / /status.json /metrics /livez /readyz",
+                                ),
+                            };
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
+                    .serve_connection(TokioIo::new(stream), service);
+                Some(async move {
+                    let _ = drain.serve(conn).await;
+                })
+            },
+        );
+        accepting.await;
     }
 }
 

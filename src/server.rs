@@ -13,12 +13,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::abuse::Conduct;
+use crate::accept::{self, Drain, Drained, Until};
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, ms};
-use crate::connection::{Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
+use crate::connection::{Activity, Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::{Proxy, host_from_authority};
@@ -104,6 +104,44 @@ pub async fn serve(
     config: &ServerConfig,
     shutdown: Shutdown,
 ) {
+    let builder = connection_builder(config);
+    let limit = ConnectionLimit::new(config.max_connections);
+    tracing::info!(
+        max = limit.max(),
+        "client connection cap (server.max_connections)"
+    );
+    let accepting = accept::serve(
+        listener,
+        |e| tracing::warn!("accept failed: {e}"),
+        Until::Draining,
+        &shutdown,
+        |stream, peer, drain| {
+            let Some(place) = limit.admit() else {
+                tracing::debug!(%peer, max = limit.max(), "connection refused: too many open (server.max_connections)");
+                drop(stream);
+                return None;
+            };
+            let _ = stream.set_nodelay(true);
+            let (stream, activity) = Connection::new(stream, place, ms(config.idle_timeout_ms));
+            Some(serve_connection(
+                stream,
+                activity,
+                peer,
+                router.clone(),
+                config,
+                builder.clone(),
+                drain,
+            ))
+        },
+    );
+    match accepting.await {
+        Drained::All => tracing::info!("all HTTP connections drained"),
+        Drained::Cut => tracing::warn!("drain deadline passed: open HTTP connections cut"),
+    }
+}
+
+/// HTTP/1.1 and h2c, with the limits of `server.*`.
+fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
     let mut builder = auto::Builder::new(StreamExecutor);
     builder
         .http1()
@@ -119,102 +157,77 @@ pub async fn serve(
         // A peer that stops answering PINGs is gone, even in the middle of a long stream.
         .keep_alive_interval(Some(ms(config.idle_timeout_ms)))
         .keep_alive_timeout(ms(config.header_read_timeout_ms));
-    // Told when the drain begins; closed once every connection task has dropped its receiver.
-    let (drain, _) = watch::channel(());
-    let limit = ConnectionLimit::new(config.max_connections);
-    tracing::info!(
-        max = limit.max(),
-        "client connection cap (server.max_connections)"
-    );
+    builder
+}
 
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.draining() => break,
-        };
-        let Some(place) = limit.admit() else {
-            tracing::debug!(%peer, max = limit.max(), "connection refused: too many open (server.max_connections)");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let header_read_timeout = ms(config.header_read_timeout_ms);
-        let (stream, activity) = Connection::new(stream, place, ms(config.idle_timeout_ms));
-        let idle = activity.clone();
-        let send_stall_timeout = ms(config.send_stall_timeout_ms);
-        let metrics = router.metrics.clone();
-        let conduct = Conduct::new(peer, config.max_concurrent_streams, metrics.clone());
-        let watch = conduct.clone();
+/// One client connection's task: its requests go to the router until it closes, goes idle,
+/// stalls, abuses HTTP/2 or the drain begins.
+fn serve_connection(
+    stream: Connection,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    router: Arc<Router>,
+    config: &ServerConfig,
+    builder: auto::Builder<StreamExecutor>,
+    drain: Drain,
+) -> impl Future<Output = ()> + Send + 'static {
+    let header_read_timeout = ms(config.header_read_timeout_ms);
+    let idle = activity.clone();
+    let send_stall_timeout = ms(config.send_stall_timeout_ms);
+    let metrics = router.metrics.clone();
+    let conduct = Conduct::new(peer, config.max_concurrent_streams, metrics.clone());
+    let watch = conduct.clone();
+    let service = hyper::service::service_fn(move |req| {
         let router = router.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let router = router.clone();
-            let conduct = conduct.clone();
-            let request = activity.request();
-            async move {
-                let resp = router.handle(req, peer, &conduct).await;
-                Ok::<_, Infallible>(request.respond(resp))
-            }
-        });
-        let builder = builder.clone();
-        let mut draining = drain.subscribe();
-        tokio::spawn(async move {
-            if !request_started(stream.stream(), header_read_timeout).await {
-                tracing::debug!(%peer, "connection closed: no request within the header read timeout");
-                return;
-            }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let stalled = idle.send_stalled(send_stall_timeout, peer, &metrics);
-            tokio::pin!(stalled);
-            // Shut down gracefully (GOAWAY for HTTP/2: streams in flight finish) when the
-            // connection has been idle for server.idle_timeout_ms, or when the drain begins.
-            // A connection that abuses HTTP/2 gets the GOAWAY too, and is cut after a grace.
-            let mut closing = false;
-            let cut = tokio::time::sleep(std::time::Duration::MAX);
-            tokio::pin!(cut);
-            let mut abused = false;
-            let ended = loop {
-                tokio::select! {
-                    ended = watch.polling(conn.as_mut()) => break ended,
-                    // An HTTP/1.1 response the client stopped taking: dropping the connection
-                    // closes it and the app connection its body holds.
-                    () = &mut stalled => break Ok(()),
-                    _ = watch.abused(), if !abused => {
-                        abused = true;
-                        if !std::mem::replace(&mut closing, true) {
-                            conn.as_mut().graceful_shutdown();
-                        }
-                        cut.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
-                    }
-                    _ = &mut cut, if abused => break Ok(()),
-                    _ = idle.went_idle(), if !closing => {
-                        closing = true;
+        let conduct = conduct.clone();
+        let request = activity.request();
+        async move {
+            let resp = router.handle(req, peer, &conduct).await;
+            Ok::<_, Infallible>(request.respond(resp))
+        }
+    });
+    async move {
+        if !request_started(stream.stream(), header_read_timeout).await {
+            tracing::debug!(%peer, "connection closed: no request within the header read timeout");
+            return;
+        }
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let stalled = idle.send_stalled(send_stall_timeout, peer, &metrics);
+        tokio::pin!(stalled);
+        // Shut down gracefully (GOAWAY for HTTP/2: streams in flight finish) when the
+        // connection has been idle for server.idle_timeout_ms, or when the drain begins.
+        // A connection that abuses HTTP/2 gets the GOAWAY too, and is cut after a grace.
+        let mut closing = false;
+        let cut = tokio::time::sleep(std::time::Duration::MAX);
+        tokio::pin!(cut);
+        let mut abused = false;
+        let ended = loop {
+            tokio::select! {
+                ended = watch.polling(conn.as_mut()) => break ended,
+                // An HTTP/1.1 response the client stopped taking: dropping the connection
+                // closes it and the app connection its body holds.
+                () = &mut stalled => break Ok(()),
+                _ = watch.abused(), if !abused => {
+                    abused = true;
+                    if !std::mem::replace(&mut closing, true) {
                         conn.as_mut().graceful_shutdown();
                     }
-                    _ = draining.changed(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                    cut.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                 }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, "connection ended: {e}");
+                _ = &mut cut, if abused => break Ok(()),
+                _ = idle.went_idle(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = drain.started(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
-            drop(draining);
-        });
-    }
-    drop(listener);
-    let _ = drain.send(());
-    tokio::select! {
-        _ = drain.closed() => tracing::info!("all HTTP connections drained"),
-        _ = shutdown.forced() => tracing::warn!("drain deadline passed: open HTTP connections cut"),
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, "connection ended: {e}");
+        }
     }
 }

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
+use crate::accept::{self, Until};
 use crate::shutdown::Shutdown;
 
 pub use api::PublishApi;
@@ -74,61 +74,33 @@ pub async fn serve_tcp(listener: TcpListener, api: PublishApi, shutdown: Shutdow
     serve_api(&listener, api, shutdown).await;
 }
 
-/// A listener the API can be served on.
-trait Acceptor {
-    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn accept_io(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
-}
-
-impl Acceptor for UnixListener {
-    type Io = UnixStream;
-    async fn accept_io(&self) -> io::Result<UnixStream> {
-        self.accept().await.map(|(stream, _)| stream)
-    }
-}
-
-impl Acceptor for TcpListener {
-    type Io = tokio::net::TcpStream;
-    async fn accept_io(&self) -> io::Result<tokio::net::TcpStream> {
-        self.accept().await.map(|(stream, _)| stream)
-    }
-}
-
-async fn serve_api<L: Acceptor>(listener: &L, api: PublishApi, shutdown: Shutdown) {
-    let graceful = GracefulShutdown::new();
+/// Serves HTTP/1.1 on each connection until the public side has drained; open requests then
+/// finish (or are cut at the drain deadline).
+async fn serve_api<L: accept::Listener>(listener: L, api: PublishApi, shutdown: Shutdown) {
     let api = Arc::new(api);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept_io() => match accepted {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::warn!("publish API accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.finished() => break,
-        };
-        let api = api.clone();
-        let service = hyper::service::service_fn(move |req| {
+    let accepting = accept::serve(
+        listener,
+        |e| tracing::warn!("publish API accept failed: {e}"),
+        Until::Finished,
+        &shutdown,
+        |stream, _peer, drain| {
             let api = api.clone();
-            async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(std::time::Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("publish connection ended: {e}");
-            }
-        });
-    }
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = shutdown.forced() => {}
-    }
+            let service = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            Some(async move {
+                if let Err(e) = drain.serve(conn).await {
+                    tracing::debug!("publish connection ended: {e}");
+                }
+            })
+        },
+    );
+    accepting.await;
 }
 
 impl Drop for PublishSocket {
