@@ -11,6 +11,7 @@ mod auth;
 mod channels;
 mod connect;
 mod connect_auth;
+mod credentials;
 mod figures;
 mod gate;
 mod history;
@@ -25,6 +26,7 @@ mod rooms;
 mod roster;
 mod service;
 mod session;
+mod session_route;
 mod slots;
 
 use std::sync::Arc;
@@ -38,9 +40,10 @@ use crate::shutdown::Shutdown;
 use crate::webhooks::Webhooks;
 
 use admission::Admission;
-pub use auth::{AuthError, Credentials, Session, SessionAuth};
+pub use auth::{AuthError, SessionAuth};
 use channels::Channels;
 use connect::{Handlers, register};
+pub use credentials::Credentials;
 pub use figures::{HubStats, Presence};
 pub use gate::Gate;
 use history::{History, Journal};
@@ -53,6 +56,7 @@ pub use roster::Member;
 use roster::Roster;
 use service::{ENGINE_IO_HEADERS, Handshake, erase, not_found, slow_consumer_closed};
 pub use session::{RECOVERY_FAILED, SOCKGATE_EVENTS};
+pub use session_route::Session;
 use socketioxide_redis::drivers::Driver;
 
 /// A running Socket.IO endpoint.
