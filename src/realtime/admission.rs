@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::auth::{Admitted, AuthError, CredentialError, CredentialKey, SessionAuth};
+use super::auth::{Admitted, AuthError, SessionAuth};
+use super::credentials::{CredentialError, CredentialKey};
 use crate::body::{self, Body};
 use crate::metrics::Reject;
 

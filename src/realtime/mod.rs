@@ -11,6 +11,7 @@ mod auth;
 mod channels;
 mod connect;
 mod connect_auth;
+mod credentials;
 mod figures;
 mod gate;
 mod history;
@@ -25,22 +26,24 @@ mod rooms;
 mod roster;
 mod service;
 mod session;
+mod session_route;
 mod slots;
 
 use std::sync::Arc;
 
-use socketioxide::{SocketIo, TransportType};
+use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
 
-use crate::cluster::{Cluster, ClusterAdapter};
-use crate::config::{Config, Parser, Transport, ms};
+use crate::cluster::{Canary, Cluster, ClusterAdapter, ClusterDriver, Link, Queries};
+use crate::config::{Config, Parser, RealtimeConfig, Transport, ms};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::webhooks::Webhooks;
 
 use admission::Admission;
-pub use auth::{AuthError, Credentials, Session, SessionAuth};
+pub use auth::{AuthError, SessionAuth};
 use channels::Channels;
 use connect::{Handlers, register};
+pub use credentials::Credentials;
 pub use figures::{HubStats, Presence};
 pub use gate::Gate;
 use history::{History, Journal};
@@ -51,9 +54,13 @@ use revalidation::Revalidation;
 pub use rooms::RoomRules;
 pub use roster::Member;
 use roster::Roster;
-use service::{ENGINE_IO_HEADERS, Handshake, erase, not_found, slow_consumer_closed};
+use service::{
+    ENGINE_IO_HEADERS, Handshake, RealtimeService, erase, not_found, slow_consumer_closed,
+};
 pub use session::{RECOVERY_FAILED, SOCKGATE_EVENTS};
-use socketioxide_redis::drivers::Driver;
+pub use session_route::Session;
+use socketioxide_redis::RedisAdapterCtr;
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 
 /// A running Socket.IO endpoint.
 pub struct Realtime {
@@ -76,8 +83,83 @@ pub async fn start(
         .map(|c| (c.commands.clone(), c.link.clone()));
     let webhooks = Webhooks::start(settings, redis.clone(), metrics.clone());
     let roster = Arc::new(Roster::start(settings, redis, webhooks.clone()));
+    let history = history(settings, cluster.as_ref(), &metrics);
+    let relay = relay(config, cluster.as_ref(), history.as_ref()).await?;
+    let journal = Arc::new(Journal::new(history));
+    let channels = Arc::new(Channels::new(
+        settings,
+        auth.clone(),
+        roster.clone(),
+        webhooks.clone(),
+        Recovery {
+            journal: journal.clone(),
+            relay: relay.as_ref().map(|(r, ..)| r.clone()),
+            metrics: metrics.clone(),
+        },
+    ));
+    let revalidation = Revalidation {
+        every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
+        concurrency: settings.auth.max_concurrent,
+        shutdown,
+        channels: channels.clone(),
+    };
+    if let Some(c) = &cluster {
+        auth.share_kicks(
+            c.commands.clone(),
+            c.link.clone(),
+            ms(settings.cluster.request_timeout_ms),
+        );
+    }
+    let admission = Admission::new(auth.clone(), config.max_pending_connections);
+    let draining = revalidation.shutdown.clone();
+    let parts = Parts {
+        builder: engine(config),
+        handshake: handshake(config, &auth, &metrics),
+        handlers: Handlers {
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+            room_prefix: config.room_prefix.clone().into(),
+            journal: journal.clone(),
+            relay: relay.as_ref().map(|(r, ..)| r.clone()),
+            webhooks,
+            channels,
+            max_sockets_per_user: config.max_sockets_per_user,
+            max_auth_bytes: config.max_auth_bytes,
+        },
+        roster,
+        revalidation,
+        auth,
+        metrics: metrics.clone(),
+        journal,
+        room_prefix: config.room_prefix.clone(),
+    };
+    let (service, hub) = match cluster {
+        None => serve_local(parts),
+        Some(Cluster {
+            adapter,
+            link,
+            canary,
+            queries,
+            ..
+        }) => serve_cluster(parts, adapter, link, canary, queries, relay).await?,
+    };
+    let hub = Arc::new(hub);
+    tokio::spawn(hub.clone().tell_after_outages(draining));
+    Ok(Realtime {
+        gate: Gate::new(settings, admission, service, metrics),
+        hub,
+    })
+}
+
+/// The message history, when `history.enabled`: in memory on one instance, in Redis streams
+/// in a cluster.
+fn history(
+    settings: &Config,
+    cluster: Option<&Cluster>,
+    metrics: &Arc<Metrics>,
+) -> Option<History> {
     let kept = &settings.history;
-    let history = match (&cluster, kept.enabled) {
+    match (cluster, kept.enabled) {
         (_, false) => None,
         (None, true) => Some(History::memory(
             kept.max_messages,
@@ -91,8 +173,20 @@ pub async fn start(
             kept.max_messages,
             ms(kept.max_age_ms),
         )),
-    };
-    let relay = match (&cluster, history.as_ref().and_then(History::shared)) {
+    }
+}
+
+/// The relay of kept messages across instances, with its subscriptions: the relay's channel
+/// and the marker channel.
+type Relaying = (Arc<Relay>, MessageStream<ChanItem>, MessageStream<ChanItem>);
+
+/// The relay, when a cluster keeps history in Redis (and is not a Redis Cluster).
+async fn relay(
+    config: &RealtimeConfig,
+    cluster: Option<&Cluster>,
+    history: Option<&History>,
+) -> anyhow::Result<Option<Relaying>> {
+    Ok(match (cluster, history.and_then(History::shared)) {
         // On a Redis Cluster the append script may not publish to the relay's channel (another
         // slot than the stream's): kept messages go through the adapter, as while an older
         // sockgate is connected — at least once across instances, clients dropping offsets
@@ -128,32 +222,11 @@ pub async fn start(
                 })?,
         )),
         _ => None,
-    };
-    let journal = Arc::new(Journal::new(history));
-    let channels = Arc::new(Channels::new(
-        settings,
-        auth.clone(),
-        roster.clone(),
-        webhooks.clone(),
-        Recovery {
-            journal: journal.clone(),
-            relay: relay.as_ref().map(|(r, ..)| r.clone()),
-            metrics: metrics.clone(),
-        },
-    ));
-    let revalidation = Revalidation {
-        every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
-        concurrency: settings.auth.max_concurrent,
-        shutdown,
-        channels: channels.clone(),
-    };
-    if let Some(c) = &cluster {
-        auth.share_kicks(
-            c.commands.clone(),
-            c.link.clone(),
-            ms(settings.cluster.request_timeout_ms),
-        );
-    }
+    })
+}
+
+/// The Engine.IO/Socket.IO settings of `[realtime]`: path, pings, sizes, parser, transports.
+fn engine(config: &RealtimeConfig) -> SocketIoBuilder {
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
         .ping_interval(ms(config.ping_interval_ms))
@@ -169,11 +242,16 @@ pub async fn start(
         Parser::Msgpack => builder.with_parser(socketioxide::ParserConfig::msgpack()),
     };
     let has = |t| config.transports.contains(&t);
-    let builder = match (has(Transport::Polling), has(Transport::Websocket)) {
+    match (has(Transport::Polling), has(Transport::Websocket)) {
         (true, false) => builder.transports([TransportType::Polling]),
         (false, true) => builder.transports([TransportType::Websocket]),
         _ => builder.transports([TransportType::Polling, TransportType::Websocket]),
-    };
+    }
+}
+
+/// What the service keeps of a handshake request: the headers the session check and
+/// Engine.IO read, whether binary frames are accepted, and what a full buffer does.
+fn handshake(config: &RealtimeConfig, auth: &SessionAuth, metrics: &Arc<Metrics>) -> Handshake {
     let mut kept_headers: Vec<_> = auth
         .read_headers()
         .chain(ENGINE_IO_HEADERS)
@@ -181,90 +259,103 @@ pub async fn start(
         .collect();
     kept_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     kept_headers.dedup();
-    let kept_headers = Handshake {
+    Handshake {
         headers: kept_headers.into(),
         accept_binary: config.parser == Parser::Msgpack,
         close_when_full: slow_consumer_closed(metrics.clone()),
-    };
-    let admission = Admission::new(auth.clone(), config.max_pending_connections);
-    let gate_metrics = metrics.clone();
-    let handlers = Handlers {
-        auth: auth.clone(),
-        metrics: metrics.clone(),
-        room_prefix: config.room_prefix.clone().into(),
-        journal: journal.clone(),
-        relay: relay.as_ref().map(|(r, ..)| r.clone()),
-        webhooks,
-        channels,
-        max_sockets_per_user: config.max_sockets_per_user,
-        max_auth_bytes: config.max_auth_bytes,
-    };
-    let room_prefix = config.room_prefix.clone();
-    let draining = revalidation.shutdown.clone();
-    let (service, hub) = match cluster {
-        None => {
-            let (svc, io) = builder.build_with_inner_svc(not_found());
-            register(&io, handlers);
-            roster.announce_on(io.clone());
-            tokio::spawn(revalidation.run(io.clone(), auth));
-            (
-                erase(svc, kept_headers),
-                Hub::local(io, room_prefix, metrics, journal, roster),
-            )
-        }
-        Some(Cluster {
-            adapter,
+    }
+}
+
+/// What [`start`] built for the service, before it is served locally or on the cluster.
+struct Parts {
+    builder: SocketIoBuilder,
+    handlers: Handlers,
+    handshake: Handshake,
+    roster: Arc<Roster>,
+    revalidation: Revalidation,
+    auth: Arc<SessionAuth>,
+    metrics: Arc<Metrics>,
+    journal: Arc<Journal>,
+    room_prefix: String,
+}
+
+/// One instance: the service in memory, its handlers and presence, revalidation running.
+fn serve_local(parts: Parts) -> (RealtimeService, Hub) {
+    let (svc, io) = parts.builder.build_with_inner_svc(not_found());
+    register(&io, parts.handlers);
+    parts.roster.announce_on(io.clone());
+    tokio::spawn(parts.revalidation.run(io.clone(), parts.auth));
+    (
+        erase(svc, parts.handshake),
+        Hub::local(
+            io,
+            parts.room_prefix,
+            parts.metrics,
+            parts.journal,
+            parts.roster,
+        ),
+    )
+}
+
+/// A cluster: the service on the Redis adapter, its handlers subscribed, then the canary,
+/// the relay and revalidation running.
+async fn serve_cluster(
+    parts: Parts,
+    adapter: RedisAdapterCtr<ClusterDriver>,
+    link: Link,
+    canary: Canary,
+    queries: Queries,
+    relay: Option<Relaying>,
+) -> anyhow::Result<(RealtimeService, Hub)> {
+    let Parts {
+        builder,
+        handlers,
+        handshake,
+        roster,
+        revalidation,
+        auth,
+        metrics,
+        journal,
+        room_prefix,
+    } = parts;
+    let (svc, io) = builder
+        .with_adapter::<ClusterAdapter>(adapter)
+        .build_with_inner_svc(not_found());
+    register(&io, handlers)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to the cluster's Redis channels: {e}"))?;
+    roster.announce_on(io.clone());
+    tokio::spawn(canary.run(
+        link.clone(),
+        metrics.clone(),
+        revalidation.shutdown.clone(),
+        io.config().server_id,
+    ));
+    let relay = relay.map(|(relay, channel, marker)| {
+        tokio::spawn(relay.clone().run(
+            io.clone(),
+            journal.clone(),
+            channel,
+            marker,
+            link.clone(),
+            revalidation.shutdown.clone(),
+        ));
+        relay
+    });
+    tokio::spawn(revalidation.run(io.clone(), auth));
+    Ok((
+        erase(svc, handshake),
+        Hub::cluster(
+            io,
             link,
-            canary,
             queries,
-            ..
-        }) => {
-            let (svc, io) = builder
-                .with_adapter::<ClusterAdapter>(adapter)
-                .build_with_inner_svc(not_found());
-            register(&io, handlers).await.map_err(|e| {
-                anyhow::anyhow!("cannot subscribe to the cluster's Redis channels: {e}")
-            })?;
-            roster.announce_on(io.clone());
-            tokio::spawn(canary.run(
-                link.clone(),
-                metrics.clone(),
-                revalidation.shutdown.clone(),
-                io.config().server_id,
-            ));
-            let relay = relay.map(|(relay, channel, marker)| {
-                tokio::spawn(relay.clone().run(
-                    io.clone(),
-                    journal.clone(),
-                    channel,
-                    marker,
-                    link.clone(),
-                    revalidation.shutdown.clone(),
-                ));
-                relay
-            });
-            tokio::spawn(revalidation.run(io.clone(), auth));
-            (
-                erase(svc, kept_headers),
-                Hub::cluster(
-                    io,
-                    link,
-                    queries,
-                    room_prefix,
-                    metrics,
-                    journal,
-                    relay,
-                    roster,
-                ),
-            )
-        }
-    };
-    let hub = Arc::new(hub);
-    tokio::spawn(hub.clone().tell_after_outages(draining));
-    Ok(Realtime {
-        gate: Gate::new(settings, admission, service, gate_metrics),
-        hub,
-    })
+            room_prefix,
+            metrics,
+            journal,
+            relay,
+            roster,
+        ),
+    ))
 }
 
 /// Kept messages of other instances buffered between Redis and the relay.
