@@ -146,56 +146,68 @@ async fn dispatch(
             tracing::debug!(chan, "no handler for channel");
             continue;
         };
-        let was_overflowing = overflowing.contains(&chan);
-        let item = (chan, data);
-        let sent = if was_overflowing {
-            tx.try_send(item).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(item) => (item, false),
-                mpsc::error::TrySendError::Closed(item) => (item, true),
-            })
-        } else {
-            tx.send_timeout(item, FULL_WAIT).await.map_err(|e| match e {
-                mpsc::error::SendTimeoutError::Timeout(item) => (item, false),
-                mpsc::error::SendTimeoutError::Closed(item) => (item, true),
-            })
-        };
-        match sent {
-            Ok(()) if was_overflowing => {
-                // The stream took one again: its messages are waited on again.
-                overflowing.retain(|c| {
-                    handlers
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(c)
-                        .is_some_and(|other| !other.same_channel(&tx))
-                });
-            }
-            Ok(()) => {}
-            Err(((chan, _), false)) => {
-                if !was_overflowing {
-                    overflowing.insert(chan.clone());
-                }
-                losses.lost(
-                    Dropped::Full,
-                    1,
-                    &format!("the stream of `{chan}` was full for {FULL_WAIT:?}"),
-                );
-            }
-            Err(((chan, _), true)) => {
-                // Its reader is gone although still subscribed: the namespace's adapter or the
-                // self-check stopped (the drain), so no socket waits on it. Counted, forgotten
-                // (counted once), not a loss to tell clients about.
+        deliver(&handlers, &mut overflowing, &mut losses, &tx, (chan, data)).await;
+    }
+}
+
+/// Hands one message to its channel's stream `tx`: waited on up to [`FULL_WAIT`] unless the
+/// channel is `overflowing`, lost (and counted) if it does not fit, dropped with its channel
+/// forgotten if the stream's reader is gone.
+async fn deliver(
+    handlers: &RwLock<Handlers>,
+    overflowing: &mut HashSet<String>,
+    losses: &mut Losses,
+    tx: &mpsc::Sender<ChanItem>,
+    item: ChanItem,
+) {
+    let was_overflowing = overflowing.contains(&item.0);
+    let sent = if was_overflowing {
+        tx.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(item) => (item, false),
+            mpsc::error::TrySendError::Closed(item) => (item, true),
+        })
+    } else {
+        tx.send_timeout(item, FULL_WAIT).await.map_err(|e| match e {
+            mpsc::error::SendTimeoutError::Timeout(item) => (item, false),
+            mpsc::error::SendTimeoutError::Closed(item) => (item, true),
+        })
+    };
+    match sent {
+        Ok(()) if was_overflowing => {
+            // The stream took one again: its messages are waited on again.
+            overflowing.retain(|c| {
                 handlers
-                    .write()
+                    .read()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&chan);
-                overflowing.remove(&chan);
-                losses.metrics.cluster_messages_dropped(Dropped::Closed, 1);
-                tracing::debug!(
-                    chan,
-                    "a message for a stream closed while subscribed dropped"
-                );
+                    .get(c)
+                    .is_some_and(|other| !other.same_channel(tx))
+            });
+        }
+        Ok(()) => {}
+        Err(((chan, _), false)) => {
+            if !was_overflowing {
+                overflowing.insert(chan.clone());
             }
+            losses.lost(
+                Dropped::Full,
+                1,
+                &format!("the stream of `{chan}` was full for {FULL_WAIT:?}"),
+            );
+        }
+        Err(((chan, _), true)) => {
+            // Its reader is gone although still subscribed: the namespace's adapter or the
+            // self-check stopped (the drain), so no socket waits on it. Counted, forgotten
+            // (counted once), not a loss to tell clients about.
+            handlers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&chan);
+            overflowing.remove(&chan);
+            losses.metrics.cluster_messages_dropped(Dropped::Closed, 1);
+            tracing::debug!(
+                chan,
+                "a message for a stream closed while subscribed dropped"
+            );
         }
     }
 }

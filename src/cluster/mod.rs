@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fred::prelude::{Builder, ClientLike, ReconnectPolicy};
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy};
 use fred::types::config::UnresponsiveConfig;
 use socketioxide_redis::drivers::Driver;
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
@@ -76,31 +76,7 @@ pub async fn connect(
     let config =
         redis_config(url, ca_file).map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?;
     let redis_cluster = config.server.is_clustered();
-    let mut builder = Builder::from_config(config);
-    builder
-        // Retries at most 1 s apart: after a stall, or a restart, the link is back within
-        // about a second of Redis answering, and an attempt waits for Redis 2 s, so a 40 s
-        // stall costs each connection about a dozen attempts, not a storm.
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            // A server that stops answering (stopped process, frozen host) while its TCP
-            // connection stays up: the connection is dropped and re-established once a
-            // command has waited this long, instead of every command timing out on it.
-            c.unresponsive = UnresponsiveConfig {
-                max_timeout: Some(Duration::from_secs(1)),
-                interval: Duration::from_millis(250),
-            };
-        })
-        .with_performance_config(|p| {
-            p.default_command_timeout = Duration::from_secs(1);
-            // The driver's dispatcher reads every published message from one broadcast channel
-            // of this size; fred's default (32) overflowed under a burst of cross-instance
-            // publishes. What a lagging dispatcher still loses is counted and signalled
-            // (see `driver`). A slot is one message handle.
-            p.broadcast_channel_capacity = PUBSUB_BUFFER;
-        });
+    let builder = client_builder(config);
     let client = builder
         .build_subscriber_client()
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
@@ -152,6 +128,36 @@ pub async fn connect(
         queries,
         redis_cluster,
     })
+}
+
+/// fred's builder for `config`, with sockgate's reconnection, timeouts and pub/sub buffer.
+fn client_builder(config: RedisConfig) -> Builder {
+    let mut builder = Builder::from_config(config);
+    builder
+        // Retries at most 1 s apart: after a stall, or a restart, the link is back within
+        // about a second of Redis answering, and an attempt waits for Redis 2 s, so a 40 s
+        // stall costs each connection about a dozen attempts, not a storm.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            // A server that stops answering (stopped process, frozen host) while its TCP
+            // connection stays up: the connection is dropped and re-established once a
+            // command has waited this long, instead of every command timing out on it.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(Duration::from_secs(1)),
+                interval: Duration::from_millis(250),
+            };
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(1);
+            // The driver's dispatcher reads every published message from one broadcast channel
+            // of this size; fred's default (32) overflowed under a burst of cross-instance
+            // publishes. What a lagging dispatcher still loses is counted and signalled
+            // (see `driver`). A slot is one message handle.
+            p.broadcast_channel_capacity = PUBSUB_BUFFER;
+        });
+    builder
 }
 
 /// Whether the server says it is a Redis Cluster node (`INFO cluster`: `cluster_enabled:1`).

@@ -147,49 +147,19 @@ impl PublishApi {
         match segments.as_slice() {
             ["publish"] => {
                 allow(&Method::POST)?;
-                let body = self.read_json(req).await?;
-                let msg =
-                    parse_publish(&body, "").map_err(|e| Failure::bad_request(e.to_string()))?;
-                let recipients = self
-                    .hub
-                    .publish(&msg.target, &msg.event, &msg.data)
-                    .await
-                    .map_err(hub_failure)?;
-                Ok(json!({"ok": true, "recipients": recipients}))
+                self.publish(self.read_json(req).await?).await
             }
             ["publish", "batch"] => {
                 allow(&Method::POST)?;
-                let body = self.read_json(req).await?;
-                let messages = parse_batch(&body, self.max_batch)
-                    .map_err(|e| Failure::bad_request(e.to_string()))?;
-                let batch: Vec<_> = messages
-                    .iter()
-                    .map(|m| (&m.target, m.event.as_str(), &m.data))
-                    .collect();
-                let recipients = self.hub.publish_batch(&batch).await.map_err(hub_failure)?;
-                Ok(json!({"ok": true, "messages": messages.len(), "recipients": recipients}))
+                self.publish_batch(self.read_json(req).await?).await
             }
             ["users", id, "disconnect"] => {
                 allow(&Method::POST)?;
-                let id = decoded(id, "user id")?;
-                // Forgotten first: a socket reconnecting as soon as it is dropped must find
-                // no cached session to come back on.
-                if let Err(reason) = self.auth.forget_user(&id).await {
-                    tracing::warn!(user = %id, "kick not shared with the other instances: {reason}");
-                }
-                let disconnected = self.hub.disconnect_user(&id).await.map_err(hub_failure)?;
-                Ok(json!({"ok": true, "userId": id, "disconnected": disconnected}))
+                self.disconnect_user(decoded(id, "user id")?).await
             }
             ["users", id] => {
                 allow(&Method::GET)?;
-                let id = decoded(id, "user id")?;
-                let presence = self.hub.presence(&id).await;
-                let answer = UserAnswer {
-                    user_id: &id,
-                    online: presence.sockets > 0,
-                    presence: &presence,
-                };
-                serde_json::to_value(answer).map_err(|e| internal(e.to_string()))
+                self.user(decoded(id, "user id")?).await
             }
             ["rooms", room] => {
                 allow(&Method::GET)?;
@@ -215,6 +185,51 @@ impl PublishApi {
                 ),
             )),
         }
+    }
+
+    /// `POST /publish`: one message.
+    async fn publish(&self, body: Value) -> Result<Value, Failure> {
+        let msg = parse_publish(&body, "").map_err(|e| Failure::bad_request(e.to_string()))?;
+        let recipients = self
+            .hub
+            .publish(&msg.target, &msg.event, &msg.data)
+            .await
+            .map_err(hub_failure)?;
+        Ok(json!({"ok": true, "recipients": recipients}))
+    }
+
+    /// `POST /publish/batch`: up to `publish.max_batch` messages, in order.
+    async fn publish_batch(&self, body: Value) -> Result<Value, Failure> {
+        let messages =
+            parse_batch(&body, self.max_batch).map_err(|e| Failure::bad_request(e.to_string()))?;
+        let batch: Vec<_> = messages
+            .iter()
+            .map(|m| (&m.target, m.event.as_str(), &m.data))
+            .collect();
+        let recipients = self.hub.publish_batch(&batch).await.map_err(hub_failure)?;
+        Ok(json!({"ok": true, "messages": messages.len(), "recipients": recipients}))
+    }
+
+    /// `POST /users/{id}/disconnect`: the user's sessions forgotten, their sockets dropped.
+    async fn disconnect_user(&self, id: String) -> Result<Value, Failure> {
+        // Forgotten first: a socket reconnecting as soon as it is dropped must find no cached
+        // session to come back on.
+        if let Err(reason) = self.auth.forget_user(&id).await {
+            tracing::warn!(user = %id, "kick not shared with the other instances: {reason}");
+        }
+        let disconnected = self.hub.disconnect_user(&id).await.map_err(hub_failure)?;
+        Ok(json!({"ok": true, "userId": id, "disconnected": disconnected}))
+    }
+
+    /// `GET /users/{id}`: whether the user is online, and where.
+    async fn user(&self, id: String) -> Result<Value, Failure> {
+        let presence = self.hub.presence(&id).await;
+        let answer = UserAnswer {
+            user_id: &id,
+            online: presence.sockets > 0,
+            presence: &presence,
+        };
+        serde_json::to_value(answer).map_err(|e| internal(e.to_string()))
     }
 
     async fn read_json<B>(&self, req: Request<B>) -> Result<Value, Failure>

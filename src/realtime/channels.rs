@@ -26,7 +26,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
 use super::auth::SessionAuth;
-use super::history::Since;
+use super::history::{History, Since};
 use super::recovery::{MAX_OFFSET_BYTES, Recovery, Shape, recover};
 use super::rooms::{RoomRules, offsets_room};
 use super::roster::{Member, Roster};
@@ -92,6 +92,28 @@ enum Wants {
     Offsets,
     /// The messages after this offset, then live ones, all with offsets.
     After(String),
+}
+
+impl Wants {
+    /// A `subscribe`'s `offset` key, or `None` when it is not one sockgate may have issued.
+    fn read(offset: Option<serde_json::Value>) -> Option<Self> {
+        match offset {
+            None => Some(Wants::Live),
+            Some(serde_json::Value::Null) => Some(Wants::Offsets),
+            Some(serde_json::Value::String(o)) if !o.is_empty() && o.len() <= MAX_OFFSET_BYTES => {
+                Some(Wants::After(o))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// A socket joining a room by `subscribe`: who it is, its channels, the room.
+#[derive(Clone, Copy)]
+struct Joining<'a> {
+    identity: &'a Identity,
+    membership: &'a Membership,
+    room: &'a Arc<str>,
 }
 
 /// Every ack: `{ok:true}`, `{ok:true,members}` or `{ok:false,error}`.
@@ -354,43 +376,15 @@ impl Channels {
         if self.rules.check(&room).is_err() {
             return (refused("invalid room"), None);
         }
-        let wants = match offset {
-            None => Wants::Live,
-            Some(serde_json::Value::Null) => Wants::Offsets,
-            Some(serde_json::Value::String(o)) if !o.is_empty() && o.len() <= MAX_OFFSET_BYTES => {
-                Wants::After(o)
-            }
-            Some(_) => return (refused("invalid offset"), None),
+        let Some(wants) = Wants::read(offset) else {
+            return (refused("invalid offset"), None);
         };
         let Some(identity) = socket.extensions.get::<Identity>() else {
             return (refused("unavailable"), None);
         };
         let membership = self.membership(socket);
-        {
-            let mut joined = membership.lock();
-            if !joined.take_token(self.per_sec) {
-                return (refused("rate limited"), None);
-            }
-            // In it already, and getting its messages live: nothing to replay.
-            if joined.rooms.contains(room.as_str()) {
-                return (OK, None);
-            }
-            if joined.rooms.len() + joined.pending >= self.rules.max_rooms {
-                return (refused("too many rooms"), None);
-            }
-            joined.pending += 1;
-        }
-        if self.roster.is_presence(&room) {
-            let place = self.roster.has_place_for(&room, &identity.user_id).await;
-            if place != Some(true) {
-                membership.lock().pending -= 1;
-                let error = if place.is_some() {
-                    "room full"
-                } else {
-                    "unavailable"
-                };
-                return (refused(error), None);
-            }
+        if let Err(reply) = self.take_place(&membership, &room, &identity.user_id).await {
+            return (reply, None);
         }
         let verdict = if self.public_prefixes.iter().any(|p| room.starts_with(p)) {
             Ok(true)
@@ -398,46 +392,16 @@ impl Channels {
             self.authorize(socket, &room, &identity.user_id).await
         };
         settle(socket).await;
-        let history = self.recovery.history();
-        let with_offsets = history.is_some() && (identity.offsets || !matches!(wants, Wants::Live));
         let room: Arc<str> = room.into();
-        let replay = match (history, wants) {
-            (Some(history), Wants::After(offset)) => Some((history, offset)),
-            _ => None,
+        let joined = Joining {
+            identity: &identity,
+            membership: &membership,
+            room: &room,
         };
-        // Decided under the membership's lock, let go before any replay waits.
-        let replay = {
-            let mut joined = membership.lock();
-            joined.pending -= 1;
-            match verdict {
-                Ok(true) if !joined.closed && socket.connected() => {
-                    let fresh = joined.rooms.insert(room.clone());
-                    match replay {
-                        Some(replay) if fresh => {
-                            // A member from now on (bounds, presence, occupancy,
-                            // unsubscribe), but in the room only once the replay is sent,
-                            // under the room's lock.
-                            let deferred = std::slice::from_ref(&room);
-                            self.join(socket, &identity, deferred, true, deferred);
-                            replay
-                        }
-                        _ => {
-                            if fresh {
-                                self.join(socket, &identity, &[room], with_offsets, &[]);
-                            }
-                            return (OK, None);
-                        }
-                    }
-                }
-                Ok(true) => return (refused("unavailable"), None),
-                Ok(false) => return (refused("forbidden"), None),
-                Err(reason) => {
-                    tracing::warn!(socket = %log_id(socket.id), user = %identity.user_id, "subscribe not authorized, the app could not say: {reason}");
-                    return (refused("unavailable"), None);
-                }
-            }
+        let (history, offset) = match self.admit(socket, joined, verdict, wants) {
+            Ok(replay) => replay,
+            Err(reply) => return (reply, None),
         };
-        let (history, offset) = replay;
         let (held, entered) = recover(
             socket,
             &self.recovery,
@@ -452,6 +416,103 @@ impl Channels {
         match entered || socket.connected() {
             true => (OK, Some(held)),
             false => (refused("unavailable"), None),
+        }
+    }
+
+    /// Takes a place for a `subscribe` to `room` among the socket's rooms (and in the room,
+    /// when it is a presence room), or the answer to give at once: refused, or `OK` when the
+    /// socket is in the room already (getting its messages live: nothing to replay).
+    async fn take_place(
+        &self,
+        membership: &Membership,
+        room: &str,
+        user_id: &str,
+    ) -> Result<(), Reply> {
+        {
+            let mut joined = membership.lock();
+            if !joined.take_token(self.per_sec) {
+                return Err(refused("rate limited"));
+            }
+            if joined.rooms.contains(room) {
+                return Err(OK);
+            }
+            if joined.rooms.len() + joined.pending >= self.rules.max_rooms {
+                return Err(refused("too many rooms"));
+            }
+            joined.pending += 1;
+        }
+        if self.roster.is_presence(room) {
+            let place = self.roster.has_place_for(room, user_id).await;
+            if place != Some(true) {
+                membership.lock().pending -= 1;
+                let error = if place.is_some() {
+                    "room full"
+                } else {
+                    "unavailable"
+                };
+                return Err(refused(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the place `take_place` took and, when the app said yes and the socket is
+    /// still there, makes it a member of the room: at once, or (with an offset to replay
+    /// from, for a room it was not in) a member now but in the room only once the replay
+    /// returned here is sent. Else the answer to give.
+    fn admit<'h, A: Adapter>(
+        &'h self,
+        socket: &SocketRef<A>,
+        joining: Joining<'_>,
+        verdict: Result<bool, String>,
+        wants: Wants,
+    ) -> Result<(&'h History, String), Reply> {
+        let Joining {
+            identity,
+            membership,
+            room,
+        } = joining;
+        let history = self.recovery.history();
+        let with_offsets = history.is_some() && (identity.offsets || !matches!(wants, Wants::Live));
+        let replay = match (history, wants) {
+            (Some(history), Wants::After(offset)) => Some((history, offset)),
+            _ => None,
+        };
+        // Decided under the membership's lock, let go before any replay waits.
+        let mut joined = membership.lock();
+        joined.pending -= 1;
+        match verdict {
+            Ok(true) if !joined.closed && socket.connected() => {
+                let fresh = joined.rooms.insert(room.clone());
+                match replay {
+                    Some(replay) if fresh => {
+                        // A member from now on (bounds, presence, occupancy, unsubscribe),
+                        // but in the room only once the replay is sent, under the room's
+                        // lock.
+                        let deferred = std::slice::from_ref(room);
+                        self.join(socket, identity, deferred, true, deferred);
+                        Ok(replay)
+                    }
+                    _ => {
+                        if fresh {
+                            self.join(
+                                socket,
+                                identity,
+                                std::slice::from_ref(room),
+                                with_offsets,
+                                &[],
+                            );
+                        }
+                        Err(OK)
+                    }
+                }
+            }
+            Ok(true) => Err(refused("unavailable")),
+            Ok(false) => Err(refused("forbidden")),
+            Err(reason) => {
+                tracing::warn!(socket = %log_id(socket.id), user = %identity.user_id, "subscribe not authorized, the app could not say: {reason}");
+                Err(refused("unavailable"))
+            }
         }
     }
 

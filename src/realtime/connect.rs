@@ -13,7 +13,7 @@ use super::admission::Ticket;
 use super::auth::{AuthError, Session, SessionAuth};
 use super::channels::Channels;
 use super::connect_auth::{AuthTooLarge, ConnectAuth};
-use super::history::{Journal, Since};
+use super::history::{History, Journal, Since};
 use super::recovery::{AskedOffsets, Recovery, Shape, recover};
 use super::relay::Relay;
 use super::rooms::{connecting_room, recovery_room};
@@ -130,28 +130,11 @@ async fn check_session<A: Adapter>(
     handlers: &Handlers,
 ) -> Result<(), Refused> {
     let ticket = socket.req_parts().extensions.get::<Ticket>();
-    // The session the handshake was let in on, unless the cache would not hold it any more or
-    // its user was kicked since: then the credentials are looked up again, as by any socket
-    // that has no ticket (a second CONNECT on one Engine.IO session).
-    let reused = match ticket.and_then(Ticket::take_admitted) {
-        Some(admitted) => handlers.auth.reuse(admitted).await,
-        None => None,
-    };
-    let session = match reused {
-        Some(reused) => reused?,
-        None => {
-            let credentials = handlers
-                .auth
-                .credentials(&socket.req_parts().headers)
-                .map_err(|_| Refused::Session(AuthError::Unauthorized))?;
-            handlers.auth.authenticate(&credentials).await?
-        }
-    };
     let Session {
         user_id,
         rooms,
         info,
-    } = session;
+    } = session_of(socket, ticket, handlers).await?;
     let room = format!("{}{user_id}", handlers.room_prefix);
     // Counted on this instance, connected or still joining; handshakes at the same moment
     // may each see the last place.
@@ -168,50 +151,23 @@ async fn check_session<A: Adapter>(
         ticket.connected();
     }
     tracing::debug!(socket = %log_id(socket.id), user = %user_id, transport = ?socket.transport_type(), "socket authenticated");
-    let mut asked = AskedOffsets::default();
-    let mut offsets = false;
-    match handlers.journal.history() {
+    let (asked, offsets) = match handlers.journal.history() {
         // socketioxide sends the client its CONNECT before the connect handler runs, so the
         // room is joined here: a publish made as soon as the client reports "connected" must
         // find the socket in it.
-        None => socket.join(room),
-        // With history, the connect handler joins the user room after replaying; what is
-        // published from now on until then is part of the replay. Meanwhile the socket waits
-        // in a room of its own, where a kick (`disconnect`) still finds it.
-        Some(history) => {
-            let shape = Shape::asked(auth.as_ref());
-            let socket_log = log_id(socket.id);
-            asked = AskedOffsets::read(
-                auth.as_ref(),
-                &room,
-                &rooms,
-                handlers.channels.max_rooms(),
-                &socket_log,
-            );
-            let offset = auth
-                .as_ref()
-                .and_then(|a| a.get("offset"))
-                .and_then(|o| o.as_str())
-                .map(str::to_owned)
-                .or(asked.user.take());
-            let since = match offset {
-                Some(offset) => {
-                    socket.join(connecting_room(&user_id));
-                    Since::Client(offset)
-                }
-                None => {
-                    // Under the room lock: a message is either published before (and in the
-                    // head, delivered to no one here) or after (and the socket, now in its
-                    // connecting room, counts as a recipient and gets it from the replay).
-                    let _publishing = handlers.journal.lock(&room).await;
-                    socket.join(connecting_room(&user_id));
-                    Since::Head(history.head(&room).await)
-                }
-            };
-            offsets = shape == Shape::WithOffset;
-            socket.extensions.insert(ReplayFrom { since, shape });
+        None => {
+            socket.join(room);
+            (AskedOffsets::default(), false)
         }
-    }
+        Some(history) => {
+            let user = UserRoom {
+                room: &room,
+                user_id: &user_id,
+                rooms: &rooms,
+            };
+            await_replay(socket, auth.as_ref(), handlers, history, user).await
+        }
+    };
     socket.extensions.insert(Identity {
         user_id,
         info,
@@ -222,6 +178,82 @@ async fn check_session<A: Adapter>(
         replays: asked.rooms.into(),
     });
     Ok(())
+}
+
+/// The session the handshake was let in on, unless the cache would not hold it any more or
+/// its user was kicked since: then the credentials are looked up again, as by any socket that
+/// has no ticket (a second CONNECT on one Engine.IO session).
+async fn session_of<A: Adapter>(
+    socket: &SocketRef<A>,
+    ticket: Option<&Ticket>,
+    handlers: &Handlers,
+) -> Result<Session, Refused> {
+    let reused = match ticket.and_then(Ticket::take_admitted) {
+        Some(admitted) => handlers.auth.reuse(admitted).await,
+        None => None,
+    };
+    match reused {
+        Some(reused) => Ok(reused?),
+        None => {
+            let credentials = handlers
+                .auth
+                .credentials(&socket.req_parts().headers)
+                .map_err(|_| Refused::Session(AuthError::Unauthorized))?;
+            Ok(handlers.auth.authenticate(&credentials).await?)
+        }
+    }
+}
+
+/// A session's user room, its user and the rooms it listed, as `check_session` found them.
+#[derive(Clone, Copy)]
+struct UserRoom<'a> {
+    room: &'a str,
+    user_id: &'a str,
+    rooms: &'a [Arc<str>],
+}
+
+/// With history, the connect handler joins the user room after replaying; what is published
+/// from now on until then is part of the replay. Meanwhile the socket waits in a room of its
+/// own, where a kick (`disconnect`) still finds it. Returns the offsets the client asked for
+/// and whether it gets user messages with their offsets.
+async fn await_replay<A: Adapter>(
+    socket: &SocketRef<A>,
+    auth: Option<&serde_json::Value>,
+    handlers: &Handlers,
+    history: &History,
+    user: UserRoom<'_>,
+) -> (AskedOffsets, bool) {
+    let shape = Shape::asked(auth);
+    let socket_log = log_id(socket.id);
+    let mut asked = AskedOffsets::read(
+        auth,
+        user.room,
+        user.rooms,
+        handlers.channels.max_rooms(),
+        &socket_log,
+    );
+    let offset = auth
+        .and_then(|a| a.get("offset"))
+        .and_then(|o| o.as_str())
+        .map(str::to_owned)
+        .or(asked.user.take());
+    let since = match offset {
+        Some(offset) => {
+            socket.join(connecting_room(user.user_id));
+            Since::Client(offset)
+        }
+        None => {
+            // Under the room lock: a message is either published before (and in the head,
+            // delivered to no one here) or after (and the socket, now in its connecting
+            // room, counts as a recipient and gets it from the replay).
+            let _publishing = handlers.journal.lock(user.room).await;
+            socket.join(connecting_room(user.user_id));
+            Since::Head(history.head(user.room).await)
+        }
+    };
+    let offsets = shape == Shape::WithOffset;
+    socket.extensions.insert(ReplayFrom { since, shape });
+    (asked, offsets)
 }
 
 /// The rooms the handshake's session listed, until the socket joins them (in `let_in`), and

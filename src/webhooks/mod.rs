@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, WEBHOOK_EVENTS, ms};
+use crate::config::{Config, WEBHOOK_EVENTS, WebhooksConfig, ms};
 use crate::metrics::Metrics;
 
 use crate::occupancy::{self, Change, Transition};
@@ -84,20 +84,7 @@ impl Webhooks {
             instance: instance.clone().into(),
             seq: Arc::new(AtomicU64::new(0)),
         };
-        tokio::spawn(
-            sender::Sender {
-                outbox: outbox.clone(),
-                target,
-                secret: Some(config.secret.clone().into_bytes()).filter(|s| !s.is_empty()),
-                max_batch: config.max_batch,
-                linger: ms(config.linger_ms),
-                max_attempts: config.max_attempts,
-                retry_base: ms(config.retry_base_ms),
-                timeout: ms(config.timeout_ms),
-                metrics,
-            }
-            .run(),
-        );
+        spawn_sender(config, target, outbox.clone(), metrics);
         let shared = |namespace| {
             redis.clone().map(|(client, link)| {
                 Arc::new(occupancy::Shared::new(
@@ -193,6 +180,29 @@ impl Drop for OpenTab {
     fn drop(&mut self) {
         let _ = self.changes.send(Change::Down(self.user.clone()));
     }
+}
+
+/// Starts the task that batches, signs, posts and retries what `outbox` holds to `target`.
+fn spawn_sender(
+    config: &WebhooksConfig,
+    target: http::Uri,
+    outbox: sender::Outbox,
+    metrics: Arc<Metrics>,
+) {
+    tokio::spawn(
+        sender::Sender {
+            outbox,
+            target,
+            secret: Some(config.secret.clone().into_bytes()).filter(|s| !s.is_empty()),
+            max_batch: config.max_batch,
+            linger: ms(config.linger_ms),
+            max_attempts: config.max_attempts,
+            retry_base: ms(config.retry_base_ms),
+            timeout: ms(config.timeout_ms),
+            metrics,
+        }
+        .run(),
+    );
 }
 
 /// Where batches go: `webhooks.url`, a path on the upstream when it starts with `/`.
