@@ -5,16 +5,16 @@
 //! and a client's `subscribe` (`{room}`, with an ack), which sockgate lets through only when
 //! the app's authorize route (`channels.authorize_path`) answers 2xx, or when the room is under
 //! a public prefix. `unsubscribe` leaves; `presence` lists a presence room's members (kept by
-//! [`super::roster`], which every join and leave of a presence room is told). This module owns
-//! each socket's channel membership and its bounds (rooms per socket, subscribes per second),
-//! and the authorize call, which runs under the session check's concurrency cap and timeout.
+//! [`super::roster`], which every join and leave of a presence room is told). This module
+//! decides each socket's channel membership (kept in [`super::membership`]) and its bounds
+//! (rooms per socket, subscribes per second), and makes the authorize call, which runs under
+//! the session check's concurrency cap and timeout.
 //!
 //! The user room and sockgate's internal rooms are never channels: a name under
 //! `realtime.room_prefix` or `sockgate:` is refused wherever it comes from ([`RoomRules`]).
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -27,6 +27,7 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 
 use super::auth::SessionAuth;
 use super::history::{History, Since};
+use super::membership::Membership;
 use super::recovery::{MAX_OFFSET_BYTES, Recovery, Shape, recover};
 use super::rooms::{RoomRules, offsets_room};
 use super::roster::{Member, Roster};
@@ -41,32 +42,6 @@ const MAX_AUTHORIZE_BODY: usize = 4 * 1024;
 pub(super) const SUBSCRIBE: &str = "subscribe";
 pub(super) const UNSUBSCRIBE: &str = "unsubscribe";
 pub(super) const PRESENCE: &str = "presence";
-
-/// One socket's channels, kept in its extensions from the handshake on.
-#[derive(Clone, Default)]
-pub(super) struct Membership(Arc<Mutex<Joined>>);
-
-#[derive(Default)]
-struct Joined {
-    /// The rooms of the last session answer seen, whether or not still joined.
-    session: BTreeSet<Arc<str>>,
-    /// Every channel the socket is in (from the session and subscribed).
-    rooms: BTreeSet<Arc<str>>,
-    /// Subscribes that took a place and wait for the app.
-    pending: usize,
-    /// The socket closed: nothing is joined any more.
-    closed: bool,
-    /// Tokens for `subscribe`, refilled at `channels.max_subscribes_per_sec`.
-    tokens: f64,
-    refilled: Option<Instant>,
-}
-
-impl Membership {
-    fn lock(&self) -> MutexGuard<'_, Joined> {
-        // A panic while holding it leaves plain sets behind: still usable.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// A `subscribe`, `unsubscribe` or `presence` payload. A `subscribe` may carry `offset`: the
 /// last offset the client saw in the room (replayed from there), or `null` (live, with
@@ -202,7 +177,7 @@ impl Channels {
         let Some(identity) = socket.extensions.get::<Identity>() else {
             return;
         };
-        let membership = self.membership(socket);
+        let membership = Membership::of(socket);
         let mut joined = membership.lock();
         if joined.closed {
             return;
@@ -246,7 +221,7 @@ impl Channels {
             return;
         };
         // Made if need be, so that a `follow_session` racing with this close finds it closed.
-        let membership = self.membership(socket);
+        let membership = Membership::of(socket);
         let mut joined = membership.lock();
         joined.closed = true;
         let rooms = std::mem::take(&mut joined.rooms);
@@ -382,7 +357,7 @@ impl Channels {
         let Some(identity) = socket.extensions.get::<Identity>() else {
             return (refused("unavailable"), None);
         };
-        let membership = self.membership(socket);
+        let membership = Membership::of(socket);
         if let Err(reply) = self.take_place(&membership, &room, &identity.user_id).await {
             return (reply, None);
         }
@@ -577,21 +552,6 @@ impl Channels {
         true
     }
 
-    /// The socket's membership, made on first use. Handlers of one socket may run at once;
-    /// the lock keeps two of them from each making one.
-    fn membership<A: Adapter>(&self, socket: &SocketRef<A>) -> Membership {
-        static MAKING: Mutex<()> = Mutex::new(());
-        if let Some(membership) = socket.extensions.get::<Membership>() {
-            return membership;
-        }
-        let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
-        socket.extensions.get::<Membership>().unwrap_or_else(|| {
-            let membership = Membership::default();
-            socket.extensions.insert(membership.clone());
-            membership
-        })
-    }
-
     fn unsubscribe<A: Adapter>(&self, socket: &SocketRef<A>, room: &str) -> Reply {
         if self.rules.check(room).is_err() {
             return refused("invalid room");
@@ -695,42 +655,5 @@ async fn settle<A: Adapter>(socket: &SocketRef<A>) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-}
-
-impl Joined {
-    /// One `subscribe` worth of the per-second budget (a full second's worth to start with).
-    fn take_token(&mut self, per_sec: f64) -> bool {
-        let now = Instant::now();
-        self.tokens = match self.refilled {
-            None => per_sec,
-            Some(then) => {
-                (self.tokens + now.duration_since(then).as_secs_f64() * per_sec).min(per_sec)
-            }
-        };
-        self.refilled = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subscribes_are_rate_limited() {
-        let mut joined = Joined::default();
-        assert!((0..3).all(|_| joined.take_token(3.0)));
-        assert!(!joined.take_token(3.0));
-        joined.refilled = joined
-            .refilled
-            .map(|t| t - std::time::Duration::from_millis(400));
-        assert!(joined.take_token(3.0));
-        assert!(!joined.take_token(3.0));
     }
 }

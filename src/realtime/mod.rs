@@ -17,6 +17,7 @@ mod gate;
 mod history;
 mod hub;
 mod kicks;
+mod membership;
 mod origin;
 mod outage;
 mod recovery;
