@@ -10,10 +10,12 @@ need cargo "install Rust: https://rustup.rs"
 need node "install Node.js 20+"
 need npm "install Node.js 20+"
 
-npm_install() { # dir
-  if [ ! -d "$1/node_modules" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
-    echo "== npm ci in $1"
-    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+npm_install() { # dir [file…: also reinstall when one is newer than the install]
+  local dir="$1" stamp="$1/node_modules/.package-lock.json"
+  shift
+  if [ ! -e "$stamp" ] || [ -n "$(find "$dir/package-lock.json" "$@" -newer "$stamp" -print 2>/dev/null)" ]; then
+    echo "== npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
 npm_install tests/fixture
@@ -24,7 +26,11 @@ TMPDIR_CHECKED="${TMPDIR:-/tmp}"
 temp_leftovers() { find "$TMPDIR_CHECKED" -maxdepth 1 -name 'sockgate-*-*' -newer "$STARTED" -print 2>/dev/null | sort; }
 STARTED=$(mktemp "$TMPDIR_CHECKED/run-sh-start.XXXXXX")
 trap 'rm -f "$STARTED"' EXIT
-npm_install examples/astro
+# The client packages as users get them (npm pack), then the example that installs them.
+echo "== npm pack clients/node clients/react → target/packages/"
+clients/pack.sh
+npm_install examples/astro target/packages/
+export ASTRO_TELEMETRY_DISABLED=1 # no telemetry notice in the build's output
 
 echo "== module graph: no import cycles, no import against ARCHITECTURE.md's layers"
 python3 tests/layers.py
@@ -38,7 +44,7 @@ cargo test --quiet -- --test-threads="${SOCKGATE_TEST_THREADS:-4}"
 
 export SOCKGATE_BIN="$PWD/target/debug/sockgate"
 echo "== node --test (integration, publish client)"
-node --test --test-concurrency=2 tests/js/ clients/node/test/
+node --test --test-concurrency=2 tests/js/ clients/node/test/ clients/react/test/
 
 echo "== benchmark smoke (200 sockets through the load generator)"
 bench/smoke.sh

@@ -277,10 +277,18 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found (apt-get install -y chromium, or set CHROMIUM_PATH)`);
     if (!fs.existsSync(path.join(APP_DIR, 'dist', 'server', 'entry.mjs'))) {
       if (!fs.existsSync(path.join(APP_DIR, 'node_modules'))) {
+        // The example installs @sockgate/client and @sockgate/react from their tarballs.
+        const pack = spawnSync(path.join(REPO_ROOT, 'clients', 'pack.sh'), { stdio: 'inherit', timeout: 300_000 });
+        assert.equal(pack.status, 0, 'clients/pack.sh failed');
         const ci = spawnSync('npm', ['ci', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: APP_DIR, stdio: 'inherit', timeout: 300_000 });
         assert.equal(ci.status, 0, 'npm ci in examples/astro failed');
       }
-      const build = spawnSync('npm', ['run', 'build'], { cwd: APP_DIR, stdio: 'inherit', timeout: 300_000 });
+      const build = spawnSync('npm', ['run', 'build'], {
+        cwd: APP_DIR,
+        stdio: 'inherit',
+        timeout: 300_000,
+        env: { ...process.env, ASTRO_TELEMETRY_DISABLED: '1' },
+      });
       assert.equal(build.status, 0, 'npm run build in examples/astro failed');
     }
     fs.mkdirSync(ARTIFACTS, { recursive: true });

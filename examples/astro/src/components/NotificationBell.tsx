@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useState } from 'react';
-import { useSocket } from '../hooks/useSocket';
+import { SockgateProvider, useSocket } from '@sockgate/react';
 import { toNotification } from '../lib/notification';
+import { sockgate } from '../lib/sockgate';
 import type { Notification } from '../lib/store';
 
 interface Props {
@@ -8,7 +9,15 @@ interface Props {
   initialNotifications?: Notification[];
 }
 
-export default function NotificationBell({ userId, initialNotifications = [] }: Props) {
+export default function NotificationBell(props: Props) {
+  return (
+    <SockgateProvider client={sockgate}>
+      <Bell {...props} />
+    </SockgateProvider>
+  );
+}
+
+function Bell({ userId, initialNotifications = [] }: Props) {
   const [items, setItems] = useState<Notification[]>(initialNotifications);
   const [readIds, setReadIds] = useState<Set<string>>(() => new Set());
 
