@@ -511,6 +511,14 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     // Bob did not log in again: his old session died with the app, so his page ends up
     // "unauthorized" and stops retrying.
     await expectStatus(bob, 'unauthorized', RECONNECT_TIMEOUT_MS);
+    // And no handshake after that: longer than both backoffs' first steps (Socket.IO's 1 s
+    // ±50%, the client's 0.5–1 s), nothing asks sockgate (nor the session route) again.
+    const retries = [];
+    const onRequest = (r) => new URL(r.url()).pathname.startsWith('/socket.io/') && retries.push(r.url());
+    bob.on('request', onRequest);
+    await sleep(2000);
+    bob.off('request', onRequest);
+    assert.deepEqual(retries, [], "after 'unauthorized' nothing retries");
   });
 
   test('?transport=polling: connects and stays on long-polling, publishes arrive', async () => {
