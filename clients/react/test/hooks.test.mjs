@@ -52,7 +52,9 @@ function Page({ userId = 'alice' }) {
 async function render(element) {
   let renderer;
   await act(async () => {
-    renderer = TestRenderer.create(element);
+    // Concurrent, as createRoot renders: React 18 double-mounts under strict mode only there
+    // (19's test renderer is always concurrent).
+    renderer = TestRenderer.create(element, { unstable_isConcurrent: true });
   });
   return renderer;
 }
