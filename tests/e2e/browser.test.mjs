@@ -785,4 +785,24 @@ describe('browser end-to-end: channels and presence', { timeout: 240_000 }, () =
     // Still one connection on alice's page at a time: the reconnects reused the same socket.
     assert.ok(aliceConnections[0].handshakes >= 2, JSON.stringify(aliceConnections[0]));
   });
+
+  test('a reload resumes where the page was: a team message published while away is replayed', async (t) => {
+    if (!alice) return t.skip('needs the logged-in page of the first test');
+    // The example keeps offsets in sessionStorage (createSockgate({ persistOffsets: true })).
+    await publish({ room: 'team:demo', event: 'message', data: { from: 'curl', text: 'Before leaving' } });
+    await expectTeamMessage(alice, 'Before leaving');
+    const stored = JSON.parse((await alice.evaluate(() => sessionStorage.getItem('sockgate:offsets'))) ?? '{}');
+    assert.ok(stored['team:demo'], `team:demo's offset is stored: ${JSON.stringify(stored)}`);
+
+    // Away (same tab, another page), then back: what was published meanwhile comes first.
+    await alice.goto('about:blank');
+    const away = await publish({ room: 'team:demo', event: 'message', data: { from: 'curl', text: 'While away' } });
+    assert.equal(JSON.parse(away.body).recipients, 0, 'nobody was there to get it live');
+    await alice.goto(`${baseURL}/`);
+    await expectStatus(alice, 'connected');
+    await expectTeamMessage(alice, 'While away');
+    await sleep(300);
+    const texts = await alice.getByTestId('team-message-text').allTextContents();
+    assert.deepEqual(texts, ['While away'], 'replayed once, and nothing from before the offset');
+  });
 });
