@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit + integration tests (real Node app, real sockets), the Node
-# integration tests (real socket.io-client), the publish client's tests, and the browser
-# end-to-end test (Debian chromium + playwright-core). Installs npm dependencies it lacks.
+# integration tests (real socket.io-client), the client packages' tests (@sockgate/client,
+# @sockgate/react), and the browser end-to-end test (Debian chromium + playwright-core).
+# Installs npm dependencies it lacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +44,7 @@ echo "== cargo test"
 cargo test --quiet -- --test-threads="${SOCKGATE_TEST_THREADS:-4}"
 
 export SOCKGATE_BIN="$PWD/target/debug/sockgate"
-echo "== node --test (integration, publish client)"
+echo "== node --test (integration, client packages)"
 node --test --test-concurrency=2 tests/js/ clients/node/test/ clients/react/test/
 
 echo "== benchmark smoke (200 sockets through the load generator)"
