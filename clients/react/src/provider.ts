@@ -1,4 +1,8 @@
+'use client';
 // Which client the hooks use: the nearest <SockgateProvider>'s, else the page's default one.
+// 'use client' (a plain string elsewhere) lets a React Server Components app (Next.js app
+// router) render <SockgateProvider options={…}> from a server layout: it marks the client
+// boundary, so the provider and its context live in the browser.
 import { createContext, createElement, useContext, useState, type ReactNode } from 'react';
 import { defaultClient, SockgateClient, type SockgateOptions } from './connection.js';
 

@@ -3,6 +3,7 @@
 // Runs on the compiled package (dist/, made by `npm run build` or `npm pack`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 
 import { createSockgate, isNewerOffset, MAX_ROOMS, Offsets, refusal } from '../dist/index.js';
 
@@ -137,4 +138,9 @@ test('two clients (two providers, two tests) share nothing', async () => {
   b.release();
   await tick();
   assert.equal(storage.writes, 0, 'nothing stored without a message');
+});
+
+test("the provider's module is a client boundary for React Server Components ('use client' first)", () => {
+  const text = fs.readFileSync(new URL('../dist/provider.js', import.meta.url), 'utf8');
+  assert.match(text, /^'use client';/);
 });
