@@ -25,6 +25,22 @@ temp_leftovers() { find "$TMPDIR_CHECKED" -maxdepth 1 -name 'sockgate-*-*' -newe
 STARTED=$(mktemp "$TMPDIR_CHECKED/run-sh-start.XXXXXX")
 trap 'rm -f "$STARTED"' EXIT
 npm_install examples/astro
+npm_install examples/next
+
+# `next build` takes a minute or more on 2 cores: skip it when nothing it reads changed since
+# the last one (a stamp in .next/: the hash of the example's and clients/react's files, the
+# lockfile and node's version).
+next_build() {
+  local dir=examples/next stamp=examples/next/.next/sockgate-build.stamp sum
+  sum=$( { node --version; git ls-files -z -co --exclude-standard -- "$dir" clients/react | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | sha256sum)
+  if [ -f "$dir/.next/BUILD_ID" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+    echo "== next build: examples/next unchanged since the last build"
+    return
+  fi
+  echo "== next build in examples/next"
+  (cd "$dir" && NEXT_TELEMETRY_DISABLED=1 npm run build --silent >/dev/null)
+  echo "$sum" >"$stamp"
+}
 
 echo "== module graph: no import cycles, no import against ARCHITECTURE.md's layers"
 python3 tests/layers.py
@@ -47,6 +63,7 @@ if [ -f tests/e2e/browser.test.mjs ]; then
   echo "== browser end-to-end"
   if command -v chromium >/dev/null 2>&1; then
     (cd examples/astro && npm run build --silent >/dev/null)
+    next_build
     node --test tests/e2e/
   else
     echo "chromium is not installed (apt-get install chromium); the browser test cannot run" >&2
