@@ -26,8 +26,12 @@ RUN cargo build --release --locked --bin sockgate \
 # --- 2. your app: install and build ----------------------------------------------------------
 FROM node:20-bookworm-slim AS app
 WORKDIR /app
-# ADAPT: your app's package files and sources (here: the bundled example and its client).
-COPY clients/node /clients/node
+# ADAPT: your app's package files and sources (here: the bundled example and its client
+# packages, packed where its package.json expects them: file:../../target/packages/*.tgz).
+COPY clients /clients
+RUN mkdir -p /target/packages \
+ && (cd /clients/react && npm ci --no-audit --no-fund && npm pack --pack-destination /target/packages) \
+ && (cd /clients/node && npm pack --pack-destination /target/packages)
 COPY examples/astro/package.json examples/astro/package-lock.json ./
 RUN npm ci
 # The sources after `npm ci`: .dockerignore leaves the host's node_modules/ and dist/ out, so

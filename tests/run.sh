@@ -10,10 +10,12 @@ need cargo "install Rust: https://rustup.rs"
 need node "install Node.js 20+"
 need npm "install Node.js 20+"
 
-npm_install() { # dir
-  if [ ! -d "$1/node_modules" ] || [ "$1/package-lock.json" -nt "$1/node_modules/.package-lock.json" ]; then
-    echo "== npm ci in $1"
-    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+npm_install() { # dir [file…: also reinstall when one is newer than the install]
+  local dir="$1" stamp="$1/node_modules/.package-lock.json"
+  shift
+  if [ ! -e "$stamp" ] || [ -n "$(find "$dir/package-lock.json" "$@" -newer "$stamp" -print 2>/dev/null)" ]; then
+    echo "== npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
 npm_install tests/fixture
@@ -24,21 +26,27 @@ TMPDIR_CHECKED="${TMPDIR:-/tmp}"
 temp_leftovers() { find "$TMPDIR_CHECKED" -maxdepth 1 -name 'sockgate-*-*' -newer "$STARTED" -print 2>/dev/null | sort; }
 STARTED=$(mktemp "$TMPDIR_CHECKED/run-sh-start.XXXXXX")
 trap 'rm -f "$STARTED"' EXIT
-npm_install examples/astro
-npm_install examples/next
+# The client packages as users get them (npm pack), then the examples that install them.
+echo "== npm pack clients/node clients/react → target/packages/"
+clients/pack.sh
+npm_install examples/astro target/packages/
+npm_install examples/next target/packages/
+export ASTRO_TELEMETRY_DISABLED=1 # no telemetry notice in the build's output
+export NEXT_TELEMETRY_DISABLED=1
 
 # `next build` takes a minute or more on 2 cores: skip it when nothing it reads changed since
-# the last one (a stamp in .next/: the hash of the example's and clients/react's files, the
-# lockfile and node's version).
+# the last one (a stamp in .next/: the hash of the example's files, of the client tarballs it
+# installs, which clients/pack.sh rewrites only when their contents change, and node's version).
 next_build() {
   local dir=examples/next stamp=examples/next/.next/sockgate-build.stamp sum
-  sum=$( { node --version; git ls-files -z -co --exclude-standard -- "$dir" clients/react | LC_ALL=C sort -z | xargs -0 -r sha256sum; } | sha256sum)
+  sum=$( { node --version; git ls-files -z -co --exclude-standard -- "$dir" | LC_ALL=C sort -z | xargs -0 -r sha256sum
+    sha256sum target/packages/*.tgz; } | sha256sum)
   if [ -f "$dir/.next/BUILD_ID" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-    echo "== next build: examples/next unchanged since the last build"
+    echo "== next build: examples/next and the client packages unchanged since the last build"
     return
   fi
   echo "== next build in examples/next"
-  (cd "$dir" && NEXT_TELEMETRY_DISABLED=1 npm run build --silent >/dev/null)
+  (cd "$dir" && npm run build --silent >/dev/null)
   echo "$sum" >"$stamp"
 }
 
@@ -54,7 +62,7 @@ cargo test --quiet -- --test-threads="${SOCKGATE_TEST_THREADS:-4}"
 
 export SOCKGATE_BIN="$PWD/target/debug/sockgate"
 echo "== node --test (integration, publish client)"
-node --test --test-concurrency=2 tests/js/ clients/node/test/
+node --test --test-concurrency=2 tests/js/ clients/node/test/ clients/react/test/
 
 echo "== benchmark smoke (200 sockets through the load generator)"
 bench/smoke.sh

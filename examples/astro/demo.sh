@@ -42,17 +42,21 @@ stale() {
   [ -n "$(find "$@" -newer "$target" -type f -print -quit 2>/dev/null)" ]
 }
 
-# 1. npm dependencies of the example (@sockgate/client is a file: dependency on clients/node).
-if [ ! -d "$APP_DIR/node_modules" ] || stale "$APP_DIR/node_modules/.package-lock.json" "$APP_DIR/package-lock.json"; then
+# 1. npm dependencies of the example. @sockgate/client and @sockgate/react are installed from
+#    their tarballs, packed into target/packages/ from clients/ (a new tarball: npm ci again).
+say "npm pack clients/node clients/react"
+"$ROOT/clients/pack.sh"
+if [ ! -d "$APP_DIR/node_modules" ] \
+    || stale "$APP_DIR/node_modules/.package-lock.json" "$APP_DIR/package-lock.json" "$ROOT/target/packages"; then
   say "npm ci in examples/astro"
   (cd "$APP_DIR" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # 2. The Astro build (dist/), when missing or older than its sources.
 if stale "$APP_DIR/dist/server/entry.mjs" "$APP_DIR/src" "$APP_DIR/astro.config.mjs" \
-    "$APP_DIR/package-lock.json" "$ROOT/clients/node/index.mjs"; then
+    "$APP_DIR/node_modules/.package-lock.json"; then
   say "npm run build in examples/astro"
-  (cd "$APP_DIR" && npm run build --silent)
+  (cd "$APP_DIR" && ASTRO_TELEMETRY_DISABLED=1 npm run build --silent)
 fi
 
 # 3. sockgate, when missing or older than its sources.

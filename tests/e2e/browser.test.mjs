@@ -277,10 +277,18 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found (apt-get install -y chromium, or set CHROMIUM_PATH)`);
     if (!fs.existsSync(path.join(APP_DIR, 'dist', 'server', 'entry.mjs'))) {
       if (!fs.existsSync(path.join(APP_DIR, 'node_modules'))) {
+        // The example installs @sockgate/client and @sockgate/react from their tarballs.
+        const pack = spawnSync(path.join(REPO_ROOT, 'clients', 'pack.sh'), { stdio: 'inherit', timeout: 300_000 });
+        assert.equal(pack.status, 0, 'clients/pack.sh failed');
         const ci = spawnSync('npm', ['ci', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: APP_DIR, stdio: 'inherit', timeout: 300_000 });
         assert.equal(ci.status, 0, 'npm ci in examples/astro failed');
       }
-      const build = spawnSync('npm', ['run', 'build'], { cwd: APP_DIR, stdio: 'inherit', timeout: 300_000 });
+      const build = spawnSync('npm', ['run', 'build'], {
+        cwd: APP_DIR,
+        stdio: 'inherit',
+        timeout: 300_000,
+        env: { ...process.env, ASTRO_TELEMETRY_DISABLED: '1' },
+      });
       assert.equal(build.status, 0, 'npm run build in examples/astro failed');
     }
     fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -313,6 +321,49 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     await expectStatus(bob, 'connected');
     await installArrivalClock(alice);
     await installArrivalClock(bob);
+  });
+
+  test('the bell: an inline 20×20 icon, no badge at 0, "Mark all read" beside the heading in normal weight', async (t) => {
+    if (!alice) return t.skip('needs the logged-in pages of the first test');
+    // Nothing was published yet: alice has no notification.
+    assert.equal(await alice.getByTestId('notification-item').count(), 0);
+    const facts = await alice.evaluate(() => {
+      const box = (el) => {
+        const r = el.getBoundingClientRect();
+        return { width: r.width, height: r.height, top: r.top, bottom: r.bottom };
+      };
+      const heading = document.querySelector('.bell h2');
+      const icon = document.querySelector('[data-testid="bell-icon"]');
+      const badge = document.querySelector('[data-testid="bell-count"]');
+      const button = document.querySelector('[data-testid="mark-all-read"]');
+      return {
+        headingText: heading.innerText.trim(), // what is rendered, hidden parts left out
+        iconTag: icon.tagName.toLowerCase(),
+        iconPaths: icon.querySelectorAll('path').length,
+        icon: box(icon),
+        heading: box(heading),
+        badgeShown: badge.checkVisibility(),
+        badgeBox: box(badge),
+        buttonInHeading: heading.contains(button),
+        button: box(button),
+        buttonWeight: Number(getComputedStyle(button).fontWeight),
+        buttonSize: parseFloat(getComputedStyle(button).fontSize),
+        bodySize: parseFloat(getComputedStyle(document.body).fontSize),
+      };
+    });
+    await alice.locator('section.bell').screenshot({ path: path.join(ARTIFACTS, 'alice-bell-empty.png') });
+    // An inline SVG, not a character: an emoji renders as an empty box without an emoji font.
+    assert.equal(facts.iconTag, 'svg');
+    assert.ok(facts.iconPaths > 0, 'the icon draws something');
+    assert.deepEqual([facts.icon.width, facts.icon.height], [20, 20], `icon box ${JSON.stringify(facts.icon)}`);
+    assert.ok(facts.icon.top >= facts.heading.top && facts.icon.bottom <= facts.heading.bottom, 'the icon sits in the heading line');
+    assert.equal(facts.headingText, 'Notifications', 'no "0" and no button text in the heading');
+    assert.equal(facts.badgeShown, false, 'no badge when nothing is unread');
+    assert.deepEqual([facts.badgeBox.width, facts.badgeBox.height], [0, 0], 'the hidden badge takes no room');
+    assert.equal(facts.buttonInHeading, false, '"Mark all read" is not part of the heading');
+    assert.ok(facts.buttonWeight <= 400, `"Mark all read" in normal weight (font-weight ${facts.buttonWeight})`);
+    assert.ok(facts.buttonSize <= facts.bodySize, `"Mark all read" no larger than the text (${facts.buttonSize}px)`);
+    assert.ok(facts.button.height < facts.heading.height * 1.5, `button ${facts.button.height}px tall, heading ${facts.heading.height}px`);
   });
 
   test('a notification reaches alice (via the app and directly) within 1 s, never bob', async (t) => {
@@ -359,8 +410,14 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     assert.ok(!aliceTitles.includes(bobMarker.title), `alice got bob's marker: ${JSON.stringify(aliceTitles)}`);
     assert.deepEqual(aliceTitles.slice(0, 3), [aliceMarker.title, direct.title, notification.title]);
     assert.equal(await alice.getByTestId('bell-count').textContent(), String(aliceTitles.length));
+    assert.ok(await alice.getByTestId('bell-count').isVisible(), 'the badge shows while something is unread');
 
     await alice.screenshot({ path: path.join(ARTIFACTS, 'alice-notifications.png'), fullPage: true });
+
+    // Everything read: the badge goes (rather than showing a red "0").
+    await alice.getByTestId('mark-all-read').click();
+    await alice.getByTestId('bell-count').waitFor({ state: 'hidden', timeout: STEP_TIMEOUT_MS });
+    assert.equal(await alice.getByTestId('mark-all-read').isDisabled(), true);
   });
 
   test("the README's payload renders: no id, no date, sent twice → two items with a real date", async (t) => {

@@ -321,7 +321,7 @@ test('config: a warning about a setting is in sockgate\'s output', async () => {
   assert.match(sg.proc.text(), /WARN.*upstream\.pool_idle_timeout_ms = 6000 is not below/);
 });
 
-/** Whether offset `a` comes after `b` (as in examples/astro/src/hooks/useSocket.ts). */
+/** Whether offset `a` comes after `b` (as in clients/react/src/offsets.ts). */
 function isNewerOffset(a, b) {
   if (!b) return true;
   const parse = (o) => {

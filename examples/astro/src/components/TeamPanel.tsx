@@ -1,5 +1,6 @@
 import { useState } from 'react';
-import { useChannel } from '../hooks/useChannel';
+import { SockgateProvider, useChannel } from '@sockgate/react';
+import { sockgate } from '../lib/sockgate';
 import { TEAM_EVENT, TEAM_ROOM, type TeamMessage } from '../lib/team';
 
 let received = 0;
@@ -27,6 +28,14 @@ function OtherRoom({ room }: { room: string }) {
 }
 
 export default function TeamPanel() {
+  return (
+    <SockgateProvider client={sockgate}>
+      <Team />
+    </SockgateProvider>
+  );
+}
+
+function Team() {
   const [messages, setMessages] = useState<TeamMessage[]>([]);
   const [draft, setDraft] = useState('');
   const [result, setResult] = useState('');

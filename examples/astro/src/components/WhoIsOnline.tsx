@@ -1,4 +1,5 @@
-import { usePresence } from '../hooks/useChannel';
+import { SockgateProvider, usePresence } from '@sockgate/react';
+import { sockgate } from '../lib/sockgate';
 import { TEAM_PRESENCE_ROOM } from '../lib/team';
 
 interface Props {
@@ -10,7 +11,15 @@ interface MemberInfo {
   name?: string;
 }
 
-export default function WhoIsOnline({ userId }: Props) {
+export default function WhoIsOnline(props: Props) {
+  return (
+    <SockgateProvider client={sockgate}>
+      <Online {...props} />
+    </SockgateProvider>
+  );
+}
+
+function Online({ userId }: Props) {
   const members = usePresence<MemberInfo>(TEAM_PRESENCE_ROOM);
   const sorted = [...members].sort((a, b) => a.id.localeCompare(b.id));
   return (

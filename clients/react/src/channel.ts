@@ -1,21 +1,7 @@
-// Channels and presence on the page's one Socket.IO connection (the one useSocket uses).
-//
-//   const { status, error } = useChannel('team:demo', { message: (data) => … });
-//   const members = usePresence('presence:team-demo'); // [{ id, info }]
-//
-// sockgate lets a socket into a room when the app's `POST /api/socket/authorize` answers 2xx
-// (or when the session route lists the room in `rooms`). The hooks subscribe on every connect
-// (a reconnect is a new socket on the server: its subscriptions are gone), with the room's last
-// offset seen so that sockgate replays what was missed meanwhile, and unsubscribe when the
-// last hook for a room unmounts. Several hooks on the same room share one
-// subscription.
-//
-// Socket.IO carries no room name with an event, so a channel handler gets every event of its
-// name that reaches the socket (from any room it is in). Give each room its own event names,
-// or put the room in the data, when one page listens to several rooms. presence:join and
-// presence:leave carry their `room` and are filtered by it.
-import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from 'react';
-import { acquireConnection, type SharedConnection } from './useSocket';
+// One room on one connection: its subscription (renewed on every connect, with the room's
+// last offset so sockgate replays what was missed), its state, its presence list. Several
+// hooks on the same room share one Channel; it unsubscribes when the last lets go.
+import type { SharedConnection, SockgateClient } from './connection.js';
 
 /**
  * - `disconnected`: no connection (yet, or it is reconnecting);
@@ -37,8 +23,6 @@ export interface PresenceMember<Info = unknown> {
   info: Info | null;
 }
 
-export type ChannelHandlers = Record<string, (data: any) => void>;
-
 const ACK_TIMEOUT_MS = 10_000;
 const RETRYABLE = new Set(['rate limited', 'unavailable', 'timeout']);
 const RETRY_BASE_MS = 1000;
@@ -52,8 +36,7 @@ function sameMembers(a: PresenceMember[], b: PresenceMember[]) {
   return a.length === b.length && a.every((m, i) => m.id === b[i].id && m.info === b[i].info);
 }
 
-/** One room on one connection: its subscription, its state, its presence list. */
-class Channel {
+export class Channel {
   state: ChannelState = { status: 'disconnected', error: null };
   members: PresenceMember[] = [];
   holders = 0;
@@ -125,7 +108,7 @@ class Channel {
 
   private ask(event: string, gen: number, then: (ack: Ack) => void) {
     // A subscribe carries the room's last offset seen: sockgate replays what was missed
-    // (or says `recovery_failed`, and useSocket's onReconnect refetches).
+    // (or says `recovery_failed`, which the hooks hand to the app to refetch).
     const offset = event === 'subscribe' ? this.connection.offsetOf(this.room) : undefined;
     this.connection.socket
       .timeout(ACK_TIMEOUT_MS)
@@ -137,7 +120,7 @@ class Channel {
           }
           return;
         }
-        then(err ? { ok: false, error: 'timeout' } : ack ?? { ok: false, error: 'unavailable' });
+        then(err ? { ok: false, error: 'timeout' } : (ack ?? { ok: false, error: 'unavailable' }));
       });
   }
 
@@ -185,9 +168,9 @@ class Channel {
 
 const channels = new WeakMap<SharedConnection, Map<string, Channel>>();
 
-/** Holds the room's channel on the shared connection until `release`. */
-function acquireChannel(room: string) {
-  const { connection, release: releaseConnection } = acquireConnection();
+/** Holds `room`'s channel on the client's shared connection until `release`. */
+export function acquireChannel(client: SockgateClient, room: string) {
+  const { connection, release: releaseConnection } = client.acquire();
   let rooms = channels.get(connection);
   if (!rooms) channels.set(connection, (rooms = new Map()));
   let channel = rooms.get(room);
@@ -213,70 +196,3 @@ function acquireChannel(room: string) {
     },
   };
 }
-
-const DISCONNECTED: ChannelState = { status: 'disconnected', error: null };
-
-/**
- * Subscribes to `room` on the page's connection (on connect and on every reconnect),
- * calls `handlers[event](data)` for the events that reach it, unsubscribes on unmount.
- * Handlers may change on every render: they live in a ref.
- */
-export function useChannel(room: string | null | undefined, handlers: ChannelHandlers = {}): ChannelState {
-  const [state, setState] = useState<ChannelState>(DISCONNECTED);
-  const handlersRef = useRef(handlers);
-  useEffect(() => {
-    handlersRef.current = handlers;
-  });
-
-  useEffect(() => {
-    if (!room) return;
-    const { channel, release } = acquireChannel(room);
-    const sync = () => setState(channel.state);
-    sync();
-    const offState = channel.listen(sync);
-    // The connection's event stream, repeats (an offset seen already) dropped.
-    const offEvents = channel.connection.onEvent((event, data) => {
-      if ((event === 'presence:join' || event === 'presence:leave')
-        && (data as { room?: unknown } | null)?.room !== room) return;
-      if (!Object.prototype.hasOwnProperty.call(handlersRef.current, event)) return;
-      handlersRef.current[event]?.(data);
-    });
-    return () => {
-      offEvents();
-      offState();
-      release();
-      setState(DISCONNECTED);
-    };
-  }, [room]);
-
-  return state;
-}
-
-/**
- * Who is in the presence room `room` (a name starting with `presence:`): one entry per user,
- * `info` being the `user` object of their session route. Subscribes like useChannel, asks
- * sockgate for the list after every (re)subscribe, and applies presence:join/leave between.
- */
-export function usePresence<Info = unknown>(room: string | null | undefined): PresenceMember<Info>[] {
-  const [channel, setChannel] = useState<Channel | null>(null);
-  useEffect(() => {
-    if (!room) return;
-    const held = acquireChannel(room);
-    held.channel.wantPresence();
-    setChannel(held.channel);
-    return () => {
-      held.channel.presenceHolders--;
-      held.release();
-      setChannel(null);
-    };
-  }, [room]);
-
-  const subscribe = useCallback((fn: () => void) => (channel ? channel.listen(fn) : () => {}), [channel]);
-  return useSyncExternalStore(
-    subscribe,
-    () => (channel ? channel.members : NO_MEMBERS),
-    () => NO_MEMBERS,
-  ) as PresenceMember<Info>[];
-}
-
-const NO_MEMBERS: PresenceMember[] = [];
