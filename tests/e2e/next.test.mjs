@@ -8,6 +8,8 @@
 //   SOCKGATE_BIN       sockgate binary (default: target/debug/sockgate)
 //   CHROMIUM_PATH      browser (default: /usr/bin/chromium)
 //   SOCKGATE_E2E_VERBOSE=1   stream sockgate's (and the app's) output live
+//
+// A screenshot of alice's page with notifications goes to tests/e2e/artifacts/next-alice.png.
 import { spawn, spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { after, afterEach, before, describe, test } from 'node:test';
@@ -18,11 +20,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { freePort, waitFor, withTimeout } from '../js/harness.mjs';
+import { freePort, publishOk, waitFor, withTimeout } from '../js/harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const REPO_ROOT = path.resolve(here, '..', '..');
 const APP_DIR = path.join(REPO_ROOT, 'examples', 'next');
+const ARTIFACTS = path.join(here, 'artifacts');
 const SOCKGATE_BIN = path.resolve(process.env.SOCKGATE_BIN || path.join(REPO_ROOT, 'target', 'debug', 'sockgate'));
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const VERBOSE = !!process.env.SOCKGATE_E2E_VERBOSE;
@@ -222,7 +225,13 @@ describe('Next.js example (next start) behind sockgate', { timeout: 240_000 }, (
   before(async () => {
     checkPrerequisites();
     ensureBuilt();
-    gate = new Gate({ name: 'sockgate+next-start', cwd: APP_DIR, app: ['./node_modules/.bin/next', 'start', '--hostname', '127.0.0.1'] });
+    gate = new Gate({
+      name: 'sockgate+next-start',
+      cwd: APP_DIR,
+      app: ['./node_modules/.bin/next', 'start', '--hostname', '127.0.0.1'],
+      // A closed tab leaves the presence room after this grace (5 s by default).
+      env: { SIDECAR_CHANNELS__PRESENCE_GRACE_MS: '300' },
+    });
     await gate.start();
     browser = await openBrowser();
     aliceCtx = await newContext(browser);
@@ -257,10 +266,11 @@ describe('Next.js example (next start) behind sockgate', { timeout: 240_000 }, (
     assert.equal(new URL(action.url()).pathname, '/login');
     await page.waitForURL(`${gate.baseURL}/`);
     await page.getByTestId('current-user').filter({ hasText: user[0].toUpperCase() + user.slice(1) }).waitFor();
+    await page.getByTestId('socket-status').filter({ hasText: /^connected$/ }).waitFor();
     return page;
   }
 
-  test('login is a server action through the proxy; the cookie it sets opens the session route', async () => {
+  test('login is a server action through the proxy; the cookie it sets opens the session route (the socket connects)', async () => {
     alice = await login(aliceCtx, 'alice');
     bob = await login(bobCtx, 'bob');
     const [cookie] = (await aliceCtx.cookies()).filter((c) => c.name === 'sid');
@@ -284,15 +294,57 @@ describe('Next.js example (next start) behind sockgate', { timeout: 240_000 }, (
     assert.ok(await sameDocument(alice), 'the page was not reloaded');
   });
 
-  test('a server action that publishes: "Notify me" stores and pushes through sockgate', async (t) => {
+  const bellTitles = (page) => page.getByTestId('notification-item').locator('strong').allTextContents();
+  const waitForBellItem = (page, title) => page.getByTestId('notification-item').filter({ hasText: title }).first().waitFor();
+
+  test('a server action that publishes: "Notify me" stores the notification and it reaches the bell', async (t) => {
     if (!alice) return t.skip('needs the logged-in page of the login test');
+    assert.ok(await alice.getByTestId('bell-count').isHidden(), 'nothing unread yet: no badge');
     await alice.getByTestId('notify-self').click();
-    await alice.getByTestId('notify-result').filter({ hasText: /^Stored "Hello #1 for alice"; live recipients: \d+$/ }).waitFor();
+    const result = alice.getByTestId('notify-result').filter({ hasText: /^Stored "Hello #1 for alice"; live recipients: \d+$/ });
+    await result.waitFor();
+    assert.ok(Number((await result.textContent()).split(': ').pop()) >= 1, "alice's socket was among the recipients");
+    await waitForBellItem(alice, 'Hello #1 for alice');
+    assert.equal(await alice.getByTestId('bell-count').textContent(), '1');
     // What it stored is on the History page (rendered on the server, reached by RSC navigation).
     await alice.getByTestId('nav-history').click();
     await alice.getByTestId('history-item').filter({ hasText: 'Hello #1 for alice' }).waitFor();
+  });
+
+  test('a publish on the socket reaches the bell across RSC navigation, and only its user', async (t) => {
+    if (!alice || !bob) return t.skip('needs the logged-in pages of the login test');
+    // alice is on /history now: the layout (and its socket) stayed while the page changed.
+    assert.equal(new URL(alice.url()).pathname, '/history');
+    await markWindow(alice);
+    const toAlice = { id: `e2e-${process.pid}-a`, title: 'Build finished', createdAt: new Date().toISOString() };
+    assert.ok((await publishOk(gate.socketPath, { userId: 'alice', event: 'notification', data: toAlice })).recipients >= 1);
+    await waitForBellItem(alice, 'Build finished');
+    // Per-socket delivery is ordered: once bob's marker is on his page, anything misrouted to
+    // him would be too; then a later one for alice arrives without bob's.
+    await publishOk(gate.socketPath, { userId: 'bob', event: 'notification', data: { id: 'e2e-b', title: 'Marker for bob' } });
+    await waitForBellItem(bob, 'Marker for bob');
+    assert.deepEqual(await bellTitles(bob), ['Marker for bob']);
+    assert.equal(await bob.getByTestId('bell-count').textContent(), '1');
+    await publishOk(gate.socketPath, { userId: 'alice', event: 'notification', data: { id: 'e2e-a2', title: 'Marker for alice' } });
+    await waitForBellItem(alice, 'Marker for alice');
+    assert.deepEqual(await bellTitles(alice), ['Marker for alice', 'Build finished', 'Hello #1 for alice']);
+    assert.ok(await sameDocument(alice), 'no reload');
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await alice.screenshot({ path: path.join(ARTIFACTS, 'next-alice.png'), fullPage: true });
     await alice.getByTestId('nav-home').click();
     await alice.getByTestId('notify-self').waitFor();
+  });
+
+  test('presence in two browser contexts: alice and bob see each other; a closed tab leaves', async (t) => {
+    if (!alice || !bob) return t.skip('needs the logged-in pages of the login test');
+    const online = (page) => page.getByTestId('online-user').evaluateAll((els) => els.map((el) => el.dataset.userId));
+    for (const page of [alice, bob]) {
+      await waitFor(async () => (await online(page)).join() === 'alice,bob', { message: 'alice and bob online' });
+    }
+    assert.match(await alice.getByTestId('online-user').first().textContent(), /^Alice \(you\)$/);
+    await bob.close();
+    bob = undefined;
+    await waitFor(async () => (await online(alice)).join() === 'alice', { message: 'bob gone from who is online' });
   });
 
   test('SIGTERM to sockgate stops the app: no next-server process is left', async () => {

@@ -24,3 +24,9 @@ export function toNotification(payload: unknown, userId: string): Notification {
   if (body) n.body = body;
   return n;
 }
+
+/** `2026-01-31 12:00:00 UTC`: the same text on the server and in any browser, so a
+ * server-rendered date never differs from the hydrated one (toLocaleString would). */
+export function shownAt(iso: string): string {
+  return `${iso.slice(0, 19).replace('T', ' ')} UTC`;
+}

@@ -2,7 +2,11 @@ import Link from 'next/link';
 import { redirect } from 'next/navigation';
 import type { ReactNode } from 'react';
 import { logout } from '../actions';
+import NotificationBell from '../../components/NotificationBell';
+import Realtime from '../../components/Realtime';
+import WhoIsOnline from '../../components/WhoIsOnline';
 import { currentUser } from '../../lib/session';
+import { listNotifications } from '../../lib/store';
 import { displayName } from '../../lib/users';
 
 // The logged-in part of the app. A layout stays mounted while the user moves between its
@@ -32,6 +36,10 @@ export default async function AppLayout({ children }: { children: ReactNode }) {
         </Link>
       </nav>
       {children}
+      <Realtime>
+        <NotificationBell userId={me} initialNotifications={listNotifications(me)} />
+        <WhoIsOnline userId={me} />
+      </Realtime>
     </>
   );
 }

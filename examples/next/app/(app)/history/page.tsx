@@ -1,4 +1,5 @@
 import type { Metadata } from 'next';
+import NotificationItem from '../../../components/NotificationItem';
 import { currentUser } from '../../../lib/session';
 import { listNotifications } from '../../../lib/store';
 
@@ -17,12 +18,7 @@ export default async function History() {
       </p>
       <ul>
         {items.map((n) => (
-          <li key={n.id} data-testid="history-item">
-            <strong>{n.title}</strong>
-            <time className="muted" dateTime={n.createdAt}>
-              {n.createdAt}
-            </time>
-          </li>
+          <NotificationItem key={n.id} n={n} testId="history-item" />
         ))}
       </ul>
     </section>
