@@ -9,6 +9,8 @@
 # The examples' package-lock.json must not pin an `integrity` for these tarballs: npm would
 # then install the copy in its cache with that hash (the old package, silently) or fail on
 # a clean machine once the package changed. Without one, `npm ci` reads the tarball itself.
+# (The lock still lists each package's own dependencies: both have none today. One that gains
+# some needs `npm install` in the examples, then these integrity lines deleted again.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/target/packages"

@@ -511,6 +511,14 @@ describe('browser end-to-end: Astro example behind sockgate', { timeout: 240_000
     // Bob did not log in again: his old session died with the app, so his page ends up
     // "unauthorized" and stops retrying.
     await expectStatus(bob, 'unauthorized', RECONNECT_TIMEOUT_MS);
+    // And no handshake after that: longer than both backoffs' first steps (Socket.IO's 1 s
+    // ±50%, the client's 0.5–1 s), nothing asks sockgate (nor the session route) again.
+    const retries = [];
+    const onRequest = (r) => new URL(r.url()).pathname.startsWith('/socket.io/') && retries.push(r.url());
+    bob.on('request', onRequest);
+    await sleep(2000);
+    bob.off('request', onRequest);
+    assert.deepEqual(retries, [], "after 'unauthorized' nothing retries");
   });
 
   test('?transport=polling: connects and stays on long-polling, publishes arrive', async () => {
@@ -776,5 +784,25 @@ describe('browser end-to-end: channels and presence', { timeout: 240_000 }, () =
     await expectTeamMessage(alice, 'After reconnect');
     // Still one connection on alice's page at a time: the reconnects reused the same socket.
     assert.ok(aliceConnections[0].handshakes >= 2, JSON.stringify(aliceConnections[0]));
+  });
+
+  test('a reload resumes where the page was: a team message published while away is replayed', async (t) => {
+    if (!alice) return t.skip('needs the logged-in page of the first test');
+    // The example keeps offsets in sessionStorage (createSockgate({ persistOffsets: true })).
+    await publish({ room: 'team:demo', event: 'message', data: { from: 'curl', text: 'Before leaving' } });
+    await expectTeamMessage(alice, 'Before leaving');
+    const stored = JSON.parse((await alice.evaluate(() => sessionStorage.getItem('sockgate:offsets'))) ?? '{}');
+    assert.ok(stored['team:demo'], `team:demo's offset is stored: ${JSON.stringify(stored)}`);
+
+    // Away (same tab, another page), then back: what was published meanwhile comes first.
+    await alice.goto('about:blank');
+    const away = await publish({ room: 'team:demo', event: 'message', data: { from: 'curl', text: 'While away' } });
+    assert.equal(JSON.parse(away.body).recipients, 0, 'nobody was there to get it live');
+    await alice.goto(`${baseURL}/`);
+    await expectStatus(alice, 'connected');
+    await expectTeamMessage(alice, 'While away');
+    await sleep(300);
+    const texts = await alice.getByTestId('team-message-text').allTextContents();
+    assert.deepEqual(texts, ['While away'], 'replayed once, and nothing from before the offset');
   });
 });

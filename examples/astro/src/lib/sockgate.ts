@@ -8,4 +8,10 @@ import { createSockgate } from '@sockgate/react';
 const forcePolling =
   typeof window !== 'undefined' && new URLSearchParams(window.location.search).get('transport') === 'polling';
 
-export const sockgate = createSockgate(forcePolling ? { socketOptions: { transports: ['polling'] } } : {});
+// persistOffsets: each room's last offset is kept in sessionStorage, so a reload (or a visit
+// to another page and back, in the same tab) resumes: sockgate replays what was published
+// meanwhile, team messages included, which the app does not store.
+export const sockgate = createSockgate({
+  persistOffsets: true,
+  ...(forcePolling ? { socketOptions: { transports: ['polling'] } } : {}),
+});
