@@ -137,13 +137,12 @@ class Gate {
       });
     }
     // Up when the app answers through sockgate: /login renders without a session.
-    await waitFor(
-      async () => {
-        if (this.exited) throw new Error(`${this.name} exited before it was ready\n${this.text()}`);
-        return (await get(this.port, '/login', 5000).catch(() => ({}))).status === 200;
-      },
-      { timeout, interval: 200, message: `${this.name} serving /login` },
-    );
+    await waitFor(async () => this.exited || (await get(this.port, '/login', 5000).catch(() => ({}))).status === 200, {
+      timeout,
+      interval: 200,
+      message: `${this.name} serving /login`,
+    });
+    if (this.exited) throw new Error(`${this.name} exited before it was ready\n${this.text()}`);
   }
 
   text() {
