@@ -27,11 +27,29 @@ TMPDIR_CHECKED="${TMPDIR:-/tmp}"
 temp_leftovers() { find "$TMPDIR_CHECKED" -maxdepth 1 -name 'sockgate-*-*' -newer "$STARTED" -print 2>/dev/null | sort; }
 STARTED=$(mktemp "$TMPDIR_CHECKED/run-sh-start.XXXXXX")
 trap 'rm -f "$STARTED"' EXIT
-# The client packages as users get them (npm pack), then the example that installs them.
+# The client packages as users get them (npm pack), then the examples that install them.
 echo "== npm pack clients/node clients/react → target/packages/"
 clients/pack.sh
 npm_install examples/astro target/packages/
+npm_install examples/next target/packages/
 export ASTRO_TELEMETRY_DISABLED=1 # no telemetry notice in the build's output
+export NEXT_TELEMETRY_DISABLED=1
+
+# `next build` takes a minute or more on 2 cores: skip it when nothing it reads changed since
+# the last one (a stamp in .next/: the hash of the example's files, of the client tarballs it
+# installs, which clients/pack.sh rewrites only when their contents change, and node's version).
+next_build() {
+  local dir=examples/next stamp=examples/next/.next/sockgate-build.stamp sum
+  sum=$( { node --version; git ls-files -z -co --exclude-standard -- "$dir" | LC_ALL=C sort -z | xargs -0 -r sha256sum
+    sha256sum target/packages/*.tgz; } | sha256sum)
+  if [ -f "$dir/.next/BUILD_ID" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+    echo "== next build: examples/next and the client packages unchanged since the last build"
+    return
+  fi
+  echo "== next build in examples/next"
+  (cd "$dir" && npm run build --silent >/dev/null)
+  echo "$sum" >"$stamp"
+}
 
 echo "== module graph: no import cycles, no import against ARCHITECTURE.md's layers"
 python3 tests/layers.py
@@ -54,6 +72,7 @@ if [ -f tests/e2e/browser.test.mjs ]; then
   echo "== browser end-to-end"
   if command -v chromium >/dev/null 2>&1; then
     (cd examples/astro && npm run build --silent >/dev/null)
+    next_build
     node --test tests/e2e/
   else
     echo "chromium is not installed (apt-get install chromium); the browser test cannot run" >&2
