@@ -15,7 +15,8 @@ if [ ! -f bench/node-socketio/node_modules/@socket.io/redis-adapter/package.json
   echo "npm ci in bench/node-socketio (socket.io 4.8 + @socket.io/redis-adapter)" >&2
   (cd bench/node-socketio && npm ci --no-audit --no-fund --loglevel=error)
 fi
-cargo build --release --quiet -p sockgate -p loadgen
+# BUILD=0 takes the release builds already in target/ (e.g. while other builds load the machine).
+[ "${BUILD:-1}" = 0 ] || cargo build --release --quiet -p sockgate -p loadgen
 # SOCKGATE=/path/to/another/build compares a build (e.g. the previous commit's) in the same harness.
 SOCKGATE=${SOCKGATE:-$ROOT/target/release/sockgate}; LOADGEN=$ROOT/target/release/loadgen
 STAMP=$(date +%Y%m%d-%H%M%S)
