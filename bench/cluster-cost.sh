@@ -8,6 +8,8 @@
 # (CONFIGS, in this order):
 #   sockgate-1  one sockgate, no Redis (the single-instance reference; sockets and publishes on it)
 #   relay       sockgate A + B, the relay (the default delivery path of kept messages)
+#   relay-base  the same with BASELINE=/path/to/another/sockgate (e.g. main's release build), so two
+#               builds are compared in one run; only with BASELINE set
 #   adapter     sockgate A + B, the Socket.IO adapter path (what an older sockgate in the cluster
 #               forces; emulated by one more subscriber of the adapter's request channel)
 #   node-1      one Node socket.io 4.8 server (bench/node-socketio/server.mjs), no Redis
@@ -23,11 +25,15 @@
 # over each phase, after WARMUP s at RATE (not reported: Node's JIT, caches). Table on stdout
 # and in $OUT/table.md; raw JSON in $OUT, with Redis's INFO commandstats per cluster config. Bounded: every
 # phase has a count and a time limit, the load generator exits after 600 s whatever happens.
+# For the relay configs, `perf stat -e instructions:u,instructions:k` on A over the whole run
+# (warm-up included) goes to $OUT/<config>.perf (PERF=0 skips it).
 source "$(dirname "$0")/cluster-lib.sh"
 N=${N:-10000}; RATE=${RATE:-2000}; WARMUP=${WARMUP:-2}; SECS=${SECS:-8}
 LADDER_MAX=${LADDER_MAX:-20000}; LADDER_STEP=${LADDER_STEP:-1000}; STEP_SECS=${STEP_SECS:-2}; P50_MS=${P50_MS:-5}
 FLOOD=${FLOOD:-50000}
-CONFIGS=${CONFIGS:-sockgate-1 relay adapter node-1 node}
+BASELINE=${BASELINE:-}
+CONFIGS=${CONFIGS:-sockgate-1 ${BASELINE:+relay-base} relay adapter node-1 node}
+PERF=${PERF:-1}
 AP=$((BASE+3)); BP=$((BASE+4))
 { uptime; nproc; lscpu | sed -n 's/^Model name: *//p'; git rev-parse --short HEAD; } >"$OUT/machine.txt"
 echo "cluster-cost: N=$N RATE=$RATE SECS=$SECS LADDER_MAX=$LADDER_MAX FLOOD=$FLOOD; load: $(uptime | sed 's/.*load average: //')" | tee "$OUT/params.txt"
@@ -39,17 +45,23 @@ for cfg in $CONFIGS; do
     sockgate-1)
       start_app; start_sockgate a $AP 0; A=$LAST_PID
       run_loadgen "$OUT/$cfg.json" --addr 127.0.0.1:$AP --publish-socket "$WORK/a/p.sock" --server-pids "$A" "${ARGS[@]}" ;;
-    relay|adapter)
+    relay|relay-base|adapter)
+      bin=$SOCKGATE
+      if [ "$cfg" = relay-base ]; then
+        [ -x "$BASELINE" ] || { echo "$0: relay-base needs BASELINE=/path/to/sockgate" >&2; exit 2; }
+        bin=$BASELINE
+      fi
       start_redis; start_app
-      start_sockgate a $AP 1; A=$LAST_PID
-      start_sockgate b $BP 1; B=$LAST_PID
+      start_sockgate a $AP 1 "$bin"; A=$LAST_PID
+      start_sockgate b $BP 1 "$bin"; B=$LAST_PID
       wait_for "grep -q 'every instance relays' $WORK/b/log"
       if [ "$cfg" = adapter ]; then
         redis-cli -p $RP SSUBSCRIBE 'socket.io-request#/#' >/dev/null 2>&1 & PIDS+=($!)
         wait_for "grep -q 'older sockgate is connected' $WORK/a/log"
       fi
       sleep 1
-      run_loadgen "$OUT/$cfg.json" --addr 127.0.0.1:$BP --publish-socket "$WORK/a/p.sock" --server-pids "$A,$B,$REDIS" "${ARGS[@]}" ;;
+      perf_pid=; [ "$PERF" = 1 ] && [ "$cfg" != adapter ] && perf_pid=$A
+      PERF_PID=$perf_pid run_loadgen "$OUT/$cfg.json" --addr 127.0.0.1:$BP --publish-socket "$WORK/a/p.sock" --server-pids "$A,$B,$REDIS" "${ARGS[@]}" ;;
     node-1)
       start_node a $AP 0; A=$LAST_PID
       run_loadgen "$OUT/$cfg.json" --addr 127.0.0.1:$AP --publish-socket "$WORK/a/p.sock" --server-pids "$A" "${ARGS[@]}" ;;

@@ -15,7 +15,8 @@ if [ ! -f bench/node-socketio/node_modules/@socket.io/redis-adapter/package.json
   echo "npm ci in bench/node-socketio (socket.io 4.8 + @socket.io/redis-adapter)" >&2
   (cd bench/node-socketio && npm ci --no-audit --no-fund --loglevel=error)
 fi
-cargo build --release --quiet -p sockgate -p loadgen
+# BUILD=0 takes the release builds already in target/ (e.g. while other builds load the machine).
+[ "${BUILD:-1}" = 0 ] || cargo build --release --quiet -p sockgate -p loadgen
 # SOCKGATE=/path/to/another/build compares a build (e.g. the previous commit's) in the same harness.
 SOCKGATE=${SOCKGATE:-$ROOT/target/release/sockgate}; LOADGEN=$ROOT/target/release/loadgen
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -54,14 +55,15 @@ start_app() { # the Node app behind sockgate (SSR page + /api/session)
   PORT=$APP taskset -c 0 node bench/node-app/app.mjs >>"$WORK/app.log" 2>&1 & PIDS+=($!)
   wait_for "curl -fs http://127.0.0.1:$APP/hello"
 }
-start_sockgate() { # name port cluster(1|0): sets LAST_PID; publish socket $WORK/name/p.sock
+start_sockgate() { # name port cluster(1|0) [binary, default $SOCKGATE]: sets LAST_PID; publish socket $WORK/name/p.sock
   rm -rf "$WORK/$1"; mkdir -p "$WORK/$1"
+  local bin=${4:-$SOCKGATE}
   local redis=()
   [ "$3" = 1 ] && redis=(SIDECAR_CLUSTER__REDIS_URL=redis://127.0.0.1:$RP)
   (cd "$WORK/$1" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$2 SIDECAR_UPSTREAM__URL=http://127.0.0.1:$APP \
     SIDECAR_PUBLISH__SOCKET="$WORK/$1/p.sock" "${redis[@]}" \
     SIDECAR_REALTIME__TRANSPORTS='["websocket"]' SIDECAR_AUTH__REVALIDATE_INTERVAL_MS=0 SIDECAR_LOG__FILTER=info \
-    taskset -c 0 "$SOCKGATE" >"$WORK/$1/log" 2>&1) & LAST_PID=$!; PIDS+=($LAST_PID)
+    taskset -c 0 "$bin" >"$WORK/$1/log" 2>&1) & LAST_PID=$!; PIDS+=($LAST_PID)
   wait_for "test -S $WORK/$1/p.sock"
   wait_for "curl -so /dev/null http://127.0.0.1:$2/"
 }
@@ -77,7 +79,14 @@ start_node() { # name port cluster(1|0): sets LAST_PID; publish socket $WORK/nam
 }
 run_loadgen() { # out.json loadgen-cluster-args...
   local out=$1; shift
+  # PERF_PID=<pid>: `perf stat` counts that process's instructions over the whole run
+  # (warm-up and every phase), into <out>.perf.
+  local perf=
+  if [ -n "${PERF_PID:-}" ]; then
+    perf stat -e instructions:u,instructions:k -p "$PERF_PID" -o "${out%.json}.perf" & perf=$!
+  fi
   taskset -c 1 "$LOADGEN" cluster --out "$out" --max-secs 600 "$@" 2>>"$OUT/loadgen.log" &
   local lg=$!; PIDS+=($lg)
   wait "$lg" || { echo "$0: the load generator failed (see $OUT/loadgen.log)" >&2; tail -3 "$OUT/loadgen.log" >&2; exit 1; }
+  if [ -n "$perf" ]; then kill -INT "$perf" 2>/dev/null || true; wait "$perf" || true; fi
 }

@@ -10,6 +10,7 @@ import sys
 
 COST = [
     ("sockgate-1", "sockgate, one instance, no Redis"),
+    ("relay-base", "sockgate A→B, relay (BASELINE build)"),
     ("relay", "sockgate A→B, relay"),
     ("adapter", "sockgate A→B, adapter"),
     ("node-1", "Node socket.io, one instance, no Redis"),

@@ -14,7 +14,8 @@ use super::history::Journal;
 use super::outage::Outages;
 use super::relay::{Relay, Relayed};
 use super::rooms::{
-    CONNECTING_ROOM_PREFIX, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions, connecting_room,
+    CONNECTING_ROOM_PREFIX, Companions, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions,
+    connecting_room,
 };
 use super::roster::Roster;
 use super::session::disconnect;
@@ -251,13 +252,17 @@ impl Hub {
         let mut reached = vec![(0usize, 0usize, std::time::Duration::ZERO); messages.len()];
         let mut groups =
             futures_util::stream::iter(rooms.into_iter().map(|(room, list)| async move {
-                let mut out = Vec::with_capacity(list.len());
-                for i in list {
-                    let (_, event, data) = messages[i];
-                    let got = self.publish_to_room(room.clone(), event, data).await?;
-                    out.push((i, got, started.elapsed()));
-                }
-                Ok::<_, HubError>(out)
+                let group: Vec<_> = list
+                    .iter()
+                    .map(|&i| (messages[i].1, messages[i].2))
+                    .collect();
+                let got = self.publish_group(room, &group).await?;
+                let took = started.elapsed();
+                Ok::<_, HubError>(
+                    list.into_iter()
+                        .zip(got)
+                        .map(move |(i, got)| (i, got, took)),
+                )
             }))
             .buffer_unordered(BATCH_ROOMS_AT_ONCE);
         let mut failed = None;
@@ -290,45 +295,93 @@ impl Hub {
         event: &str,
         data: &serde_json::Value,
     ) -> Result<(usize, usize), HubError> {
+        let got = self.publish_group(room, &[(event, data)]).await?;
+        Ok(got.first().copied().unwrap_or_default())
+    }
+
+    /// Publishes a room's messages in order; per message, (targeted, dropped). With the relay,
+    /// they are kept and relayed in one call to Redis (shared with whatever else is being kept
+    /// at that moment).
+    async fn publish_group(
+        &self,
+        room: String,
+        messages: &[(&str, &serde_json::Value)],
+    ) -> Result<Vec<(usize, usize)>, HubError> {
+        let mut got = Vec::with_capacity(messages.len());
         let Some(history) = self.journal.history() else {
-            return self.deliver(Some(room), None, event, data).await;
+            for &(event, data) in messages {
+                got.push(self.deliver(Some(room.clone()), None, event, data).await?);
+            }
+            return Ok(got);
         };
-        // Held until delivered: a socket joining this room meanwhile replays it instead.
+        // Held until delivered: a socket joining this room meanwhile replays them instead.
         let _joining = self.journal.lock(&room).await;
         let companions = companions(&self.room_prefix, &room);
-        // A user's sockets still waiting for their replay (it waits for the lock held here)
-        // get the message from it: they are recipients too.
-        let replaying = || match &companions.waiting {
-            Some(waiting) => with_io!(self, io => io.local().to(waiting.clone()).sockets().len()),
-            None => 0,
-        };
-        let kept = match (&self.relay, self.cluster_io()) {
+        match (&self.relay, self.cluster_io()) {
             (Some(relay), Some(io)) => {
                 let relayed = relay.everyone_listens_for(&room);
-                match relay.append(&room, event, data, relayed).await {
-                    Some(kept) if relayed => {
-                        let entry = Relayed::new(room.clone(), kept, event, data);
-                        let (targeted, dropped) = relay.deliver_here(io, entry).await;
-                        return Ok((targeted + replaying(), dropped));
-                    }
-                    Some(kept) => {
-                        relay.passed(&room, &kept);
-                        Some(kept.offset())
-                    }
-                    None => None,
+                let places = relay.append_group(&room, messages, relayed).await;
+                for (&(event, data), kept) in messages.iter().zip(places) {
+                    got.push(match kept {
+                        Some(kept) if relayed => {
+                            let entry = Relayed::new(room.clone(), kept, event, data);
+                            let (targeted, dropped) = relay.deliver_here(io, entry).await;
+                            (targeted + self.replaying(&companions), dropped)
+                        }
+                        Some(kept) => {
+                            relay.passed(&room, &kept);
+                            let offset = Some(kept.offset());
+                            self.deliver_kept(&room, &companions, offset, event, data)
+                                .await?
+                        }
+                        None => {
+                            self.deliver_kept(&room, &companions, None, event, data)
+                                .await?
+                        }
+                    });
                 }
             }
-            _ => history.append(&room, event, data).await,
-        };
-        match kept {
+            _ => {
+                for &(event, data) in messages {
+                    let offset = history.append(&room, event, data).await;
+                    got.push(
+                        self.deliver_kept(&room, &companions, offset, event, data)
+                            .await?,
+                    );
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// A user's sockets still waiting for their replay (it waits for the room's lock, held
+    /// by the publish): they get the message from it, so they are recipients too.
+    fn replaying(&self, companions: &Companions) -> usize {
+        match &companions.waiting {
+            Some(waiting) => with_io!(self, io => io.local().to(waiting.clone()).sockets().len()),
+            None => 0,
+        }
+    }
+
+    /// Delivers a room's message through socketioxide (not the relay), with its offset when it
+    /// was kept. The room's lock is held.
+    async fn deliver_kept(
+        &self,
+        room: &str,
+        companions: &Companions,
+        offset: Option<String>,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<(usize, usize), HubError> {
+        match offset {
             Some(offset) => {
-                let replaying = replaying();
+                let replaying = self.replaying(companions);
                 // Two broadcasts, each encoded once: the plain one skips the sockets that get
                 // offsets (in the room's offsets room too).
-                let recovering = companions.with_offset;
+                let recovering = companions.with_offset.clone();
                 let meta = serde_json::json!({ "offset": offset, "room": room });
                 let plain = self
-                    .deliver(Some(room), Some(recovering.clone()), event, data)
+                    .deliver(Some(room.to_owned()), Some(recovering.clone()), event, data)
                     .await?;
                 let with_offset = self
                     .deliver(Some(recovering), None, event, &(data, meta))
@@ -338,10 +391,14 @@ impl Hub {
             None => {
                 // Not kept, so no replay will carry it: sockets still waiting for their
                 // replay get it live too (their replay reports the hole as a gap).
-                let (delivered, dropped) =
-                    self.deliver(Some(room.clone()), None, event, data).await?;
-                let waiting = match companions.waiting {
-                    Some(waiting) => self.deliver(Some(waiting), None, event, data).await?,
+                let (delivered, dropped) = self
+                    .deliver(Some(room.to_owned()), None, event, data)
+                    .await?;
+                let waiting = match &companions.waiting {
+                    Some(waiting) => {
+                        self.deliver(Some(waiting.clone()), None, event, data)
+                            .await?
+                    }
                     None => (0, 0),
                 };
                 Ok((delivered + waiting.0, dropped + waiting.1))

@@ -178,8 +178,12 @@ fn history(
 }
 
 /// The relay of kept messages across instances, with its subscriptions: the relay's channel
-/// and the marker channel.
-type Relaying = (Arc<Relay>, MessageStream<ChanItem>, MessageStream<ChanItem>);
+/// and the marker channels (what this instance reads, for the others to count).
+type Relaying = (
+    Arc<Relay>,
+    MessageStream<ChanItem>,
+    Vec<MessageStream<ChanItem>>,
+);
 
 /// The relay, when a cluster keeps history in Redis (and is not a Redis Cluster).
 async fn relay(
@@ -211,19 +215,23 @@ async fn relay(
                 .map_err(|e| {
                     anyhow::anyhow!("cannot subscribe to `{}` in Redis: {e}", relay::CHANNEL)
                 })?,
-            // Nothing is published there: listening says "this instance relays channels".
-            c.driver
-                .subscribe(relay::ROOMS_CHANNEL.into(), 1)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot subscribe to `{}` in Redis: {e}",
-                        relay::ROOMS_CHANNEL
-                    )
-                })?,
+            // Nothing is published there: listening says "this instance relays channels" and
+            // "reads several entries in one message".
+            vec![
+                marker(c, relay::ROOMS_CHANNEL).await?,
+                marker(c, relay::BATCHES_CHANNEL).await?,
+            ],
         )),
         _ => None,
     })
+}
+
+/// A subscription to a channel nothing is published on, held to be counted.
+async fn marker(c: &Cluster, name: &str) -> anyhow::Result<MessageStream<ChanItem>> {
+    c.driver
+        .subscribe(name.into(), 1)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to `{name}` in Redis: {e}"))
 }
 
 /// The Engine.IO/Socket.IO settings of `[realtime]`: path, pings, sizes, parser, transports.
@@ -332,12 +340,12 @@ async fn serve_cluster(
         revalidation.shutdown.clone(),
         io.config().server_id,
     ));
-    let relay = relay.map(|(relay, channel, marker)| {
+    let relay = relay.map(|(relay, channel, markers)| {
         tokio::spawn(relay.clone().run(
             io.clone(),
             journal.clone(),
             channel,
-            marker,
+            markers,
             link.clone(),
             revalidation.shutdown.clone(),
         ));

@@ -18,6 +18,11 @@
 //! Instances of an older sockgate do not listen on [`CHANNEL`]. While any is connected (fewer
 //! listeners than adapter servers), publishes go through the adapter as before and the channel
 //! carries the entries' places only ([`Relay::everyone_listens`]).
+//!
+//! The entries of one append call (a batch's, or publishes made at the same moment) travel in
+//! one message, one after the other, each header giving its data's length; while an instance
+//! that reads one entry per message is connected, each entry is a message of its own
+//! ([`BATCHES_CHANNEL`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +36,9 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio::sync::mpsc;
 
-use super::history::{Appended, Entry, Head, Journal, RedisHistory, Replay, STRIPES, Since};
+use super::history::{
+    Appended, Entry, Head, Journal, RedisHistory, RelayAs, Replay, STRIPES, Since,
+};
 use super::rooms::{Companions, companions};
 use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
@@ -45,6 +52,11 @@ pub const CHANNEL: &str = "sockgate:relay";
 /// sockgate listens on [`CHANNEL`] only and drops a channel's entries: while one is connected,
 /// channels' messages go through the adapter ([`Relay::everyone_listens_for`]).
 pub const ROOMS_CHANNEL: &str = "sockgate:relay:rooms";
+
+/// A sharded channel nothing is published on: an instance that listens here reads several
+/// entries in one message of [`CHANNEL`]. An older sockgate reads the first alone: while one is
+/// connected, each entry is published in a message of its own.
+pub const BATCHES_CHANNEL: &str = "sockgate:relay:batches";
 
 /// Messages buffered between the channel and the room workers, per worker.
 const WORKER_BUFFER: usize = 1024;
@@ -70,6 +82,8 @@ struct Header {
     g: String,
     i: String,
     p: String,
+    /// The data's length in bytes, when more entries may follow it in the message.
+    n: Option<usize>,
 }
 
 /// An entry as relayed: where it was kept, and what it carries.
@@ -92,26 +106,37 @@ impl Relayed {
         }
     }
 
-    /// Reads a message from [`CHANNEL`]; `None` if it is not one sockgate wrote.
-    fn parse(bytes: &[u8]) -> Option<(String, Relayed)> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let (header, data) = text.split_once('\n')?;
-        let h: Header = serde_json::from_str(header).ok()?;
-        let data: Value = serde_json::from_str(data).ok()?;
-        Some((
-            h.o,
-            Relayed {
-                room: h.r,
-                kept: Appended {
-                    epoch: h.g,
-                    id: h.i,
-                    prev: h.p,
+    /// Reads a message from [`CHANNEL`]: its entries, in order, each with the instance that
+    /// published it; `None` if it is not one sockgate wrote (then none of it is delivered).
+    fn parse(bytes: &[u8]) -> Option<Vec<(String, Relayed)>> {
+        let mut rest = std::str::from_utf8(bytes).ok()?;
+        let mut entries = Vec::new();
+        while !rest.is_empty() {
+            let (header, after) = rest.split_once('\n')?;
+            let h: Header = serde_json::from_str(header).ok()?;
+            // Without a length (an older sockgate's), the data is the rest of the message.
+            let (data, next) = match h.n {
+                Some(n) => (after.get(..n)?, after.get(n..)?),
+                None => (after, ""),
+            };
+            rest = next;
+            let data: Value = serde_json::from_str(data).ok()?;
+            entries.push((
+                h.o,
+                Relayed {
+                    room: h.r,
+                    kept: Appended {
+                        epoch: h.g,
+                        id: h.i,
+                        prev: h.p,
+                    },
+                    event: h.e.into(),
+                    data: Arc::new(data),
+                    deliver: h.l,
                 },
-                event: h.e.into(),
-                data: Arc::new(data),
-                deliver: h.l,
-            },
-        ))
+            ));
+        }
+        Some(entries)
     }
 }
 
@@ -192,6 +217,8 @@ pub struct Relay {
     everyone_listens: AtomicBool,
     /// Every instance listens on [`ROOMS_CHANNEL`] too.
     everyone_relays_rooms: AtomicBool,
+    /// Every instance listens on [`BATCHES_CHANNEL`] too.
+    everyone_reads_batches: AtomicBool,
     /// `realtime.room_prefix`: tells user rooms from channels.
     room_prefix: Arc<str>,
 }
@@ -204,6 +231,7 @@ impl Relay {
             positions: Mutex::default(),
             everyone_listens: AtomicBool::new(false),
             everyone_relays_rooms: AtomicBool::new(false),
+            everyone_reads_batches: AtomicBool::new(false),
             room_prefix,
         }
     }
@@ -240,12 +268,38 @@ impl Relay {
         data: &Value,
         deliver: bool,
     ) -> Option<Appended> {
+        self.append_group(room, &[(event, data)], deliver)
+            .await
+            .pop()?
+    }
+
+    /// [`Relay::append`] for a room's messages in order, in one call to Redis with whatever
+    /// else is being kept at that moment. Per message, where it was kept; `None` for one that
+    /// could not be, and for every one after it.
+    pub async fn append_group(
+        &self,
+        room: &str,
+        messages: &[(&str, &Value)],
+        deliver: bool,
+    ) -> Vec<Option<Appended>> {
         // The script completes the object with the entry's place.
-        let header = serde_json::json!({ "o": self.origin, "r": room, "e": event, "l": deliver })
-            .to_string();
-        let header = header.strip_suffix('}').unwrap_or(&header).to_owned();
+        let header = |event: &str| {
+            let header =
+                serde_json::json!({ "o": self.origin, "r": room, "e": event, "l": deliver })
+                    .to_string();
+            header.strip_suffix('}').unwrap_or(&header).to_owned()
+        };
+        let one_message = self.everyone_reads_batches.load(Ordering::Acquire);
         self.history
-            .append_relayed(room, event, data, Some((CHANNEL, header)))
+            .append_group(
+                room,
+                messages,
+                Some(RelayAs {
+                    channel: CHANNEL,
+                    one_message,
+                    header: &header,
+                }),
+            )
             .await
     }
 
@@ -432,12 +486,12 @@ impl Relay {
         io: SocketIo<ClusterAdapter>,
         journal: Arc<Journal>,
         mut channel: MessageStream<ChanItem>,
-        marker: MessageStream<ChanItem>,
+        markers: Vec<MessageStream<ChanItem>>,
         link: Link,
         shutdown: Shutdown,
     ) {
-        // Held, never read: its subscription is what the other instances count.
-        let _marker = marker;
+        // Held, never read: their subscriptions are what the other instances count.
+        let _markers = markers;
         let workers: Vec<mpsc::Sender<Relayed>> = (0..STRIPES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(WORKER_BUFFER);
@@ -452,11 +506,16 @@ impl Relay {
                 item = channel.next() => {
                     let Some((_, bytes)) = item else { return };
                     match Relayed::parse(&bytes) {
-                        Some((origin, _)) if origin == self.origin => {}
-                        Some((_, entry)) => {
-                            let worker = &workers[journal.stripe(&entry.room)];
-                            if worker.send(entry).await.is_err() {
-                                return;
+                        Some(entries) => {
+                            // In order: a room's entries go to one worker.
+                            for (origin, entry) in entries {
+                                if origin == self.origin {
+                                    continue;
+                                }
+                                let worker = &workers[journal.stripe(&entry.room)];
+                                if worker.send(entry).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                         None if !unreadable_logged => {
@@ -506,6 +565,7 @@ impl Relay {
             .shard_subscribers(vec![
                 CHANNEL.to_owned(),
                 ROOMS_CHANNEL.to_owned(),
+                BATCHES_CHANNEL.to_owned(),
                 crate::cluster::canary::request_channel(),
             ])
             .await;
@@ -517,6 +577,9 @@ impl Relay {
         ) else {
             return;
         };
+        let batches = count(BATCHES_CHANNEL).unwrap_or(0);
+        self.everyone_reads_batches
+            .store(batches > 0 && batches >= servers, Ordering::Release);
         let rooms = count(ROOMS_CHANNEL).unwrap_or(0);
         let relays_rooms = rooms > 0 && rooms >= servers;
         if self
@@ -567,21 +630,45 @@ mod tests {
 
     #[test]
     fn reads_what_the_append_script_writes() {
-        let header = serde_json::json!({ "o": "me", "r": "user:a\n\"b", "e": "note", "l": true })
-            .to_string();
-        let header = header.strip_suffix('}').unwrap_or(&header);
-        // As the script completes it.
+        let header = |room: &str| {
+            let header =
+                serde_json::json!({ "o": "me", "r": room, "e": "note", "l": true }).to_string();
+            header.strip_suffix('}').unwrap_or(&header).to_owned()
+        };
+        // As the script completes it, one entry per message (an older sockgate's, no length).
+        let data = r#"{"text":"a\nb"}"#;
+        let room = "user:a\n\"b";
         let message = format!(
-            "{header},\"g\":\"0f\",\"i\":\"5-1\",\"p\":\"4-0\"}}\n{}",
-            r#"{"text":"a\nb"}"#
+            "{},\"g\":\"0f\",\"i\":\"5-1\",\"p\":\"4-0\"}}\n{data}",
+            header(room)
         );
-        let (origin, entry) = Relayed::parse(message.as_bytes()).expect("parses");
+        let entries = Relayed::parse(message.as_bytes()).expect("parses");
+        let [(origin, entry)] = &entries[..] else {
+            panic!("one entry")
+        };
         assert_eq!(origin, "me");
-        assert_eq!(entry.room, "user:a\n\"b");
+        assert_eq!(entry.room, room);
         assert_eq!(entry.kept.offset(), "0f:5-1");
         assert_eq!(entry.kept.prev, "4-0");
         assert_eq!(entry.data["text"], "a\nb");
         assert!(Relayed::parse(b"garbage").is_none());
+        // Several in one message, each with its data's length; the data may hold newlines.
+        let raw = "{\n\"é\": 1}";
+        let entry = |id: &str, prev: &str, data: &str| {
+            format!(
+                "{},\"g\":\"0f\",\"i\":\"{id}\",\"p\":\"{prev}\",\"n\":{}}}\n{data}",
+                header("user:b"),
+                data.len()
+            )
+        };
+        let message = entry("5-1", "4-0", raw) + &entry("5-2", "5-1", "2");
+        let entries = Relayed::parse(message.as_bytes()).expect("parses");
+        let ids: Vec<_> = entries.iter().map(|(_, e)| e.kept.id.as_str()).collect();
+        assert_eq!(ids, ["5-1", "5-2"]);
+        assert_eq!(entries[0].1.data["é"], 1);
+        assert_eq!(*entries[1].1.data, 2);
+        // A message cut short is not read at all: none of its entries is delivered.
+        assert!(Relayed::parse(&message.as_bytes()[..message.len() - 1]).is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, afterEach } from 'node:test';
 import net from 'node:net';
-import { SOCKGATE_BIN, freePort, sockgateEnv, tmpDir, waitFor, withTimeout } from './harness.mjs';
+import { SOCKGATE_BIN, freePort, sockgateEnv, startSockgate, tmpDir, waitFor, withTimeout } from './harness.mjs';
 
 const VERBOSE = !!(process.env.SOCKGATE_TEST_VERBOSE || process.env.SOCKGATE_TEST_LOG);
 
@@ -291,4 +291,9 @@ export async function pausableProxy(port) {
       await new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/** Two sockgate instances with the same `env` in front of `fixture`: resolves [A, B]. */
+export function startPair(fixture, env) {
+  return Promise.all([startSockgate({ upstreamUrl: fixture.url, env }), startSockgate({ upstreamUrl: fixture.url, env })]);
 }

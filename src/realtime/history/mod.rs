@@ -6,6 +6,7 @@
 //! cluster mode, so a client that comes back through another instance recovers too. A client
 //! that reports an offset older than what is kept is told, never silently skipped.
 
+mod appends;
 mod memory;
 mod offsets;
 mod redis;
@@ -22,7 +23,7 @@ use crate::metrics::Metrics;
 
 use memory::MemoryHistory;
 pub use offsets::{Appended, Entry, Head, Replay, Since};
-pub use redis::RedisHistory;
+pub use redis::{RedisHistory, RelayAs};
 
 #[derive(Clone)]
 pub enum History {

@@ -13,6 +13,7 @@ use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
 use serde_json::Value;
 
+use super::appends::{self, Appender, Failure, Group, Message};
 use super::offsets::{Appended, Entry, Head, Replay, Since, fresh_token};
 use crate::cluster::Link;
 
@@ -25,12 +26,13 @@ use crate::cluster::Link;
 #[derive(Clone)]
 pub struct RedisHistory {
     client: RedisClient,
+    /// Sends the appends waiting at the same moment together.
+    appender: Appender,
     /// While Redis is away nothing is kept or read (each command would wait for its timeout
     /// with the room locked): messages go out live only, and a reconnecting client is told
     /// to refetch.
     link: Link,
     max_messages: usize,
-    max_age: Duration,
     /// Rooms with a message that could not be kept: their stream's generation is retired as
     /// soon as Redis answers, so no instance replays across the hole.
     unkept: Arc<Unkept>,
@@ -42,34 +44,15 @@ struct Unkept {
     retiring: AtomicBool,
 }
 
-/// Keeps a message, starting a new generation when there is none (new, expired or lost
-/// stream) or when asked to (a message of this room could not be kept). Each entry names the
-/// entry before it (`p`, empty for a generation's first): trimming leaves no trace a reader
-/// can check (`max-deleted-entry-id` only follows `XDEL`), so a replay checks that the first
-/// entry it reads follows the offset it starts from.
-/// When ARGV[7] names a channel, the entry is also published there, in the same step (so the
-/// channel carries a room's entries in stream order): ARGV[8], the start of a JSON header the
-/// script completes with the entry's place, then a newline and the data ([`super::super::relay`]).
-/// KEYS: stream, generation. ARGV: new generation, max len, ttl ms, event, data, "1" = retire,
-/// relay channel or "", relay header start. Returns generation, id, predecessor's id.
-const APPEND_SCRIPT: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if (not epoch) or ARGV[6] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[2], epoch)
-end
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local prev = ''
-if #newest > 0 then prev = newest[1][1] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'p', prev, 'e', ARGV[4], 'd', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if ARGV[7] ~= '' then
-  redis.call('SPUBLISH', ARGV[7], ARGV[8] .. ',"g":"' .. epoch .. '","i":"' .. id .. '","p":"' .. prev .. '"}\n' .. ARGV[5])
-end
-return {epoch, id, prev}
-"#;
+/// How a group's entries are relayed.
+#[derive(Clone, Copy)]
+pub struct RelayAs<'a> {
+    pub channel: &'static str,
+    /// Every instance reads several entries in one message on `channel`.
+    pub one_message: bool,
+    /// The start of an entry's header, from its event.
+    pub header: &'a (dyn Fn(&str) -> String + Sync),
+}
 
 /// Reads, in one step, the generation and the entries after ARGV[1] (at most ARGV[2]).
 /// KEYS: stream, generation.
@@ -89,9 +72,7 @@ return {epoch, newest[1][1]}
 ";
 
 /// The scripts above, sent by their hash (`EVALSHA`, loaded again when Redis does not know
-/// them: after a restart or a failover). `EVAL` would ship a script's whole text with every
-/// call, and Redis would hash it every time: the append runs once per message kept.
-static APPEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(APPEND_SCRIPT));
+/// them: after a restart or a failover); the append's is in [`super::appends`].
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLAY_SCRIPT));
 static HEAD: LazyLock<Script> = LazyLock::new(|| Script::from_lua(HEAD_SCRIPT));
 
@@ -101,26 +82,28 @@ static HEAD: LazyLock<Script> = LazyLock::new(|| Script::from_lua(HEAD_SCRIPT));
 const TRIM_SLACK: usize = 1_000;
 
 impl RedisHistory {
+    /// Needs a runtime: it starts the task that sends appends to Redis.
     pub(super) fn new(
         client: RedisClient,
         link: Link,
         max_messages: usize,
         max_age: Duration,
     ) -> Self {
+        let ttl_ms = max_age.as_millis().max(1) as u64;
         RedisHistory {
+            appender: Appender::start(client.clone(), max_messages, ttl_ms),
             client,
             link,
             max_messages,
-            max_age,
             unkept: Arc::default(),
         }
     }
 
     /// The stream and its generation.
-    fn keys(room: &str) -> Vec<String> {
+    fn keys(room: &str) -> [String; 2] {
         let stream = Self::stream_key(room);
         let epoch = Self::epoch_key(&stream);
-        vec![stream, epoch]
+        [stream, epoch]
     }
 
     /// `sockgate:history:{<room>}`: the room is the key's hash tag, so the stream and its
@@ -184,59 +167,65 @@ impl RedisHistory {
     }
 
     pub(super) async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
-        let kept = self.append_relayed(room, event, data, None).await?;
-        Some(kept.offset())
+        let mut kept = self.append_group(room, &[(event, data)], None).await;
+        Some(kept.pop()??.offset())
     }
 
-    /// Keeps a message and, with `relay` (a channel and the start of a header), publishes it
-    /// there in the same step. `None` if it could not be kept (nothing was published then).
-    pub async fn append_relayed(
+    /// Keeps a room's messages, in order, and with `relay` publishes each on its channel in
+    /// the same step. Per message, where it was kept; `None` for one
+    /// that could not be (nothing was published for it then), and for every one after it: the
+    /// room's generation is retired, so no replay crosses the hole.
+    pub async fn append_group(
         &self,
         room: &str,
-        event: &str,
-        data: &Value,
-        relay: Option<(&str, String)>,
-    ) -> Option<Appended> {
+        messages: &[(&str, &Value)],
+        relay: Option<RelayAs<'_>>,
+    ) -> Vec<Option<Appended>> {
+        let mut kept = Vec::with_capacity(messages.len());
         if !self.link.is_up() {
             self.mark_unkept(room);
-            return None;
+            kept.resize(messages.len(), None);
+            return kept;
         }
-        let retire = if self.is_unkept(room) { "1" } else { "0" };
-        let ttl_ms = self.max_age.as_millis().max(1) as u64;
-        let (channel, header) = relay.unwrap_or_default();
-        let args: Vec<String> = vec![
-            fresh_token(),
-            self.max_messages.to_string(),
-            ttl_ms.to_string(),
-            event.to_owned(),
-            data.to_string(),
-            retire.to_owned(),
-            channel.to_owned(),
-            header,
-        ];
-        let added: Result<Vec<String>, _> = APPEND
-            .evalsha_with_reload(&self.client, Self::keys(room), args)
-            .await;
-        match added.map(<[String; 3]>::try_from) {
-            Ok(Ok([epoch, id, prev])) => {
-                if retire == "1" {
-                    let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
-                    rooms.remove(room);
+        for piece in messages.chunks(appends::MAX_PER_CALL) {
+            let retire = self.is_unkept(room);
+            let group = Group {
+                keys: Self::keys(room),
+                new_epoch: fresh_token(),
+                retire,
+                relay: relay.map(|r| (r.channel, r.one_message)),
+                messages: piece
+                    .iter()
+                    .map(|(event, data)| Message {
+                        event: (*event).to_owned(),
+                        data: data.to_string(),
+                        header: relay.map_or_else(String::new, |r| (r.header)(event)),
+                    })
+                    .collect(),
+            };
+            let outcome = self.appender.append(group).await;
+            if retire && !outcome.places.is_empty() {
+                let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                rooms.remove(room);
+            }
+            let all = outcome.places.len() == piece.len();
+            kept.extend(outcome.places.into_iter().map(Some));
+            match outcome.failed {
+                None if all => continue,
+                None => tracing::warn!(room, "history not kept (unexpected Redis reply)"),
+                Some(Failure::Refused(why)) => {
+                    tracing::warn!(room, "history not kept (Redis refused it: {why})");
                 }
-                Some(Appended { epoch, id, prev })
+                Some(Failure::Redis(e)) => {
+                    tracing::warn!(room, "history not kept (Redis): {e}");
+                    self.link.command_failed("history append", &e);
+                }
             }
-            Ok(Err(reply)) => {
-                tracing::warn!(room, "history not kept (unexpected Redis reply {reply:?})");
-                self.mark_unkept(room);
-                None
-            }
-            Err(e) => {
-                tracing::warn!(room, "history not kept (Redis): {e}");
-                self.link.command_failed("history append", &e);
-                self.mark_unkept(room);
-                None
-            }
+            self.mark_unkept(room);
+            break;
         }
+        kept.resize(messages.len(), None);
+        kept
     }
 
     pub(super) async fn head(&self, room: &str) -> Head {
@@ -246,7 +235,11 @@ impl RedisHistory {
             return Head::Unknown;
         }
         let newest: Result<Vec<String>, _> = HEAD
-            .evalsha_with_reload(&self.client, Self::keys(room), Vec::<String>::new())
+            .evalsha_with_reload(
+                &self.client,
+                Self::keys(room).to_vec(),
+                Vec::<String>::new(),
+            )
             .await;
         match newest.map(<[String; 2]>::try_from) {
             Ok(Ok([epoch, id])) => Head::At(format!("{epoch}:{id}")),
@@ -281,7 +274,7 @@ impl RedisHistory {
         let read: Result<RedisValue, _> = REPLAY
             .evalsha_with_reload(
                 &self.client,
-                Self::keys(room),
+                Self::keys(room).to_vec(),
                 vec![start, (limit + 1).to_string()],
             )
             .await;
@@ -410,8 +403,7 @@ mod tests {
             ]
         );
         for room in ["user:42", "", "}x", "user:{a}", "user:a}b", "{", "user:{}"] {
-            let [stream, epoch]: [String; 2] =
-                RedisHistory::keys(room).try_into().expect("two keys");
+            let [stream, epoch] = RedisHistory::keys(room);
             assert_eq!(hash_tag(&stream), hash_tag(&epoch), "room {room:?}");
             assert_ne!(hash_tag(&stream), stream, "room {room:?} has a tag");
         }

@@ -1,0 +1,376 @@
+//! Group commit of the Redis history appends: the appends waiting at the same moment go to
+//! Redis in one script call (one per hash slot on a Redis Cluster), and a room's messages of
+//! one batch publish are one group of that call.
+//!
+//! Redis spends more on running a script than on the commands inside it (setting up the call,
+//! the `KEYS`/`ARGV` tables), and a kept message used to be one script call of its own, with
+//! its own `PEXPIRE`s and its own relay message. Now whatever is queued when the appender
+//! wakes is sent together: nothing waits for a call to fill (a lone message goes at once),
+//! and calls are pipelined on the connection. A room never has two appends in flight from one
+//! instance (its lock is held until its messages are delivered), so calls need no order
+//! between them; within a call, a room's messages are kept and relayed in their order.
+
+use std::sync::LazyLock;
+
+use fred::clients::Client as RedisClient;
+use fred::interfaces::ClientLike;
+use fred::types::scripts::Script;
+use tokio::sync::{mpsc, oneshot};
+
+use super::offsets::Appended;
+
+/// Messages in one call at most (a room's group is never split: the caller sends bigger
+/// groups in pieces): bounds how long one script holds Redis, a few µs per message.
+pub const MAX_PER_CALL: usize = 256;
+
+/// Groups waiting for the appender at most; more wait for room (each caller waits anyway).
+const QUEUE: usize = 1024;
+
+/// Keeps groups of messages, each group a room's, in order. For each group it starts a new
+/// generation when the stream has none (new, expired or lost stream) or when asked to (a
+/// message of the room could not be kept), then appends the messages, each naming the entry
+/// before it (`p`, empty for a generation's first): trimming leaves no trace a reader can check
+/// (`max-deleted-entry-id` only follows `XDEL`), so a replay checks that the first entry it
+/// reads follows the offset it starts from. One `PEXPIRE` per key per call.
+/// A message with a header start is also published on the relay channel, in the same step (so
+/// the channel carries a room's entries in stream order): the header completed with the
+/// entry's place and the data's length in bytes (`n`), a newline, the data
+/// ([`super::super::relay`]). With ARGV[4] = "1", every entry of the call travels in one
+/// message, one after the other; else each in a message of its own (what older instances read).
+/// KEYS: (stream, generation) per group. ARGV: max len, ttl ms, relay channel or "", "1" = one
+/// relay message; then per group: new generation, "1" = retire, message count; then per
+/// message: event, data, header start or "".
+/// Returns per group: how many were kept, the error that stopped the rest ("" if none), then
+/// (generation, id, predecessor's id) of each kept message. A group Redis refuses part way
+/// keeps what it kept; the other groups go on.
+const APPEND_SCRIPT: &str = r#"
+local out, relayed = {}, {}
+local a = 5
+for g = 1, #KEYS, 2 do
+  local stream, gen = KEYS[g], KEYS[g + 1]
+  local n = tonumber(ARGV[a + 2])
+  local places = {}
+  local ok, err = pcall(function()
+    local epoch = redis.call('GET', gen)
+    if (not epoch) or ARGV[a + 1] == '1' or redis.call('EXISTS', stream) == 0 then
+      redis.call('DEL', stream)
+      epoch = ARGV[a]
+      redis.call('SET', gen, epoch)
+    end
+    local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    local prev = ''
+    if #newest > 0 then prev = newest[1][1] end
+    for m = 0, n - 1 do
+      local at = a + 3 + 3 * m
+      local data = ARGV[at + 1]
+      local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'e', ARGV[at], 'd', data)
+      if ARGV[at + 2] ~= '' then
+        local entry = ARGV[at + 2] .. ',"g":"' .. epoch .. '","i":"' .. id .. '","p":"' .. prev .. '","n":' .. #data .. '}\n' .. data
+        if ARGV[4] == '1' then
+          table.insert(relayed, entry)
+        else
+          redis.call('SPUBLISH', ARGV[3], entry)
+        end
+      end
+      table.insert(places, epoch); table.insert(places, id); table.insert(places, prev)
+      prev = id
+    end
+  end)
+  pcall(redis.call, 'PEXPIRE', stream, ARGV[2])
+  pcall(redis.call, 'PEXPIRE', gen, ARGV[2])
+  table.insert(out, tostring(#places / 3))
+  if ok then
+    table.insert(out, '')
+  else
+    -- A refused command raises its error reply: a table with the text in `err`.
+    if type(err) == 'table' then err = err.err end
+    table.insert(out, tostring(err))
+  end
+  for _, p in ipairs(places) do table.insert(out, p) end
+  a = a + 3 + 3 * n
+end
+if #relayed > 0 then redis.call('SPUBLISH', ARGV[3], table.concat(relayed)) end
+return out
+"#;
+
+/// Sent by its hash (`EVALSHA`, loaded again when Redis does not know it: after a restart or
+/// a failover): `EVAL` would ship the whole text with every call, and Redis would hash it.
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(APPEND_SCRIPT));
+
+/// One room's messages to keep, in order.
+pub struct Group {
+    /// The room's stream and generation keys (one hash slot).
+    pub keys: [String; 2],
+    /// The generation to start if the stream needs a new one.
+    pub new_epoch: String,
+    /// Start a new generation whatever the stream holds.
+    pub retire: bool,
+    /// The channel the messages' entries are published on, and whether every instance reads
+    /// several entries in one message there.
+    pub relay: Option<(&'static str, bool)>,
+    pub messages: Vec<Message>,
+}
+
+pub struct Message {
+    pub event: String,
+    pub data: String,
+    /// The start of the entry's relay header, "" when not relayed.
+    pub header: String,
+}
+
+/// What became of a group: the places of the messages kept (the first ones, in order), and
+/// why the others were not.
+#[derive(Debug)]
+pub struct Kept {
+    pub places: Vec<Appended>,
+    pub failed: Option<Failure>,
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    /// Redis did not run the call (link, timeout, …).
+    Redis(fred::error::Error),
+    /// Redis refused a message (e.g. out of memory), or answered something unexpected.
+    Refused(String),
+}
+
+impl Kept {
+    fn failed(failure: Failure) -> Self {
+        Kept {
+            places: Vec::new(),
+            failed: Some(failure),
+        }
+    }
+}
+
+type Pending = (Group, oneshot::Sender<Kept>);
+
+/// The queue to the appender task.
+#[derive(Clone)]
+pub struct Appender {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Appender {
+    /// Starts the appender task (so needs a runtime); it ends when the last `Appender` is
+    /// dropped. `max_messages` is the streams' length, `ttl_ms` their lifetime.
+    pub fn start(client: RedisClient, max_messages: usize, ttl_ms: u64) -> Self {
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        tokio::spawn(run(
+            client,
+            max_messages.to_string(),
+            ttl_ms.to_string(),
+            waiting,
+        ));
+        Self { queue }
+    }
+
+    pub async fn append(&self, group: Group) -> Kept {
+        let (reply, kept) = oneshot::channel();
+        let gone = || Kept::failed(Failure::Refused("the history appender stopped".into()));
+        if self.queue.send((group, reply)).await.is_err() {
+            return gone();
+        }
+        kept.await.unwrap_or_else(|_| gone())
+    }
+}
+
+async fn run(
+    client: RedisClient,
+    max_len: String,
+    ttl_ms: String,
+    mut waiting: mpsc::Receiver<Pending>,
+) {
+    let mut queued = Vec::new();
+    while waiting.recv_many(&mut queued, QUEUE).await > 0 {
+        for call in calls(client.is_clustered(), queued.drain(..)) {
+            tokio::spawn(send(client.clone(), max_len.clone(), ttl_ms.clone(), call));
+        }
+    }
+}
+
+/// What calls must agree on: the slot (a script may only touch the keys of one slot on a
+/// Redis Cluster; 0 on a single Redis) and how entries are relayed.
+type CallKey = (u16, Option<(&'static str, bool)>);
+
+/// Groups bound for one call.
+struct Call<T> {
+    key: CallKey,
+    size: usize,
+    groups: Vec<(Group, T)>,
+}
+
+/// Splits groups into calls Redis can run, each within [`MAX_PER_CALL`] messages (unless a
+/// group alone is over), groups in their order.
+fn calls<T>(clustered: bool, groups: impl Iterator<Item = (Group, T)>) -> Vec<Vec<(Group, T)>> {
+    let mut calls: Vec<Call<T>> = Vec::new();
+    for pending in groups {
+        let group = &pending.0;
+        let slot = match clustered {
+            true => fred::util::redis_keyslot(group.keys[0].as_bytes()),
+            false => 0,
+        };
+        let key = (slot, group.relay);
+        let size = group.messages.len();
+        let open = calls
+            .iter_mut()
+            .rev()
+            .find(|call| call.key == key && call.size + size <= MAX_PER_CALL);
+        match open {
+            Some(call) => {
+                call.size += size;
+                call.groups.push(pending);
+            }
+            None => calls.push(Call {
+                key,
+                size,
+                groups: vec![pending],
+            }),
+        }
+    }
+    calls.into_iter().map(|call| call.groups).collect()
+}
+
+async fn send(client: RedisClient, max_len: String, ttl_ms: String, call: Vec<Pending>) {
+    let (channel, one_message) = call[0].0.relay.unwrap_or(("", false));
+    let mut keys = Vec::with_capacity(2 * call.len());
+    let mut args = vec![max_len, ttl_ms, channel.to_owned(), flag(one_message)];
+    let mut replies = Vec::with_capacity(call.len());
+    for (group, reply) in call {
+        let [stream, epoch] = group.keys;
+        keys.push(stream);
+        keys.push(epoch);
+        args.extend([
+            group.new_epoch,
+            flag(group.retire),
+            group.messages.len().to_string(),
+        ]);
+        for message in group.messages {
+            args.extend([message.event, message.data, message.header]);
+        }
+        replies.push(reply);
+    }
+    let answer: Result<Vec<String>, _> = APPEND.evalsha_with_reload(&client, keys, args).await;
+    match answer {
+        Ok(flat) => {
+            let mut flat = flat.into_iter();
+            for reply in replies {
+                let kept = read_group(&mut flat).unwrap_or_else(|| {
+                    Kept::failed(Failure::Refused("unexpected reply from Redis".into()))
+                });
+                let _ = reply.send(kept);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Kept::failed(Failure::Redis(e.clone())));
+            }
+        }
+    }
+}
+
+fn flag(on: bool) -> String {
+    if on { "1" } else { "0" }.to_owned()
+}
+
+/// One group's part of the script's answer.
+fn read_group(flat: &mut impl Iterator<Item = String>) -> Option<Kept> {
+    let count: usize = flat.next()?.parse().ok()?;
+    let error = flat.next()?;
+    let mut places = Vec::with_capacity(count);
+    for _ in 0..count {
+        places.push(Appended {
+            epoch: flat.next()?,
+            id: flat.next()?,
+            prev: flat.next()?,
+        });
+    }
+    let failed = (!error.is_empty()).then_some(Failure::Refused(error));
+    Some(Kept { places, failed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group of `size` messages for `room`, tagged with its place in the input.
+    fn group((at, (room, size)): (usize, (&str, usize))) -> (Group, usize) {
+        let stream = format!("sockgate:history:{{{room}}}");
+        let message = || Message {
+            event: String::new(),
+            data: String::new(),
+            header: String::new(),
+        };
+        let group = Group {
+            keys: [stream.clone(), format!("{stream}:epoch")],
+            new_epoch: String::new(),
+            retire: false,
+            relay: Some(("sockgate:relay", true)),
+            messages: (0..size).map(|_| message()).collect(),
+        };
+        (group, at)
+    }
+
+    fn order(call: &[(Group, usize)]) -> Vec<usize> {
+        call.iter().map(|(_, at)| *at).collect()
+    }
+
+    #[test]
+    fn a_single_redis_takes_the_groups_in_one_call_within_the_bound() {
+        let rooms = [("user:a", 10), ("user:b", 1), ("user:c", 30)];
+        let one = calls(false, rooms.into_iter().enumerate().map(group));
+        assert_eq!(one.len(), 1);
+        assert_eq!(order(&one[0]), [0, 1, 2]);
+        // Over the bound: a new call; a group alone over it still goes, whole.
+        let rooms = [
+            ("user:a", 200),
+            ("user:b", 100),
+            ("user:c", 300),
+            ("user:d", 56),
+        ];
+        let split = calls(false, rooms.into_iter().enumerate().map(group));
+        let orders: Vec<Vec<usize>> = split.iter().map(|c| order(c)).collect();
+        assert_eq!(orders, [vec![0], vec![1, 3], vec![2]]);
+    }
+
+    #[test]
+    fn a_redis_cluster_gets_one_call_per_slot_each_in_order() {
+        let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
+        let rooms = [("user:a", 1), ("user:b", 1), ("user:a", 2), ("user:c", 1)];
+        assert_ne!(
+            slot("sockgate:history:{user:a}"),
+            slot("sockgate:history:{user:b}")
+        );
+        let split = calls(true, rooms.into_iter().enumerate().map(group));
+        assert_eq!(
+            split.len(),
+            3,
+            "user:a, user:b and user:c are in other slots"
+        );
+        for call in &split {
+            let first = slot(&call[0].0.keys[0]);
+            assert!(call.iter().all(|(g, _)| slot(&g.keys[0]) == first));
+            assert!(call.iter().all(|(g, _)| slot(&g.keys[1]) == first));
+            assert!(order(call).is_sorted());
+        }
+    }
+
+    #[test]
+    fn reads_each_groups_places_and_failure() {
+        let reply = [
+            "2", "", "g", "1-0", "", "g", "2-0", "1-0", "0", "OOM", "1", "x",
+        ];
+        let mut flat = reply.into_iter().map(str::to_owned);
+        let first = read_group(&mut flat).expect("first group");
+        assert_eq!(first.places.len(), 2);
+        assert_eq!(first.places[1].prev, "1-0");
+        assert!(first.failed.is_none());
+        let second = read_group(&mut flat).expect("second group");
+        assert!(second.places.is_empty());
+        assert!(matches!(second.failed, Some(Failure::Refused(e)) if e == "OOM"));
+        assert!(
+            read_group(&mut flat).is_none(),
+            "a short answer is no group"
+        );
+    }
+}
