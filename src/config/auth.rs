@@ -1,15 +1,20 @@
 //! `[auth]`: how sockets are authenticated through the app's own session route.
 
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{Invalid, at_least_one};
+use super::value::{millis, parsed, path_on_app, shown};
 
 /// How sockets are authenticated through the app's own session route.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Path (and optional query) of the app's session route, called with `GET`.
-    pub session_path: String,
+    #[serde(deserialize_with = "session_path", serialize_with = "shown")]
+    pub session_path: PathAndQuery,
     /// Handshake request headers forwarded to the session route.
     pub forward_headers: Vec<String>,
     /// JSON pointer (RFC 6901) to the user id in the session route's response.
@@ -20,14 +25,18 @@ pub struct AuthConfig {
     /// JSON pointer to what presence shows of a user (any JSON, at most 1 KiB serialized);
     /// empty, or nothing at the pointer, = null.
     pub user_info_pointer: String,
-    pub timeout_ms: u64,
-    pub cache_ttl_ms: u64,
-    pub negative_ttl_ms: u64,
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    #[serde(rename = "cache_ttl_ms", with = "millis")]
+    pub cache_ttl: Duration,
+    #[serde(rename = "negative_ttl_ms", with = "millis")]
+    pub negative_ttl: Duration,
     pub cache_max_entries: u64,
     /// Most session-route calls in flight at once (a deploy reconnects every browser at once).
     pub max_concurrent: usize,
     /// How often connected sockets are re-checked; `0` turns revalidation off.
-    pub revalidate_interval_ms: u64,
+    #[serde(rename = "revalidate_interval_ms", with = "millis")]
+    pub revalidate_interval: Duration,
     /// Most session checks waiting for one of the `max_concurrent` places; further ones are
     /// refused at once ("session unavailable").
     pub max_waiting: usize,
@@ -36,10 +45,21 @@ pub struct AuthConfig {
     pub max_credential_bytes: usize,
 }
 
+/// Refused when it does not start with `/`, as before it was typed; and now also when it is
+/// no path at all (the session route used to fall back to `/api/session` silently).
+fn session_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQuery, D::Error> {
+    parsed(deserializer, |text| {
+        if !text.starts_with('/') {
+            return Err(format!("`{text}` must start with `/`"));
+        }
+        path_on_app(text).ok_or_else(|| format!("`{text}` is not a path"))
+    })
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            session_path: "/api/session".into(),
+            session_path: PathAndQuery::from_static("/api/session"),
             forward_headers: vec![
                 "cookie".into(),
                 "user-agent".into(),
@@ -48,12 +68,12 @@ impl Default for AuthConfig {
             user_id_pointer: "/userId".into(),
             rooms_pointer: "/rooms".into(),
             user_info_pointer: "/user".into(),
-            timeout_ms: 5_000,
-            cache_ttl_ms: 30_000,
-            negative_ttl_ms: 5_000,
+            timeout: Duration::from_millis(5_000),
+            cache_ttl: Duration::from_millis(30_000),
+            negative_ttl: Duration::from_millis(5_000),
             cache_max_entries: 100_000,
             max_concurrent: 32,
-            revalidate_interval_ms: 300_000,
+            revalidate_interval: Duration::from_millis(300_000),
             max_waiting: 512,
             max_credential_bytes: 16 * 1024,
         }
@@ -62,12 +82,6 @@ impl Default for AuthConfig {
 
 impl AuthConfig {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if !self.session_path.starts_with('/') {
-            return Err(Invalid::new(
-                "auth.session_path",
-                format!("`{}` must start with `/`", self.session_path),
-            ));
-        }
         if !self.user_id_pointer.is_empty() && !self.user_id_pointer.starts_with('/') {
             return Err(Invalid::new(
                 "auth.user_id_pointer",
@@ -98,7 +112,7 @@ impl AuthConfig {
                 ));
             }
         }
-        at_least_one(&[("auth.max_concurrent", self.max_concurrent as u64)])?;
+        at_least_one(&[("auth.max_concurrent", self.max_concurrent == 0)])?;
         if self.max_credential_bytes < 256 {
             return Err(Invalid::new(
                 "auth.max_credential_bytes",

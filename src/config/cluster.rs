@@ -1,8 +1,11 @@
 //! `[cluster]`: several instances sharing rooms through Redis.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::error::Invalid;
+use super::value::millis;
 
 /// Several instances sharing rooms through Redis.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -17,7 +20,8 @@ pub struct ClusterConfig {
     /// system's; empty = the system's only.
     pub tls_ca_file: String,
     /// How long cluster-wide questions (presence, stats) wait for the other instances.
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -25,7 +29,7 @@ impl Default for ClusterConfig {
         Self {
             redis_url: String::new(),
             tls_ca_file: String::new(),
-            request_timeout_ms: 1_000,
+            request_timeout: Duration::from_millis(1_000),
         }
     }
 }

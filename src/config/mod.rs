@@ -16,6 +16,7 @@ mod realtime;
 mod server;
 mod source;
 mod upstream;
+mod value;
 mod webhooks;
 
 use std::net::IpAddr;
@@ -60,11 +61,6 @@ pub struct Config {
     pub history: HistoryConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
-}
-
-/// Milliseconds from config to a `Duration`.
-pub fn ms(value: u64) -> Duration {
-    Duration::from_millis(value)
 }
 
 /// Values given on the command line; `None` leaves lower layers in charge.
@@ -170,7 +166,6 @@ impl Config {
         self.channels.validate()?;
         self.check_across()?;
         self.publish.validate()?;
-        self.admin.validate()?;
         self.server.validate()?;
         self.cluster.validate()?;
         self.history.validate()?;
@@ -181,18 +176,19 @@ impl Config {
     /// Rules that tie one section's values to another's.
     fn check_across(&self) -> Result<(), Invalid> {
         self.channels.check_prefixes(&self.realtime.room_prefix)?;
-        if self.realtime.connect_timeout_ms <= self.auth.timeout_ms {
+        if self.realtime.connect_timeout <= self.auth.timeout {
             return Err(Invalid::new(
                 "realtime.connect_timeout_ms",
                 format!(
                     "{} must be longer than auth.timeout_ms ({}): the session check happens \
                      within it",
-                    self.realtime.connect_timeout_ms, self.auth.timeout_ms
+                    self.realtime.connect_timeout.as_millis(),
+                    self.auth.timeout.as_millis()
                 ),
             ));
         }
-        let health = &self.server.health_path;
-        if !health.is_empty() && (!health.starts_with('/') || is_under(health, &self.realtime.path))
+        if let Some(health) = &self.server.health_path
+            && (!health.starts_with('/') || is_under(health, &self.realtime.path))
         {
             return Err(Invalid::new(
                 "server.health_path",
@@ -206,11 +202,11 @@ impl Config {
     /// before logging is set up, so the caller logs them once it is.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.upstream.pool_idle_timeout_ms >= 5_000 {
+        if self.upstream.pool_idle_timeout >= Duration::from_secs(5) {
             warnings.push(format!(
                 "upstream.pool_idle_timeout_ms = {} is not below Node's 5 s keep-alive; \
                  reused connections may be closed under a request",
-                self.upstream.pool_idle_timeout_ms
+                self.upstream.pool_idle_timeout.as_millis()
             ));
         }
         warnings
@@ -251,6 +247,7 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
 mod tests {
     use super::*;
     use figment::Jail;
+    use std::net::SocketAddr;
 
     fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         Config::load(None, overrides)
@@ -515,6 +512,76 @@ mod tests {
             jail.create_file(DEFAULT_CONFIG_FILE, "[realtime]\ntransport = []\n")?;
             let e = load(&Overrides::default()).unwrap_err();
             assert!(!e.reason.contains("``"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// Values parsed into their types at load (addresses, modes, paths, durations) are refused
+    /// with their key, where they came from and the section's words, as any other bad value;
+    /// and `--print-config` shows them as they are written, so its output loads back the same.
+    #[test]
+    fn typed_values_are_refused_by_key_and_shown_as_written() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("SIDECAR_ADMIN__LISTEN", "localhost");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "invalid configuration: key `admin.listen` from environment variable \
+                 `SIDECAR_ADMIN__LISTEN`: `localhost` is not an address like 127.0.0.1:9464"
+            );
+            jail.clear_env();
+            for (file, key, reason) in [
+                (
+                    "[publish]\ntcp_listen = \"7070\"\n",
+                    "publish.tcp_listen",
+                    "`7070` is not an address like 127.0.0.1:7070",
+                ),
+                (
+                    "[publish]\nsocket_mode = \"0999\"\n",
+                    "publish.socket_mode",
+                    "`0999` is not an octal file mode like \"0660\"",
+                ),
+                (
+                    "[upstream]\nready_path = \"health\"\n",
+                    "upstream.ready_path",
+                    "`health` must be a path starting with `/`",
+                ),
+                (
+                    "[auth]\nsession_path = \"/my session\"\n",
+                    "auth.session_path",
+                    "`/my session` is not a path",
+                ),
+            ] {
+                jail.create_file(DEFAULT_CONFIG_FILE, file)?;
+                let e = load(&Overrides::default()).unwrap_err();
+                assert_eq!((e.key.as_str(), e.reason.as_str()), (key, reason), "{file}");
+                assert!(e.source_name.contains("sidecar.toml"), "{e}");
+            }
+            jail.create_file(
+                DEFAULT_CONFIG_FILE,
+                "[admin]\nlisten = \"127.0.0.1:9464\"\n[publish]\nsocket_mode = \"0o600\"\n\
+                 [server]\nhealth_path = \"/healthz\"\ndrain_timeout_ms = 1500\n",
+            )?;
+            let config = load(&Overrides::default()).expect("loads");
+            assert_eq!(
+                config.admin.listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+            );
+            assert_eq!(config.publish.socket_mode, 0o600);
+            assert_eq!(config.server.drain_timeout, Duration::from_millis(1500));
+            let shown = config.to_toml();
+            for line in [
+                "listen = \"127.0.0.1:9464\"",
+                "socket_mode = \"0600\"",
+                "health_path = \"/healthz\"",
+                "drain_timeout_ms = 1500",
+                "tcp_listen = \"\"",
+            ] {
+                assert!(shown.contains(line), "{line} in {shown}");
+            }
+            jail.create_file(DEFAULT_CONFIG_FILE, &shown)?;
+            assert_eq!(load(&Overrides::default()).expect("reloads"), config);
             Ok(())
         });
     }

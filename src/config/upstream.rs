@@ -1,9 +1,13 @@
 //! `[upstream]`, the Node app sockgate fronts, and `[proxy]`, how requests to it are rewritten.
 
+use std::time::Duration;
+
 use http::Uri;
-use serde::{Deserialize, Serialize};
+use http::uri::PathAndQuery;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::Invalid;
+use super::value::{millis, parsed, path_on_app, shown};
 
 /// The Node app sockgate fronts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -11,27 +15,37 @@ use super::error::Invalid;
 pub struct UpstreamConfig {
     /// `http://host:port` of the app; only plain HTTP on a private network makes sense here.
     pub url: String,
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Duration,
     /// Time the app gets to send response headers; the body may stream for longer.
-    pub response_timeout_ms: u64,
+    #[serde(rename = "response_timeout_ms", with = "millis")]
+    pub response_timeout: Duration,
     /// Must stay below Node's 5 s `keepAliveTimeout`, or a reused connection may be closed
     /// by Node while a request is on its way.
-    pub pool_idle_timeout_ms: u64,
+    #[serde(rename = "pool_idle_timeout_ms", with = "millis")]
+    pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     /// What readiness (`/readyz`) requests from the app to see it answer HTTP: any status
     /// counts, no answer within 1 s does not. Must not need a login.
-    pub ready_path: String,
+    #[serde(deserialize_with = "ready_path", serialize_with = "shown")]
+    pub ready_path: PathAndQuery,
+}
+
+fn ready_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQuery, D::Error> {
+    parsed(deserializer, |text| {
+        path_on_app(text).ok_or_else(|| format!("`{text}` must be a path starting with `/`"))
+    })
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:4321".into(),
-            connect_timeout_ms: 2_000,
-            response_timeout_ms: 60_000,
-            pool_idle_timeout_ms: 4_000,
+            connect_timeout: Duration::from_millis(2_000),
+            response_timeout: Duration::from_millis(60_000),
+            pool_idle_timeout: Duration::from_millis(4_000),
             pool_max_idle_per_host: 256,
-            ready_path: "/".into(),
+            ready_path: PathAndQuery::from_static("/"),
         }
     }
 }
@@ -57,13 +71,6 @@ impl UpstreamConfig {
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(fail(format!("`{url}` must not have a path")));
         }
-        let ready = &self.ready_path;
-        if !ready.starts_with('/') || ready.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(Invalid::new(
-                "upstream.ready_path",
-                format!("`{ready}` must be a path starting with `/`"),
-            ));
-        }
         Ok(())
     }
 }
@@ -79,7 +86,8 @@ pub struct ProxyConfig {
     /// reading does not count); slower uploads get `408`. `0` = no minimum.
     pub min_body_rate_bytes_per_sec: u64,
     /// Time an upload may take before its rate is checked.
-    pub min_body_rate_grace_ms: u64,
+    #[serde(rename = "min_body_rate_grace_ms", with = "millis")]
+    pub min_body_rate_grace: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -87,7 +95,7 @@ impl Default for ProxyConfig {
         Self {
             trust_forwarded: false,
             min_body_rate_bytes_per_sec: 240,
-            min_body_rate_grace_ms: 5_000,
+            min_body_rate_grace: Duration::from_millis(5_000),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! `[webhooks]`: `user.online`… events POSTed to the app.
 
 use http::Uri;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::error::{Invalid, at_least_one};
+use super::value::millis;
 
 /// Webhooks to the app: `user.online` / `user.offline`, batched, signed and retried
 /// ([`crate::webhooks`]).
@@ -21,23 +24,28 @@ pub struct WebhooksConfig {
     pub secret: String,
     /// A user whose last socket closed is offline only if no socket of theirs opens within
     /// this time (a reload produces neither event).
-    pub grace_ms: u64,
+    #[serde(rename = "grace_ms", with = "millis")]
+    pub grace: Duration,
     /// Most events in one POST.
     pub max_batch: usize,
     /// How long a first event waits for others to share its POST.
-    pub linger_ms: u64,
+    #[serde(rename = "linger_ms", with = "millis")]
+    pub linger: Duration,
     /// Most events waiting to be sent; past it the oldest are dropped (and counted).
     pub max_queue: usize,
     /// Tries per batch (the first included) on a 5xx, 429, timeout or connection error.
     pub max_attempts: u32,
     /// Wait before the first retry; doubled on each further one (at most 30 s).
-    pub retry_base_ms: u64,
+    #[serde(rename = "retry_base_ms", with = "millis")]
+    pub retry_base: Duration,
     /// Time the receiver gets to answer one POST.
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
     /// Cluster mode: an instance that stops refreshing its liveness key for this long is
     /// dead, and its users go offline (unless connected elsewhere) within this plus a third
     /// of it.
-    pub instance_ttl_ms: u64,
+    #[serde(rename = "instance_ttl_ms", with = "millis")]
+    pub instance_ttl: Duration,
 }
 
 impl Default for WebhooksConfig {
@@ -46,14 +54,14 @@ impl Default for WebhooksConfig {
             url: String::new(),
             events: vec!["user.online".into(), "user.offline".into()],
             secret: String::new(),
-            grace_ms: 5_000,
+            grace: Duration::from_millis(5_000),
             max_batch: 100,
-            linger_ms: 100,
+            linger: Duration::from_millis(100),
             max_queue: 10_000,
             max_attempts: 5,
-            retry_base_ms: 500,
-            timeout_ms: 5_000,
-            instance_ttl_ms: 15_000,
+            retry_base: Duration::from_millis(500),
+            timeout: Duration::from_millis(5_000),
+            instance_ttl: Duration::from_millis(15_000),
         }
     }
 }
@@ -98,11 +106,11 @@ impl WebhooksConfig {
             ));
         }
         at_least_one(&[
-            ("webhooks.max_batch", self.max_batch as u64),
-            ("webhooks.max_queue", self.max_queue as u64),
-            ("webhooks.max_attempts", u64::from(self.max_attempts)),
-            ("webhooks.timeout_ms", self.timeout_ms),
-            ("webhooks.instance_ttl_ms", self.instance_ttl_ms),
+            ("webhooks.max_batch", self.max_batch == 0),
+            ("webhooks.max_queue", self.max_queue == 0),
+            ("webhooks.max_attempts", self.max_attempts == 0),
+            ("webhooks.timeout_ms", self.timeout.is_zero()),
+            ("webhooks.instance_ttl_ms", self.instance_ttl.is_zero()),
         ])
     }
 }

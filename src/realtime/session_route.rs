@@ -55,10 +55,7 @@ impl SessionRoute {
     pub(super) fn new(config: &AuthConfig, rooms: RoomRules, upstream: Upstream) -> Self {
         Self {
             upstream,
-            path: config
-                .session_path
-                .parse()
-                .unwrap_or_else(|_| PathAndQuery::from_static("/api/session")),
+            path: config.session_path.clone(),
             pointer: config.user_id_pointer.clone(),
             rooms_pointer: config.rooms_pointer.clone(),
             info_pointer: config.user_info_pointer.clone(),

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, WEBHOOK_EVENTS, WebhooksConfig, ms};
+use crate::config::{Config, WEBHOOK_EVENTS, WebhooksConfig};
 use crate::metrics::Metrics;
 
 use crate::occupancy::{self, Change, Transition};
@@ -91,7 +91,7 @@ impl Webhooks {
                     client,
                     link,
                     instance.clone(),
-                    ms(config.instance_ttl_ms),
+                    config.instance_ttl,
                     namespace,
                 ))
             })
@@ -111,7 +111,7 @@ impl Webhooks {
                     outbox.push(minter.event(name, user, room));
                 }
             };
-            occupancy::Tracker::spawn(shared(namespace), ms(config.grace_ms), Box::new(report))
+            occupancy::Tracker::spawn(shared(namespace), config.grace, Box::new(report))
         };
         let users = tracked(USERS, ONLINE, OFFLINE);
         let rooms = (names.enabled(OCCUPIED) || names.enabled(VACATED))
@@ -195,10 +195,10 @@ fn spawn_sender(
             target,
             secret: Some(config.secret.clone().into_bytes()).filter(|s| !s.is_empty()),
             max_batch: config.max_batch,
-            linger: ms(config.linger_ms),
+            linger: config.linger,
             max_attempts: config.max_attempts,
-            retry_base: ms(config.retry_base_ms),
-            timeout: ms(config.timeout_ms),
+            retry_base: config.retry_base,
+            timeout: config.timeout,
             metrics,
         }
         .run(),
