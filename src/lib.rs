@@ -101,10 +101,7 @@ impl App {
         command: Option<Vec<String>>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let authority: Authority = config
-            .upstream_authority()
-            .parse()
-            .context("upstream.url has no host:port")?;
+        let authority = config.upstream.url.authority().clone();
         let gate = AppGate::new(command.is_none());
         let parts = Parts::assemble(&config, &authority, gate, &shutdown).await?;
         let listeners = Listeners::bind(&config).await?;

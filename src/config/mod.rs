@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use http::Uri;
 use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
@@ -39,8 +38,8 @@ pub use publish::{PublishConfig, current_uid, default_socket_path};
 pub use realtime::{Parser, RealtimeConfig, Transport};
 pub use server::{AdminConfig, ServerConfig};
 use source::{Named, from_figment, source_of};
-pub use upstream::{ProxyConfig, UpstreamConfig};
-pub use webhooks::{WEBHOOK_EVENTS, WebhooksConfig};
+pub use upstream::{AppUrl, ProxyConfig, UpstreamConfig};
+pub use webhooks::{WEBHOOK_EVENTS, WebhookUrl, WebhooksConfig};
 
 /// The file read when `--config` is not given; a missing default file is not an error.
 pub const DEFAULT_CONFIG_FILE: &str = "sidecar.toml";
@@ -160,7 +159,6 @@ impl Config {
     /// Each section's own checks, then the rules between sections; the first key refused
     /// is reported.
     fn validate(&self) -> Result<(), Invalid> {
-        self.upstream.validate()?;
         self.realtime.validate()?;
         self.auth.validate()?;
         self.channels.validate()?;
@@ -210,16 +208,6 @@ impl Config {
             ));
         }
         warnings
-    }
-
-    /// The upstream's `host:port`, as the proxy connects to it.
-    pub fn upstream_authority(&self) -> String {
-        self.upstream
-            .url
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| "127.0.0.1:4321".into())
     }
 
     /// The effective configuration as TOML, for `--print-config` (secrets masked).
@@ -402,7 +390,7 @@ mod tests {
             let config = load(&Overrides::default()).unwrap();
             assert_eq!(config.server.port, 2000);
             assert_eq!(config.auth.forward_headers, vec!["cookie".to_string()]);
-            assert_eq!(config.upstream.url, "http://127.0.0.1:5000");
+            assert_eq!(&*config.upstream.url, "http://127.0.0.1:5000");
             jail.set_env("PORT", "3000");
             assert_eq!(load(&Overrides::default()).unwrap().server.port, 3000);
             let flags = Overrides {
@@ -412,7 +400,7 @@ mod tests {
             };
             let config = load(&flags).unwrap();
             assert_eq!(config.server.port, 4000);
-            assert_eq!(config.upstream.url, "http://127.0.0.1:6000");
+            assert_eq!(&*config.upstream.url, "http://127.0.0.1:6000");
             Ok(())
         });
     }

@@ -1,12 +1,14 @@
 //! `[upstream]`, the Node app sockgate fronts, and `[proxy]`, how requests to it are rewritten.
 
+use std::fmt;
+use std::ops::Deref;
+use std::str::FromStr;
 use std::time::Duration;
 
 use http::Uri;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::error::Invalid;
 use super::value::{millis, parsed, path_on_app, shown};
 
 /// The Node app sockgate fronts.
@@ -14,7 +16,8 @@ use super::value::{millis, parsed, path_on_app, shown};
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `http://host:port` of the app; only plain HTTP on a private network makes sense here.
-    pub url: String,
+    #[serde(deserialize_with = "app_url", serialize_with = "shown")]
+    pub url: AppUrl,
     #[serde(rename = "connect_timeout_ms", with = "millis")]
     pub connect_timeout: Duration,
     /// Time the app gets to send response headers; the body may stream for longer.
@@ -40,7 +43,10 @@ fn ready_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQuery
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            url: "http://127.0.0.1:4321".into(),
+            url: AppUrl {
+                written: "http://127.0.0.1:4321".into(),
+                authority: Authority::from_static("127.0.0.1:4321"),
+            },
             connect_timeout: Duration::from_millis(2_000),
             response_timeout: Duration::from_millis(60_000),
             pool_idle_timeout: Duration::from_millis(4_000),
@@ -50,29 +56,68 @@ impl Default for UpstreamConfig {
     }
 }
 
-impl UpstreamConfig {
-    pub(super) fn validate(&self) -> Result<(), Invalid> {
-        let fail = |reason: String| Invalid::new("upstream.url", reason);
-        let url = &self.url;
+/// `upstream.url` as written (shown, logged) with the `host:port` the proxy connects to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppUrl {
+    written: String,
+    authority: Authority,
+}
+
+impl AppUrl {
+    /// The app's `host:port`.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+}
+
+/// Reads as the URL the user wrote.
+impl Deref for AppUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.written
+    }
+}
+
+impl fmt::Display for AppUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.written)
+    }
+}
+
+impl FromStr for AppUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
         let uri: Uri = url
             .parse()
-            .map_err(|e| fail(format!("`{url}` is not a URL: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            return Err(fail(format!(
-                "`{url}` must look like http://127.0.0.1:4321 (plain http, with host and port)"
-            )));
-        }
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let authority = match uri.authority() {
+            Some(authority) if uri.scheme_str() == Some("http") => authority.clone(),
+            _ => {
+                return Err(format!(
+                    "`{url}` must look like http://127.0.0.1:4321 (plain http, with host and port)"
+                ));
+            }
+        };
         if uri.port().is_none() {
-            return Err(fail(format!(
+            return Err(format!(
                 "`{url}` has no port: write the app's port, e.g. http://127.0.0.1:4321 \
                  (there is no default port)"
-            )));
+            ));
         }
         if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(fail(format!("`{url}` must not have a path")));
+            return Err(format!("`{url}` must not have a path"));
         }
-        Ok(())
+        Ok(Self {
+            written: url.to_string(),
+            authority,
+        })
     }
+}
+
+fn app_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<AppUrl, D::Error> {
+    parsed(deserializer, str::parse)
 }
 
 /// How proxied requests are rewritten.

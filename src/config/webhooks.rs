@@ -1,12 +1,15 @@
 //! `[webhooks]`: `user.online`… events POSTed to the app.
 
-use http::Uri;
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use http::Uri;
+use http::uri::PathAndQuery;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{Invalid, at_least_one};
-use super::value::millis;
+use super::value::{millis, optional, path_on_app, shown_or_empty};
 
 /// Webhooks to the app: `user.online` / `user.offline`, batched, signed and retried
 /// ([`crate::webhooks`]).
@@ -15,7 +18,8 @@ use super::value::millis;
 pub struct WebhooksConfig {
     /// Where batches are POSTed: a path starting with `/` (on the app, `upstream.url`) or a
     /// plain `http://host:port/path` URL; empty = webhooks off.
-    pub url: String,
+    #[serde(deserialize_with = "webhook_url", serialize_with = "shown_or_empty")]
+    pub url: Option<WebhookUrl>,
     /// Which events are sent: `user.online`, `user.offline`, `room.occupied`,
     /// `room.vacated`, `member.added`, `member.removed`.
     pub events: Vec<String>,
@@ -51,7 +55,7 @@ pub struct WebhooksConfig {
 impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {
-            url: String::new(),
+            url: None,
             events: vec!["user.online".into(), "user.offline".into()],
             secret: String::new(),
             grace: Duration::from_millis(5_000),
@@ -66,6 +70,49 @@ impl Default for WebhooksConfig {
     }
 }
 
+/// Where webhook batches are POSTed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookUrl {
+    /// A path on the app, at `upstream.url`.
+    OnApp(PathAndQuery),
+    /// A plain `http://` URL elsewhere.
+    At(Uri),
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OnApp(path) => path.fmt(f),
+            Self::At(uri) => uri.fmt(f),
+        }
+    }
+}
+
+impl FromStr for WebhookUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        let parsed = if url.starts_with('/') {
+            path_on_app(url).map(Self::OnApp)
+        } else {
+            url.parse::<Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+                .map(Self::At)
+        };
+        parsed.ok_or_else(|| {
+            format!(
+                "`{url}` must be a path on the app (e.g. /api/socket/webhooks) or a plain \
+                 http:// URL (e.g. http://127.0.0.1:4321/api/socket/webhooks)"
+            )
+        })
+    }
+}
+
+fn webhook_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<WebhookUrl>, D::Error> {
+    optional(deserializer, str::parse)
+}
+
 /// The webhook events sockgate knows.
 pub const WEBHOOK_EVENTS: [&str; 6] = [
     "user.online",
@@ -78,23 +125,6 @@ pub const WEBHOOK_EVENTS: [&str; 6] = [
 
 impl WebhooksConfig {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        let url = &self.url;
-        let ok = url.is_empty()
-            || if url.starts_with('/') {
-                url.parse::<http::uri::PathAndQuery>().is_ok()
-            } else {
-                url.parse::<Uri>()
-                    .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some())
-            };
-        if !ok {
-            return Err(Invalid::new(
-                "webhooks.url",
-                format!(
-                    "`{url}` must be a path on the app (e.g. /api/socket/webhooks) or a plain \
-                     http:// URL (e.g. http://127.0.0.1:4321/api/socket/webhooks)"
-                ),
-            ));
-        }
         if let Some(bad) = self
             .events
             .iter()

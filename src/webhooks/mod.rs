@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::uri::Authority;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, WEBHOOK_EVENTS, WebhooksConfig};
+use crate::config::{Config, WEBHOOK_EVENTS, WebhookUrl, WebhooksConfig};
 use crate::metrics::Metrics;
 
 use crate::occupancy::{self, Change, Transition};
@@ -57,17 +58,15 @@ impl Webhooks {
         metrics: Arc<Metrics>,
     ) -> Self {
         let config = &settings.webhooks;
-        if config.url.is_empty() {
+        let Some(url) = &config.url else {
             return Self::default();
-        }
-        let target = match target(settings) {
+        };
+        let target = match target(url, settings.upstream.url.authority()) {
             Ok(uri) => uri,
             Err(e) => {
-                // Validated at load time; kept off rather than trusted.
-                tracing::error!(
-                    "webhooks.url `{}` is not a URL ({e}): webhooks off",
-                    config.url
-                );
+                // A path and an authority that parsed at load make a URI; kept off rather
+                // than trusted.
+                tracing::error!("webhooks.url `{url}` is not a URL ({e}): webhooks off");
                 return Self::default();
             }
         };
@@ -116,7 +115,7 @@ impl Webhooks {
         let users = tracked(USERS, ONLINE, OFFLINE);
         let rooms = (names.enabled(OCCUPIED) || names.enabled(VACATED))
             .then(|| tracked(ROOMS, OCCUPIED, VACATED));
-        tracing::info!(url = %config.url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
+        tracing::info!(url = %url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
         Self(Some(Arc::new(On {
             users,
             rooms,
@@ -205,13 +204,11 @@ fn spawn_sender(
     );
 }
 
-/// Where batches go: `webhooks.url`, a path on the upstream when it starts with `/`.
-fn target(settings: &Config) -> Result<http::Uri, http::uri::InvalidUri> {
-    let url = &settings.webhooks.url;
-    if url.starts_with('/') {
-        format!("http://{}{url}", settings.upstream_authority()).parse()
-    } else {
-        url.parse()
+/// Where batches go: `webhooks.url`, on the upstream (`app`) when it is a path.
+fn target(url: &WebhookUrl, app: &Authority) -> Result<http::Uri, http::uri::InvalidUri> {
+    match url {
+        WebhookUrl::OnApp(path) => format!("http://{app}{path}").parse(),
+        WebhookUrl::At(uri) => Ok(uri.clone()),
     }
 }
 
@@ -316,16 +313,17 @@ mod tests {
 
     #[test]
     fn a_path_is_on_the_upstream_and_a_url_is_used_as_is() {
-        let mut settings = Config::default();
-        settings.upstream.url = "http://127.0.0.1:4000".into();
-        settings.webhooks.url = "/api/socket/webhooks?v=1".into();
+        let app = Authority::from_static("127.0.0.1:4000");
+        let target = |url: &str| {
+            let url: WebhookUrl = url.parse().expect("a webhook URL");
+            target(&url, &app).map(|u| u.to_string()).ok()
+        };
         assert_eq!(
-            target(&settings).map(|u| u.to_string()).ok().as_deref(),
+            target("/api/socket/webhooks?v=1").as_deref(),
             Some("http://127.0.0.1:4000/api/socket/webhooks?v=1")
         );
-        settings.webhooks.url = "http://10.0.0.5:9000/hooks".into();
         assert_eq!(
-            target(&settings).map(|u| u.to_string()).ok().as_deref(),
+            target("http://10.0.0.5:9000/hooks").as_deref(),
             Some("http://10.0.0.5:9000/hooks")
         );
     }
