@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{Invalid, at_least_one};
 use super::value::{millis, parsed, path_on_app, shown};
@@ -16,7 +18,8 @@ pub struct AuthConfig {
     #[serde(deserialize_with = "session_path", serialize_with = "shown")]
     pub session_path: PathAndQuery,
     /// Handshake request headers forwarded to the session route.
-    pub forward_headers: Vec<String>,
+    #[serde(deserialize_with = "header_names", serialize_with = "shown_names")]
+    pub forward_headers: Vec<HeaderName>,
     /// JSON pointer (RFC 6901) to the user id in the session route's response.
     pub user_id_pointer: String,
     /// JSON pointer to the rooms (an array of strings) the user's sockets join besides their
@@ -56,14 +59,28 @@ fn session_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQue
     })
 }
 
+fn header_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<HeaderName>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|name| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| D::Error::custom(format!("`{name}` is not a header name")))
+        })
+        .collect()
+}
+
+fn shown_names<S: Serializer>(names: &[HeaderName], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             session_path: PathAndQuery::from_static("/api/session"),
             forward_headers: vec![
-                "cookie".into(),
-                "user-agent".into(),
-                "x-forwarded-for".into(),
+                header::COOKIE,
+                header::USER_AGENT,
+                HeaderName::from_static("x-forwarded-for"),
             ],
             user_id_pointer: "/userId".into(),
             rooms_pointer: "/rooms".into(),
@@ -101,14 +118,6 @@ impl AuthConfig {
                     format!(
                         "`{pointer}` is not a JSON pointer (it starts with `/`, e.g. {example}), or empty for none"
                     ),
-                ));
-            }
-        }
-        for name in &self.forward_headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(Invalid::new(
-                    "auth.forward_headers",
-                    format!("`{name}` is not a header name"),
                 ));
             }
         }

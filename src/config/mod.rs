@@ -389,7 +389,7 @@ mod tests {
             jail.set_env("SIDECAR_AUTH__FORWARD_HEADERS", "[\"cookie\"]");
             let config = load(&Overrides::default()).unwrap();
             assert_eq!(config.server.port, 2000);
-            assert_eq!(config.auth.forward_headers, vec!["cookie".to_string()]);
+            assert_eq!(config.auth.forward_headers, ["cookie"]);
             assert_eq!(&*config.upstream.url, "http://127.0.0.1:5000");
             jail.set_env("PORT", "3000");
             assert_eq!(load(&Overrides::default()).unwrap().server.port, 3000);
