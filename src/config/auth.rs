@@ -8,7 +8,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{Invalid, at_least_one};
-use super::value::{millis, parsed, path_on_app, shown};
+use super::value::{millis, optional, parsed, path_on_app, shown, shown_or_empty};
 
 /// How sockets are authenticated through the app's own session route.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -24,10 +24,15 @@ pub struct AuthConfig {
     pub user_id_pointer: String,
     /// JSON pointer to the rooms (an array of strings) the user's sockets join besides their
     /// user room; empty, or nothing at the pointer, = none.
-    pub rooms_pointer: String,
+    #[serde(deserialize_with = "rooms_pointer", serialize_with = "shown_or_empty")]
+    pub rooms_pointer: Option<String>,
     /// JSON pointer to what presence shows of a user (any JSON, at most 1 KiB serialized);
     /// empty, or nothing at the pointer, = null.
-    pub user_info_pointer: String,
+    #[serde(
+        deserialize_with = "user_info_pointer",
+        serialize_with = "shown_or_empty"
+    )]
+    pub user_info_pointer: Option<String>,
     #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Duration,
     #[serde(rename = "cache_ttl_ms", with = "millis")]
@@ -59,6 +64,32 @@ fn session_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQue
     })
 }
 
+/// A JSON pointer, or empty for none; `example` is shown when it is neither.
+fn pointer_or_none<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    example: &str,
+) -> Result<Option<String>, D::Error> {
+    optional(deserializer, |pointer| {
+        if pointer.starts_with('/') {
+            Ok(pointer.to_string())
+        } else {
+            Err(format!(
+                "`{pointer}` is not a JSON pointer (it starts with `/`, e.g. {example}), or empty for none"
+            ))
+        }
+    })
+}
+
+fn rooms_pointer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    pointer_or_none(deserializer, "/rooms")
+}
+
+fn user_info_pointer<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    pointer_or_none(deserializer, "/user")
+}
+
 fn header_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<HeaderName>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
         .iter()
@@ -83,8 +114,8 @@ impl Default for AuthConfig {
                 HeaderName::from_static("x-forwarded-for"),
             ],
             user_id_pointer: "/userId".into(),
-            rooms_pointer: "/rooms".into(),
-            user_info_pointer: "/user".into(),
+            rooms_pointer: Some("/rooms".into()),
+            user_info_pointer: Some("/user".into()),
             timeout: Duration::from_millis(5_000),
             cache_ttl: Duration::from_millis(30_000),
             negative_ttl: Duration::from_millis(5_000),
@@ -107,19 +138,6 @@ impl AuthConfig {
                     self.user_id_pointer
                 ),
             ));
-        }
-        for (key, pointer, example) in [
-            ("auth.rooms_pointer", &self.rooms_pointer, "/rooms"),
-            ("auth.user_info_pointer", &self.user_info_pointer, "/user"),
-        ] {
-            if !pointer.is_empty() && !pointer.starts_with('/') {
-                return Err(Invalid::new(
-                    key,
-                    format!(
-                        "`{pointer}` is not a JSON pointer (it starts with `/`, e.g. {example}), or empty for none"
-                    ),
-                ));
-            }
         }
         at_least_one(&[("auth.max_concurrent", self.max_concurrent == 0)])?;
         if self.max_credential_bytes < 256 {

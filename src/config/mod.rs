@@ -216,8 +216,8 @@ impl Config {
         if !shown.publish.token.is_empty() {
             shown.publish.token = "(set, hidden)".into();
         }
-        if !shown.webhooks.secret.is_empty() {
-            shown.webhooks.secret = "(set, hidden)".into();
+        if shown.webhooks.secret.is_some() {
+            shown.webhooks.secret = Some("(set, hidden)".into());
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{Invalid, at_least_one};
-use super::value::{millis, optional, shown_or_empty};
+use super::value::{millis, optional, shown_or_empty, text_or_off};
 
 /// The public listener: what browsers connect to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -23,6 +23,7 @@ pub struct ServerConfig {
     #[serde(rename = "drain_timeout_ms", with = "millis")]
     pub drain_timeout: Duration,
     /// Public readiness path for platform health checks (e.g. `/healthz`); empty = off.
+    /// What it must look like is checked with the rules across sections.
     #[serde(deserialize_with = "text_or_off", serialize_with = "shown_or_empty")]
     pub health_path: Option<String>,
     /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
@@ -94,9 +95,4 @@ fn admin_listen<'de, D: Deserializer<'de>>(
         text.parse()
             .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:9464"))
     })
-}
-
-/// Any text, empty = off; what it must look like is checked with the rules across sections.
-fn text_or_off<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    optional(deserializer, |text| Ok(text.to_string()))
 }

@@ -55,6 +55,13 @@ where
     })
 }
 
+/// Any text, empty = off.
+pub(super) fn text_or_off<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    optional(deserializer, |text| Ok(text.to_string()))
+}
+
 /// A path (and optional query) on the app, e.g. `/api/session`; `None` if `text` is not one.
 pub(super) fn path_on_app(text: &str) -> Option<PathAndQuery> {
     text.starts_with('/').then(|| text.parse().ok()).flatten()

@@ -9,7 +9,7 @@ use http::uri::PathAndQuery;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{Invalid, at_least_one};
-use super::value::{millis, optional, path_on_app, shown_or_empty};
+use super::value::{millis, optional, path_on_app, shown_or_empty, text_or_off};
 
 /// Webhooks to the app: `user.online` / `user.offline`, batched, signed and retried
 /// ([`crate::webhooks`]).
@@ -24,8 +24,9 @@ pub struct WebhooksConfig {
     /// `room.vacated`, `member.added`, `member.removed`.
     pub events: Vec<String>,
     /// HMAC-SHA256 key; when set every POST carries `X-Sockgate-Signature: sha256=<hex>` of
-    /// the exact body.
-    pub secret: String,
+    /// the exact body; empty = unsigned.
+    #[serde(deserialize_with = "text_or_off", serialize_with = "shown_or_empty")]
+    pub secret: Option<String>,
     /// A user whose last socket closed is offline only if no socket of theirs opens within
     /// this time (a reload produces neither event).
     #[serde(rename = "grace_ms", with = "millis")]
@@ -57,7 +58,7 @@ impl Default for WebhooksConfig {
         Self {
             url: None,
             events: vec!["user.online".into(), "user.offline".into()],
-            secret: String::new(),
+            secret: None,
             grace: Duration::from_millis(5_000),
             max_batch: 100,
             linger: Duration::from_millis(100),

@@ -115,7 +115,7 @@ impl Webhooks {
         let users = tracked(USERS, ONLINE, OFFLINE);
         let rooms = (names.enabled(OCCUPIED) || names.enabled(VACATED))
             .then(|| tracked(ROOMS, OCCUPIED, VACATED));
-        tracing::info!(url = %url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
+        tracing::info!(url = %url, events = ?config.events, signed = config.secret.is_some(), "webhooks on");
         Self(Some(Arc::new(On {
             users,
             rooms,
@@ -192,7 +192,7 @@ fn spawn_sender(
         sender::Sender {
             outbox,
             target,
-            secret: Some(config.secret.clone().into_bytes()).filter(|s| !s.is_empty()),
+            secret: config.secret.clone().map(String::into_bytes),
             max_batch: config.max_batch,
             linger: config.linger,
             max_attempts: config.max_attempts,
