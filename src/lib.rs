@@ -217,9 +217,8 @@ async fn connect_cluster(
     config: &Config,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Cluster>> {
-    let url = match config.cluster.redis_url.as_str() {
-        "" => return Ok(None),
-        url => url,
+    let Some(url) = &config.cluster.redis_url else {
+        return Ok(None);
     };
     if config
         .realtime
@@ -233,7 +232,7 @@ async fn connect_cluster(
     }
     let cluster = cluster::connect(
         url,
-        &config.cluster.tls_ca_file,
+        config.cluster.tls_ca_file.as_deref(),
         config.cluster.request_timeout,
         metrics.clone(),
     )
