@@ -39,7 +39,7 @@ pub use realtime::{Parser, RealtimeConfig, Transport};
 pub use server::{AdminConfig, ServerConfig};
 use source::{Named, from_figment, source_of};
 pub use upstream::{AppUrl, ProxyConfig, UpstreamConfig};
-pub use webhooks::{WEBHOOK_EVENTS, WebhookUrl, WebhooksConfig};
+pub use webhooks::{WebhookUrl, WebhooksConfig};
 
 /// The file read when `--config` is not given; a missing default file is not an error.
 pub const DEFAULT_CONFIG_FILE: &str = "sidecar.toml";

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::Uri;
 use http::uri::PathAndQuery;
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{Invalid, at_least_one};
@@ -22,7 +23,9 @@ pub struct WebhooksConfig {
     pub url: Option<WebhookUrl>,
     /// Which events are sent: `user.online`, `user.offline`, `room.occupied`,
     /// `room.vacated`, `member.added`, `member.removed`.
-    pub events: Vec<String>,
+    /// Checked at load against `WEBHOOK_EVENTS`.
+    #[serde(deserialize_with = "known_events")]
+    pub events: Vec<&'static str>,
     /// HMAC-SHA256 key; when set every POST carries `X-Sockgate-Signature: sha256=<hex>` of
     /// the exact body; empty = unsigned.
     #[serde(deserialize_with = "text_or_off", serialize_with = "shown_or_empty")]
@@ -57,7 +60,7 @@ impl Default for WebhooksConfig {
     fn default() -> Self {
         Self {
             url: None,
-            events: vec!["user.online".into(), "user.offline".into()],
+            events: vec!["user.online", "user.offline"],
             secret: None,
             grace: Duration::from_millis(5_000),
             max_batch: 100,
@@ -115,7 +118,7 @@ fn webhook_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Webh
 }
 
 /// The webhook events sockgate knows.
-pub const WEBHOOK_EVENTS: [&str; 6] = [
+const WEBHOOK_EVENTS: [&str; 6] = [
     "user.online",
     "user.offline",
     "room.occupied",
@@ -124,18 +127,24 @@ pub const WEBHOOK_EVENTS: [&str; 6] = [
     "member.removed",
 ];
 
+/// Event names as sockgate spells them: an unknown one is refused, naming the known ones.
+fn known_events<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<&'static str>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|name| {
+            WEBHOOK_EVENTS
+                .iter()
+                .copied()
+                .find(|known| known == name)
+                .ok_or_else(|| {
+                    D::Error::custom(format!("`{name}` is not one of {WEBHOOK_EVENTS:?}"))
+                })
+        })
+        .collect()
+}
+
 impl WebhooksConfig {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if let Some(bad) = self
-            .events
-            .iter()
-            .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
-        {
-            return Err(Invalid::new(
-                "webhooks.events",
-                format!("`{bad}` is not one of {WEBHOOK_EVENTS:?}"),
-            ));
-        }
         at_least_one(&[
             ("webhooks.max_batch", self.max_batch == 0),
             ("webhooks.max_queue", self.max_queue == 0),

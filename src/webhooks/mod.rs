@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::uri::Authority;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, WEBHOOK_EVENTS, WebhookUrl, WebhooksConfig};
+use crate::config::{Config, WebhookUrl, WebhooksConfig};
 use crate::metrics::Metrics;
 
 use crate::occupancy::{self, Change, Transition};
@@ -72,13 +72,7 @@ impl Webhooks {
         };
         let instance = socketioxide_core::Uid::new().to_string();
         let outbox = sender::Outbox::new(config.max_queue, metrics.clone());
-        let names = Names(
-            WEBHOOK_EVENTS
-                .iter()
-                .copied()
-                .filter(|name| config.events.iter().any(|e| e == name))
-                .collect(),
-        );
+        let names = Names(config.events.clone());
         let minter = Minter {
             instance: instance.clone().into(),
             seq: Arc::new(AtomicU64::new(0)),
