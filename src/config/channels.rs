@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::error::{Invalid, at_least_one};
-use super::value::{millis, parsed, path_on_app, shown};
+use super::value::{app_path, millis, shown};
 
 /// Rooms beyond the user's own: from the session route, or subscribed at runtime with the
 /// app's authorization.
@@ -14,7 +14,7 @@ use super::value::{millis, parsed, path_on_app, shown};
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelsConfig {
     /// Path of the app's route that authorizes a `subscribe`, called with `POST`.
-    #[serde(deserialize_with = "authorize_path", serialize_with = "shown")]
+    #[serde(deserialize_with = "app_path", serialize_with = "shown")]
     pub authorize_path: PathAndQuery,
     /// Room prefixes any socket may subscribe to without asking the app.
     pub public_prefixes: Vec<String>,
@@ -39,12 +39,6 @@ pub struct ChannelsConfig {
     /// unbounded room costs the square of its size. Rooms the session route lists are the
     /// app's word and not held to it.
     pub max_presence_members: usize,
-}
-
-fn authorize_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQuery, D::Error> {
-    parsed(deserializer, |text| {
-        path_on_app(text).ok_or_else(|| format!("`{text}` must be a path starting with `/`"))
-    })
 }
 
 impl Default for ChannelsConfig {

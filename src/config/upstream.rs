@@ -9,7 +9,7 @@ use http::Uri;
 use http::uri::{Authority, PathAndQuery};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::value::{millis, parsed, path_on_app, shown};
+use super::value::{app_path, millis, parsed, shown};
 
 /// The Node app sockgate fronts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,14 +30,8 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// What readiness (`/readyz`) requests from the app to see it answer HTTP: any status
     /// counts, no answer within 1 s does not. Must not need a login.
-    #[serde(deserialize_with = "ready_path", serialize_with = "shown")]
+    #[serde(deserialize_with = "app_path", serialize_with = "shown")]
     pub ready_path: PathAndQuery,
-}
-
-fn ready_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQuery, D::Error> {
-    parsed(deserializer, |text| {
-        path_on_app(text).ok_or_else(|| format!("`{text}` must be a path starting with `/`"))
-    })
 }
 
 impl Default for UpstreamConfig {

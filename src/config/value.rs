@@ -67,6 +67,15 @@ pub(super) fn path_on_app(text: &str) -> Option<PathAndQuery> {
     text.starts_with('/').then(|| text.parse().ok()).flatten()
 }
 
+/// A key that must be a path on the app (`upstream.ready_path`, `channels.authorize_path`).
+pub(super) fn app_path<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<PathAndQuery, D::Error> {
+    parsed(deserializer, |text| {
+        path_on_app(text).ok_or_else(|| format!("`{text}` must be a path starting with `/`"))
+    })
+}
+
 /// Shows a parsed value as the text it was read from (`--print-config`, the defaults layer).
 pub(super) fn shown<S: Serializer, T: Display>(
     value: &T,
