@@ -36,6 +36,7 @@ pub mod upload;
 pub mod upstream;
 pub mod webhooks;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -44,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::cluster::Cluster;
-use crate::config::{Config, ms};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::proxy::Proxy;
@@ -100,10 +101,7 @@ impl App {
         command: Option<Vec<String>>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let authority: Authority = config
-            .upstream_authority()
-            .parse()
-            .context("upstream.url has no host:port")?;
+        let authority = config.upstream.url.authority().clone();
         let gate = AppGate::new(command.is_none());
         let parts = Parts::assemble(&config, &authority, gate, &shutdown).await?;
         let listeners = Listeners::bind(&config).await?;
@@ -139,7 +137,7 @@ impl App {
             (Some(code), _) => code,
             (None, Some(child)) => {
                 child
-                    .stop(ms(config.server.drain_timeout_ms), shutdown.aborted())
+                    .stop(config.server.drain_timeout, shutdown.aborted())
                     .await
             }
             (None, None) => 0,
@@ -184,17 +182,13 @@ impl Parts {
             shutdown.clone(),
             gate.clone(),
             upstream,
-            config
-                .upstream
-                .ready_path
-                .parse()
-                .context("upstream.ready_path is not a path")?,
+            config.upstream.ready_path.clone(),
         );
         let router = Arc::new(Router {
             realtime: realtime.gate,
             proxy: proxy.clone(),
             gate: gate.clone(),
-            health_path: Some(config.server.health_path.clone()).filter(|p| !p.is_empty()),
+            health_path: config.server.health_path.clone(),
             ops: ops.clone(),
             metrics: metrics.clone(),
         });
@@ -204,7 +198,7 @@ impl Parts {
             kicks,
             config.publish.max_body_bytes,
             config.publish.max_batch,
-            ms(config.publish.body_timeout_ms),
+            config.publish.body_timeout,
             metrics,
         );
         Ok(Self {
@@ -223,9 +217,8 @@ async fn connect_cluster(
     config: &Config,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Cluster>> {
-    let url = match config.cluster.redis_url.as_str() {
-        "" => return Ok(None),
-        url => url,
+    let Some(url) = &config.cluster.redis_url else {
+        return Ok(None);
     };
     if config
         .realtime
@@ -239,8 +232,8 @@ async fn connect_cluster(
     }
     let cluster = cluster::connect(
         url,
-        &config.cluster.tls_ca_file,
-        ms(config.cluster.request_timeout_ms),
+        config.cluster.tls_ca_file.as_deref(),
+        config.cluster.request_timeout,
         metrics.clone(),
     )
     .await?;
@@ -255,7 +248,8 @@ impl Listeners {
         let public = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (server.host/server.port)"))?;
-        let publish = PublishSocket::bind(&config.publish.socket, config.publish.mode()).await?;
+        let publish =
+            PublishSocket::bind(&config.publish.socket, config.publish.socket_mode).await?;
         tracing::info!(
             listen = %public.local_addr().unwrap_or(addr),
             upstream = %config.upstream.url,
@@ -264,13 +258,13 @@ impl Listeners {
             "sockgate ready"
         );
         let admin = bind_optional(
-            &config.admin.listen,
+            config.admin.listen,
             "admin.listen",
             "admin endpoints: /metrics /livez /readyz",
         )
         .await?;
         let publish_tcp = bind_optional(
-            &config.publish.tcp_listen,
+            config.publish.tcp_listen,
             "publish.tcp_listen",
             "publish API also on loopback TCP (bearer token required)",
         )
@@ -314,13 +308,13 @@ impl Listeners {
 
 /// Binds an optional TCP listener (`listen` empty: not configured) and says what it serves.
 async fn bind_optional(
-    listen: &str,
+    listen: Option<SocketAddr>,
     setting: &str,
     serves: &str,
 ) -> anyhow::Result<Option<TcpListener>> {
-    if listen.is_empty() {
+    let Some(listen) = listen else {
         return Ok(None);
-    }
+    };
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} ({setting})"))?;
@@ -354,12 +348,12 @@ async fn drain(parts: &Parts, serving: Serving, config: &Config, shutdown: &Shut
     tracing::info!(
         sockets = polling + websocket,
         tunnels = parts.proxy.tunnels().open_count(),
-        drain_timeout_ms = config.server.drain_timeout_ms,
+        drain_timeout_ms = config.server.drain_timeout.as_millis() as u64,
         "draining: no new connections; closing sockets so clients reconnect elsewhere"
     );
     let deadline = {
         let shutdown = shutdown.clone();
-        let drain = ms(config.server.drain_timeout_ms);
+        let drain = config.server.drain_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(drain).await;
             shutdown.force();

@@ -22,9 +22,12 @@ const SCHEMES: [&str; 6] = [
 ];
 
 /// The client configuration for `url` (fred's URL syntax, see the module doc), trusting the
-/// CA certificates of the PEM file `ca_file` besides the system's when it is not empty. An
+/// CA certificates of the PEM file `ca_file` besides the system's when there is one. An
 /// error names the configuration key to fix and why, without the URL's passwords.
-pub fn redis_config(url: &str, ca_file: &str) -> Result<RedisConfig, (&'static str, String)> {
+pub fn redis_config(
+    url: &str,
+    ca_file: Option<&str>,
+) -> Result<RedisConfig, (&'static str, String)> {
     let shown = redact(url);
     if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
         return Err((
@@ -42,7 +45,7 @@ pub fn redis_config(url: &str, ca_file: &str) -> Result<RedisConfig, (&'static s
         )
     })?;
     config.version = RespVersion::RESP3;
-    if !ca_file.is_empty() {
+    if let Some(ca_file) = ca_file {
         if config.tls.is_none() {
             return Err((
                 "cluster.tls_ca_file",
@@ -142,20 +145,20 @@ mod tests {
     fn managed_redis_urls_are_taken() {
         let cluster = super::redis_config(
             "redis-cluster://app:secret@10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000",
-            "",
+            None,
         )
         .expect("a cluster URL");
         assert!(cluster.server.is_clustered());
         assert_eq!(cluster.username.as_deref(), Some("app"));
         assert_eq!(cluster.password.as_deref(), Some("secret"));
-        let tls = super::redis_config("rediss://:secret@db:6380", "").expect("a TLS URL");
+        let tls = super::redis_config("rediss://:secret@db:6380", None).expect("a TLS URL");
         assert!(tls.tls.is_some() && tls.server.is_centralized());
         let tls_cluster =
-            super::redis_config("rediss-cluster://db:7000", "").expect("a TLS cluster URL");
+            super::redis_config("rediss-cluster://db:7000", None).expect("a TLS cluster URL");
         assert!(tls_cluster.tls.is_some() && tls_cluster.server.is_clustered());
         let sentinel = super::redis_config(
             "redis-sentinel://s1:26379/0?node=s2:26379&sentinelServiceName=mymaster",
-            "",
+            None,
         )
         .expect("a Sentinel URL");
         assert!(sentinel.server.is_sentinel());
@@ -164,16 +167,17 @@ mod tests {
     #[test]
     fn bad_urls_name_the_key_without_the_password() {
         let (key, reason) =
-            super::redis_config("http://:secret@db:6379", "").expect_err("not Redis");
+            super::redis_config("http://:secret@db:6379", None).expect_err("not Redis");
         assert_eq!(key, "cluster.redis_url");
         assert!(!reason.contains("secret"), "{reason}");
         let (key, reason) =
-            super::redis_config("redis-sentinel://:secret@s1:26379", "").expect_err("no service");
+            super::redis_config("redis-sentinel://:secret@s1:26379", None).expect_err("no service");
         assert_eq!(key, "cluster.redis_url");
         assert!(!reason.contains("secret"), "{reason}");
-        let (key, _) = super::redis_config("redis://db:6379", "/etc/ca.pem").expect_err("no TLS");
+        let (key, _) =
+            super::redis_config("redis://db:6379", Some("/etc/ca.pem")).expect_err("no TLS");
         assert_eq!(key, "cluster.tls_ca_file");
-        let (key, reason) = super::redis_config("rediss://db:6379", "/nonexistent/ca.pem")
+        let (key, reason) = super::redis_config("rediss://db:6379", Some("/nonexistent/ca.pem"))
             .expect_err("no such file");
         assert_eq!(key, "cluster.tls_ca_file");
         assert!(reason.contains("/nonexistent/ca.pem"), "{reason}");

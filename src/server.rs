@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::abuse::Conduct;
 use crate::accept::{self, Drain, Drained, Until};
 use crate::body::{self, Body};
-use crate::config::{ServerConfig, ms};
+use crate::config::ServerConfig;
 use crate::connection::{Activity, Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
@@ -122,7 +122,7 @@ pub async fn serve(
                 return None;
             };
             let _ = stream.set_nodelay(true);
-            let (stream, activity) = Connection::new(stream, place, ms(config.idle_timeout_ms));
+            let (stream, activity) = Connection::new(stream, place, config.idle_timeout);
             Some(serve_connection(
                 stream,
                 activity,
@@ -146,7 +146,7 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(ms(config.header_read_timeout_ms))
+        .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -155,8 +155,8 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(config.max_concurrent_streams)
         // A peer that stops answering PINGs is gone, even in the middle of a long stream.
-        .keep_alive_interval(Some(ms(config.idle_timeout_ms)))
-        .keep_alive_timeout(ms(config.header_read_timeout_ms));
+        .keep_alive_interval(Some(config.idle_timeout))
+        .keep_alive_timeout(config.header_read_timeout);
     builder
 }
 
@@ -171,9 +171,9 @@ fn serve_connection(
     builder: auto::Builder<StreamExecutor>,
     drain: Drain,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let header_read_timeout = ms(config.header_read_timeout_ms);
+    let header_read_timeout = config.header_read_timeout;
     let idle = activity.clone();
-    let send_stall_timeout = ms(config.send_stall_timeout_ms);
+    let send_stall_timeout = config.send_stall_timeout;
     let metrics = router.metrics.clone();
     let conduct = Conduct::new(peer, config.max_concurrent_streams, metrics.clone());
     let watch = conduct.clone();

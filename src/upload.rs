@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
-use crate::config::{ProxyConfig, ms};
+use crate::config::ProxyConfig;
 
 /// The slowest acceptable upload; `bytes_per_sec == 0` turns the check off.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +30,7 @@ impl From<&ProxyConfig> for MinRate {
     fn from(config: &ProxyConfig) -> Self {
         Self {
             bytes_per_sec: config.min_body_rate_bytes_per_sec,
-            grace: ms(config.min_body_rate_grace_ms),
+            grace: config.min_body_rate_grace,
         }
     }
 }

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{UpstreamConfig, ms};
+use crate::config::UpstreamConfig;
 use crate::upload::Upload;
 
 /// A request body sent upstream: the client's streamed body, or one of sockgate's own
@@ -42,12 +42,12 @@ impl Upstream {
     pub fn new(config: &UpstreamConfig, authority: Authority) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(ms(config.connect_timeout_ms)));
+        connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(30)));
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(ms(config.pool_idle_timeout_ms))
+            .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             // Keep the client's header case and order as they came in where hyper allows it.
             .http1_preserve_header_case(true)
@@ -56,7 +56,7 @@ impl Upstream {
         Self {
             client,
             authority,
-            response_timeout: ms(config.response_timeout_ms),
+            response_timeout: config.response_timeout,
         }
     }
 

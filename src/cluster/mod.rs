@@ -68,7 +68,7 @@ pub struct Cluster {
 /// that silently serves only its own sockets.
 pub async fn connect(
     url: &str,
-    ca_file: &str,
+    ca_file: Option<&str>,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Cluster> {

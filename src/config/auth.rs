@@ -1,33 +1,50 @@
 //! `[auth]`: how sockets are authenticated through the app's own session route.
 
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use http::header::{self, HeaderName};
+use http::uri::PathAndQuery;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{Invalid, at_least_one};
+use super::value::{millis, optional, parsed, path_on_app, shown, shown_or_empty};
 
 /// How sockets are authenticated through the app's own session route.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Path (and optional query) of the app's session route, called with `GET`.
-    pub session_path: String,
+    #[serde(deserialize_with = "session_path", serialize_with = "shown")]
+    pub session_path: PathAndQuery,
     /// Handshake request headers forwarded to the session route.
-    pub forward_headers: Vec<String>,
+    #[serde(deserialize_with = "header_names", serialize_with = "shown_names")]
+    pub forward_headers: Vec<HeaderName>,
     /// JSON pointer (RFC 6901) to the user id in the session route's response.
     pub user_id_pointer: String,
     /// JSON pointer to the rooms (an array of strings) the user's sockets join besides their
     /// user room; empty, or nothing at the pointer, = none.
-    pub rooms_pointer: String,
+    #[serde(deserialize_with = "rooms_pointer", serialize_with = "shown_or_empty")]
+    pub rooms_pointer: Option<String>,
     /// JSON pointer to what presence shows of a user (any JSON, at most 1 KiB serialized);
     /// empty, or nothing at the pointer, = null.
-    pub user_info_pointer: String,
-    pub timeout_ms: u64,
-    pub cache_ttl_ms: u64,
-    pub negative_ttl_ms: u64,
+    #[serde(
+        deserialize_with = "user_info_pointer",
+        serialize_with = "shown_or_empty"
+    )]
+    pub user_info_pointer: Option<String>,
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    #[serde(rename = "cache_ttl_ms", with = "millis")]
+    pub cache_ttl: Duration,
+    #[serde(rename = "negative_ttl_ms", with = "millis")]
+    pub negative_ttl: Duration,
     pub cache_max_entries: u64,
     /// Most session-route calls in flight at once (a deploy reconnects every browser at once).
     pub max_concurrent: usize,
     /// How often connected sockets are re-checked; `0` turns revalidation off.
-    pub revalidate_interval_ms: u64,
+    #[serde(rename = "revalidate_interval_ms", with = "millis")]
+    pub revalidate_interval: Duration,
     /// Most session checks waiting for one of the `max_concurrent` places; further ones are
     /// refused at once ("session unavailable").
     pub max_waiting: usize,
@@ -36,24 +53,75 @@ pub struct AuthConfig {
     pub max_credential_bytes: usize,
 }
 
+/// Refused when it does not start with `/`, as before it was typed; and now also when it is
+/// no path at all (the session route used to fall back to `/api/session` silently).
+fn session_path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathAndQuery, D::Error> {
+    parsed(deserializer, |text| {
+        if !text.starts_with('/') {
+            return Err(format!("`{text}` must start with `/`"));
+        }
+        path_on_app(text).ok_or_else(|| format!("`{text}` is not a path"))
+    })
+}
+
+/// A JSON pointer, or empty for none; `example` is shown when it is neither.
+fn pointer_or_none<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    example: &str,
+) -> Result<Option<String>, D::Error> {
+    optional(deserializer, |pointer| {
+        if pointer.starts_with('/') {
+            Ok(pointer.to_string())
+        } else {
+            Err(format!(
+                "`{pointer}` is not a JSON pointer (it starts with `/`, e.g. {example}), or empty for none"
+            ))
+        }
+    })
+}
+
+fn rooms_pointer<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    pointer_or_none(deserializer, "/rooms")
+}
+
+fn user_info_pointer<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    pointer_or_none(deserializer, "/user")
+}
+
+fn header_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<HeaderName>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|name| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| D::Error::custom(format!("`{name}` is not a header name")))
+        })
+        .collect()
+}
+
+fn shown_names<S: Serializer>(names: &[HeaderName], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(names.iter().map(HeaderName::as_str))
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            session_path: "/api/session".into(),
+            session_path: PathAndQuery::from_static("/api/session"),
             forward_headers: vec![
-                "cookie".into(),
-                "user-agent".into(),
-                "x-forwarded-for".into(),
+                header::COOKIE,
+                header::USER_AGENT,
+                HeaderName::from_static("x-forwarded-for"),
             ],
             user_id_pointer: "/userId".into(),
-            rooms_pointer: "/rooms".into(),
-            user_info_pointer: "/user".into(),
-            timeout_ms: 5_000,
-            cache_ttl_ms: 30_000,
-            negative_ttl_ms: 5_000,
+            rooms_pointer: Some("/rooms".into()),
+            user_info_pointer: Some("/user".into()),
+            timeout: Duration::from_millis(5_000),
+            cache_ttl: Duration::from_millis(30_000),
+            negative_ttl: Duration::from_millis(5_000),
             cache_max_entries: 100_000,
             max_concurrent: 32,
-            revalidate_interval_ms: 300_000,
+            revalidate_interval: Duration::from_millis(300_000),
             max_waiting: 512,
             max_credential_bytes: 16 * 1024,
         }
@@ -62,12 +130,6 @@ impl Default for AuthConfig {
 
 impl AuthConfig {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if !self.session_path.starts_with('/') {
-            return Err(Invalid::new(
-                "auth.session_path",
-                format!("`{}` must start with `/`", self.session_path),
-            ));
-        }
         if !self.user_id_pointer.is_empty() && !self.user_id_pointer.starts_with('/') {
             return Err(Invalid::new(
                 "auth.user_id_pointer",
@@ -77,28 +139,7 @@ impl AuthConfig {
                 ),
             ));
         }
-        for (key, pointer, example) in [
-            ("auth.rooms_pointer", &self.rooms_pointer, "/rooms"),
-            ("auth.user_info_pointer", &self.user_info_pointer, "/user"),
-        ] {
-            if !pointer.is_empty() && !pointer.starts_with('/') {
-                return Err(Invalid::new(
-                    key,
-                    format!(
-                        "`{pointer}` is not a JSON pointer (it starts with `/`, e.g. {example}), or empty for none"
-                    ),
-                ));
-            }
-        }
-        for name in &self.forward_headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(Invalid::new(
-                    "auth.forward_headers",
-                    format!("`{name}` is not a header name"),
-                ));
-            }
-        }
-        at_least_one(&[("auth.max_concurrent", self.max_concurrent as u64)])?;
+        at_least_one(&[("auth.max_concurrent", self.max_concurrent == 0)])?;
         if self.max_credential_bytes < 256 {
             return Err(Invalid::new(
                 "auth.max_credential_bytes",

@@ -1,8 +1,12 @@
 //! `[channels]`: rooms beyond the user's own, and presence in them.
 
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Invalid, at_least_one};
+use super::value::{app_path, millis, shown};
 
 /// Rooms beyond the user's own: from the session route, or subscribed at runtime with the
 /// app's authorization.
@@ -10,7 +14,8 @@ use super::error::{Invalid, at_least_one};
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelsConfig {
     /// Path of the app's route that authorizes a `subscribe`, called with `POST`.
-    pub authorize_path: String,
+    #[serde(deserialize_with = "app_path", serialize_with = "shown")]
+    pub authorize_path: PathAndQuery,
     /// Room prefixes any socket may subscribe to without asking the app.
     pub public_prefixes: Vec<String>,
     /// Most rooms a socket is in besides its user room (session rooms and subscriptions).
@@ -23,10 +28,12 @@ pub struct ChannelsConfig {
     pub presence_prefixes: Vec<String>,
     /// How long a user's last socket may be gone from a presence room before they leave it
     /// (a reload within it produces neither a leave nor a join).
-    pub presence_grace_ms: u64,
+    #[serde(rename = "presence_grace_ms", with = "millis")]
+    pub presence_grace: Duration,
     /// Cluster mode: an instance that has not refreshed its presence liveness key for this
     /// long is taken for dead, and its members leave their rooms.
-    pub presence_instance_ttl_ms: u64,
+    #[serde(rename = "presence_instance_ttl_ms", with = "millis")]
+    pub presence_instance_ttl: Duration,
     /// Most distinct users a `subscribe` lets into a presence room: every arrival is
     /// announced to every member and a member list carries up to 1 KiB per member, so an
     /// unbounded room costs the square of its size. Rooms the session route lists are the
@@ -37,13 +44,13 @@ pub struct ChannelsConfig {
 impl Default for ChannelsConfig {
     fn default() -> Self {
         Self {
-            authorize_path: "/api/socket/authorize".into(),
+            authorize_path: PathAndQuery::from_static("/api/socket/authorize"),
             public_prefixes: Vec::new(),
             max_rooms_per_socket: 100,
             max_subscribes_per_sec: 10,
             presence_prefixes: vec!["presence:".into()],
-            presence_grace_ms: 5_000,
-            presence_instance_ttl_ms: 15_000,
+            presence_grace: Duration::from_millis(5_000),
+            presence_instance_ttl: Duration::from_millis(15_000),
             max_presence_members: 100,
         }
     }
@@ -51,25 +58,18 @@ impl Default for ChannelsConfig {
 
 impl ChannelsConfig {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        let authorize = &self.authorize_path;
-        if !authorize.starts_with('/') || authorize.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(Invalid::new(
-                "channels.authorize_path",
-                format!("`{authorize}` must be a path starting with `/`"),
-            ));
-        }
         at_least_one(&[
             (
                 "channels.max_subscribes_per_sec",
-                u64::from(self.max_subscribes_per_sec),
+                self.max_subscribes_per_sec == 0,
             ),
             (
                 "channels.presence_instance_ttl_ms",
-                self.presence_instance_ttl_ms,
+                self.presence_instance_ttl.is_zero(),
             ),
             (
                 "channels.max_presence_members",
-                self.max_presence_members as u64,
+                self.max_presence_members == 0,
             ),
         ])
     }

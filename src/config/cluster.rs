@@ -1,8 +1,11 @@
 //! `[cluster]`: several instances sharing rooms through Redis.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::error::Invalid;
+use super::value::{millis, shown_or_empty, text_or_off};
 
 /// Several instances sharing rooms through Redis.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -12,35 +15,40 @@ pub struct ClusterConfig {
     /// `redis[s]-cluster://host:port?node=host2:port2` for a Redis Cluster,
     /// `redis[s]-sentinel://host:port?node=…&sentinelServiceName=…` behind Sentinel; empty =
     /// single instance, in memory.
-    pub redis_url: String,
+    #[serde(deserialize_with = "text_or_off", serialize_with = "shown_or_empty")]
+    pub redis_url: Option<String>,
     /// A PEM file of CA certificates trusted for a TLS Redis (`rediss…` URLs), besides the
     /// system's; empty = the system's only.
-    pub tls_ca_file: String,
+    #[serde(deserialize_with = "text_or_off", serialize_with = "shown_or_empty")]
+    pub tls_ca_file: Option<String>,
     /// How long cluster-wide questions (presence, stats) wait for the other instances.
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
-            redis_url: String::new(),
-            tls_ca_file: String::new(),
-            request_timeout_ms: 1_000,
+            redis_url: None,
+            tls_ca_file: None,
+            request_timeout: Duration::from_millis(1_000),
         }
     }
 }
 
 impl ClusterConfig {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if !self.redis_url.is_empty() {
-            crate::redis_url::redis_config(&self.redis_url, &self.tls_ca_file)
-                .map_err(|(key, reason)| Invalid::new(key, reason))?;
-        } else if !self.tls_ca_file.is_empty() {
-            return Err(Invalid::new(
+        match (&self.redis_url, &self.tls_ca_file) {
+            (Some(url), ca_file) => {
+                crate::redis_url::redis_config(url, ca_file.as_deref())
+                    .map_err(|(key, reason)| Invalid::new(key, reason))?;
+                Ok(())
+            }
+            (None, Some(_)) => Err(Invalid::new(
                 "cluster.tls_ca_file",
                 "is set but cluster.redis_url is empty (a single instance uses no Redis)",
-            ));
+            )),
+            (None, None) => Ok(()),
         }
-        Ok(())
     }
 }

@@ -27,10 +27,10 @@ impl Invalid {
     }
 }
 
-/// Counts, sizes and timeouts where 0 would stop the part that uses them: the first such key
-/// found, in the order given.
-pub(super) fn at_least_one(values: &[(&'static str, u64)]) -> Result<(), Invalid> {
-    match values.iter().find(|(_, value)| *value == 0) {
+/// Counts, sizes and timeouts where 0 would stop the part that uses them, each given with
+/// whether it is 0: the first such key found, in the order given.
+pub(super) fn at_least_one(values: &[(&'static str, bool)]) -> Result<(), Invalid> {
+    match values.iter().find(|(_, zero)| *zero) {
         Some((key, _)) => Err(Invalid::new(key, "must be at least 1")),
         None => Ok(()),
     }

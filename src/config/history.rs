@@ -1,8 +1,11 @@
 //! `[history]`: recent messages kept per room for clients that reconnect.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::error::Invalid;
+use super::value::millis;
 
 /// The smallest `history.max_bytes`: a few dozen messages of a few KiB.
 const MIN_HISTORY_BYTES: usize = 64 * 1024;
@@ -15,7 +18,8 @@ pub struct HistoryConfig {
     /// Messages kept per user (about this many in cluster mode: Redis trims approximately).
     pub max_messages: usize,
     /// How long a user's messages are kept after their last one.
-    pub max_age_ms: u64,
+    #[serde(rename = "max_age_ms", with = "millis")]
+    pub max_age: Duration,
     /// Most memory the single-instance history may take, all rooms together (an estimate of
     /// what its messages hold); past it the rooms least recently published to are dropped
     /// whole. Not used in cluster mode: Redis bounds its own memory (`maxmemory`).
@@ -27,7 +31,7 @@ impl Default for HistoryConfig {
         Self {
             enabled: true,
             max_messages: 100,
-            max_age_ms: 120_000,
+            max_age: Duration::from_millis(120_000),
             max_bytes: 64 * 1024 * 1024,
         }
     }

@@ -16,6 +16,7 @@ mod realtime;
 mod server;
 mod source;
 mod upstream;
+mod value;
 mod webhooks;
 
 use std::net::IpAddr;
@@ -24,7 +25,6 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use http::Uri;
 use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
@@ -38,8 +38,8 @@ pub use publish::{PublishConfig, current_uid, default_socket_path};
 pub use realtime::{Parser, RealtimeConfig, Transport};
 pub use server::{AdminConfig, ServerConfig};
 use source::{Named, from_figment, source_of};
-pub use upstream::{ProxyConfig, UpstreamConfig};
-pub use webhooks::{WEBHOOK_EVENTS, WebhooksConfig};
+pub use upstream::{AppUrl, ProxyConfig, UpstreamConfig};
+pub use webhooks::{WebhookUrl, WebhooksConfig};
 
 /// The file read when `--config` is not given; a missing default file is not an error.
 pub const DEFAULT_CONFIG_FILE: &str = "sidecar.toml";
@@ -60,11 +60,6 @@ pub struct Config {
     pub history: HistoryConfig,
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
-}
-
-/// Milliseconds from config to a `Duration`.
-pub fn ms(value: u64) -> Duration {
-    Duration::from_millis(value)
 }
 
 /// Values given on the command line; `None` leaves lower layers in charge.
@@ -164,13 +159,11 @@ impl Config {
     /// Each section's own checks, then the rules between sections; the first key refused
     /// is reported.
     fn validate(&self) -> Result<(), Invalid> {
-        self.upstream.validate()?;
         self.realtime.validate()?;
         self.auth.validate()?;
         self.channels.validate()?;
         self.check_across()?;
         self.publish.validate()?;
-        self.admin.validate()?;
         self.server.validate()?;
         self.cluster.validate()?;
         self.history.validate()?;
@@ -181,18 +174,19 @@ impl Config {
     /// Rules that tie one section's values to another's.
     fn check_across(&self) -> Result<(), Invalid> {
         self.channels.check_prefixes(&self.realtime.room_prefix)?;
-        if self.realtime.connect_timeout_ms <= self.auth.timeout_ms {
+        if self.realtime.connect_timeout <= self.auth.timeout {
             return Err(Invalid::new(
                 "realtime.connect_timeout_ms",
                 format!(
                     "{} must be longer than auth.timeout_ms ({}): the session check happens \
                      within it",
-                    self.realtime.connect_timeout_ms, self.auth.timeout_ms
+                    self.realtime.connect_timeout.as_millis(),
+                    self.auth.timeout.as_millis()
                 ),
             ));
         }
-        let health = &self.server.health_path;
-        if !health.is_empty() && (!health.starts_with('/') || is_under(health, &self.realtime.path))
+        if let Some(health) = &self.server.health_path
+            && (!health.starts_with('/') || is_under(health, &self.realtime.path))
         {
             return Err(Invalid::new(
                 "server.health_path",
@@ -206,24 +200,14 @@ impl Config {
     /// before logging is set up, so the caller logs them once it is.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.upstream.pool_idle_timeout_ms >= 5_000 {
+        if self.upstream.pool_idle_timeout >= Duration::from_secs(5) {
             warnings.push(format!(
                 "upstream.pool_idle_timeout_ms = {} is not below Node's 5 s keep-alive; \
                  reused connections may be closed under a request",
-                self.upstream.pool_idle_timeout_ms
+                self.upstream.pool_idle_timeout.as_millis()
             ));
         }
         warnings
-    }
-
-    /// The upstream's `host:port`, as the proxy connects to it.
-    pub fn upstream_authority(&self) -> String {
-        self.upstream
-            .url
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| "127.0.0.1:4321".into())
     }
 
     /// The effective configuration as TOML, for `--print-config` (secrets masked).
@@ -232,8 +216,8 @@ impl Config {
         if !shown.publish.token.is_empty() {
             shown.publish.token = "(set, hidden)".into();
         }
-        if !shown.webhooks.secret.is_empty() {
-            shown.webhooks.secret = "(set, hidden)".into();
+        if shown.webhooks.secret.is_some() {
+            shown.webhooks.secret = Some("(set, hidden)".into());
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
@@ -251,6 +235,7 @@ pub fn is_under(path: &str, prefix: &str) -> bool {
 mod tests {
     use super::*;
     use figment::Jail;
+    use std::net::SocketAddr;
 
     fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         Config::load(None, overrides)
@@ -404,8 +389,8 @@ mod tests {
             jail.set_env("SIDECAR_AUTH__FORWARD_HEADERS", "[\"cookie\"]");
             let config = load(&Overrides::default()).unwrap();
             assert_eq!(config.server.port, 2000);
-            assert_eq!(config.auth.forward_headers, vec!["cookie".to_string()]);
-            assert_eq!(config.upstream.url, "http://127.0.0.1:5000");
+            assert_eq!(config.auth.forward_headers, ["cookie"]);
+            assert_eq!(&*config.upstream.url, "http://127.0.0.1:5000");
             jail.set_env("PORT", "3000");
             assert_eq!(load(&Overrides::default()).unwrap().server.port, 3000);
             let flags = Overrides {
@@ -415,7 +400,7 @@ mod tests {
             };
             let config = load(&flags).unwrap();
             assert_eq!(config.server.port, 4000);
-            assert_eq!(config.upstream.url, "http://127.0.0.1:6000");
+            assert_eq!(&*config.upstream.url, "http://127.0.0.1:6000");
             Ok(())
         });
     }
@@ -515,6 +500,76 @@ mod tests {
             jail.create_file(DEFAULT_CONFIG_FILE, "[realtime]\ntransport = []\n")?;
             let e = load(&Overrides::default()).unwrap_err();
             assert!(!e.reason.contains("``"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// Values parsed into their types at load (addresses, modes, paths, durations) are refused
+    /// with their key, where they came from and the section's words, as any other bad value;
+    /// and `--print-config` shows them as they are written, so its output loads back the same.
+    #[test]
+    fn typed_values_are_refused_by_key_and_shown_as_written() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("SIDECAR_ADMIN__LISTEN", "localhost");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "invalid configuration: key `admin.listen` from environment variable \
+                 `SIDECAR_ADMIN__LISTEN`: `localhost` is not an address like 127.0.0.1:9464"
+            );
+            jail.clear_env();
+            for (file, key, reason) in [
+                (
+                    "[publish]\ntcp_listen = \"7070\"\n",
+                    "publish.tcp_listen",
+                    "`7070` is not an address like 127.0.0.1:7070",
+                ),
+                (
+                    "[publish]\nsocket_mode = \"0999\"\n",
+                    "publish.socket_mode",
+                    "`0999` is not an octal file mode like \"0660\"",
+                ),
+                (
+                    "[upstream]\nready_path = \"health\"\n",
+                    "upstream.ready_path",
+                    "`health` must be a path starting with `/`",
+                ),
+                (
+                    "[auth]\nsession_path = \"/my session\"\n",
+                    "auth.session_path",
+                    "`/my session` is not a path",
+                ),
+            ] {
+                jail.create_file(DEFAULT_CONFIG_FILE, file)?;
+                let e = load(&Overrides::default()).unwrap_err();
+                assert_eq!((e.key.as_str(), e.reason.as_str()), (key, reason), "{file}");
+                assert!(e.source_name.contains("sidecar.toml"), "{e}");
+            }
+            jail.create_file(
+                DEFAULT_CONFIG_FILE,
+                "[admin]\nlisten = \"127.0.0.1:9464\"\n[publish]\nsocket_mode = \"0o600\"\n\
+                 [server]\nhealth_path = \"/healthz\"\ndrain_timeout_ms = 1500\n",
+            )?;
+            let config = load(&Overrides::default()).expect("loads");
+            assert_eq!(
+                config.admin.listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+            );
+            assert_eq!(config.publish.socket_mode, 0o600);
+            assert_eq!(config.server.drain_timeout, Duration::from_millis(1500));
+            let shown = config.to_toml();
+            for line in [
+                "listen = \"127.0.0.1:9464\"",
+                "socket_mode = \"0600\"",
+                "health_path = \"/healthz\"",
+                "drain_timeout_ms = 1500",
+                "tcp_listen = \"\"",
+            ] {
+                assert!(shown.contains(line), "{line} in {shown}");
+            }
+            jail.create_file(DEFAULT_CONFIG_FILE, &shown)?;
+            assert_eq!(load(&Overrides::default()).expect("reloads"), config);
             Ok(())
         });
     }

@@ -4,9 +4,12 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{Invalid, at_least_one};
+use super::value::{millis, optional, parsed, shown_or_empty};
 
 /// The publish API the app calls over a Unix socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -14,15 +17,18 @@ use super::error::{Invalid, at_least_one};
 pub struct PublishConfig {
     pub socket: PathBuf,
     /// File mode of the socket, octal, e.g. `"0660"`.
-    pub socket_mode: String,
+    #[serde(deserialize_with = "file_mode", serialize_with = "octal")]
+    pub socket_mode: u32,
     pub max_body_bytes: usize,
     pub max_batch: usize,
     /// Time a client gets to send a request's body, from its head on; past it `408` and the
     /// connection is closed (a stuck or trickling client holds no connection for longer).
-    pub body_timeout_ms: u64,
+    #[serde(rename = "body_timeout_ms", with = "millis")]
+    pub body_timeout: Duration,
     /// Loopback `host:port` for the same API over TCP, for apps that cannot use a Unix
     /// socket; empty = off. Requires `token`.
-    pub tcp_listen: String,
+    #[serde(deserialize_with = "tcp_listen", serialize_with = "shown_or_empty")]
+    pub tcp_listen: Option<SocketAddr>,
     /// Bearer token the TCP listener requires (at least 16 characters).
     pub token: String,
 }
@@ -32,11 +38,11 @@ impl Default for PublishConfig {
         Self {
             // Empty: resolved at load time to a private per-user path (`default_socket_path`).
             socket: PathBuf::new(),
-            socket_mode: "0660".into(),
+            socket_mode: 0o660,
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
-            body_timeout_ms: 10_000,
-            tcp_listen: String::new(),
+            body_timeout: Duration::from_millis(10_000),
+            tcp_listen: None,
             token: String::new(),
         }
     }
@@ -58,31 +64,8 @@ pub fn current_uid() -> u32 {
 }
 
 impl PublishConfig {
-    /// The socket file mode parsed from its octal text (validated at load time).
-    pub fn mode(&self) -> u32 {
-        parse_mode(&self.socket_mode).unwrap_or(0o660)
-    }
-
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if parse_mode(&self.socket_mode).is_none() {
-            return Err(Invalid::new(
-                "publish.socket_mode",
-                format!(
-                    "`{}` is not an octal file mode like \"0660\"",
-                    self.socket_mode
-                ),
-            ));
-        }
-        if !self.tcp_listen.is_empty() {
-            let addr: SocketAddr = self.tcp_listen.parse().map_err(|_| {
-                Invalid::new(
-                    "publish.tcp_listen",
-                    format!(
-                        "`{}` is not an address like 127.0.0.1:7070",
-                        self.tcp_listen
-                    ),
-                )
-            })?;
+        if let Some(addr) = self.tcp_listen {
             if !addr.ip().is_loopback() {
                 return Err(Invalid::new(
                     "publish.tcp_listen",
@@ -99,14 +82,30 @@ impl PublishConfig {
             }
         }
         at_least_one(&[
-            ("publish.max_batch", self.max_batch as u64),
-            ("publish.body_timeout_ms", self.body_timeout_ms),
+            ("publish.max_batch", self.max_batch == 0),
+            ("publish.body_timeout_ms", self.body_timeout.is_zero()),
         ])
     }
 }
 
-fn parse_mode(text: &str) -> Option<u32> {
-    u32::from_str_radix(text.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
+/// `socket_mode`: octal text (`"0660"`, `"0o660"`) to the mode bits.
+fn file_mode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    parsed(deserializer, |text| {
+        u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("`{text}` is not an octal file mode like \"0660\""))
+    })
+}
+
+/// The mode bits as the octal text a user writes.
+fn octal<S: Serializer>(mode: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&format_args!("{mode:04o}"))
+}
+
+fn tcp_listen<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    optional(deserializer, |text| {
+        text.parse()
+            .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:7070"))
+    })
 }

@@ -1,9 +1,12 @@
 //! `[realtime]`: the Socket.IO endpoint sockgate answers itself.
 
+use std::time::Duration;
+
 use http::Uri;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Invalid, at_least_one};
+use super::value::millis;
 
 /// The Socket.IO endpoint sockgate answers itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -13,8 +16,10 @@ pub struct RealtimeConfig {
     pub path: String,
     /// Allowed Engine.IO transports: `polling`, `websocket`.
     pub transports: Vec<Transport>,
-    pub ping_interval_ms: u64,
-    pub ping_timeout_ms: u64,
+    #[serde(rename = "ping_interval_ms", with = "millis")]
+    pub ping_interval: Duration,
+    #[serde(rename = "ping_timeout_ms", with = "millis")]
+    pub ping_timeout: Duration,
     /// Largest HTTP long-polling POST body accepted from a client. Clients only send
     /// handshakes, pongs and `subscribe`/`unsubscribe`/`presence` (sockgate takes no other
     /// client events), so this is small. Also the most sockgate batches into one polling response (a larger message goes alone).
@@ -47,7 +52,8 @@ pub struct RealtimeConfig {
     pub max_pending_connections: usize,
     /// Time a new session gets to complete its Socket.IO CONNECT (including the session
     /// check) before it is closed and its memory freed.
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Duration,
     /// How Socket.IO packets are encoded: `default` (JSON text, socket.io-parser) or
     /// `msgpack` (binary, for clients using socket.io-msgpack-parser). Every client of an
     /// instance must use the same one, as with the reference server.
@@ -76,8 +82,8 @@ impl Default for RealtimeConfig {
         Self {
             path: "/socket.io".into(),
             transports: vec![Transport::Polling, Transport::Websocket],
-            ping_interval_ms: 25_000,
-            ping_timeout_ms: 20_000,
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
             max_poll_payload_bytes: 16 * 1024,
             max_ws_message_bytes: 16 * 1024,
             max_auth_bytes: 16 * 1024,
@@ -88,7 +94,7 @@ impl Default for RealtimeConfig {
             max_connections: 50_000,
             max_sockets_per_user: 100,
             max_pending_connections: 1024,
-            connect_timeout_ms: 10_000,
+            connect_timeout: Duration::from_millis(10_000),
             parser: Parser::Default,
         }
     }
@@ -123,11 +129,11 @@ impl RealtimeConfig {
         at_least_one(&[
             (
                 "realtime.max_sockets_per_user",
-                self.max_sockets_per_user as u64,
+                self.max_sockets_per_user == 0,
             ),
             (
                 "realtime.max_pending_connections",
-                self.max_pending_connections as u64,
+                self.max_pending_connections == 0,
             ),
         ])?;
         if self.max_auth_bytes < 256 {

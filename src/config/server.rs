@@ -1,10 +1,12 @@
 //! `[server]`, the public listener, and `[admin]`, the optional admin listener.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{Invalid, at_least_one};
+use super::value::{millis, optional, shown_or_empty, text_or_off};
 
 /// The public listener: what browsers connect to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -13,16 +15,21 @@ pub struct ServerConfig {
     pub host: IpAddr,
     pub port: u16,
     /// Time a client gets to send a complete request head (slowloris guard).
-    pub header_read_timeout_ms: u64,
+    #[serde(rename = "header_read_timeout_ms", with = "millis")]
+    pub header_read_timeout: Duration,
     /// Largest request head accepted; larger ones get `431`.
     pub max_header_bytes: usize,
     /// Time in-flight requests get to finish after SIGTERM before connections are cut.
-    pub drain_timeout_ms: u64,
+    #[serde(rename = "drain_timeout_ms", with = "millis")]
+    pub drain_timeout: Duration,
     /// Public readiness path for platform health checks (e.g. `/healthz`); empty = off.
-    pub health_path: String,
+    /// What it must look like is checked with the rules across sections.
+    #[serde(deserialize_with = "text_or_off", serialize_with = "shown_or_empty")]
+    pub health_path: Option<String>,
     /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
     /// and HTTP/2 alike; hyper has no idle timeout of its own for HTTP/2).
-    pub idle_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms", with = "millis")]
+    pub idle_timeout: Duration,
     /// Most client connections open at once (upgraded ones included); further connections
     /// are accepted and closed at once. `0` = the file descriptor limit (raised to the hard limit) less 1/64 of it (256 to 4,096).
     pub max_connections: usize,
@@ -30,7 +37,8 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
     /// A response whose next chunk the client has not taken for this long (it stopped reading,
     /// or never opens its HTTP/2 window) is cut and its app connection released.
-    pub send_stall_timeout_ms: u64,
+    #[serde(rename = "send_stall_timeout_ms", with = "millis")]
+    pub send_stall_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -38,14 +46,14 @@ impl Default for ServerConfig {
         Self {
             host: IpAddr::from([0, 0, 0, 0]),
             port: 3000,
-            header_read_timeout_ms: 10_000,
+            header_read_timeout: Duration::from_millis(10_000),
             max_header_bytes: 64 * 1024,
-            drain_timeout_ms: 10_000,
-            health_path: String::new(),
-            idle_timeout_ms: 60_000,
+            drain_timeout: Duration::from_millis(10_000),
+            health_path: None,
+            idle_timeout: Duration::from_millis(60_000),
             max_connections: 0,
             max_concurrent_streams: 100,
-            send_stall_timeout_ms: 30_000,
+            send_stall_timeout: Duration::from_millis(30_000),
         }
     }
 }
@@ -60,10 +68,13 @@ impl ServerConfig {
         at_least_one(&[
             (
                 "server.max_concurrent_streams",
-                u64::from(self.max_concurrent_streams),
+                self.max_concurrent_streams == 0,
             ),
-            ("server.idle_timeout_ms", self.idle_timeout_ms),
-            ("server.send_stall_timeout_ms", self.send_stall_timeout_ms),
+            ("server.idle_timeout_ms", self.idle_timeout.is_zero()),
+            (
+                "server.send_stall_timeout_ms",
+                self.send_stall_timeout.is_zero(),
+            ),
         ])
     }
 }
@@ -73,17 +84,15 @@ impl ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port`, e.g. `127.0.0.1:9464`; empty = off.
-    pub listen: String,
+    #[serde(deserialize_with = "admin_listen", serialize_with = "shown_or_empty")]
+    pub listen: Option<SocketAddr>,
 }
 
-impl AdminConfig {
-    pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
-            return Err(Invalid::new(
-                "admin.listen",
-                format!("`{}` is not an address like 127.0.0.1:9464", self.listen),
-            ));
-        }
-        Ok(())
-    }
+fn admin_listen<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    optional(deserializer, |text| {
+        text.parse()
+            .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:9464"))
+    })
 }

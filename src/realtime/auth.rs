@@ -21,7 +21,7 @@ use super::credentials::{CredentialError, CredentialKey, CredentialReader, Crede
 use super::kicks::{Kicks, Stamp};
 use super::rooms::RoomRules;
 use super::session_route::{SessionRoute, Verdict};
-use crate::config::{AuthConfig, ms};
+use crate::config::AuthConfig;
 use crate::metrics::{Lookup, Metrics};
 use crate::upstream::Upstream;
 
@@ -125,26 +125,24 @@ impl SessionAuth {
         let cache = Cache::builder()
             .max_capacity(config.cache_max_entries)
             .expire_after(VerdictExpiry {
-                positive: ms(config.cache_ttl_ms),
-                negative: ms(config.negative_ttl_ms),
+                positive: config.cache_ttl,
+                negative: config.negative_ttl,
             })
             .build();
         Self {
             reader: CredentialReader::new(config),
             route: SessionRoute::new(config, rooms, upstream),
-            timeout: ms(config.timeout_ms),
+            timeout: config.timeout,
             cache,
             reuse_for: if config.cache_max_entries == 0 {
                 Duration::ZERO
             } else {
-                ms(config.cache_ttl_ms)
+                config.cache_ttl
             },
             permits: Semaphore::new(config.max_concurrent),
             waiting: AtomicUsize::new(0),
             max_waiting: config.max_waiting,
-            kicks: Kicks::new(
-                ms(config.cache_ttl_ms) + ms(config.timeout_ms) + Duration::from_secs(1),
-            ),
+            kicks: Kicks::new(config.cache_ttl + config.timeout + Duration::from_secs(1)),
             metrics,
         }
     }

@@ -141,11 +141,7 @@ impl Channels {
             auth,
             roster,
             webhooks,
-            authorize_path: config
-                .channels
-                .authorize_path
-                .parse()
-                .unwrap_or_else(|_| PathAndQuery::from_static("/api/socket/authorize")),
+            authorize_path: config.channels.authorize_path.clone(),
             public_prefixes: config.channels.public_prefixes.clone(),
             per_sec: f64::from(config.channels.max_subscribes_per_sec.max(1)),
             recovery,

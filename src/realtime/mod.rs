@@ -35,7 +35,7 @@ use std::sync::Arc;
 use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
 
 use crate::cluster::{Canary, Cluster, ClusterAdapter, ClusterDriver, Link, Queries};
-use crate::config::{Config, Parser, RealtimeConfig, Transport, ms};
+use crate::config::{Config, Parser, RealtimeConfig, Transport};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::webhooks::Webhooks;
@@ -99,7 +99,7 @@ pub async fn start(
         },
     ));
     let revalidation = Revalidation {
-        every: Some(ms(settings.auth.revalidate_interval_ms)).filter(|d| !d.is_zero()),
+        every: Some(settings.auth.revalidate_interval).filter(|d| !d.is_zero()),
         concurrency: settings.auth.max_concurrent,
         shutdown,
         channels: channels.clone(),
@@ -108,7 +108,7 @@ pub async fn start(
         auth.share_kicks(
             c.commands.clone(),
             c.link.clone(),
-            ms(settings.cluster.request_timeout_ms),
+            settings.cluster.request_timeout,
         );
     }
     let admission = Admission::new(auth.clone(), config.max_pending_connections);
@@ -164,7 +164,7 @@ fn history(
         (_, false) => None,
         (None, true) => Some(History::memory(
             kept.max_messages,
-            ms(kept.max_age_ms),
+            kept.max_age,
             kept.max_bytes,
             metrics.clone(),
         )),
@@ -172,7 +172,7 @@ fn history(
             c.commands.clone(),
             c.link.clone(),
             kept.max_messages,
-            ms(kept.max_age_ms),
+            kept.max_age,
         )),
     }
 }
@@ -238,14 +238,14 @@ async fn marker(c: &Cluster, name: &str) -> anyhow::Result<MessageStream<ChanIte
 fn engine(config: &RealtimeConfig) -> SocketIoBuilder {
     let builder = SocketIo::builder()
         .req_path(config.path.clone())
-        .ping_interval(ms(config.ping_interval_ms))
-        .ping_timeout(ms(config.ping_timeout_ms))
+        .ping_interval(config.ping_interval)
+        .ping_timeout(config.ping_timeout)
         .max_payload(config.max_poll_payload_bytes)
         .ws_max_message_size(config.max_ws_message_bytes)
         .ws_max_frame_size(config.max_ws_message_bytes)
         .max_buffer_size(config.max_buffer_size)
         .ws_read_buffer_size(config.ws_read_buffer_bytes)
-        .connect_timeout(ms(config.connect_timeout_ms));
+        .connect_timeout(config.connect_timeout);
     let builder = match config.parser {
         Parser::Default => builder,
         Parser::Msgpack => builder.with_parser(socketioxide::ParserConfig::msgpack()),

@@ -22,7 +22,7 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, ms};
+use crate::config::Config;
 use crate::occupancy::{self, Change, GROUP_SEPARATOR, Transition};
 use crate::webhooks::Webhooks;
 
@@ -90,7 +90,7 @@ impl Roster {
                 client,
                 link,
                 socketioxide_core::Uid::new().to_string(),
-                ms(config.presence_instance_ttl_ms),
+                config.presence_instance_ttl,
                 NAMESPACE,
             ))
         });
@@ -127,11 +127,8 @@ impl Roster {
                 member: Member::new(user, info.map(|i| &**i)),
             });
         };
-        let changes = occupancy::Tracker::spawn(
-            shared.clone(),
-            ms(config.presence_grace_ms),
-            Box::new(report),
-        );
+        let changes =
+            occupancy::Tracker::spawn(shared.clone(), config.presence_grace, Box::new(report));
         Self {
             prefixes: config.presence_prefixes.clone(),
             max_members: config.max_presence_members,

@@ -45,8 +45,8 @@ pub(super) struct SessionRoute {
     upstream: Upstream,
     path: PathAndQuery,
     pointer: String,
-    rooms_pointer: String,
-    info_pointer: String,
+    rooms_pointer: Option<String>,
+    info_pointer: Option<String>,
     rooms: RoomRules,
 }
 
@@ -55,10 +55,7 @@ impl SessionRoute {
     pub(super) fn new(config: &AuthConfig, rooms: RoomRules, upstream: Upstream) -> Self {
         Self {
             upstream,
-            path: config
-                .session_path
-                .parse()
-                .unwrap_or_else(|_| PathAndQuery::from_static("/api/session")),
+            path: config.session_path.clone(),
             pointer: config.user_id_pointer.clone(),
             rooms_pointer: config.rooms_pointer.clone(),
             info_pointer: config.user_info_pointer.clone(),
@@ -109,8 +106,10 @@ impl SessionRoute {
             .map_err(|e| format!("session route answered {status} without JSON: {e}"))?;
         Ok(match user_id_at(&json, &self.pointer) {
             Some(id) => Verdict::User(Session {
-                rooms: self.rooms.of_session(&id, at(&json, &self.rooms_pointer)),
-                info: user_info(&id, at(&json, &self.info_pointer)),
+                rooms: self
+                    .rooms
+                    .of_session(&id, at(&json, self.rooms_pointer.as_deref())),
+                info: user_info(&id, at(&json, self.info_pointer.as_deref())),
                 user_id: id.into(),
             }),
             // A 2xx without a user (e.g. `{"userId": null}`) is the app's way to say "nobody".
@@ -128,11 +127,9 @@ fn user_id_at(json: &serde_json::Value, pointer: &str) -> Option<String> {
     }
 }
 
-/// The value at `pointer` (none for an empty pointer).
-fn at<'a>(json: &'a serde_json::Value, pointer: &str) -> Option<&'a serde_json::Value> {
-    Some(pointer)
-        .filter(|p| !p.is_empty())
-        .and_then(|p| json.pointer(p))
+/// The value at `pointer` (none without a pointer).
+fn at<'a>(json: &'a serde_json::Value, pointer: Option<&str>) -> Option<&'a serde_json::Value> {
+    json.pointer(pointer?)
 }
 
 /// The user info presence shows, serialized once: absent or `null` is none, and so is one

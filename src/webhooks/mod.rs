@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::uri::Authority;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, WEBHOOK_EVENTS, WebhooksConfig, ms};
+use crate::config::{Config, WebhookUrl, WebhooksConfig};
 use crate::metrics::Metrics;
 
 use crate::occupancy::{self, Change, Transition};
@@ -57,29 +58,21 @@ impl Webhooks {
         metrics: Arc<Metrics>,
     ) -> Self {
         let config = &settings.webhooks;
-        if config.url.is_empty() {
+        let Some(url) = &config.url else {
             return Self::default();
-        }
-        let target = match target(settings) {
+        };
+        let target = match target(url, settings.upstream.url.authority()) {
             Ok(uri) => uri,
             Err(e) => {
-                // Validated at load time; kept off rather than trusted.
-                tracing::error!(
-                    "webhooks.url `{}` is not a URL ({e}): webhooks off",
-                    config.url
-                );
+                // A path and an authority that parsed at load make a URI; kept off rather
+                // than trusted.
+                tracing::error!("webhooks.url `{url}` is not a URL ({e}): webhooks off");
                 return Self::default();
             }
         };
         let instance = socketioxide_core::Uid::new().to_string();
         let outbox = sender::Outbox::new(config.max_queue, metrics.clone());
-        let names = Names(
-            WEBHOOK_EVENTS
-                .iter()
-                .copied()
-                .filter(|name| config.events.iter().any(|e| e == name))
-                .collect(),
-        );
+        let names = Names(config.events.clone());
         let minter = Minter {
             instance: instance.clone().into(),
             seq: Arc::new(AtomicU64::new(0)),
@@ -91,7 +84,7 @@ impl Webhooks {
                     client,
                     link,
                     instance.clone(),
-                    ms(config.instance_ttl_ms),
+                    config.instance_ttl,
                     namespace,
                 ))
             })
@@ -111,12 +104,12 @@ impl Webhooks {
                     outbox.push(minter.event(name, user, room));
                 }
             };
-            occupancy::Tracker::spawn(shared(namespace), ms(config.grace_ms), Box::new(report))
+            occupancy::Tracker::spawn(shared(namespace), config.grace, Box::new(report))
         };
         let users = tracked(USERS, ONLINE, OFFLINE);
         let rooms = (names.enabled(OCCUPIED) || names.enabled(VACATED))
             .then(|| tracked(ROOMS, OCCUPIED, VACATED));
-        tracing::info!(url = %config.url, events = ?config.events, signed = !config.secret.is_empty(), "webhooks on");
+        tracing::info!(url = %url, events = ?config.events, signed = config.secret.is_some(), "webhooks on");
         Self(Some(Arc::new(On {
             users,
             rooms,
@@ -193,25 +186,23 @@ fn spawn_sender(
         sender::Sender {
             outbox,
             target,
-            secret: Some(config.secret.clone().into_bytes()).filter(|s| !s.is_empty()),
+            secret: config.secret.clone().map(String::into_bytes),
             max_batch: config.max_batch,
-            linger: ms(config.linger_ms),
+            linger: config.linger,
             max_attempts: config.max_attempts,
-            retry_base: ms(config.retry_base_ms),
-            timeout: ms(config.timeout_ms),
+            retry_base: config.retry_base,
+            timeout: config.timeout,
             metrics,
         }
         .run(),
     );
 }
 
-/// Where batches go: `webhooks.url`, a path on the upstream when it starts with `/`.
-fn target(settings: &Config) -> Result<http::Uri, http::uri::InvalidUri> {
-    let url = &settings.webhooks.url;
-    if url.starts_with('/') {
-        format!("http://{}{url}", settings.upstream_authority()).parse()
-    } else {
-        url.parse()
+/// Where batches go: `webhooks.url`, on the upstream (`app`) when it is a path.
+fn target(url: &WebhookUrl, app: &Authority) -> Result<http::Uri, http::uri::InvalidUri> {
+    match url {
+        WebhookUrl::OnApp(path) => format!("http://{app}{path}").parse(),
+        WebhookUrl::At(uri) => Ok(uri.clone()),
     }
 }
 
@@ -316,16 +307,17 @@ mod tests {
 
     #[test]
     fn a_path_is_on_the_upstream_and_a_url_is_used_as_is() {
-        let mut settings = Config::default();
-        settings.upstream.url = "http://127.0.0.1:4000".into();
-        settings.webhooks.url = "/api/socket/webhooks?v=1".into();
+        let app = Authority::from_static("127.0.0.1:4000");
+        let target = |url: &str| {
+            let url: WebhookUrl = url.parse().expect("a webhook URL");
+            target(&url, &app).map(|u| u.to_string()).ok()
+        };
         assert_eq!(
-            target(&settings).map(|u| u.to_string()).ok().as_deref(),
+            target("/api/socket/webhooks?v=1").as_deref(),
             Some("http://127.0.0.1:4000/api/socket/webhooks?v=1")
         );
-        settings.webhooks.url = "http://10.0.0.5:9000/hooks".into();
         assert_eq!(
-            target(&settings).map(|u| u.to_string()).ok().as_deref(),
+            target("http://10.0.0.5:9000/hooks").as_deref(),
             Some("http://10.0.0.5:9000/hooks")
         );
     }
