@@ -48,8 +48,11 @@ impl Router {
     ) -> Response<Body> {
         host_from_authority(&mut req);
         let path = req.uri().path();
+        // The readiness check and the Socket.IO path are boxed: their futures (the app probe,
+        // the session check, Engine.IO) are kilobytes, and inline they would make every
+        // proxied request's future as large, which hyper moves (copies) to start it.
         if self.health_path.as_deref() == Some(path) {
-            return self.ops.readiness().await;
+            return Box::pin(self.ops.readiness()).await;
         }
         let realtime = self.realtime.serves(path);
         if !self.gate.is_open() {
@@ -59,7 +62,7 @@ impl Router {
             return unavailable("the app is starting; retry in a moment");
         }
         if realtime {
-            self.realtime.handle(req, peer).await
+            Box::pin(self.realtime.handle(req, peer)).await
         } else {
             self.proxy.forward(req, peer, conduct).await
         }
