@@ -102,8 +102,11 @@ pub struct Activity {
     upgraded: AtomicBool,
     /// Told once the connection has been idle for the whole timeout.
     idle: Notify,
-    /// The responses being sent, for the send-stall watch (dead ones pruned as it goes).
+    /// The HTTP/2 responses being sent, for the send-stall watch (dead ones pruned as it goes).
     sending: Mutex<Vec<Weak<Sending>>>,
+    /// The HTTP/1.1 response being sent, as [`Sending::handed_at`]: hyper sends one at a time
+    /// on a connection, so it needs no entry of its own (no allocation, no lock per response).
+    sending_h1: AtomicU64,
 }
 
 impl Activity {
@@ -115,6 +118,7 @@ impl Activity {
             upgraded: AtomicBool::new(false),
             idle: Notify::new(),
             sending: Mutex::new(Vec::new()),
+            sending_h1: AtomicU64::new(0),
         })
     }
 
@@ -157,6 +161,12 @@ impl Activity {
             // The oldest chunk still waiting that is not yet overdue; `now` when none waits.
             let mut oldest = now;
             let (mut reset, mut close) = (0u64, false);
+            if let Some(since) = self.sending_h1.load(Ordering::Relaxed).checked_sub(1) {
+                match now.saturating_sub(since) < limit_ms {
+                    true => oldest = oldest.min(since),
+                    false => close = true,
+                }
+            }
             self.sending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -172,18 +182,14 @@ impl Activity {
                         oldest = oldest.min(since);
                         return true;
                     }
-                    match sending.stream.as_ref().map(|task| task.get()) {
-                        Some(Some(task)) => {
+                    match sending.stream.get() {
+                        Some(task) => {
                             task.abort();
                             reset += 1;
                             false
                         }
                         // Spawned but not yet told its handle: looked at again next time.
-                        Some(None) => true,
-                        None => {
-                            close = true;
-                            true
-                        }
+                        None => true,
                     }
                 });
             if reset > 0 {
@@ -215,28 +221,13 @@ impl InFlight {
     /// The response, with this request counted until its body is finished. A `101` hands
     /// the connection over for good.
     pub fn respond(self, resp: Response<Body>) -> Response<Body> {
-        let sending = Arc::new(Sending {
-            handed_at: AtomicU64::new(0),
-            stream: STREAM_TASK.try_with(Arc::clone).ok(),
-        });
-        {
-            let mut watched = self
-                .0
-                .sending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                self.0.upgraded.store(true, Ordering::Relaxed);
-                // The upgraded socket keeps its `Activity`, but has no more responses to watch.
-                drop(std::mem::take(&mut *watched));
-            } else {
-                // Pruned before the list grows, so it holds about as many as are in flight.
-                if watched.len() == watched.capacity() {
-                    watched.retain(|sending| sending.strong_count() > 0);
-                }
-                watched.push(Arc::downgrade(&sending));
-            }
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // HTTP/1.1 only: the upgraded socket keeps its `Activity`, but has no more
+            // responses to watch.
+            self.0.upgraded.store(true, Ordering::Relaxed);
         }
+        // Outside an HTTP/2 stream's task, the response is the connection's HTTP/1.1 one.
+        let sending = STREAM_TASK.try_with(|stream| self.0.watch(stream)).ok();
         resp.map(|inner| {
             body::boxed(Tracked {
                 inner,
@@ -244,6 +235,23 @@ impl InFlight {
                 in_flight: self,
             })
         })
+    }
+}
+
+impl Activity {
+    /// A new HTTP/2 response of `stream`, on the send-stall watch's list.
+    fn watch(&self, stream: &Arc<OnceLock<AbortHandle>>) -> Arc<Sending> {
+        let sending = Arc::new(Sending {
+            handed_at: AtomicU64::new(0),
+            stream: stream.clone(),
+        });
+        let mut watched = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        // Pruned before the list grows, so it holds about as many as are in flight.
+        if watched.len() == watched.capacity() {
+            watched.retain(|sending| sending.strong_count() > 0);
+        }
+        watched.push(Arc::downgrade(&sending));
+        sending
     }
 }
 
@@ -277,20 +285,39 @@ where
     }
 }
 
-/// One response being sent, as the send-stall watch sees it.
+/// One HTTP/2 response being sent, as the send-stall watch sees it.
 struct Sending {
     /// When (`Activity::now_ms` + 1) the body last handed hyper a frame that hyper has not
     /// come back from (it asks again once it has written it); 0 while hyper is asking, i.e.
     /// while the body waits for the app, and once it is done.
     handed_at: AtomicU64,
-    /// The HTTP/2 stream task the response belongs to; `None` for HTTP/1.1.
-    stream: Option<Arc<OnceLock<AbortHandle>>>,
+    /// The HTTP/2 stream task the response belongs to.
+    stream: Arc<OnceLock<AbortHandle>>,
 }
 
 struct Tracked {
     inner: Body,
-    sending: Arc<Sending>,
+    /// `None` for HTTP/1.1, watched in [`Activity::sending_h1`].
+    sending: Option<Arc<Sending>>,
     in_flight: InFlight,
+}
+
+impl Tracked {
+    fn handed_at(&self) -> &AtomicU64 {
+        match &self.sending {
+            Some(sending) => &sending.handed_at,
+            None => &self.in_flight.0.sending_h1,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Done (or given up): nothing of it waits any more. An HTTP/2 entry goes with its Arc.
+        if self.sending.is_none() {
+            self.in_flight.0.sending_h1.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl HttpBody for Tracked {
@@ -302,12 +329,11 @@ impl HttpBody for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        this.sending.handed_at.store(0, Ordering::Relaxed);
+        this.handed_at().store(0, Ordering::Relaxed);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = polled {
             let now = this.in_flight.0.now_ms();
-            this.sending
-                .handed_at
+            this.handed_at()
                 .store(now.saturating_add(1), Ordering::Relaxed);
         }
         polled

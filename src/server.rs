@@ -8,13 +8,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::abuse::Conduct;
+use crate::abuse::{Conduct, Polling};
 use crate::accept::{self, Drain, Drained, Until};
 use crate::body::{self, Body};
 use crate::config::{ServerConfig, ms};
@@ -44,7 +44,7 @@ impl Router {
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        conduct: &Arc<Conduct>,
+        conduct: Option<&Arc<Conduct>>,
     ) -> Response<Body> {
         host_from_authority(&mut req);
         let path = req.uri().path();
@@ -69,25 +69,37 @@ impl Router {
     }
 }
 
-/// Waits (up to `limit`) until the client has sent enough to tell HTTP/1 from HTTP/2. hyper's
-/// header read timeout starts only after that, so without this a client that connects and
-/// sends nothing — or half the HTTP/2 preface — would hold its connection forever.
-async fn request_started(stream: &tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+/// Waits (up to `limit`) until the client has sent enough to tell HTTP/1 from HTTP/2, and
+/// says which (`None`: neither came). hyper's header read timeout starts only after that, so
+/// without this a client that connects and sends nothing — or half the HTTP/2 preface — would
+/// hold its connection forever. A connection that does not open with the preface is HTTP/1.x
+/// for good (hyper serves HTTP/2 only with prior knowledge; an `h2c` upgrade is not taken).
+async fn request_started(
+    stream: &tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<Version> {
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let wait = async {
         let mut buf = [0u8; 24];
         loop {
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
-                    return true;
-                }
+                Ok(0) | Err(_) => return None,
+                Ok(n) if !H2_PREFACE.starts_with(&buf[..n]) => return Some(Version::HTTP_11),
+                Ok(n) if n >= H2_PREFACE.len() => return Some(Version::HTTP_2),
                 // Part of the HTTP/2 preface: peek returns at once, so pause before looking again.
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
         }
     };
-    tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    tokio::time::timeout(limit, wait).await.ok().flatten()
+}
+
+/// Completes once the connection of `conduct` has been reported for abuse; never without one.
+async fn reported(conduct: Option<&Arc<Conduct>>) {
+    match conduct {
+        Some(conduct) => conduct.abused().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn unavailable(message: &str) -> Response<Body> {
@@ -178,22 +190,26 @@ fn serve_connection(
     let idle = activity.clone();
     let send_stall_timeout = ms(config.send_stall_timeout_ms);
     let metrics = router.metrics.clone();
-    let conduct = Conduct::new(peer, config.max_concurrent_streams, metrics.clone());
-    let watch = conduct.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let router = router.clone();
-        let conduct = conduct.clone();
-        let request = activity.request();
-        async move {
-            let resp = router.handle(req, peer, &conduct).await;
-            Ok::<_, Infallible>(request.respond(resp))
-        }
-    });
+    let max_concurrent_streams = config.max_concurrent_streams;
     async move {
-        if !request_started(stream.stream(), header_read_timeout).await {
+        let Some(version) = request_started(stream.stream(), header_read_timeout).await else {
             tracing::debug!(%peer, "connection closed: no request within the header read timeout");
             return;
-        }
+        };
+        // Only HTTP/2 has app slots to hold and abuse to report: an HTTP/1.1 connection's
+        // requests carry no `Conduct`, and its task watches for no report.
+        let watch = (version == Version::HTTP_2)
+            .then(|| Conduct::new(peer, max_concurrent_streams, metrics.clone()));
+        let conduct = watch.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let router = router.clone();
+            let conduct = conduct.clone();
+            let request = activity.request();
+            async move {
+                let resp = router.handle(req, peer, conduct.as_ref()).await;
+                Ok::<_, Infallible>(request.respond(resp))
+            }
+        });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let stalled = idle.send_stalled(send_stall_timeout, peer, &metrics);
@@ -207,11 +223,11 @@ fn serve_connection(
         let mut abused = false;
         let ended = loop {
             tokio::select! {
-                ended = watch.polling(conn.as_mut()) => break ended,
+                ended = Polling::new(watch.as_ref(), conn.as_mut()) => break ended,
                 // An HTTP/1.1 response the client stopped taking: dropping the connection
                 // closes it and the app connection its body holds.
                 () = &mut stalled => break Ok(()),
-                _ = watch.abused(), if !abused => {
+                () = reported(watch.as_ref()), if watch.is_some() && !abused => {
                     abused = true;
                     if !std::mem::replace(&mut closing, true) {
                         conn.as_mut().graceful_shutdown();

@@ -58,14 +58,14 @@ impl Proxy {
 
     /// Forwards one request from `peer` to the app and returns the app's answer, or a 502/504
     /// page that says why there is none, or a 400/408 when the client's body is at fault.
-    /// An HTTP/2 request waits for one of its connection's app slots (`conduct`).
+    /// An HTTP/2 request waits for one of its connection's app slots (`conduct`, which only
+    /// HTTP/2 connections have).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        conduct: &Arc<Conduct>,
+        conduct: Option<&Arc<Conduct>>,
     ) -> Response<Body> {
-        let multiplexed = req.version() == Version::HTTP_2;
         let upgrade = (req.version() == Version::HTTP_11)
             .then(|| headers::upgrade_protocol(req.headers()))
             .flatten();
@@ -91,12 +91,12 @@ impl Proxy {
         let exchange = self.upstream.send(req, None);
         // An HTTP/1.1 client that goes away takes its connection: the aborted exchange is
         // the app's cue, and there is no stream to reuse.
-        let (answer, ticket) = match multiplexed {
-            true => {
+        let (answer, ticket) = match conduct {
+            Some(conduct) => {
                 let (answer, ticket) = conduct.dispatch(exchange).await;
                 (answer, Some(ticket))
             }
-            false => (exchange.await, None),
+            None => (exchange.await, None),
         };
         let mut resp = match answer {
             Ok(resp) => resp,
