@@ -384,8 +384,11 @@ impl Connection {
         &self.stream
     }
 
-    /// Whether the connection has been idle for the whole timeout; otherwise arms the timer
-    /// for the next moment it could be.
+    /// Whether the connection has been idle for the whole timeout; otherwise keeps the timer
+    /// armed. The timer never fires late: `last` only moves forward, so a deadline set from
+    /// an earlier `last` (or while a request was in flight) is early, and is moved on only
+    /// when it fires. Re-arming it for every request, as each one moves `last`, would take a
+    /// timer removal and insertion per request.
     fn idle(&mut self, cx: &mut Context<'_>) -> bool {
         let activity = &self.activity;
         if activity.upgraded.load(Ordering::Relaxed) {
@@ -395,30 +398,17 @@ impl Connection {
         let Some(timer) = self.timer.as_mut() else {
             return false;
         };
-        loop {
-            if activity.in_flight.load(Ordering::Acquire) > 0 {
-                // Busy: only keep the timer armed, so the idle check runs after the request.
-                if timer.is_elapsed() {
-                    timer.as_mut().reset(Instant::now() + self.idle_timeout);
-                }
-            } else {
-                let due = activity.last() + self.idle_timeout;
-                if timer.deadline() != due {
-                    timer.as_mut().reset(due);
-                }
-            }
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return false,
-                // Recheck: a request may have started or ended since the timer was armed.
-                Poll::Ready(()) => {
-                    let idle = activity.in_flight.load(Ordering::Acquire) == 0
-                        && Instant::now() >= activity.last() + self.idle_timeout;
-                    if idle {
-                        return true;
-                    }
-                }
-            }
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let next = match activity.in_flight.load(Ordering::Acquire) {
+                0 if now >= activity.last() + self.idle_timeout => return true,
+                0 => activity.last() + self.idle_timeout,
+                // Busy: look again a whole timeout from now, after the request.
+                _ => now + self.idle_timeout,
+            };
+            timer.as_mut().reset(next);
         }
+        false
     }
 }
 
