@@ -6,18 +6,22 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones proxies conventionally drop. `HTTP2-Settings` belongs to an h2c upgrade
-/// (RFC 7540 §3.2.1), which is never passed on.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("http2-settings"),
-];
+/// (RFC 7540 §3.2.1), which is never passed on. `Proxy-Authenticate` is the proxy's own.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "http2-settings"
+    )
+}
 
 /// End-to-end headers a `Connection` header may name but never removes: without them the app
 /// would see another host (`Host`), lose the user's session or credentials, get a different
@@ -49,20 +53,25 @@ pub fn host_from_authority<B>(req: &mut http::Request<B>) {
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header names, except the
-/// end-to-end ones in [`NEVER_HOP_BY_HOP`].
+/// end-to-end ones in [`NEVER_HOP_BY_HOP`]. One look at each name: most messages carry none
+/// of them, or one or two (`Connection`, `Keep-Alive`), and only those present are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
 }
 
 /// The protocol an `Upgrade` request asks for, if it is one sockgate passes on (HTTP/1.1
@@ -159,6 +168,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn strips_hop_headers_without_a_connection_header_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app.test"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key(header::HOST) && h.contains_key("x-keep"));
+        let untouched = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
     }
 
     #[test]
