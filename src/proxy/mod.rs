@@ -13,14 +13,15 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
+use http_body::Body as _;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::abuse::Conduct;
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::upload::{MinRate, Upload};
+use crate::upload::{FaultCell, MinRate, Upload};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use headers::{effective_host, host_from_authority};
@@ -84,8 +85,15 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
-        let (body, client_fault) = Upload::new(body, self.min_rate);
-        let req = Request::from_parts(parts, Either::Left(body));
+        // A body already at its end (a GET) has no rate to keep and no fault to record.
+        let (body, client_fault) = match body.is_end_stream() {
+            true => (Either::Right(Full::default()), None),
+            false => {
+                let (upload, fault) = Upload::new(body, self.min_rate);
+                (Either::Left(upload), Some(fault))
+            }
+        };
+        let req = Request::from_parts(parts, body);
 
         let started = Instant::now();
         let exchange = self.upstream.send(req, None);
@@ -100,7 +108,7 @@ impl Proxy {
         };
         let mut resp = match answer {
             Ok(resp) => resp,
-            Err(_) if let Some(fault) = client_fault.get() => {
+            Err(_) if let Some(fault) = client_fault.as_ref().and_then(FaultCell::get) => {
                 // The app is fine: the client sent a broken body, gave up, or trickled.
                 tracing::debug!(%method, %path, %peer, "{fault}");
                 self.metrics.client_error(fault.label());
