@@ -21,7 +21,7 @@ use crate::config::{ServerConfig, ms};
 use crate::connection::{Activity, Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::proxy::{Proxy, host_from_authority};
+use crate::proxy::{Client, Proxy, host_from_authority};
 use crate::realtime::Gate;
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
@@ -43,7 +43,7 @@ impl Router {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Client,
         conduct: Option<&Arc<Conduct>>,
     ) -> Response<Body> {
         host_from_authority(&mut req);
@@ -62,9 +62,9 @@ impl Router {
             return unavailable("the app is starting; retry in a moment");
         }
         if realtime {
-            Box::pin(self.realtime.handle(req, peer)).await
+            Box::pin(self.realtime.handle(req, client.peer)).await
         } else {
-            self.proxy.forward(req, peer, conduct).await
+            self.proxy.forward(req, client, conduct).await
         }
     }
 }
@@ -175,6 +175,15 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
     builder
 }
 
+/// What each request of one client connection is served with: one reference to take per
+/// request, however many parts.
+struct Serving {
+    router: Arc<Router>,
+    client: Client,
+    /// HTTP/2 only.
+    conduct: Option<Arc<Conduct>>,
+}
+
 /// One client connection's task: its requests go to the router until it closes, goes idle,
 /// stalls, abuses HTTP/2 or the drain begins.
 fn serve_connection(
@@ -200,13 +209,21 @@ fn serve_connection(
         // requests carry no `Conduct`, and its task watches for no report.
         let watch = (version == Version::HTTP_2)
             .then(|| Conduct::new(peer, max_concurrent_streams, metrics.clone()));
-        let conduct = watch.clone();
+        let serving = Arc::new(Serving {
+            router,
+            client: Client::new(peer),
+            conduct: watch.clone(),
+        });
         let service = hyper::service::service_fn(move |req| {
-            let router = router.clone();
-            let conduct = conduct.clone();
+            let serving = serving.clone();
             let request = activity.request();
             async move {
-                let resp = router.handle(req, peer, conduct.as_ref()).await;
+                let Serving {
+                    router,
+                    client,
+                    conduct,
+                } = &*serving;
+                let resp = router.handle(req, client, conduct.as_ref()).await;
                 Ok::<_, Infallible>(request.respond(resp))
             }
         });

@@ -1,5 +1,6 @@
 //! Header rewriting between client and app: hop-by-hop removal and `X-Forwarded-*`.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -91,9 +92,18 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     (!h2c).then(|| protocol.clone())
 }
 
+/// The client's address as an `X-Forwarded-For` value (worked out once per connection).
+pub fn forwarded_for(client_ip: IpAddr) -> HeaderValue {
+    let mut text = String::with_capacity(39);
+    let _ = write!(text, "{client_ip}");
+    // An IP address is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// What the app should learn about the original request.
 pub struct Forwarded<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address, from [`forwarded_for`].
+    pub client: &'a HeaderValue,
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
     /// Keep (append to) what an upstream load balancer already set.
@@ -107,18 +117,20 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Sets `X-Forwarded-For/-Proto/-Host`. Untrusted incoming values are replaced: a client must
 /// not be able to pose as another IP to the app.
 pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    let ip = fwd.client_ip.to_string();
-    let prior_for = headers
-        .get(&X_FORWARDED_FOR)
+    let prior_for = fwd
+        .trust_incoming
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .filter(|prior| !prior.trim().is_empty());
     let chain = match prior_for {
-        Some(prior) if fwd.trust_incoming && !prior.trim().is_empty() => {
-            format!("{prior}, {ip}")
+        Some(prior) => {
+            let ip = fwd.client.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
         }
-        _ => ip,
+        None => Some(fwd.client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = chain {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(fwd.trust_incoming && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -192,11 +204,12 @@ mod tests {
     #[test]
     fn forwarded_overwrites_untrusted_and_appends_trusted() {
         let host = HeaderValue::from_static("app.test");
+        let client = forwarded_for("10.0.0.1".parse().unwrap());
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let fwd = Forwarded {
-            client_ip: "10.0.0.1".parse().unwrap(),
+            client: &client,
             proto: "http",
             host: Some(&host),
             trust_incoming: false,

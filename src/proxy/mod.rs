@@ -27,6 +27,22 @@ use crate::upstream::{Upstream, UpstreamError};
 pub use headers::{effective_host, host_from_authority};
 pub use upgrade::Tunnels;
 
+/// One client connection as the app hears of it, worked out once for all its requests.
+pub struct Client {
+    pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` value.
+    forwarded_for: HeaderValue,
+}
+
+impl Client {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            forwarded_for: headers::forwarded_for(peer.ip()),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Proxy {
     upstream: Upstream,
@@ -64,9 +80,10 @@ impl Proxy {
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Client,
         conduct: Option<&Arc<Conduct>>,
     ) -> Response<Body> {
+        let peer = client.peer;
         let upgrade = (req.version() == Version::HTTP_11)
             .then(|| headers::upgrade_protocol(req.headers()))
             .flatten();
@@ -74,7 +91,11 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        mark_forwarded(&mut parts.headers, peer, self.trust_forwarded);
+        forwarded(
+            &mut parts.headers,
+            &client.forwarded_for,
+            self.trust_forwarded,
+        );
         if let Some(protocol) = &upgrade {
             parts
                 .headers
@@ -151,11 +172,16 @@ impl Proxy {
 /// Sets `X-Forwarded-For/-Proto/-Host` for a request from `peer`, as the app should see it.
 /// Also used for Socket.IO handshakes, whose headers go to the app's session route.
 pub fn mark_forwarded(headers: &mut http::HeaderMap, peer: SocketAddr, trust_forwarded: bool) {
+    forwarded(headers, &headers::forwarded_for(peer.ip()), trust_forwarded);
+}
+
+/// [`mark_forwarded`] with the client's address already made a header value.
+fn forwarded(headers: &mut http::HeaderMap, client: &HeaderValue, trust_forwarded: bool) {
     let host = headers.get(header::HOST).cloned();
     headers::set_forwarded(
         headers,
         &headers::Forwarded {
-            client_ip: peer.ip(),
+            client,
             proto: "http",
             host: host.as_ref(),
             trust_incoming: trust_forwarded,
