@@ -201,6 +201,13 @@ pub struct Held<B> {
     ticket: Option<Ticket>,
 }
 
+impl<B> Held<B> {
+    /// A body that holds no slot (an HTTP/1.1 answer).
+    pub fn unslotted(body: B) -> Self {
+        Self { body, ticket: None }
+    }
+}
+
 impl<B: HttpBody + Unpin> HttpBody for Held<B> {
     type Data = B::Data;
     type Error = B::Error;

@@ -220,7 +220,11 @@ pub struct InFlight(Arc<Activity>);
 impl InFlight {
     /// The response, with this request counted until its body is finished. A `101` hands
     /// the connection over for good.
-    pub fn respond(self, resp: Response<Body>) -> Response<Body> {
+    pub fn respond<B>(self, resp: Response<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // HTTP/1.1 only: the upgraded socket keeps its `Activity`, but has no more
             // responses to watch.
@@ -295,14 +299,15 @@ struct Sending {
     stream: Arc<OnceLock<AbortHandle>>,
 }
 
-struct Tracked {
-    inner: Body,
+/// A response body, boxed once here with what watches it (the router hands it over unboxed).
+struct Tracked<B> {
+    inner: B,
     /// `None` for HTTP/1.1, watched in [`Activity::sending_h1`].
     sending: Option<Arc<Sending>>,
     in_flight: InFlight,
 }
 
-impl Tracked {
+impl<B> Tracked<B> {
     fn handed_at(&self) -> &AtomicU64 {
         match &self.sending {
             Some(sending) => &sending.handed_at,
@@ -311,7 +316,7 @@ impl Tracked {
     }
 }
 
-impl Drop for Tracked {
+impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
         // Done (or given up): nothing of it waits any more. An HTTP/2 entry goes with its Arc.
         if self.sending.is_none() {
@@ -320,7 +325,11 @@ impl Drop for Tracked {
     }
 }
 
-impl HttpBody for Tracked {
+impl<B> HttpBody for Tracked<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -330,7 +339,9 @@ impl HttpBody for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         this.handed_at().store(0, Ordering::Relaxed);
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|frame| frame.map_err(Into::into)));
         if let Poll::Ready(Some(Ok(_))) = polled {
             let now = this.in_flight.0.now_ms();
             this.handed_at()

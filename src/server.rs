@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,7 +22,7 @@ use crate::config::{ServerConfig, ms};
 use crate::connection::{Activity, Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::proxy::{Client, Proxy, host_from_authority};
+use crate::proxy::{Answer, Client, Proxy, host_from_authority};
 use crate::realtime::Gate;
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
@@ -45,24 +46,26 @@ impl Router {
         mut req: Request<Incoming>,
         client: &Client,
         conduct: Option<&Arc<Conduct>>,
-    ) -> Response<Body> {
+    ) -> Response<Answer> {
         host_from_authority(&mut req);
         let path = req.uri().path();
         // The readiness check and the Socket.IO path are boxed: their futures (the app probe,
         // the session check, Engine.IO) are kilobytes, and inline they would make every
         // proxied request's future as large, which hyper moves (copies) to start it.
         if self.health_path.as_deref() == Some(path) {
-            return Box::pin(self.ops.readiness()).await;
+            return Box::pin(self.ops.readiness()).await.map(Either::Right);
         }
         let realtime = self.realtime.serves(path);
         if !self.gate.is_open() {
             if realtime {
                 self.realtime.refused_app_starting();
             }
-            return unavailable("the app is starting; retry in a moment");
+            return unavailable("the app is starting; retry in a moment").map(Either::Right);
         }
         if realtime {
-            Box::pin(self.realtime.handle(req, client.peer)).await
+            Box::pin(self.realtime.handle(req, client.peer))
+                .await
+                .map(Either::Right)
         } else {
             self.proxy.forward(req, client, conduct).await
         }

@@ -17,7 +17,7 @@ use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::abuse::Conduct;
+use crate::abuse::{Conduct, Held};
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -26,6 +26,10 @@ use crate::upstream::{Upstream, UpstreamError};
 
 pub use headers::{effective_host, host_from_authority};
 pub use upgrade::Tunnels;
+
+/// A proxied request's answer body: the app's as it streams (holding its HTTP/2 slot), or
+/// one of sockgate's own. Not boxed here: the server boxes it once, with its own wrapper.
+pub type Answer = Either<Held<Incoming>, Body>;
 
 /// One client connection as the app hears of it, worked out once for all its requests.
 pub struct Client {
@@ -82,7 +86,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: &Client,
         conduct: Option<&Arc<Conduct>>,
-    ) -> Response<Body> {
+    ) -> Response<Answer> {
         let peer = client.peer;
         let upgrade = (req.version() == Version::HTTP_11)
             .then(|| headers::upgrade_protocol(req.headers()))
@@ -133,7 +137,7 @@ impl Proxy {
                 // The app is fine: the client sent a broken body, gave up, or trickled.
                 tracing::debug!(%method, %path, %peer, "{fault}");
                 self.metrics.client_error(fault.label());
-                return fault.response();
+                return fault.response().map(Either::Right);
             }
             Err(error) => {
                 tracing::warn!(%method, %path, %peer, "{error}");
@@ -143,7 +147,7 @@ impl Proxy {
                 });
                 let page = error_page(&error);
                 self.metrics.proxied(page.status(), started.elapsed());
-                return page;
+                return page.map(Either::Right);
             }
         };
         self.metrics.proxied(resp.status(), started.elapsed());
@@ -152,7 +156,7 @@ impl Proxy {
                 let app = hyper::upgrade::on(&mut resp);
                 self.tunnels.open(client, app, path);
                 let (parts, _) = resp.into_parts();
-                Response::from_parts(parts, body::full(bytes::Bytes::new()))
+                Response::from_parts(parts, Either::Right(body::full(bytes::Bytes::new())))
             }
             _ => {
                 let (mut parts, body) = resp.into_parts();
@@ -160,10 +164,10 @@ impl Proxy {
                 // The client's connection has its own version; hyper picks the wire format.
                 parts.version = Version::default();
                 let body = match ticket {
-                    Some(ticket) => body::boxed(ticket.hold(body)),
-                    None => body::boxed(body),
+                    Some(ticket) => ticket.hold(body),
+                    None => Held::unslotted(body),
                 };
-                Response::from_parts(parts, body)
+                Response::from_parts(parts, Either::Left(body))
             }
         }
     }
