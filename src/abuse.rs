@@ -142,14 +142,6 @@ impl Conduct {
             .resets
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
-
-    /// `conn`, polled with this connection as the one [`AbuseLayer`] reports.
-    pub fn polling<F: Future + Unpin>(self: &Arc<Self>, conn: F) -> Polling<F> {
-        Polling {
-            conn,
-            conduct: Some(self.clone()),
-        }
-    }
 }
 
 type Exchange<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -207,6 +199,13 @@ impl Drop for Ticket {
 pub struct Held<B> {
     body: B,
     ticket: Option<Ticket>,
+}
+
+impl<B> Held<B> {
+    /// A body that holds no slot (an HTTP/1.1 answer).
+    pub fn unslotted(body: B) -> Self {
+        Self { body, ticket: None }
+    }
 }
 
 impl<B: HttpBody + Unpin> HttpBody for Held<B> {
@@ -293,10 +292,24 @@ pub struct Polling<F> {
     conduct: Option<Arc<Conduct>>,
 }
 
+impl<F> Polling<F> {
+    /// `conn`, polled with `conduct`'s connection as the one [`AbuseLayer`] reports; without
+    /// one (HTTP/1.1, which the HTTP/2 library never warns about) polled as it is.
+    pub fn new(conduct: Option<&Arc<Conduct>>, conn: F) -> Self {
+        Self {
+            conn,
+            conduct: conduct.cloned(),
+        }
+    }
+}
+
 impl<F: Future + Unpin> Future for Polling<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.conduct.is_none() {
+            return Pin::new(&mut self.conn).poll(cx);
+        }
         // Moved in and out, not cloned: no atomic operation per poll.
         let previous = POLLING.replace(self.conduct.take());
         let polled = Pin::new(&mut self.conn).poll(cx);

@@ -102,8 +102,11 @@ pub struct Activity {
     upgraded: AtomicBool,
     /// Told once the connection has been idle for the whole timeout.
     idle: Notify,
-    /// The responses being sent, for the send-stall watch (dead ones pruned as it goes).
+    /// The HTTP/2 responses being sent, for the send-stall watch (dead ones pruned as it goes).
     sending: Mutex<Vec<Weak<Sending>>>,
+    /// The HTTP/1.1 response being sent, as [`Sending::handed_at`]: hyper sends one at a time
+    /// on a connection, so it needs no entry of its own (no allocation, no lock per response).
+    sending_h1: AtomicU64,
 }
 
 impl Activity {
@@ -115,6 +118,7 @@ impl Activity {
             upgraded: AtomicBool::new(false),
             idle: Notify::new(),
             sending: Mutex::new(Vec::new()),
+            sending_h1: AtomicU64::new(0),
         })
     }
 
@@ -157,6 +161,12 @@ impl Activity {
             // The oldest chunk still waiting that is not yet overdue; `now` when none waits.
             let mut oldest = now;
             let (mut reset, mut close) = (0u64, false);
+            if let Some(since) = self.sending_h1.load(Ordering::Relaxed).checked_sub(1) {
+                match now.saturating_sub(since) < limit_ms {
+                    true => oldest = oldest.min(since),
+                    false => close = true,
+                }
+            }
             self.sending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -172,18 +182,14 @@ impl Activity {
                         oldest = oldest.min(since);
                         return true;
                     }
-                    match sending.stream.as_ref().map(|task| task.get()) {
-                        Some(Some(task)) => {
+                    match sending.stream.get() {
+                        Some(task) => {
                             task.abort();
                             reset += 1;
                             false
                         }
                         // Spawned but not yet told its handle: looked at again next time.
-                        Some(None) => true,
-                        None => {
-                            close = true;
-                            true
-                        }
+                        None => true,
                     }
                 });
             if reset > 0 {
@@ -214,29 +220,18 @@ pub struct InFlight(Arc<Activity>);
 impl InFlight {
     /// The response, with this request counted until its body is finished. A `101` hands
     /// the connection over for good.
-    pub fn respond(self, resp: Response<Body>) -> Response<Body> {
-        let sending = Arc::new(Sending {
-            handed_at: AtomicU64::new(0),
-            stream: STREAM_TASK.try_with(Arc::clone).ok(),
-        });
-        {
-            let mut watched = self
-                .0
-                .sending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                self.0.upgraded.store(true, Ordering::Relaxed);
-                // The upgraded socket keeps its `Activity`, but has no more responses to watch.
-                drop(std::mem::take(&mut *watched));
-            } else {
-                // Pruned before the list grows, so it holds about as many as are in flight.
-                if watched.len() == watched.capacity() {
-                    watched.retain(|sending| sending.strong_count() > 0);
-                }
-                watched.push(Arc::downgrade(&sending));
-            }
+    pub fn respond<B>(self, resp: Response<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // HTTP/1.1 only: the upgraded socket keeps its `Activity`, but has no more
+            // responses to watch.
+            self.0.upgraded.store(true, Ordering::Relaxed);
         }
+        // Outside an HTTP/2 stream's task, the response is the connection's HTTP/1.1 one.
+        let sending = STREAM_TASK.try_with(|stream| self.0.watch(stream)).ok();
         resp.map(|inner| {
             body::boxed(Tracked {
                 inner,
@@ -244,6 +239,23 @@ impl InFlight {
                 in_flight: self,
             })
         })
+    }
+}
+
+impl Activity {
+    /// A new HTTP/2 response of `stream`, on the send-stall watch's list.
+    fn watch(&self, stream: &Arc<OnceLock<AbortHandle>>) -> Arc<Sending> {
+        let sending = Arc::new(Sending {
+            handed_at: AtomicU64::new(0),
+            stream: stream.clone(),
+        });
+        let mut watched = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        // Pruned before the list grows, so it holds about as many as are in flight.
+        if watched.len() == watched.capacity() {
+            watched.retain(|sending| sending.strong_count() > 0);
+        }
+        watched.push(Arc::downgrade(&sending));
+        sending
     }
 }
 
@@ -277,23 +289,47 @@ where
     }
 }
 
-/// One response being sent, as the send-stall watch sees it.
+/// One HTTP/2 response being sent, as the send-stall watch sees it.
 struct Sending {
     /// When (`Activity::now_ms` + 1) the body last handed hyper a frame that hyper has not
     /// come back from (it asks again once it has written it); 0 while hyper is asking, i.e.
     /// while the body waits for the app, and once it is done.
     handed_at: AtomicU64,
-    /// The HTTP/2 stream task the response belongs to; `None` for HTTP/1.1.
-    stream: Option<Arc<OnceLock<AbortHandle>>>,
+    /// The HTTP/2 stream task the response belongs to.
+    stream: Arc<OnceLock<AbortHandle>>,
 }
 
-struct Tracked {
-    inner: Body,
-    sending: Arc<Sending>,
+/// A response body, boxed once here with what watches it (the router hands it over unboxed).
+struct Tracked<B> {
+    inner: B,
+    /// `None` for HTTP/1.1, watched in [`Activity::sending_h1`].
+    sending: Option<Arc<Sending>>,
     in_flight: InFlight,
 }
 
-impl HttpBody for Tracked {
+impl<B> Tracked<B> {
+    fn handed_at(&self) -> &AtomicU64 {
+        match &self.sending {
+            Some(sending) => &sending.handed_at,
+            None => &self.in_flight.0.sending_h1,
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        // Done (or given up): nothing of it waits any more. An HTTP/2 entry goes with its Arc.
+        if self.sending.is_none() {
+            self.in_flight.0.sending_h1.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B> HttpBody for Tracked<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -302,12 +338,13 @@ impl HttpBody for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        this.sending.handed_at.store(0, Ordering::Relaxed);
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.handed_at().store(0, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|frame| frame.map_err(Into::into)));
         if let Poll::Ready(Some(Ok(_))) = polled {
             let now = this.in_flight.0.now_ms();
-            this.sending
-                .handed_at
+            this.handed_at()
                 .store(now.saturating_add(1), Ordering::Relaxed);
         }
         polled
@@ -358,8 +395,11 @@ impl Connection {
         &self.stream
     }
 
-    /// Whether the connection has been idle for the whole timeout; otherwise arms the timer
-    /// for the next moment it could be.
+    /// Whether the connection has been idle for the whole timeout; otherwise keeps the timer
+    /// armed. The timer never fires late: `last` only moves forward, so a deadline set from
+    /// an earlier `last` (or while a request was in flight) is early, and is moved on only
+    /// when it fires. Re-arming it for every request, as each one moves `last`, would take a
+    /// timer removal and insertion per request.
     fn idle(&mut self, cx: &mut Context<'_>) -> bool {
         let activity = &self.activity;
         if activity.upgraded.load(Ordering::Relaxed) {
@@ -369,30 +409,17 @@ impl Connection {
         let Some(timer) = self.timer.as_mut() else {
             return false;
         };
-        loop {
-            if activity.in_flight.load(Ordering::Acquire) > 0 {
-                // Busy: only keep the timer armed, so the idle check runs after the request.
-                if timer.is_elapsed() {
-                    timer.as_mut().reset(Instant::now() + self.idle_timeout);
-                }
-            } else {
-                let due = activity.last() + self.idle_timeout;
-                if timer.deadline() != due {
-                    timer.as_mut().reset(due);
-                }
-            }
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return false,
-                // Recheck: a request may have started or ended since the timer was armed.
-                Poll::Ready(()) => {
-                    let idle = activity.in_flight.load(Ordering::Acquire) == 0
-                        && Instant::now() >= activity.last() + self.idle_timeout;
-                    if idle {
-                        return true;
-                    }
-                }
-            }
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let next = match activity.in_flight.load(Ordering::Acquire) {
+                0 if now >= activity.last() + self.idle_timeout => return true,
+                0 => activity.last() + self.idle_timeout,
+                // Busy: look again a whole timeout from now, after the request.
+                _ => now + self.idle_timeout,
+            };
+            timer.as_mut().reset(next);
         }
+        false
     }
 }
 

@@ -2,6 +2,7 @@
 //! on the publish socket's `/metrics` (and the optional admin listener). Never on the public
 //! port.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -83,6 +84,10 @@ pub struct Metrics {
     dropped_deliveries: Counter,
     slow_consumers: Counter,
     proxied: Family<Label, Counter>,
+    /// `proxied`'s counter of each status class (1xx to 5xx), looked up once: the family's
+    /// lookup takes a lock and hashes the label, for every proxied request. Created on first
+    /// use, so a class shows in `/metrics` once it has happened, as before.
+    proxied_by_class: [OnceLock<Counter>; 5],
     upstream_seconds: Histogram,
     upstream_errors: Family<Label, Counter>,
     client_errors: Family<Label, Counter>,
@@ -126,6 +131,7 @@ impl Metrics {
             dropped_deliveries: Counter::default(),
             slow_consumers: Counter::default(),
             proxied: Family::default(),
+            proxied_by_class: Default::default(),
             upstream_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             upstream_errors: Family::default(),
             client_errors: Family::default(),
@@ -413,14 +419,16 @@ impl Metrics {
     }
 
     pub fn proxied(&self, status: http::StatusCode, took: Duration) {
-        let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.proxied.get_or_create(&[("class", class)]).inc();
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        // A StatusCode is 100..=999; 6xx and up count as 5xx, as before.
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.proxied_by_class[class]
+            .get_or_init(|| {
+                self.proxied
+                    .get_or_create(&[("class", CLASSES[class])])
+                    .clone()
+            })
+            .inc();
         self.upstream_seconds.observe(took.as_secs_f64());
     }
 

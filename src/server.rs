@@ -8,20 +8,21 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::abuse::Conduct;
+use crate::abuse::{Conduct, Polling};
 use crate::accept::{self, Drain, Drained, Until};
 use crate::body::{self, Body};
 use crate::config::ServerConfig;
 use crate::connection::{Activity, Connection, ConnectionLimit, IDLE_CLOSE_GRACE, StreamExecutor};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::proxy::{Proxy, host_from_authority};
+use crate::proxy::{Answer, Client, Proxy, host_from_authority};
 use crate::realtime::Gate;
 use crate::shutdown::Shutdown;
 use crate::supervisor::AppGate;
@@ -43,48 +44,65 @@ impl Router {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-        conduct: &Arc<Conduct>,
-    ) -> Response<Body> {
+        client: &Client,
+        conduct: Option<&Arc<Conduct>>,
+    ) -> Response<Answer> {
         host_from_authority(&mut req);
         let path = req.uri().path();
+        // The readiness check and the Socket.IO path are boxed: their futures (the app probe,
+        // the session check, Engine.IO) are kilobytes, and inline they would make every
+        // proxied request's future as large, which hyper moves (copies) to start it.
         if self.health_path.as_deref() == Some(path) {
-            return self.ops.readiness().await;
+            return Box::pin(self.ops.readiness()).await.map(Either::Right);
         }
         let realtime = self.realtime.serves(path);
         if !self.gate.is_open() {
             if realtime {
                 self.realtime.refused_app_starting();
             }
-            return unavailable("the app is starting; retry in a moment");
+            return unavailable("the app is starting; retry in a moment").map(Either::Right);
         }
         if realtime {
-            self.realtime.handle(req, peer).await
+            Box::pin(self.realtime.handle(req, client.peer))
+                .await
+                .map(Either::Right)
         } else {
-            self.proxy.forward(req, peer, conduct).await
+            self.proxy.forward(req, client, conduct).await
         }
     }
 }
 
-/// Waits (up to `limit`) until the client has sent enough to tell HTTP/1 from HTTP/2. hyper's
-/// header read timeout starts only after that, so without this a client that connects and
-/// sends nothing — or half the HTTP/2 preface — would hold its connection forever.
-async fn request_started(stream: &tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+/// Waits (up to `limit`) until the client has sent enough to tell HTTP/1 from HTTP/2, and
+/// says which (`None`: neither came). hyper's header read timeout starts only after that, so
+/// without this a client that connects and sends nothing — or half the HTTP/2 preface — would
+/// hold its connection forever. A connection that does not open with the preface is HTTP/1.x
+/// for good (hyper serves HTTP/2 only with prior knowledge; an `h2c` upgrade is not taken).
+async fn request_started(
+    stream: &tokio::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<Version> {
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let wait = async {
         let mut buf = [0u8; 24];
         loop {
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
-                    return true;
-                }
+                Ok(0) | Err(_) => return None,
+                Ok(n) if !H2_PREFACE.starts_with(&buf[..n]) => return Some(Version::HTTP_11),
+                Ok(n) if n >= H2_PREFACE.len() => return Some(Version::HTTP_2),
                 // Part of the HTTP/2 preface: peek returns at once, so pause before looking again.
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
         }
     };
-    tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    tokio::time::timeout(limit, wait).await.ok().flatten()
+}
+
+/// Completes once the connection of `conduct` has been reported for abuse; never without one.
+async fn reported(conduct: Option<&Arc<Conduct>>) {
+    match conduct {
+        Some(conduct) => conduct.abused().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn unavailable(message: &str) -> Response<Body> {
@@ -160,6 +178,15 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
     builder
 }
 
+/// What each request of one client connection is served with: one reference to take per
+/// request, however many parts.
+struct Serving {
+    router: Arc<Router>,
+    client: Client,
+    /// HTTP/2 only.
+    conduct: Option<Arc<Conduct>>,
+}
+
 /// One client connection's task: its requests go to the router until it closes, goes idle,
 /// stalls, abuses HTTP/2 or the drain begins.
 fn serve_connection(
@@ -175,22 +202,34 @@ fn serve_connection(
     let idle = activity.clone();
     let send_stall_timeout = config.send_stall_timeout;
     let metrics = router.metrics.clone();
-    let conduct = Conduct::new(peer, config.max_concurrent_streams, metrics.clone());
-    let watch = conduct.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let router = router.clone();
-        let conduct = conduct.clone();
-        let request = activity.request();
-        async move {
-            let resp = router.handle(req, peer, &conduct).await;
-            Ok::<_, Infallible>(request.respond(resp))
-        }
-    });
+    let max_concurrent_streams = config.max_concurrent_streams;
     async move {
-        if !request_started(stream.stream(), header_read_timeout).await {
+        let Some(version) = request_started(stream.stream(), header_read_timeout).await else {
             tracing::debug!(%peer, "connection closed: no request within the header read timeout");
             return;
-        }
+        };
+        // Only HTTP/2 has app slots to hold and abuse to report: an HTTP/1.1 connection's
+        // requests carry no `Conduct`, and its task watches for no report.
+        let watch = (version == Version::HTTP_2)
+            .then(|| Conduct::new(peer, max_concurrent_streams, metrics.clone()));
+        let serving = Arc::new(Serving {
+            router,
+            client: Client::new(peer),
+            conduct: watch.clone(),
+        });
+        let service = hyper::service::service_fn(move |req| {
+            let serving = serving.clone();
+            let request = activity.request();
+            async move {
+                let Serving {
+                    router,
+                    client,
+                    conduct,
+                } = &*serving;
+                let resp = router.handle(req, client, conduct.as_ref()).await;
+                Ok::<_, Infallible>(request.respond(resp))
+            }
+        });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
         let stalled = idle.send_stalled(send_stall_timeout, peer, &metrics);
@@ -204,11 +243,11 @@ fn serve_connection(
         let mut abused = false;
         let ended = loop {
             tokio::select! {
-                ended = watch.polling(conn.as_mut()) => break ended,
+                ended = Polling::new(watch.as_ref(), conn.as_mut()) => break ended,
                 // An HTTP/1.1 response the client stopped taking: dropping the connection
                 // closes it and the app connection its body holds.
                 () = &mut stalled => break Ok(()),
-                _ = watch.abused(), if !abused => {
+                () = reported(watch.as_ref()), if watch.is_some() && !abused => {
                     abused = true;
                     if !std::mem::replace(&mut closing, true) {
                         conn.as_mut().graceful_shutdown();

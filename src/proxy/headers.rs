@@ -1,23 +1,28 @@
 //! Header rewriting between client and app: hop-by-hop removal and `X-Forwarded-*`.
 
+use std::fmt::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones proxies conventionally drop. `HTTP2-Settings` belongs to an h2c upgrade
-/// (RFC 7540 §3.2.1), which is never passed on.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("http2-settings"),
-];
+/// (RFC 7540 §3.2.1), which is never passed on. `Proxy-Authenticate` is the proxy's own.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "http2-settings"
+    )
+}
 
 /// End-to-end headers a `Connection` header may name but never removes: without them the app
 /// would see another host (`Host`), lose the user's session or credentials, get a different
@@ -49,20 +54,25 @@ pub fn host_from_authority<B>(req: &mut http::Request<B>) {
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header names, except the
-/// end-to-end ones in [`NEVER_HOP_BY_HOP`].
+/// end-to-end ones in [`NEVER_HOP_BY_HOP`]. One look at each name: most messages carry none
+/// of them, or one or two (`Connection`, `Keep-Alive`), and only those present are removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
 }
 
 /// The protocol an `Upgrade` request asks for, if it is one sockgate passes on (HTTP/1.1
@@ -82,9 +92,18 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     (!h2c).then(|| protocol.clone())
 }
 
+/// The client's address as an `X-Forwarded-For` value (worked out once per connection).
+pub fn forwarded_for(client_ip: IpAddr) -> HeaderValue {
+    let mut text = String::with_capacity(39);
+    let _ = write!(text, "{client_ip}");
+    // An IP address is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// What the app should learn about the original request.
 pub struct Forwarded<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address, from [`forwarded_for`].
+    pub client: &'a HeaderValue,
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
     /// Keep (append to) what an upstream load balancer already set.
@@ -98,18 +117,20 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Sets `X-Forwarded-For/-Proto/-Host`. Untrusted incoming values are replaced: a client must
 /// not be able to pose as another IP to the app.
 pub fn set_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
-    let ip = fwd.client_ip.to_string();
-    let prior_for = headers
-        .get(&X_FORWARDED_FOR)
+    let prior_for = fwd
+        .trust_incoming
+        .then(|| headers.get(&X_FORWARDED_FOR))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .filter(|prior| !prior.trim().is_empty());
     let chain = match prior_for {
-        Some(prior) if fwd.trust_incoming && !prior.trim().is_empty() => {
-            format!("{prior}, {ip}")
+        Some(prior) => {
+            let ip = fwd.client.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
         }
-        _ => ip,
+        None => Some(fwd.client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = chain {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(fwd.trust_incoming && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -162,13 +183,33 @@ mod tests {
     }
 
     #[test]
+    fn strips_hop_headers_without_a_connection_header_and_keeps_the_rest() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app.test"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key(header::HOST) && h.contains_key("x-keep"));
+        let untouched = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
+    }
+
+    #[test]
     fn forwarded_overwrites_untrusted_and_appends_trusted() {
         let host = HeaderValue::from_static("app.test");
+        let client = forwarded_for("10.0.0.1".parse().unwrap());
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let fwd = Forwarded {
-            client_ip: "10.0.0.1".parse().unwrap(),
+            client: &client,
             proto: "http",
             host: Some(&host),
             trust_incoming: false,

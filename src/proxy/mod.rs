@@ -13,18 +13,39 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
+use http_body::Body as _;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::abuse::Conduct;
+use crate::abuse::{Conduct, Held};
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::upload::{MinRate, Upload};
+use crate::upload::{FaultCell, MinRate, Upload};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use headers::{effective_host, host_from_authority};
 pub use upgrade::Tunnels;
+
+/// A proxied request's answer body: the app's as it streams (holding its HTTP/2 slot), or
+/// one of sockgate's own. Not boxed here: the server boxes it once, with its own wrapper.
+pub type Answer = Either<Held<Incoming>, Body>;
+
+/// One client connection as the app hears of it, worked out once for all its requests.
+pub struct Client {
+    pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` value.
+    forwarded_for: HeaderValue,
+}
+
+impl Client {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            forwarded_for: headers::forwarded_for(peer.ip()),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -58,14 +79,15 @@ impl Proxy {
 
     /// Forwards one request from `peer` to the app and returns the app's answer, or a 502/504
     /// page that says why there is none, or a 400/408 when the client's body is at fault.
-    /// An HTTP/2 request waits for one of its connection's app slots (`conduct`).
+    /// An HTTP/2 request waits for one of its connection's app slots (`conduct`, which only
+    /// HTTP/2 connections have).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-        conduct: &Arc<Conduct>,
-    ) -> Response<Body> {
-        let multiplexed = req.version() == Version::HTTP_2;
+        client: &Client,
+        conduct: Option<&Arc<Conduct>>,
+    ) -> Response<Answer> {
+        let peer = client.peer;
         let upgrade = (req.version() == Version::HTTP_11)
             .then(|| headers::upgrade_protocol(req.headers()))
             .flatten();
@@ -73,7 +95,11 @@ impl Proxy {
 
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        mark_forwarded(&mut parts.headers, peer, self.trust_forwarded);
+        forwarded(
+            &mut parts.headers,
+            &client.forwarded_for,
+            self.trust_forwarded,
+        );
         if let Some(protocol) = &upgrade {
             parts
                 .headers
@@ -84,27 +110,34 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
-        let (body, client_fault) = Upload::new(body, self.min_rate);
-        let req = Request::from_parts(parts, Either::Left(body));
+        // A body already at its end (a GET) has no rate to keep and no fault to record.
+        let (body, client_fault) = match body.is_end_stream() {
+            true => (Either::Right(Full::default()), None),
+            false => {
+                let (upload, fault) = Upload::new(body, self.min_rate);
+                (Either::Left(upload), Some(fault))
+            }
+        };
+        let req = Request::from_parts(parts, body);
 
         let started = Instant::now();
         let exchange = self.upstream.send(req, None);
         // An HTTP/1.1 client that goes away takes its connection: the aborted exchange is
         // the app's cue, and there is no stream to reuse.
-        let (answer, ticket) = match multiplexed {
-            true => {
+        let (answer, ticket) = match conduct {
+            Some(conduct) => {
                 let (answer, ticket) = conduct.dispatch(exchange).await;
                 (answer, Some(ticket))
             }
-            false => (exchange.await, None),
+            None => (exchange.await, None),
         };
         let mut resp = match answer {
             Ok(resp) => resp,
-            Err(_) if let Some(fault) = client_fault.get() => {
+            Err(_) if let Some(fault) = client_fault.as_ref().and_then(FaultCell::get) => {
                 // The app is fine: the client sent a broken body, gave up, or trickled.
                 tracing::debug!(%method, %path, %peer, "{fault}");
                 self.metrics.client_error(fault.label());
-                return fault.response();
+                return fault.response().map(Either::Right);
             }
             Err(error) => {
                 tracing::warn!(%method, %path, %peer, "{error}");
@@ -114,7 +147,7 @@ impl Proxy {
                 });
                 let page = error_page(&error);
                 self.metrics.proxied(page.status(), started.elapsed());
-                return page;
+                return page.map(Either::Right);
             }
         };
         self.metrics.proxied(resp.status(), started.elapsed());
@@ -123,7 +156,7 @@ impl Proxy {
                 let app = hyper::upgrade::on(&mut resp);
                 self.tunnels.open(client, app, path);
                 let (parts, _) = resp.into_parts();
-                Response::from_parts(parts, body::full(bytes::Bytes::new()))
+                Response::from_parts(parts, Either::Right(body::full(bytes::Bytes::new())))
             }
             _ => {
                 let (mut parts, body) = resp.into_parts();
@@ -131,10 +164,10 @@ impl Proxy {
                 // The client's connection has its own version; hyper picks the wire format.
                 parts.version = Version::default();
                 let body = match ticket {
-                    Some(ticket) => body::boxed(ticket.hold(body)),
-                    None => body::boxed(body),
+                    Some(ticket) => ticket.hold(body),
+                    None => Held::unslotted(body),
                 };
-                Response::from_parts(parts, body)
+                Response::from_parts(parts, Either::Left(body))
             }
         }
     }
@@ -143,11 +176,16 @@ impl Proxy {
 /// Sets `X-Forwarded-For/-Proto/-Host` for a request from `peer`, as the app should see it.
 /// Also used for Socket.IO handshakes, whose headers go to the app's session route.
 pub fn mark_forwarded(headers: &mut http::HeaderMap, peer: SocketAddr, trust_forwarded: bool) {
+    forwarded(headers, &headers::forwarded_for(peer.ip()), trust_forwarded);
+}
+
+/// [`mark_forwarded`] with the client's address already made a header value.
+fn forwarded(headers: &mut http::HeaderMap, client: &HeaderValue, trust_forwarded: bool) {
     let host = headers.get(header::HOST).cloned();
     headers::set_forwarded(
         headers,
         &headers::Forwarded {
-            client_ip: peer.ip(),
+            client,
             proto: "http",
             host: host.as_ref(),
             trust_incoming: trust_forwarded,
