@@ -25,13 +25,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::Value;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio::sync::mpsc;
 
 use super::history::{Appended, Entry, Head, Journal, RedisHistory, Replay, STRIPES, Since};
+use super::payload::Payload;
 use super::rooms::{Companions, companions};
 use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
@@ -77,17 +77,17 @@ pub struct Relayed {
     pub room: String,
     pub kept: Appended,
     pub event: Arc<str>,
-    pub data: Arc<Value>,
+    pub data: Payload,
     deliver: bool,
 }
 
 impl Relayed {
-    pub fn new(room: String, kept: Appended, event: &str, data: &Value) -> Self {
+    pub fn new(room: String, kept: Appended, event: &str, data: &Payload) -> Self {
         Relayed {
             room,
             kept,
             event: event.into(),
-            data: Arc::new(data.clone()),
+            data: data.clone(),
             deliver: true,
         }
     }
@@ -97,7 +97,7 @@ impl Relayed {
         let text = std::str::from_utf8(bytes).ok()?;
         let (header, data) = text.split_once('\n')?;
         let h: Header = serde_json::from_str(header).ok()?;
-        let data: Value = serde_json::from_str(data).ok()?;
+        let data = Payload::from_json(data.to_owned())?;
         Some((
             h.o,
             Relayed {
@@ -108,7 +108,7 @@ impl Relayed {
                     prev: h.p,
                 },
                 event: h.e.into(),
-                data: Arc::new(data),
+                data,
                 deliver: h.l,
             },
         ))
@@ -237,7 +237,7 @@ impl Relay {
         &self,
         room: &str,
         event: &str,
-        data: &Value,
+        data: &Payload,
         deliver: bool,
     ) -> Option<Appended> {
         // The script completes the object with the entry's place.
@@ -367,7 +367,7 @@ impl Relay {
         let with_offset: Vec<_> = io.local().to(recovering.clone()).sockets();
         let plain: Vec<_> = io.local().to(room.to_owned()).except(recovering).sockets();
         let meta = serde_json::json!({ "offset": entry.offset, "room": room });
-        let payload = (&*entry.data, meta);
+        let payload = (&entry.data, meta);
         let mut targeted = 0;
         let mut dropped = 0;
         let mut count = |sent: Result<(), SendError>| {
@@ -380,7 +380,7 @@ impl Relay {
             }
         };
         for socket in plain.iter().filter(|s| !skipped.contains(&s.id)) {
-            count(socket.emit(&*entry.event, &*entry.data));
+            count(socket.emit(&*entry.event, &entry.data));
         }
         for socket in with_offset.iter().filter(|s| !skipped.contains(&s.id)) {
             count(socket.emit(&*entry.event, &payload));
@@ -580,7 +580,7 @@ mod tests {
         assert_eq!(entry.room, "user:a\n\"b");
         assert_eq!(entry.kept.offset(), "0f:5-1");
         assert_eq!(entry.kept.prev, "4-0");
-        assert_eq!(entry.data["text"], "a\nb");
+        assert_eq!(entry.data.json(), r#"{"text":"a\nb"}"#);
         assert!(Relayed::parse(b"garbage").is_none());
     }
 

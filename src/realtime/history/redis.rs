@@ -11,10 +11,10 @@ use fred::clients::Client as RedisClient;
 use fred::interfaces::KeysInterface;
 use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
-use serde_json::Value;
 
 use super::offsets::{Appended, Entry, Head, Replay, Since, fresh_token};
 use crate::cluster::Link;
+use crate::realtime::payload::Payload;
 
 /// Cluster history: one Redis stream per room (`sockgate:history:{<room>}`), trimmed to about
 /// `max_messages` entries, expiring `max_age` after its last message, and beside it the
@@ -183,7 +183,7 @@ impl RedisHistory {
         }
     }
 
-    pub(super) async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
+    pub(super) async fn append(&self, room: &str, event: &str, data: &Payload) -> Option<String> {
         let kept = self.append_relayed(room, event, data, None).await?;
         Some(kept.offset())
     }
@@ -194,7 +194,7 @@ impl RedisHistory {
         &self,
         room: &str,
         event: &str,
-        data: &Value,
+        data: &Payload,
         relay: Option<(&str, String)>,
     ) -> Option<Appended> {
         if !self.link.is_up() {
@@ -209,7 +209,7 @@ impl RedisHistory {
             self.max_messages.to_string(),
             ttl_ms.to_string(),
             event.to_owned(),
-            data.to_string(),
+            data.json().to_owned(),
             retire.to_owned(),
             channel.to_owned(),
             header,
@@ -337,7 +337,7 @@ struct Kept {
     /// not say (written by an older sockgate): then it cannot be shown to follow anything.
     prev: Option<String>,
     event: Arc<str>,
-    data: Arc<Value>,
+    data: Payload,
 }
 
 /// (generation, entries) from the replay script's answer.
@@ -371,13 +371,13 @@ fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
                 .and_then(|kv| kv.get(1))
         };
         // An entry that cannot be read makes the whole read fail: a gap, never a skip.
-        let data = serde_json::from_str(field("d")?).ok()?;
+        let data = Payload::from_json(field("d")?.to_owned())?;
         let event = field("e")?;
         entries.push(Kept {
             id,
             prev: field("p").cloned(),
             event: event.as_str().into(),
-            data: Arc::new(data),
+            data,
         });
     }
     Some((epoch, entries))

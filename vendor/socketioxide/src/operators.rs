@@ -295,6 +295,17 @@ impl<A: Adapter> BroadcastOperators<A> {
         }
     }
 
+    /// How many sockets of this node these operators reach (their rooms and exceptions
+    /// applied).
+    ///
+    /// sockgate patch: counts the adapter's socket ids alone. `sockets().len()` looks up
+    /// every socket in the namespace (a lock and a map lookup each) and clones a reference
+    /// to it, only for the list to be counted and dropped; a publish counts its recipients
+    /// on every fan-out.
+    pub fn count(&self) -> usize {
+        self.ns.adapter.get_local().sockets(self.opts.clone()).len()
+    }
+
     #[doc = include_str!("../docs/operators/sockets.md")]
     pub fn sockets(self) -> Vec<SocketRef<A>> {
         let ids = self.ns.adapter.get_local().sockets(self.opts);
