@@ -623,6 +623,11 @@ async fn emit_locally<A: Adapter, P: serde::Serialize + ?Sized>(
     payload: &P,
 ) -> Result<(usize, usize), HubError> {
     let recipients = to.count();
+    if recipients == 0 {
+        // socketioxide encodes before it looks for sockets: a room with none here (often the
+        // recovering companion of a user room) costs nothing.
+        return Ok((0, 0));
+    }
     let dropped = match to.emit(event, payload).await {
         Ok(()) => 0,
         Err(BroadcastError::Socket(errors)) => full_count(&errors),
