@@ -35,7 +35,7 @@ else
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sockgate-fanout-XXXXXX")
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null; sleep 0.3; kill -9 "${PIDS[@]}" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'set +e; kill "${PIDS[@]}" 2>/dev/null; sleep 0.3; kill -9 "${PIDS[@]}" 2>/dev/null; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # utime stime
@@ -91,9 +91,9 @@ run_sockgate() {
     --out "$dir/sockets.json" --max-secs 600 2>>"$dir/loadgen.log" & lg=$!; PIDS+=($lg)
   wait_for "test -e $dir/marks/broadcasts.start"
   if [ "$mode" = ir ]; then
-    callgrind_control -i on "$sgp" >/dev/null
+    callgrind_control -i on "$sgp" >/dev/null 2>&1
     wait_for "test -e $dir/marks/broadcasts.end"
-    callgrind_control -i off "$sgp" >/dev/null
+    callgrind_control -i off "$sgp" >/dev/null 2>&1
   else
     read -r u0 s0 < <(ticks "$sgp")
     perf_until "$sgp" "$dir/marks/broadcasts.end" "$dir/perf-sockgate.txt"
@@ -106,7 +106,7 @@ run_sockgate() {
   if [ "$mode" = ir ]; then
     # Instructions executed in sockgate's user space while instrumentation was on.
     local ir
-    ir=$(callgrind_annotate "$dir"/callgrind.out* 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+    ir=$(awk '/^totals:/ {print $2}' "$dir/callgrind.out")
     printf '%-9s %10s %14s\n' "$name" "$delivered" "$(python3 -c "print(f'{$ir / $delivered:.0f}')")"
     return
   fi
@@ -175,24 +175,35 @@ if [ -n "${IR:-}" ]; then
   done
 fi
 # One binary's per-user batches: run_batches NAME BINARY.
+# With IR=1 it also runs each binary under callgrind (instrumented over the stream) and adds
+# the instructions per message.
 run_batches() {
-  local name=$1 bin=$2 dir="$WORK/$1-batch" app sg sgp lg
+  local name=$1 bin=$2 mode=${3:-} dir="$WORK/$1-batch${3:-}" app sg sgp lg wrap=()
+  [ "$mode" = ir ] && wrap=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out")
   mkdir -p "$dir"
   app=$(free_port); sg=$(free_port)
   PORT=$app taskset -c 1 node bench/node-app/app.mjs >"$dir/app.log" 2>&1 & PIDS+=($!); local appp=$!
   wait_for "curl -fs http://127.0.0.1:$app/hello"
   (cd "$dir" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$sg SIDECAR_UPSTREAM__URL=http://127.0.0.1:$app \
     SIDECAR_PUBLISH__SOCKET="$dir/p.sock" SIDECAR_REALTIME__TRANSPORTS='["websocket"]' SIDECAR_AUTH__REVALIDATE_INTERVAL_MS=0 \
-    SIDECAR_LOG__FILTER=warn taskset -c 0 "$bin" >"$dir/sockgate.log" 2>&1) & PIDS+=($!); sgp=$!
+    SIDECAR_LOG__FILTER=warn taskset -c 0 "${wrap[@]}" "$bin" >"$dir/sockgate.log" 2>&1) & PIDS+=($!); sgp=$!
   wait_for "test -S $dir/p.sock"
   taskset -c 1 "$ROOT/target/release/loadgen" stream --addr 127.0.0.1:$sg --publish-socket "$dir/p.sock" \
     --n "${BATCH_N:-1000}" --rate "${BATCH_RATE:-5000}" --batch 100 --duration "${BATCH_SECS:-10}" \
     --ready-file "$dir/ready" --stop-file "$dir/never" --out "$dir/stream.json" 2>>"$dir/loadgen.log" & lg=$!; PIDS+=($lg)
   wait_for "test -e $dir/ready"
+  [ "$mode" = ir ] && callgrind_control -i on "$sgp" >/dev/null 2>&1
   read -r u0 s0 < <(ticks "$sgp")
   wait "$lg"
   read -r u1 s1 < <(ticks "$sgp")
+  [ "$mode" = ir ] && callgrind_control -i off "$sgp" >/dev/null 2>&1
   kill "$sgp" "$appp" 2>/dev/null || true
+  if [ "$mode" = ir ]; then
+    wait "$sgp" 2>/dev/null || true
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['sent']; print(f'{sys.argv[2]:<9} {s:>10} {int(sys.argv[3]) / s:14.0f}')" \
+      "$dir/stream.json" "$name" "$(awk '/^totals:/ {print $2}' "$dir/callgrind.out")"
+    return
+  fi
   python3 - "$name" "$dir/stream.json" $((u1 - u0)) $((s1 - s0)) "$HZ" <<'PY'
 import json, sys
 name, out, ut, st, hz = sys.argv[1], json.load(open(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
@@ -208,4 +219,12 @@ if [ -n "${BATCH:-}" ]; then
     i=$((i + 1)); name=sockgate; [ $# -gt 1 ] && name=sg$i
     run_batches "$name" "$bin"
   done
+  if [ -n "${IR:-}" ]; then
+    echo "user-space instructions per message (callgrind):"
+    i=0
+    for bin in "$@"; do
+      i=$((i + 1)); name=sockgate; [ $# -gt 1 ] && name=sg$i
+      run_batches "$name" "$bin" ir
+    done
+  fi
 fi
