@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::realtime::{SOCKGATE_EVENTS, Target};
+use crate::realtime::{Payload, SOCKGATE_EVENTS, Target};
 use crate::reserved::INTERNAL_PREFIX;
 
 /// Events the Socket.IO client reserves for itself; publishing them would confuse clients.
@@ -23,7 +23,8 @@ const TARGET_FIELDS: [&str; 4] = ["userId", "userIds", "room", "broadcast"];
 pub struct Publish {
     pub target: Target,
     pub event: String,
-    pub data: Value,
+    /// Encoded here, once: what every socket's frame and the history carry.
+    pub data: Payload,
 }
 
 /// A field that is missing, of the wrong type, or out of range.
@@ -111,7 +112,8 @@ pub fn parse_publish(value: &Value, prefix: &str) -> Result<Publish, InvalidFiel
         Some(Value::String(e)) => e.clone(),
         Some(other) => return Err(invalid(prefix, "event", expected("a string", other))),
     };
-    let data = fields.get("data").cloned().unwrap_or(Value::Null);
+    let data = Payload::from_value(fields.get("data").unwrap_or(&Value::Null))
+        .map_err(|e| invalid(prefix, "data", e.to_string()))?;
     Ok(Publish {
         target,
         event,
@@ -234,7 +236,7 @@ mod tests {
         let p = parse_publish(&json!({"userId": 42, "data": {"a": 1}}), "").unwrap();
         assert_eq!(p.target, Target::User("42".into()));
         assert_eq!(p.event, "notification");
-        assert_eq!(p.data, json!({"a": 1}));
+        assert_eq!(p.data.json(), r#"{"a":1}"#);
         let p = parse_publish(&json!({"userIds": ["a", 7], "event": "x"}), "").unwrap();
         assert_eq!(p.target, Target::Users(vec!["a".into(), "7".into()]));
         assert_eq!(

@@ -7,11 +7,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use socketioxide::adapter::{Adapter, AdapterError, LocalAdapter};
-use socketioxide::{BroadcastError, SendError, SocketError, SocketIo, TransportType};
+use socketioxide::operators::BroadcastOperators;
+use socketioxide::{BroadcastError, SocketError, SocketIo, TransportType};
 
 use super::figures::{Coverage, HubStats, Presence, RoomInfo};
 use super::history::Journal;
 use super::outage::Outages;
+use super::payload::Payload;
 use super::relay::{Relay, Relayed};
 use super::rooms::{
     CONNECTING_ROOM_PREFIX, Companions, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions,
@@ -50,8 +52,8 @@ pub enum HubError {
         "sockgate is draining (shutting down): its sockets are closed; publish through another instance or retry once it is back"
     )]
     Draining,
-    /// The message could not be encoded for the sockets. Kept as socketioxide reported it: a
-    /// broadcast's error in its words, one socket's emit as the encoder's message alone.
+    /// The message could not be encoded for the sockets. Kept as socketioxide reported it (a
+    /// broadcast's error in its words; every delivery is a broadcast, encoded once).
     #[error(transparent)]
     Serialize(Box<dyn std::error::Error + Send>),
     /// This instance's adapter failed a local broadcast (as socketioxide words it).
@@ -158,7 +160,7 @@ impl Hub {
         &self,
         target: &Target,
         event: &str,
-        data: &serde_json::Value,
+        data: &Payload,
     ) -> Result<usize, HubError> {
         if self.is_draining() {
             return Err(HubError::Draining);
@@ -194,7 +196,7 @@ impl Hub {
     /// receives the batch in its order.
     pub async fn publish_batch(
         &self,
-        messages: &[(&Target, &str, &serde_json::Value)],
+        messages: &[(&Target, &str, &Payload)],
     ) -> Result<usize, HubError> {
         if self.is_draining() {
             return Err(HubError::Draining);
@@ -224,7 +226,7 @@ impl Hub {
     /// at once, each group in order. Metrics count each message once, when its last room got it.
     async fn publish_run(
         &self,
-        messages: &[(&Target, &str, &serde_json::Value)],
+        messages: &[(&Target, &str, &Payload)],
         run: &[usize],
     ) -> Result<usize, HubError> {
         use futures_util::StreamExt;
@@ -293,7 +295,7 @@ impl Hub {
         &self,
         room: String,
         event: &str,
-        data: &serde_json::Value,
+        data: &Payload,
     ) -> Result<(usize, usize), HubError> {
         let got = self.publish_group(room, &[(event, data)]).await?;
         Ok(got.first().copied().unwrap_or_default())
@@ -305,7 +307,7 @@ impl Hub {
     async fn publish_group(
         &self,
         room: String,
-        messages: &[(&str, &serde_json::Value)],
+        messages: &[(&str, &Payload)],
     ) -> Result<Vec<(usize, usize)>, HubError> {
         let mut got = Vec::with_capacity(messages.len());
         let Some(history) = self.journal.history() else {
@@ -358,7 +360,7 @@ impl Hub {
     /// by the publish): they get the message from it, so they are recipients too.
     fn replaying(&self, companions: &Companions) -> usize {
         match &companions.waiting {
-            Some(waiting) => with_io!(self, io => io.local().to(waiting.clone()).sockets().len()),
+            Some(waiting) => with_io!(self, io => io.local().to(waiting.clone()).count()),
             None => 0,
         }
     }
@@ -371,7 +373,7 @@ impl Hub {
         companions: &Companions,
         offset: Option<String>,
         event: &str,
-        data: &serde_json::Value,
+        data: &Payload,
     ) -> Result<(usize, usize), HubError> {
         match offset {
             Some(offset) => {
@@ -419,13 +421,8 @@ impl Hub {
         let except: Vec<String> = except.into_iter().collect();
         if let Some(io) = self.cluster_io() {
             let local = match &room {
-                Some(room) => io
-                    .local()
-                    .to(room.clone())
-                    .except(except.clone())
-                    .sockets()
-                    .len(),
-                None => io.local().sockets().len(),
+                Some(room) => io.local().to(room.clone()).except(except.clone()).count(),
+                None => io.local().count(),
             };
             let sent = match &room {
                 Some(room) => {
@@ -457,30 +454,9 @@ impl Hub {
             outages.delivered_locally(room.as_deref());
         }
         with_io!(self, io => match room {
-            Some(room) => self.emit_each(io.local().to(room).except(except).sockets(), event, payload),
-            None => broadcast_locally(io, event, payload).await,
+            Some(room) => emit_locally(io.local().to(room).except(except), event, payload).await,
+            None => emit_locally(io.local(), event, payload).await,
         })
-    }
-
-    /// Emits to each socket in turn. A socket whose buffer is full (a client that stopped
-    /// reading) misses the message and is closed by the engine as a slow consumer (see
-    /// `CloseWhenFull` in `realtime/mod.rs`): it reconnects and catches up instead of holding
-    /// memory. Returns (targeted, dropped).
-    fn emit_each<A: Adapter, P: serde::Serialize + ?Sized>(
-        &self,
-        sockets: Vec<socketioxide::extract::SocketRef<A>>,
-        event: &str,
-        payload: &P,
-    ) -> Result<(usize, usize), HubError> {
-        let mut dropped = 0;
-        for socket in &sockets {
-            match socket.emit(event, payload) {
-                Ok(()) | Err(SendError::Socket(SocketError::Closed)) => {}
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => dropped += 1,
-                Err(SendError::Serialize(e)) => return Err(HubError::Serialize(Box::new(e))),
-            }
-        }
-        Ok((sockets.len(), dropped))
     }
 
     /// Closes every socket of `user_id` (on every instance in cluster mode); returns how many
@@ -581,7 +557,7 @@ impl Hub {
             _ => None,
         };
         let (mut sockets, mut theirs): (usize, HashSet<String>) = with_io!(self, io => (
-            io.local().to(rooms.clone()).sockets().len(),
+            io.local().to(rooms.clone()).count(),
             io.local()
                 .to(rooms)
                 .rooms()
@@ -692,15 +668,24 @@ impl Hub {
     }
 }
 
-/// A broadcast is encoded once for all local sockets; sockets whose buffer is full miss it,
-/// and the engine closes them as slow consumers. Returns (targeted, dropped).
-async fn broadcast_locally<A: Adapter, P: serde::Serialize + ?Sized>(
-    io: &SocketIo<A>,
+/// Emits to this instance's sockets that `to` selects, the packet encoded once for all of
+/// them (not once per socket). A socket whose buffer is full (a client that stopped reading)
+/// misses the message and is closed by the engine as a slow consumer (see `CloseWhenFull` in
+/// `realtime/mod.rs`): it reconnects and catches up instead of holding memory. Returns
+/// (targeted, dropped), the targeted counted from the adapter's socket ids, without looking
+/// each socket up.
+async fn emit_locally<A: Adapter, P: serde::Serialize + ?Sized>(
+    to: BroadcastOperators<A>,
     event: &str,
     payload: &P,
 ) -> Result<(usize, usize), HubError> {
-    let recipients = io.local().sockets().len();
-    let dropped = match io.local().emit(event, payload).await {
+    let recipients = to.count();
+    if recipients == 0 {
+        // socketioxide encodes before it looks for sockets: a room with none here (often the
+        // recovering companion of a user room) costs nothing.
+        return Ok((0, 0));
+    }
+    let dropped = match to.emit(event, payload).await {
         Ok(()) => 0,
         Err(BroadcastError::Socket(errors)) => full_count(&errors),
         Err(e @ BroadcastError::Serialize(_)) => return Err(HubError::Serialize(Box::new(e))),

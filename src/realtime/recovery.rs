@@ -234,12 +234,10 @@ async fn replay<A: Adapter>(
             let deadline = tokio::time::Instant::now() + REPLAY_DEADLINE;
             for entry in entries {
                 let sent = match shape {
-                    Shape::Plain => {
-                        emit_waiting(socket, &entry.event, &*entry.data, deadline).await
-                    }
+                    Shape::Plain => emit_waiting(socket, &entry.event, &entry.data, deadline).await,
                     Shape::WithOffset => {
                         let meta = serde_json::json!({ "offset": entry.offset, "room": room });
-                        emit_waiting(socket, &entry.event, &(&*entry.data, meta), deadline).await
+                        emit_waiting(socket, &entry.event, &(&entry.data, meta), deadline).await
                     }
                 };
                 if !sent {

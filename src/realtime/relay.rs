@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::Value;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_redis::drivers::{ChanItem, MessageStream};
@@ -39,6 +38,7 @@ use tokio::sync::mpsc;
 use super::history::{
     Appended, Entry, Head, Journal, RedisHistory, RelayAs, Replay, STRIPES, Since,
 };
+use super::payload::Payload;
 use super::rooms::{Companions, companions};
 use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
@@ -91,17 +91,17 @@ pub struct Relayed {
     pub room: String,
     pub kept: Appended,
     pub event: Arc<str>,
-    pub data: Arc<Value>,
+    pub data: Payload,
     deliver: bool,
 }
 
 impl Relayed {
-    pub fn new(room: String, kept: Appended, event: &str, data: &Value) -> Self {
+    pub fn new(room: String, kept: Appended, event: &str, data: &Payload) -> Self {
         Relayed {
             room,
             kept,
             event: event.into(),
-            data: Arc::new(data.clone()),
+            data: data.clone(),
             deliver: true,
         }
     }
@@ -120,7 +120,7 @@ impl Relayed {
                 None => (after, ""),
             };
             rest = next;
-            let data: Value = serde_json::from_str(data).ok()?;
+            let data = Payload::from_json(data.to_owned())?;
             entries.push((
                 h.o,
                 Relayed {
@@ -131,7 +131,7 @@ impl Relayed {
                         prev: h.p,
                     },
                     event: h.e.into(),
-                    data: Arc::new(data),
+                    data,
                     deliver: h.l,
                 },
             ));
@@ -265,7 +265,7 @@ impl Relay {
         &self,
         room: &str,
         event: &str,
-        data: &Value,
+        data: &Payload,
         deliver: bool,
     ) -> Option<Appended> {
         self.append_group(room, &[(event, data)], deliver)
@@ -279,7 +279,7 @@ impl Relay {
     pub async fn append_group(
         &self,
         room: &str,
-        messages: &[(&str, &Value)],
+        messages: &[(&str, &Payload)],
         deliver: bool,
     ) -> Vec<Option<Appended>> {
         // The script completes the object with the entry's place.
@@ -421,7 +421,7 @@ impl Relay {
         let with_offset: Vec<_> = io.local().to(recovering.clone()).sockets();
         let plain: Vec<_> = io.local().to(room.to_owned()).except(recovering).sockets();
         let meta = serde_json::json!({ "offset": entry.offset, "room": room });
-        let payload = (&*entry.data, meta);
+        let payload = (&entry.data, meta);
         let mut targeted = 0;
         let mut dropped = 0;
         let mut count = |sent: Result<(), SendError>| {
@@ -434,7 +434,7 @@ impl Relay {
             }
         };
         for socket in plain.iter().filter(|s| !skipped.contains(&s.id)) {
-            count(socket.emit(&*entry.event, &*entry.data));
+            count(socket.emit(&*entry.event, &entry.data));
         }
         for socket in with_offset.iter().filter(|s| !skipped.contains(&s.id)) {
             count(socket.emit(&*entry.event, &payload));
@@ -650,7 +650,7 @@ mod tests {
         assert_eq!(entry.room, room);
         assert_eq!(entry.kept.offset(), "0f:5-1");
         assert_eq!(entry.kept.prev, "4-0");
-        assert_eq!(entry.data["text"], "a\nb");
+        assert_eq!(entry.data.json(), r#"{"text":"a\nb"}"#);
         assert!(Relayed::parse(b"garbage").is_none());
         // Several in one message, each with its data's length; the data may hold newlines.
         let raw = "{\n\"é\": 1}";
@@ -665,8 +665,8 @@ mod tests {
         let entries = Relayed::parse(message.as_bytes()).expect("parses");
         let ids: Vec<_> = entries.iter().map(|(_, e)| e.kept.id.as_str()).collect();
         assert_eq!(ids, ["5-1", "5-2"]);
-        assert_eq!(entries[0].1.data["é"], 1);
-        assert_eq!(*entries[1].1.data, 2);
+        assert_eq!(entries[0].1.data.json(), raw);
+        assert_eq!(entries[1].1.data.json(), "2");
         // A message cut short is not read at all: none of its entries is delivered.
         assert!(Relayed::parse(&message.as_bytes()[..message.len() - 1]).is_none());
     }

@@ -883,9 +883,15 @@ async fn broadcast_each(
     total: u64,
 ) -> Res<(Vec<f64>, u64)> {
     let (mut lasts, mut lost) = (vec![], 0u64);
+    // `LOADGEN_BROADCAST_USER=<id>`: publish to that user's room instead of to everyone (with
+    // `LOADGEN_COOKIES=1` every socket is user 0's): a room publish, kept in the history.
+    let target = match std::env::var("LOADGEN_BROADCAST_USER") {
+        Ok(user) => format!(r#""userId":"{user}""#),
+        Err(_) => r#""broadcast":true"#.to_owned(),
+    };
     for bid in bids {
         let body = format!(
-            r#"{{"broadcast":true,"event":"notification","data":{{"t":{},"b":{bid}}}}}"#,
+            r#"{{{target},"event":"notification","data":{{"t":{},"b":{bid}}}}}"#,
             now_ns()
         );
         publ.post("/publish", body.into_bytes()).await?;

@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::offsets::{Entry, Head, Replay, Since, fresh_token};
 use crate::metrics::Metrics;
+use crate::realtime::payload::Payload;
 
 struct RoomLog {
     name: Arc<str>,
@@ -42,7 +41,7 @@ struct Message {
     n: u64,
     at: Instant,
     event: Arc<str>,
-    data: Arc<Value>,
+    data: Payload,
     /// What it is counted for against `max_bytes`.
     bytes: usize,
 }
@@ -53,20 +52,20 @@ const ALLOCATION: usize = 16;
 const ARC_COUNTS: usize = 2 * size_of::<usize>();
 
 impl Message {
-    fn new(n: u64, at: Instant, event: &str, data: &Value) -> Self {
+    fn new(n: u64, at: Instant, event: &str, data: &Payload) -> Self {
+        // The data's text is shared with the publish that kept it, but outlives it here.
         let bytes = size_of::<Message>()
             + ARC_COUNTS
             + ALLOCATION
             + event.len()
             + ARC_COUNTS
             + ALLOCATION
-            + size_of::<Value>()
-            + json_heap_bytes(data);
+            + data.json().len();
         Self {
             n,
             at,
             event: event.into(),
-            data: Arc::new(data.clone()),
+            data: data.clone(),
             bytes,
         }
     }
@@ -81,36 +80,6 @@ fn room_bytes(name: &str) -> usize {
         + name.len()
         + 4 * size_of::<Message>()
         + ALLOCATION
-}
-
-/// The heap memory a JSON value holds (an estimate: map and allocator overheads are rounded).
-fn json_heap_bytes(value: &Value) -> usize {
-    match value {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-        Value::String(s) => s.len() + ALLOCATION,
-        Value::Array(items) => {
-            ALLOCATION
-                + items
-                    .iter()
-                    .map(|item| size_of::<Value>() + json_heap_bytes(item))
-                    .sum::<usize>()
-        }
-        // An ordered map: a vector of (hash, key, value) and an index table.
-        Value::Object(map) => {
-            2 * ALLOCATION
-                + map
-                    .iter()
-                    .map(|(key, item)| {
-                        2 * size_of::<usize>()
-                            + size_of::<String>()
-                            + key.len()
-                            + ALLOCATION
-                            + size_of::<Value>()
-                            + json_heap_bytes(item)
-                    })
-                    .sum::<usize>()
-        }
-    }
 }
 
 /// Single-instance history. Offsets are `<run id>-<n>`, `n` counting across all rooms of the
@@ -181,7 +150,7 @@ impl MemoryHistory {
         (run == self.run).then(|| n.parse().ok()).flatten()
     }
 
-    pub(super) fn append(&self, room: &str, event: &str, data: &Value) -> String {
+    pub(super) fn append(&self, room: &str, event: &str, data: &Payload) -> String {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         let rooms = &mut *rooms;
         // Read under the lock, so that rooms' last times grow with their last offsets: the
@@ -310,6 +279,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn p(value: serde_json::Value) -> Payload {
+        Payload::from_value(&value).expect("encodes")
+    }
+
     fn offsets(replay: Replay) -> Vec<String> {
         match replay {
             Replay::Entries(e) => e.into_iter().map(|e| e.offset).collect(),
@@ -345,7 +318,7 @@ mod tests {
 
     #[test]
     fn the_byte_cap_holds_and_evicts_the_least_recently_published_rooms() {
-        let data = json!({"text": "x".repeat(1000)});
+        let data = p(json!({"text": "x".repeat(1000)}));
         let one = Message::new(1, Instant::now(), "n", &data).bytes + room_bytes("user:0000");
         let cap = 20 * one;
         let h = memory(100, Duration::from_secs(60), cap);
@@ -354,7 +327,7 @@ mod tests {
             .collect();
         assert_eq!(evictions(&h), 0, "20 rooms fit");
         // Published to again: no longer the oldest.
-        let again = h.append("user:0000", "n", &json!(1));
+        let again = h.append("user:0000", "n", &p(json!(1)));
         for i in 20..1000 {
             h.append(&format!("user:{i:04}"), "n", &data);
             assert!(counted(&h) <= cap, "over the cap after room {i}");
@@ -388,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_room_evicted_between_its_head_and_its_replay_is_a_gap() {
-        let data = json!({"text": "x".repeat(1000)});
+        let data = p(json!({"text": "x".repeat(1000)}));
         let one = Message::new(1, Instant::now(), "n", &data).bytes + room_bytes("user:0000");
         let h = memory(100, Duration::from_secs(60), 10 * one);
         h.append("user:other", "n", &data);
@@ -413,7 +386,7 @@ mod tests {
 
     #[test]
     fn one_room_over_the_cap_keeps_its_newest_message() {
-        let data = json!({"text": "x".repeat(1000)});
+        let data = p(json!({"text": "x".repeat(1000)}));
         let one = Message::new(1, Instant::now(), "n", &data).bytes + room_bytes("user:a");
         let h = memory(100, Duration::from_secs(60), 3 * one);
         let o: Vec<String> = (0..10).map(|_| h.append("user:a", "n", &data)).collect();
@@ -424,7 +397,7 @@ mod tests {
             offsets(h.replay("user:a", &Since::Client(o[0].clone()))),
             vec!["gap"]
         );
-        let huge = json!({"text": "y".repeat(10 * one)});
+        let huge = p(json!({"text": "y".repeat(10 * one)}));
         let last = h.append("user:a", "n", &huge);
         assert_eq!(
             offsets(h.replay("user:a", &Since::Client(o[9].clone()))),
@@ -437,7 +410,9 @@ mod tests {
     #[test]
     fn replays_after_an_offset_and_reports_gaps() {
         let h = memory(3, Duration::from_secs(60), usize::MAX);
-        let o: Vec<String> = (0..5).map(|i| h.append("user:a", "n", &json!(i))).collect();
+        let o: Vec<String> = (0..5)
+            .map(|i| h.append("user:a", "n", &p(json!(i))))
+            .collect();
         // Kept: 3, 4, 5 (1 and 2 were dropped).
         assert_eq!(
             offsets(h.replay("user:a", &Since::Client(o[2].clone()))),
@@ -467,9 +442,13 @@ mod tests {
     #[test]
     fn a_room_that_expired_never_reissues_an_offset() {
         let h = memory(100, Duration::from_millis(50), usize::MAX);
-        let old: Vec<String> = (0..5).map(|i| h.append("user:a", "n", &json!(i))).collect();
+        let old: Vec<String> = (0..5)
+            .map(|i| h.append("user:a", "n", &p(json!(i))))
+            .collect();
         std::thread::sleep(Duration::from_millis(80));
-        let new: Vec<String> = (0..7).map(|i| h.append("user:a", "n", &json!(i))).collect();
+        let new: Vec<String> = (0..7)
+            .map(|i| h.append("user:a", "n", &p(json!(i))))
+            .collect();
         assert!(new.iter().all(|o| !old.contains(o)), "{old:?} {new:?}");
         // Nothing of this room was issued between the old last offset and the new log.
         assert_eq!(
@@ -482,10 +461,10 @@ mod tests {
             vec!["gap"]
         );
         // Other rooms published meanwhile: what this room had then cannot be told apart.
-        let seen = h.append("user:b", "n", &json!(0));
+        let seen = h.append("user:b", "n", &p(json!(0)));
         std::thread::sleep(Duration::from_millis(80));
-        h.append("user:c", "n", &json!(0));
-        h.append("user:b", "n", &json!(1));
+        h.append("user:c", "n", &p(json!(0)));
+        h.append("user:b", "n", &p(json!(1)));
         assert_eq!(
             offsets(h.replay("user:b", &Since::Client(seen))),
             vec!["gap"]

@@ -15,11 +15,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::clients::Client as RedisClient;
-use serde_json::Value;
-
+use super::payload::Payload;
 use crate::cluster::Link;
 use crate::metrics::Metrics;
+use fred::clients::Client as RedisClient;
 
 use memory::MemoryHistory;
 pub use offsets::{Appended, Entry, Head, Replay, Since};
@@ -52,7 +51,7 @@ impl History {
 
     /// Keeps a message for `room`; returns its offset (`None` if it could not be kept, e.g.
     /// Redis is away: the message is still delivered live).
-    pub async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
+    pub async fn append(&self, room: &str, event: &str, data: &Payload) -> Option<String> {
         match self {
             History::Memory(h) => Some(h.append(room, event, data)),
             History::Redis(h) => h.append(room, event, data).await,

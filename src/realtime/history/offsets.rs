@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use serde_json::Value;
+use crate::realtime::payload::Payload;
 
 /// Where a socket's history begins.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +37,7 @@ pub enum Head {
 pub struct Entry {
     pub offset: String,
     pub event: Arc<str>,
-    pub data: Arc<Value>,
+    pub data: Payload,
 }
 
 /// Where a message was kept in a room's stream (cluster mode).

@@ -11,11 +11,11 @@ use fred::clients::Client as RedisClient;
 use fred::interfaces::KeysInterface;
 use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
-use serde_json::Value;
 
 use super::appends::{self, Appender, Failure, Group, Message};
 use super::offsets::{Appended, Entry, Head, Replay, Since, fresh_token};
 use crate::cluster::Link;
+use crate::realtime::payload::Payload;
 
 /// Cluster history: one Redis stream per room (`sockgate:history:{<room>}`), trimmed to about
 /// `max_messages` entries, expiring `max_age` after its last message, and beside it the
@@ -166,7 +166,7 @@ impl RedisHistory {
         }
     }
 
-    pub(super) async fn append(&self, room: &str, event: &str, data: &Value) -> Option<String> {
+    pub(super) async fn append(&self, room: &str, event: &str, data: &Payload) -> Option<String> {
         let mut kept = self.append_group(room, &[(event, data)], None).await;
         Some(kept.pop()??.offset())
     }
@@ -178,7 +178,7 @@ impl RedisHistory {
     pub async fn append_group(
         &self,
         room: &str,
-        messages: &[(&str, &Value)],
+        messages: &[(&str, &Payload)],
         relay: Option<RelayAs<'_>>,
     ) -> Vec<Option<Appended>> {
         let mut kept = Vec::with_capacity(messages.len());
@@ -198,7 +198,7 @@ impl RedisHistory {
                     .iter()
                     .map(|(event, data)| Message {
                         event: (*event).to_owned(),
-                        data: data.to_string(),
+                        data: data.json().to_owned(),
                         header: relay.map_or_else(String::new, |r| (r.header)(event)),
                     })
                     .collect(),
@@ -330,7 +330,7 @@ struct Kept {
     /// not say (written by an older sockgate): then it cannot be shown to follow anything.
     prev: Option<String>,
     event: Arc<str>,
-    data: Arc<Value>,
+    data: Payload,
 }
 
 /// (generation, entries) from the replay script's answer.
@@ -364,13 +364,13 @@ fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
                 .and_then(|kv| kv.get(1))
         };
         // An entry that cannot be read makes the whole read fail: a gap, never a skip.
-        let data = serde_json::from_str(field("d")?).ok()?;
+        let data = Payload::from_json(field("d")?.to_owned())?;
         let event = field("e")?;
         entries.push(Kept {
             id,
             prev: field("p").cloned(),
             event: event.as_str().into(),
-            data: Arc::new(data),
+            data,
         });
     }
     Some((epoch, entries))
