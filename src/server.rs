@@ -255,11 +255,7 @@ fn serve_connection(
                     cut.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                 }
                 _ = &mut cut, if abused => break Ok(()),
-                _ = idle.went_idle(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = drain.started(), if !closing => {
+                () = idle_or_draining(&idle, &drain), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -268,5 +264,13 @@ fn serve_connection(
         if let Err(e) = ended {
             tracing::debug!(%peer, "connection ended: {e}");
         }
+    }
+}
+
+/// When a connection should close gracefully: it went idle, or the drain began.
+async fn idle_or_draining(idle: &Activity, drain: &Drain) {
+    tokio::select! {
+        () = idle.went_idle() => {}
+        _ = drain.started() => {}
     }
 }

@@ -17,7 +17,7 @@ use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::abuse::{Conduct, Held};
+use crate::abuse::{Conduct, Held, Ticket};
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -131,7 +131,7 @@ impl Proxy {
             }
             None => (exchange.await, None),
         };
-        let mut resp = match answer {
+        let resp = match answer {
             Ok(resp) => resp,
             Err(_) if let Some(fault) = client_fault.as_ref().and_then(FaultCell::get) => {
                 // The app is fine: the client sent a broken body, gave up, or trickled.
@@ -151,6 +151,19 @@ impl Proxy {
             }
         };
         self.metrics.proxied(resp.status(), started.elapsed());
+        self.answer(resp, client_upgrade, ticket, path)
+    }
+
+    /// The app's answer as the client gets it: a `101` hands both connections to a tunnel;
+    /// anything else streams back without its hop-by-hop headers, holding its HTTP/2 slot
+    /// (`ticket`) until its body ends.
+    fn answer(
+        &self,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        ticket: Option<Ticket>,
+        path: String,
+    ) -> Response<Answer> {
         match client_upgrade {
             Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let app = hyper::upgrade::on(&mut resp);
