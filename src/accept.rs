@@ -3,9 +3,9 @@
 //!
 //! It accepts until its shutdown moment (the public port at `draining`, the local endpoints at
 //! `finished`), backing off when accepting fails (out of file descriptors and the like) instead
-//! of spinning. Every connection it spawns is tracked: when accepting stops, each is told to
-//! close gracefully ([`Drain`]) and all are waited for, until the drain deadline (`forced`)
-//! cuts the wait. What a connection does is its listener's business; only the loop is shared.
+//! of spinning. Every connection it spawns is tracked: once accepting stops (on the public port:
+//! once the sockets are closed too, see [`Until::Draining`]), each is told to close gracefully
+//! ([`Drain`]) and all are waited for, until the drain deadline (`forced`) cuts the wait. What a connection does is its listener's business; only the loop is shared.
 
 use std::io;
 use std::net::SocketAddr;
@@ -59,7 +59,9 @@ impl<L: Listener + Sync> Listener for &L {
 /// When a listener stops accepting.
 #[derive(Clone, Copy)]
 pub enum Until {
-    /// At the start of the drain (the public port: new clients go elsewhere).
+    /// At the start of the drain (the public port: new clients go elsewhere). Its connections
+    /// stay open until the Socket.IO sockets are closed: a long-polling client's next poll, on
+    /// the connection it has, collects what was queued for it before its session closes.
     Draining,
     /// Once the public side is done (the local endpoints, which answer "draining" meanwhile).
     Finished,
@@ -144,6 +146,12 @@ where
     }
     drop(listener);
     tasks.close();
+    if let Until::Draining = until {
+        tokio::select! {
+            () = shutdown.sockets_closed() => {}
+            () = shutdown.forced() => {}
+        }
+    }
     started.cancel();
     let drained = async {
         graceful.shutdown().await;
@@ -193,6 +201,7 @@ mod tests {
         let stop = async {
             accepted.await.expect("accepted");
             shutdown.begin_drain();
+            shutdown.sockets_are_closed();
             tokio::time::sleep(Duration::from_millis(300)).await;
             shutdown.force();
         };
@@ -208,6 +217,50 @@ mod tests {
             finished,
             "the drain returned before the connection's task ended"
         );
+    }
+
+    /// The public port's connections are told to close only once the sockets are: a
+    /// long-polling client collects its last packets on the connection it has.
+    #[tokio::test]
+    async fn public_connections_drain_after_the_sockets_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let shutdown = Shutdown::new();
+        let (accepted_tx, accepted) = tokio::sync::oneshot::channel();
+        let (told_tx, mut told) = tokio::sync::oneshot::channel();
+        let mut txs = Some((accepted_tx, told_tx));
+        let serving = serve(
+            listener,
+            |_| {},
+            Until::Draining,
+            &shutdown,
+            move |stream, _, drain| {
+                let (accepted_tx, told_tx) = txs.take()?;
+                let _ = accepted_tx.send(());
+                Some(async move {
+                    let _open = stream;
+                    drain.started().await;
+                    let _ = told_tx.send(());
+                })
+            },
+        );
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let stop = async {
+            accepted.await.expect("accepted");
+            shutdown.begin_drain();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                told.try_recv().is_err(),
+                "told to close while sockets were still open"
+            );
+            shutdown.sockets_are_closed();
+            tokio::time::timeout(Duration::from_secs(5), &mut told)
+                .await
+                .expect("told to close once the sockets are")
+                .expect("the connection's task ran");
+        };
+        let (drained, ()) = tokio::join!(serving, stop);
+        assert_eq!(drained, Drained::All);
     }
 
     #[tokio::test]

@@ -365,6 +365,7 @@ async fn drain(parts: &Parts, serving: Serving, config: &Config, shutdown: &Shut
         _ = parts.hub.close_all() => {}
         _ = shutdown.forced() => tracing::warn!("drain deadline passed: sockets still closing are cut"),
     }
+    shutdown.sockets_are_closed();
     let _ = serving.public.await;
     parts.proxy.tunnels().closed().await;
     shutdown.finish();

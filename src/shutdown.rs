@@ -1,7 +1,10 @@
-//! Shutdown: the two moments every long-lived task watches.
+//! Shutdown: the moments every long-lived task watches.
 //!
 //! `draining` starts on SIGTERM/SIGINT: the public listener stops accepting, readiness fails,
-//! in-flight work may finish. `forced` fires when the drain deadline passes: whatever is still
+//! in-flight work may finish. `sockets_closed` follows once every Socket.IO socket has been
+//! closed: only then are the public connections told to close, because a long-polling client
+//! collects what was queued for it (its close packet last) with one more request on the
+//! connection it already has — new connections are refused by then. `forced` fires when the drain deadline passes: whatever is still
 //! open (tunnels, sockets, slow responses) is cut so the process can exit. `finished` comes
 //! once the public side is done: the local endpoints (publish socket, admin listener), which
 //! kept answering meanwhile — readiness says "draining" there — close last. `aborted` (a second
@@ -12,6 +15,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 #[derive(Clone, Default)]
 pub struct Shutdown {
     draining: CancellationToken,
+    sockets_closed: CancellationToken,
     forced: CancellationToken,
     finished: CancellationToken,
     aborted: CancellationToken,
@@ -24,6 +28,15 @@ impl Shutdown {
 
     pub fn begin_drain(&self) {
         self.draining.cancel();
+    }
+
+    /// Every Socket.IO socket is closed (or the realtime side has none).
+    pub fn sockets_are_closed(&self) {
+        self.sockets_closed.cancel();
+    }
+
+    pub fn sockets_closed(&self) -> WaitForCancellationFuture<'_> {
+        self.sockets_closed.cancelled()
     }
 
     pub fn force(&self) {

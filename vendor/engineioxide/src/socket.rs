@@ -336,7 +336,10 @@ where
     pub(crate) cancellation_token: CancellationToken,
 
     /// Function to call when the socket is closed
-    close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
+    ///
+    /// sockgate patch: an `Arc` (was a `Box`) so a polling session's close can run it after
+    /// the client's next polls (see [`Socket::close`]).
+    close_fn: Arc<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
     /// User data bound to the socket
     pub data: D,
 
@@ -377,7 +380,7 @@ where
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
 
-            close_fn,
+            close_fn: Arc::from(close_fn),
 
             data: D::default(),
             req_parts,
@@ -598,10 +601,52 @@ where
     /// The socket will be removed from the `Engine` and the [`Handler`](crate::handler::EngineIoHandler) will be notified.
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
+        if self.is_http() {
+            self.close_after_polls(reason);
+            return;
+        }
         // Try to send a close packet is the connection is still operational.
         self.send(Packet::Close).ok();
 
         (self.close_fn)(self.id, reason);
+    }
+
+    /// Closes a long-polling session once the client has polled what is queued, then the
+    /// close packet on its own; after [`CLOSE_GRACE`] at most, at once when it is aborted
+    /// meanwhile.
+    ///
+    /// sockgate patch: closing removed the session at once, so what was queued for a client
+    /// between two polls (messages, then the close packet) was never sent: its next poll got
+    /// "Session ID unknown". On a graceful shutdown, polling clients lost the last messages
+    /// published before it (`tests/js/broadcast-edges.test.mjs`, the drain test). The close
+    /// packet goes in a poll answer of its own because socket.io-client drops the events
+    /// that arrive in the same answer as the close (it hands them on a tick later, when the
+    /// socket is already disconnected). The reference server (`engine.io`, `Socket.close`)
+    /// likewise waits for its write buffer to drain before it sends the close packet. A
+    /// WebSocket's writer flushes the queue itself (`transport/ws.rs`, `in_time`).
+    fn close_after_polls(&self, reason: DisconnectReason) {
+        /// How often the queue is checked; only while a polling session closes.
+        const CHECK_EVERY: Duration = Duration::from_millis(10);
+        let queue = self.internal_tx.clone();
+        let cancelled = self.cancellation_token.clone();
+        let close_fn = self.close_fn.clone();
+        let sid = self.id;
+        tokio::spawn(async move {
+            let polled = || async {
+                while queue.capacity() < queue.max_capacity() && !cancelled.is_cancelled() {
+                    tokio::time::sleep(CHECK_EVERY).await;
+                }
+            };
+            let flush = async {
+                polled().await;
+                if queue.try_send(Box::new(smallvec![Packet::Close])).is_ok() {
+                    polled().await;
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, flush).await;
+            drop(queue);
+            close_fn(sid, reason);
+        });
     }
 
     /// Closes the session at once, dropping what is queued and whatever the writer is in the
@@ -794,7 +839,7 @@ where
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
-            close_fn,
+            close_fn: Arc::from(close_fn),
 
             data: D::default(),
             req_parts: http::Request::<()>::default().into_parts().0,

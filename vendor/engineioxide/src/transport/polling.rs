@@ -124,6 +124,11 @@ where
     // sockgate patch: dropped unanswered, this poll was aborted by the client (hyper drops the
     // request's future when its connection closes); see `AbortedPoll`.
     let unanswered = AbortedPoll(Some(&*socket));
+    // sockgate patch: a close packet queued behind other packets waits for the next poll, so
+    // it is answered on its own: socket.io-client hands a payload's events to the socket a
+    // tick after decoding them, and drops those that came with the close packet (the socket
+    // is disconnected by then). See `Socket::close_after_polls`.
+    let mut held_close = None;
     let payload = {
         let InternalRx {
             buffered_rx,
@@ -134,7 +139,16 @@ where
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
         let rx_stream = stream::iter(peeked_packet.take())
-            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx).map(|packets| *packets));
+            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx).map(|packets| *packets))
+            .scan(false, |answered_some, packets| {
+                let close_behind_others = *answered_some && is_close(&packets);
+                *answered_some = true;
+                if close_behind_others {
+                    held_close = Some(packets);
+                    return std::future::ready(None);
+                }
+                std::future::ready(Some(packets))
+            });
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
         // towards the encoder completion, so any buffered close packet is still flushed to the client.
@@ -157,7 +171,7 @@ where
 
     // set back the peeked packet so it can be read again
     // on the next polling request
-    rx.peeked_packet = peeked;
+    rx.peeked_packet = peeked.or(held_close);
 
     #[cfg(feature = "tracing")]
     tracing::trace!(%sid, %protocol, supports_binary = socket.supports_binary, "sending data: {:?}", data);
@@ -377,4 +391,9 @@ mod rx_stream {
             }
         }
     }
+}
+
+/// Whether `packets` is the Engine.IO close packet (queued alone, see `Socket::close`).
+fn is_close(packets: &engineioxide_core::PacketBuf) -> bool {
+    matches!(packets.as_slice(), [Packet::Close])
 }
