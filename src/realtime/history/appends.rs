@@ -252,6 +252,7 @@ async fn send(client: RedisClient, max_len: String, ttl_ms: String, call: Vec<Pe
     let mut args = vec![max_len, ttl_ms, channel.to_owned(), flag(one_message)];
     let mut replies = Vec::with_capacity(call.len());
     for (group, reply) in call {
+        let sent = group.messages.len() as u64;
         let [stream, meta] = group.keys;
         keys.push(stream);
         keys.push(meta);
@@ -263,21 +264,21 @@ async fn send(client: RedisClient, max_len: String, ttl_ms: String, call: Vec<Pe
         for message in group.messages {
             args.extend([message.event, message.data, message.header]);
         }
-        replies.push(reply);
+        replies.push((reply, sent));
     }
     let answer: Result<Vec<String>, _> = APPEND.evalsha_with_reload(&client, keys, args).await;
     match answer {
         Ok(flat) => {
             let mut flat = flat.into_iter();
-            for reply in replies {
-                let kept = read_group(&mut flat).unwrap_or_else(|| {
+            for (reply, sent) in replies {
+                let kept = read_group(&mut flat, sent).unwrap_or_else(|| {
                     Kept::failed(Failure::Refused("unexpected reply from Redis".into()))
                 });
                 let _ = reply.send(kept);
             }
         }
         Err(e) => {
-            for reply in replies {
+            for (reply, _) in replies {
                 let _ = reply.send(Kept::failed(Failure::Redis(e.clone())));
             }
         }
@@ -288,16 +289,16 @@ fn flag(on: bool) -> String {
     if on { "1" } else { "0" }.to_owned()
 }
 
-/// One group's part of the script's answer.
-fn read_group(flat: &mut impl Iterator<Item = String>) -> Option<Kept> {
+/// One group's part of the script's answer, for a group of `sent` messages.
+fn read_group(flat: &mut impl Iterator<Item = String>, sent: u64) -> Option<Kept> {
     let count: u64 = flat.next()?.parse().ok()?;
     let error = flat.next()?;
     let epoch = flat.next()?;
     let first: u64 = flat.next()?.parse().ok()?;
-    if count > 0 && first == 0 {
+    if count > sent || (count > 0 && first == 0) {
         return None;
     }
-    let places = (first..first + count)
+    let places = (first..first.checked_add(count)?)
         .map(|n| Appended::numbered(&epoch, n))
         .collect();
     let failed = (!error.is_empty()).then_some(Failure::Refused(error));
@@ -376,7 +377,7 @@ mod tests {
             "2", "", "g", "1", "0", "OOM", "", "0", "3", "", "h", "7", "1", "x",
         ];
         let mut flat = reply.into_iter().map(str::to_owned);
-        let first = read_group(&mut flat).expect("first group");
+        let first = read_group(&mut flat, 2).expect("first group");
         let ids: Vec<_> = first
             .places
             .iter()
@@ -389,16 +390,22 @@ mod tests {
         );
         assert!(first.places.iter().all(|p| p.epoch == "g"));
         assert!(first.failed.is_none());
-        let second = read_group(&mut flat).expect("second group");
+        let second = read_group(&mut flat, 1).expect("second group");
         assert!(second.places.is_empty());
         assert!(matches!(second.failed, Some(Failure::Refused(e)) if e == "OOM"));
-        let third = read_group(&mut flat).expect("third group");
+        let third = read_group(&mut flat, 3).expect("third group");
         let offsets: Vec<_> = third.places.iter().map(Appended::offset).collect();
         assert_eq!(offsets, ["h:7-0", "h:8-0", "h:9-0"]);
         assert_eq!(third.places[0].prev, "6-0");
         assert!(
-            read_group(&mut flat).is_none(),
+            read_group(&mut flat, 1).is_none(),
             "a short answer is no group"
         );
+        let more = ["2", "", "g", "1"].into_iter().map(str::to_owned);
+        assert!(
+            read_group(&mut more.clone(), 1).is_none(),
+            "more kept than sent is no answer"
+        );
+        assert!(read_group(&mut more.clone(), 2).is_some());
     }
 }
