@@ -140,7 +140,7 @@ impl Relayed {
     }
 }
 
-/// A stream id (`<ms>-<seq>`), ordered as Redis orders them.
+/// A stream id (`<ms>-<seq>`; sockgate numbers its entries `<n>-0`), ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct StreamId(u64, u64);
 

@@ -233,6 +233,38 @@ test('cluster: Redis forgetting its scripts (SCRIPT FLUSH, as after a restart or
   assert.ok(state.lastOffset, 'with its offset');
 });
 
+test('cluster: after an upgrade from time-based stream ids, an offset from before gets recovery_failed once; the room then counts its messages', { skip: noRedis }, async () => {
+  const { redis, sgs: [sg] } = await clusterStack({});
+  // The room as an older sockgate left it: its generation as a string, ids `<ms>-<seq>`, each
+  // entry naming the one before it.
+  const key = 'sockgate:history:{user:up}';
+  redisCli(redis, 'SET', `${key}:epoch`, '0123456789abcdef');
+  redisCli(redis, 'XADD', key, '1733560000000-0', 'p', '', 'e', 'notification', 'd', '1');
+  redisCli(redis, 'XADD', key, '1733560000001-0', 'p', '1733560000000-0', 'e', 'notification', 'd', '2');
+  const { socket, state } = recoveringClient(sg.url, 'sid=user-up');
+  state.lastOffset = '0123456789abcdef:1733560000000-0';
+  const rec = recorder(socket);
+  await connected(socket);
+  await rec.waitFor((e) => e.event === 'recovery_failed', 'recovery_failed for the old offset', 5000);
+  assert.deepEqual(rec.of('notification'), [], 'nothing replayed across the upgrade');
+  await publishOk(sg.publishSocket, { userId: 'up', data: 3 });
+  await rec.waitFor((e) => e.args[0] === 3, 'the first message after the upgrade', 5000);
+  const first = state.lastOffset;
+  assert.match(first, /^[0-9a-f]+:1-0$/, 'a new generation, counted from 1');
+  assert.notEqual(first.split(':')[0], '0123456789abcdef');
+  assert.deepEqual(redisCli(redis, 'XLEN', key), ['1'], 'the older entries are gone with their generation');
+  socket.disconnect();
+  await gone(sg, 'up');
+  for (const n of [4, 5]) await publishOk(sg.publishSocket, { userId: 'up', data: n });
+  const before = rec.events.length;
+  await connected(socket);
+  await rec.waitFor((e) => e.args[0] === 5, 'the missed messages', 5000);
+  await sleep(200);
+  assert.ok(!assertWholeOrFailed(rec, before, [4, 5], 'reconnect after the upgrade'), 'replayed, no recovery_failed');
+  assert.equal(state.lastOffset, `${first.split(':')[0]}:3-0`);
+  socket.disconnect();
+});
+
 test('a replay longer than the socket queue waits for room: every message arrives, the socket stays', async () => {
   const sg = await memoryStack({ SIDECAR_HISTORY__MAX_MESSAGES: '1000', SIDECAR_REALTIME__MAX_BUFFER_SIZE: '8' });
   const { socket } = recoveringClient(sg.url, 'sid=user-long');

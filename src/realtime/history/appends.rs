@@ -26,45 +26,58 @@ pub const MAX_PER_CALL: usize = 256;
 /// Groups waiting for the appender at most; more wait for room (each caller waits anyway).
 const QUEUE: usize = 1024;
 
-/// Keeps groups of messages, each group a room's, in order. For each group it starts a new
-/// generation when the stream has none (new, expired or lost stream) or when asked to (a
-/// message of the room could not be kept), then appends the messages, each naming the entry
-/// before it (`p`, empty for a generation's first): trimming leaves no trace a reader can check
-/// (`max-deleted-entry-id` only follows `XDEL`), so a replay checks that the first entry it
-/// reads follows the offset it starts from. One `PEXPIRE` per key per call.
+/// Keeps groups of messages, each group a room's, in order. A room's stream ids are its
+/// sequence, `<n>-0` with n counting the generation's messages from 1, kept beside the stream in
+/// its meta hash (`g`: the generation, `s`: the last n given): the script reads the generation
+/// (`HGET`), takes the group's numbers in one `HINCRBY` and adds each message with its explicit
+/// id, so the entry before a message is known without reading the stream (its id is n - 1, none
+/// for n = 1), and the ids are contiguous: a replay tells a trimmed or lost entry by
+/// arithmetic. A new generation starts when the room has none (new, expired or lost meta key)
+/// or when asked to (a message of the room could not be kept); the stream is emptied then. A
+/// meta key an older sockgate wrote (its generation as a string) is replaced the same way; one
+/// of another type, or a hash without a generation (not sockgate's), is refused.
+/// One `PEXPIRE` per key per call.
 /// A message with a header start is also published on the relay channel, in the same step (so
 /// the channel carries a room's entries in stream order): the header completed with the
 /// entry's place and the data's length in bytes (`n`), a newline, the data
 /// ([`super::super::relay`]). With ARGV[4] = "1", every entry of the call travels in one
 /// message, one after the other; else each in a message of its own (what older instances read).
-/// KEYS: (stream, generation) per group. ARGV: max len, ttl ms, relay channel or "", "1" = one
+/// KEYS: (stream, meta) per group. ARGV: max len, ttl ms, relay channel or "", "1" = one
 /// relay message; then per group: new generation, "1" = retire, message count; then per
 /// message: event, data, header start or "".
-/// Returns per group: how many were kept, the error that stopped the rest ("" if none), then
-/// (generation, id, predecessor's id) of each kept message. A group Redis refuses part way
-/// keeps what it kept; the other groups go on.
+/// Returns per group: how many were kept, the error that stopped the rest ("" if none), the
+/// generation and the first kept message's n ("", "0" if none kept). A group Redis refuses part
+/// way keeps what it kept; the other groups go on.
 const APPEND_SCRIPT: &str = r#"
 local out, relayed = {}, {}
 local a = 5
 for g = 1, #KEYS, 2 do
-  local stream, gen = KEYS[g], KEYS[g + 1]
+  local stream, meta = KEYS[g], KEYS[g + 1]
   local n = tonumber(ARGV[a + 2])
-  local places = {}
+  local epoch, first, kept = nil, 0, 0
   local ok, err = pcall(function()
-    local epoch = redis.call('GET', gen)
-    if (not epoch) or ARGV[a + 1] == '1' or redis.call('EXISTS', stream) == 0 then
-      redis.call('DEL', stream)
-      epoch = ARGV[a]
-      redis.call('SET', gen, epoch)
+    epoch = redis.pcall('HGET', meta, 'g')
+    if type(epoch) == 'table' then
+      if redis.call('TYPE', meta)['ok'] ~= 'string' then error(epoch) end
+      epoch = false
+    elseif (not epoch) and ARGV[a + 1] ~= '1' and redis.call('EXISTS', meta) == 1 then
+      error({err = 'ERR the history meta key ' .. meta .. ' holds a hash sockgate did not write'})
     end
-    local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-    local prev = ''
-    if #newest > 0 then prev = newest[1][1] end
+    if (not epoch) or ARGV[a + 1] == '1' then
+      redis.call('DEL', stream, meta)
+      epoch = ARGV[a]
+      redis.call('HSET', meta, 'g', epoch)
+    end
+    first = redis.call('HINCRBY', meta, 's', n) - n + 1
     for m = 0, n - 1 do
       local at = a + 3 + 3 * m
       local data = ARGV[at + 1]
-      local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'p', prev, 'e', ARGV[at], 'd', data)
+      local id = string.format('%d-0', first + m)
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], id, 'e', ARGV[at], 'd', data)
+      kept = m + 1
       if ARGV[at + 2] ~= '' then
+        local prev = ''
+        if first + m > 1 then prev = string.format('%d-0', first + m - 1) end
         local entry = ARGV[at + 2] .. ',"g":"' .. epoch .. '","i":"' .. id .. '","p":"' .. prev .. '","n":' .. #data .. '}\n' .. data
         if ARGV[4] == '1' then
           table.insert(relayed, entry)
@@ -72,13 +85,11 @@ for g = 1, #KEYS, 2 do
           redis.call('SPUBLISH', ARGV[3], entry)
         end
       end
-      table.insert(places, epoch); table.insert(places, id); table.insert(places, prev)
-      prev = id
     end
   end)
   pcall(redis.call, 'PEXPIRE', stream, ARGV[2])
-  pcall(redis.call, 'PEXPIRE', gen, ARGV[2])
-  table.insert(out, tostring(#places / 3))
+  pcall(redis.call, 'PEXPIRE', meta, ARGV[2])
+  table.insert(out, tostring(kept))
   if ok then
     table.insert(out, '')
   else
@@ -86,7 +97,11 @@ for g = 1, #KEYS, 2 do
     if type(err) == 'table' then err = err.err end
     table.insert(out, tostring(err))
   end
-  for _, p in ipairs(places) do table.insert(out, p) end
+  if kept > 0 then
+    table.insert(out, epoch); table.insert(out, string.format('%d', first))
+  else
+    table.insert(out, ''); table.insert(out, '0')
+  end
   a = a + 3 + 3 * n
 end
 if #relayed > 0 then redis.call('SPUBLISH', ARGV[3], table.concat(relayed)) end
@@ -99,7 +114,7 @@ static APPEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(APPEND_SCRIP
 
 /// One room's messages to keep, in order.
 pub struct Group {
-    /// The room's stream and generation keys (one hash slot).
+    /// The room's stream and meta keys (one hash slot).
     pub keys: [String; 2],
     /// The generation to start if the stream needs a new one.
     pub new_epoch: String,
@@ -237,9 +252,10 @@ async fn send(client: RedisClient, max_len: String, ttl_ms: String, call: Vec<Pe
     let mut args = vec![max_len, ttl_ms, channel.to_owned(), flag(one_message)];
     let mut replies = Vec::with_capacity(call.len());
     for (group, reply) in call {
-        let [stream, epoch] = group.keys;
+        let sent = group.messages.len() as u64;
+        let [stream, meta] = group.keys;
         keys.push(stream);
-        keys.push(epoch);
+        keys.push(meta);
         args.extend([
             group.new_epoch,
             flag(group.retire),
@@ -248,21 +264,21 @@ async fn send(client: RedisClient, max_len: String, ttl_ms: String, call: Vec<Pe
         for message in group.messages {
             args.extend([message.event, message.data, message.header]);
         }
-        replies.push(reply);
+        replies.push((reply, sent));
     }
     let answer: Result<Vec<String>, _> = APPEND.evalsha_with_reload(&client, keys, args).await;
     match answer {
         Ok(flat) => {
             let mut flat = flat.into_iter();
-            for reply in replies {
-                let kept = read_group(&mut flat).unwrap_or_else(|| {
+            for (reply, sent) in replies {
+                let kept = read_group(&mut flat, sent).unwrap_or_else(|| {
                     Kept::failed(Failure::Refused("unexpected reply from Redis".into()))
                 });
                 let _ = reply.send(kept);
             }
         }
         Err(e) => {
-            for reply in replies {
+            for (reply, _) in replies {
                 let _ = reply.send(Kept::failed(Failure::Redis(e.clone())));
             }
         }
@@ -273,18 +289,18 @@ fn flag(on: bool) -> String {
     if on { "1" } else { "0" }.to_owned()
 }
 
-/// One group's part of the script's answer.
-fn read_group(flat: &mut impl Iterator<Item = String>) -> Option<Kept> {
-    let count: usize = flat.next()?.parse().ok()?;
+/// One group's part of the script's answer, for a group of `sent` messages.
+fn read_group(flat: &mut impl Iterator<Item = String>, sent: u64) -> Option<Kept> {
+    let count: u64 = flat.next()?.parse().ok()?;
     let error = flat.next()?;
-    let mut places = Vec::with_capacity(count);
-    for _ in 0..count {
-        places.push(Appended {
-            epoch: flat.next()?,
-            id: flat.next()?,
-            prev: flat.next()?,
-        });
+    let epoch = flat.next()?;
+    let first: u64 = flat.next()?.parse().ok()?;
+    if count > sent || (count > 0 && first == 0) {
+        return None;
     }
+    let places = (first..first.checked_add(count)?)
+        .map(|n| Appended::numbered(&epoch, n))
+        .collect();
     let failed = (!error.is_empty()).then_some(Failure::Refused(error));
     Some(Kept { places, failed })
 }
@@ -358,19 +374,38 @@ mod tests {
     #[test]
     fn reads_each_groups_places_and_failure() {
         let reply = [
-            "2", "", "g", "1-0", "", "g", "2-0", "1-0", "0", "OOM", "1", "x",
+            "2", "", "g", "1", "0", "OOM", "", "0", "3", "", "h", "7", "1", "x",
         ];
         let mut flat = reply.into_iter().map(str::to_owned);
-        let first = read_group(&mut flat).expect("first group");
-        assert_eq!(first.places.len(), 2);
-        assert_eq!(first.places[1].prev, "1-0");
+        let first = read_group(&mut flat, 2).expect("first group");
+        let ids: Vec<_> = first
+            .places
+            .iter()
+            .map(|p| (p.id.as_str(), p.prev.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [("1-0", ""), ("2-0", "1-0")],
+            "a generation's first has no predecessor"
+        );
+        assert!(first.places.iter().all(|p| p.epoch == "g"));
         assert!(first.failed.is_none());
-        let second = read_group(&mut flat).expect("second group");
+        let second = read_group(&mut flat, 1).expect("second group");
         assert!(second.places.is_empty());
         assert!(matches!(second.failed, Some(Failure::Refused(e)) if e == "OOM"));
+        let third = read_group(&mut flat, 3).expect("third group");
+        let offsets: Vec<_> = third.places.iter().map(Appended::offset).collect();
+        assert_eq!(offsets, ["h:7-0", "h:8-0", "h:9-0"]);
+        assert_eq!(third.places[0].prev, "6-0");
         assert!(
-            read_group(&mut flat).is_none(),
+            read_group(&mut flat, 1).is_none(),
             "a short answer is no group"
         );
+        let more = ["2", "", "g", "1"].into_iter().map(str::to_owned);
+        assert!(
+            read_group(&mut more.clone(), 1).is_none(),
+            "more kept than sent is no answer"
+        );
+        assert!(read_group(&mut more.clone(), 2).is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! What a history answers in: where a replay starts ([`Since`], [`Head`]), what it finds
-//! ([`Entry`], [`Replay`]), where a message was kept ([`Appended`]), and the tokens that keep
-//! offsets of different runs and stream generations apart. Shared by both histories.
+//! ([`Entry`], [`Replay`]), where a message was kept ([`Appended`]), the tokens that keep
+//! offsets of different runs and stream generations apart, and the cluster's sequence ids.
+//! Shared by both histories.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -52,10 +53,38 @@ pub struct Appended {
 }
 
 impl Appended {
+    /// The `n`th message of generation `epoch` (n ≥ 1).
+    pub fn numbered(epoch: &str, n: u64) -> Self {
+        Appended {
+            epoch: epoch.to_owned(),
+            id: sequence_id(n),
+            prev: n.checked_sub(1).map_or_else(String::new, sequence_id),
+        }
+    }
+
     /// The offset clients get for it.
     pub fn offset(&self) -> String {
         format!("{}:{}", self.epoch, self.id)
     }
+}
+
+/// The stream id of a generation's `n`th message (`<n>-0`; 0 is none: `""`). Cluster offsets
+/// are `<generation>:<n>-0`: the ids count the generation's messages, so the entry before one is
+/// known without reading the stream, and a hole shows in the numbers.
+pub(super) fn sequence_id(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!("{n}-0")
+    }
+}
+
+/// The `n` of a stream id written as [`sequence_id`]; `""` is 0 (before a generation's first).
+pub(super) fn sequence_of(id: &str) -> Option<u64> {
+    if id.is_empty() {
+        return Some(0);
+    }
+    id.strip_suffix("-0")?.parse().ok()
 }
 
 /// What a reconnecting socket gets.

@@ -13,14 +13,15 @@ use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
 
 use super::appends::{self, Appender, Failure, Group, Message};
-use super::offsets::{Appended, Entry, Head, Replay, Since, fresh_token};
+use super::offsets::{Appended, Entry, Head, Replay, Since, fresh_token, sequence_id, sequence_of};
 use crate::cluster::Link;
 use crate::realtime::payload::Payload;
 
 /// Cluster history: one Redis stream per room (`sockgate:history:{<room>}`), trimmed to about
 /// `max_messages` entries, expiring `max_age` after its last message, and beside it the
-/// stream's generation (`…:epoch`, same lifetime), created together with the stream by one
-/// script. Offsets are `<generation>:<stream id>`: a stream that expired, was lost with
+/// stream's meta hash (`…:epoch`, same lifetime): its generation (`g`) and the number of its
+/// last message (`s`). The stream ids are the messages' numbers (`<n>-0`, from 1 in each
+/// generation), so offsets are `<generation>:<n>-0`: a stream that expired, was lost with
 /// Redis's data, or was retired because a message could not be kept starts a new generation,
 /// and an offset of an older one is a gap, not a position in the new stream.
 #[derive(Clone)]
@@ -54,21 +55,23 @@ pub struct RelayAs<'a> {
     pub header: &'a (dyn Fn(&str) -> String + Sync),
 }
 
-/// Reads, in one step, the generation and the entries after ARGV[1] (at most ARGV[2]).
-/// KEYS: stream, generation.
+/// Reads, in one step, the generation, the number of its last message and the entries after
+/// ARGV[1] (at most ARGV[2]). No generation (or a meta key that is not sockgate's hash, e.g.
+/// an older sockgate's string): `''`. KEYS: stream, meta.
 const REPLAY_SCRIPT: &str = r"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then return {'', {}} end
-return {epoch, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+local meta = redis.pcall('HMGET', KEYS[2], 'g', 's')
+if meta.err or not meta[1] then return {'', '0', {}} end
+return {meta[1], meta[2] or '0', redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
 ";
 
-/// The generation and the newest id, in one step. KEYS: stream, generation.
+/// The generation and the number of its last message, in one step (from the meta hash: the
+/// stream is not read); none for no generation, or a meta key that is not sockgate's hash.
+/// KEYS: meta. (`tests/js/recovery-races.test.mjs` tells this script apart from the others by
+/// its text `#newest == 0`.)
 const HEAD_SCRIPT: &str = r"
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then return {} end
-local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #newest == 0 then return {} end
-return {epoch, newest[1][1]}
+local newest = redis.pcall('HMGET', KEYS[1], 'g', 's')
+if newest.err or #newest == 0 or not newest[1] or not newest[2] then return {} end
+return newest
 ";
 
 /// The scripts above, sent by their hash (`EVALSHA`, loaded again when Redis does not know
@@ -99,15 +102,15 @@ impl RedisHistory {
         }
     }
 
-    /// The stream and its generation.
+    /// The stream and its meta hash.
     fn keys(room: &str) -> [String; 2] {
         let stream = Self::stream_key(room);
-        let epoch = Self::epoch_key(&stream);
-        [stream, epoch]
+        let meta = Self::meta_key(&stream);
+        [stream, meta]
     }
 
     /// `sockgate:history:{<room>}`: the room is the key's hash tag, so the stream and its
-    /// generation (`…:epoch`) share a slot on a Redis Cluster, where a script may only touch
+    /// meta hash (`…:epoch`) share a slot on a Redis Cluster, where a script may only touch
     /// the keys of one slot. A room the tag would come out empty for (empty, or starting with
     /// `}`) gets `_` as its tag.
     fn stream_key(room: &str) -> String {
@@ -118,7 +121,9 @@ impl RedisHistory {
         }
     }
 
-    fn epoch_key(stream: &str) -> String {
+    /// Named `…:epoch` since it held the generation alone (as a string): an older sockgate's
+    /// is replaced by the next append, and read as no generation.
+    fn meta_key(stream: &str) -> String {
         format!("{stream}:epoch")
     }
 
@@ -151,8 +156,8 @@ impl RedisHistory {
                 rooms.iter().cloned().collect()
             };
             for room in rooms {
-                let epoch = Self::epoch_key(&Self::stream_key(&room));
-                let retired: Result<i64, _> = self.client.del(epoch).await;
+                let meta = Self::meta_key(&Self::stream_key(&room));
+                let retired: Result<i64, _> = self.client.del(meta).await;
                 if retired.is_ok() {
                     let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
                     rooms.remove(&room);
@@ -234,15 +239,16 @@ impl RedisHistory {
             // handshake", and once the link is back the replay would send old messages.
             return Head::Unknown;
         }
+        let [_, meta] = Self::keys(room);
         let newest: Result<Vec<String>, _> = HEAD
-            .evalsha_with_reload(
-                &self.client,
-                Self::keys(room).to_vec(),
-                Vec::<String>::new(),
-            )
+            .evalsha_with_reload(&self.client, vec![meta], Vec::<String>::new())
             .await;
         match newest.map(<[String; 2]>::try_from) {
-            Ok(Ok([epoch, id])) => Head::At(format!("{epoch}:{id}")),
+            Ok(Ok([epoch, last])) => match last.parse::<u64>() {
+                Ok(0) => Head::Empty,
+                Ok(n) => Head::At(format!("{epoch}:{}", sequence_id(n))),
+                Err(_) => Head::Unknown,
+            },
             Ok(Err(_)) => Head::Empty,
             Err(e) => {
                 tracing::warn!(room, "history head unknown (Redis): {e}");
@@ -278,7 +284,7 @@ impl RedisHistory {
                 vec![start, (limit + 1).to_string()],
             )
             .await;
-        let Some((current, entries)) = read.ok().and_then(parse_replay) else {
+        let Some((current, last, entries)) = read.ok().and_then(parse_replay) else {
             return Replay::Gap;
         };
         let client = matches!(since, Since::Client(_));
@@ -292,17 +298,7 @@ impl RedisHistory {
                 self.whole(room).await
             };
         }
-        // The first entry read must be the one right after the offset (or the generation's
-        // first): else what came between was trimmed (a client far behind, or a head read at
-        // the handshake followed by more messages than trimming keeps).
-        let follows = after.unwrap_or_default();
-        if entries
-            .first()
-            .is_some_and(|first| first.prev.as_deref() != Some(follows))
-        {
-            return Replay::Gap;
-        }
-        if entries.len() > limit {
+        if entries.len() > limit || !continuous(after, &entries, last) {
             return Replay::Gap;
         }
         Replay::Entries(
@@ -323,23 +319,39 @@ impl RedisHistory {
     }
 }
 
+/// Whether `entries`, read after the offset's id `after` (`None`: from the generation's start),
+/// are every message since it: the ids count the generation's messages, so the first must be
+/// the one right after `after` (else what came between was trimmed: a client far behind, or a
+/// head read at the handshake followed by more messages than trimming keeps) and the last the
+/// generation's last, `last` (else the newest were lost with the stream, or not kept).
+fn continuous(after: Option<&str>, entries: &[Kept], last: u64) -> bool {
+    let Some(mut expected) = sequence_of(after.unwrap_or_default()) else {
+        return false; // not an id of this history's
+    };
+    for kept in entries {
+        expected += 1;
+        if sequence_of(&kept.id) != Some(expected) {
+            return false;
+        }
+    }
+    expected == last
+}
+
 /// One stream entry as read.
 struct Kept {
     id: String,
-    /// The entry before it in its generation (`""` for the first); `None` when the entry does
-    /// not say (written by an older sockgate): then it cannot be shown to follow anything.
-    prev: Option<String>,
     event: Arc<str>,
     data: Payload,
 }
 
-/// (generation, entries) from the replay script's answer.
-fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
+/// (generation, the number of its last message, entries) from the replay script's answer.
+fn parse_replay(reply: RedisValue) -> Option<(String, u64, Vec<Kept>)> {
     let RedisValue::Array(parts) = reply else {
         return None;
     };
     let mut parts = parts.into_iter();
     let epoch = parts.next()?.into_string()?;
+    let last = parts.next()?.into_string()?.parse().ok()?;
     let RedisValue::Array(raw) = parts.next()? else {
         return None;
     };
@@ -368,12 +380,11 @@ fn parse_replay(reply: RedisValue) -> Option<(String, Vec<Kept>)> {
         let event = field("e")?;
         entries.push(Kept {
             id,
-            prev: field("p").cloned(),
             event: event.as_str().into(),
             data,
         });
     }
-    Some((epoch, entries))
+    Some((epoch, last, entries))
 }
 
 #[cfg(test)]
@@ -415,17 +426,41 @@ mod tests {
         let entry = |id: &str, data: &str| {
             RedisValue::Array(vec![
                 s(id),
-                RedisValue::Array(vec![s("p"), s("5-0"), s("e"), s("n"), s("d"), s(data)]),
+                RedisValue::Array(vec![s("e"), s("n"), s("d"), s(data)]),
             ])
         };
-        let reply = |entries| RedisValue::Array(vec![s("g1"), RedisValue::Array(entries)]);
-        let (epoch, entries) =
+        let reply = |entries| RedisValue::Array(vec![s("g1"), s("7"), RedisValue::Array(entries)]);
+        let (epoch, last, entries) =
             parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{\"a\":2}")])).unwrap();
-        assert_eq!(epoch, "g1");
+        assert_eq!((epoch.as_str(), last), ("g1", 7));
         let ids: Vec<_> = entries.iter().map(|kept| kept.id.as_str()).collect();
         assert_eq!(ids, ["6-0", "7-0"]);
-        assert_eq!(entries[0].prev.as_deref(), Some("5-0"));
         // One unreadable entry fails the read (a gap), instead of being skipped.
         assert!(parse_replay(reply(vec![entry("6-0", "1"), entry("7-0", "{")])).is_none());
+    }
+
+    #[test]
+    fn a_replay_is_continuous_only_from_the_offset_through_the_generations_last() {
+        let kept = |n: u64| Kept {
+            id: sequence_id(n),
+            event: "e".into(),
+            data: Payload::from_json("1".to_owned()).expect("json"),
+        };
+        let read = |ns: &[u64]| ns.iter().map(|&n| kept(n)).collect::<Vec<_>>();
+        assert!(continuous(Some("5-0"), &read(&[6, 7]), 7));
+        assert!(
+            continuous(None, &read(&[1, 2]), 2),
+            "from the generation's first"
+        );
+        assert!(continuous(Some("7-0"), &[], 7), "nothing missed");
+        assert!(continuous(None, &[], 0), "no message yet");
+        // Trimmed: the first read is not the one after the offset.
+        assert!(!continuous(Some("4-0"), &read(&[6, 7]), 7));
+        assert!(!continuous(None, &read(&[3, 4]), 4));
+        // A hole inside, the newest lost, or an id of another scheme (an older sockgate's).
+        assert!(!continuous(Some("5-0"), &read(&[6, 8]), 8));
+        assert!(!continuous(Some("5-0"), &read(&[6]), 7));
+        assert!(!continuous(Some("5-0"), &[], 7));
+        assert!(!continuous(Some("1733560000000-3"), &read(&[1]), 1));
     }
 }
