@@ -27,6 +27,8 @@ pub struct UpstreamConfig {
     /// by Node while a request is on its way.
     #[serde(rename = "pool_idle_timeout_ms", with = "millis")]
     pub pool_idle_timeout: Duration,
+    /// Idle connections kept for reuse; when all are busy more are opened, and those that come
+    /// back to a full pool are closed.
     pub pool_max_idle_per_host: usize,
     /// What readiness (`/readyz`) requests from the app to see it answer HTTP: any status
     /// counts, no answer within 1 s does not. Must not need a login.

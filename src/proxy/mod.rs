@@ -1,8 +1,8 @@
 //! The reverse proxy: every request that is not Socket.IO goes to the app, streamed both ways.
 //!
 //! Bodies are never buffered: hyper's `Incoming` is handed to the upstream client as is, and
-//! the app's response body is handed back to the client frame by frame, so chunked SSR and
-//! SSE flush through as the app flushes them. `Host` is kept (frameworks check it).
+//! the app's response body (driving its app connection as it is read) is handed back to the
+//! client frame by frame, so chunked SSR and SSE flush through as the app flushes them. `Host` is kept (frameworks check it).
 
 mod headers;
 mod upgrade;
@@ -22,14 +22,14 @@ use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::upload::{FaultCell, MinRate, Upload};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{AppBody, Upstream, UpstreamError};
 
 pub use headers::{effective_host, host_from_authority};
 pub use upgrade::Tunnels;
 
 /// A proxied request's answer body: the app's as it streams (holding its HTTP/2 slot), or
 /// one of sockgate's own. Not boxed here: the server boxes it once, with its own wrapper.
-pub type Answer = Either<Held<Incoming>, Body>;
+pub type Answer = Either<Held<AppBody>, Body>;
 
 /// One client connection as the app hears of it, worked out once for all its requests.
 pub struct Client {
@@ -159,7 +159,7 @@ impl Proxy {
     /// (`ticket`) until its body ends.
     fn answer(
         &self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<AppBody>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         ticket: Option<Ticket>,
         path: String,
