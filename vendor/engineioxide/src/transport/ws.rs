@@ -5,6 +5,7 @@
 //! and to handle upgrade from polling to ws
 
 use std::{
+    cell::RefCell,
     io,
     pin::Pin,
     sync::{
@@ -14,23 +15,33 @@ use std::{
     task::{Context, Poll},
 };
 
+use bytes::{BufMut, BytesMut};
 use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
+    SinkExt, Stream, StreamExt, TryStreamExt,
     stream::{SplitSink, SplitStream},
 };
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use hyper_util::rt::TokioIo;
 use smallvec::smallvec;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::watch,
+};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         self, Message,
         handshake::derive_accept_key,
-        protocol::{Role, WebSocketConfig},
+        protocol::{
+            Role, WebSocketConfig,
+            frame::{
+                Frame,
+                coding::{Data, OpCode},
+            },
+        },
     },
 };
-use tokio_util::future::FutureExt as _;
+use tokio_util::{future::FutureExt as _, sync::WaitForCancellationFuture};
 
 use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
@@ -337,6 +348,10 @@ where
 /// sockgate patch: one place awaits a write ([`write_packets`]) instead of six expansions of a
 /// macro, each keeping its own packet iterator alive in this socket-long task (≈ 1.5 KiB of
 /// state before, most of it never used at the same time).
+///
+/// sockgate patch: the cancellation and volatile-message futures are made once, outside the
+/// loop, and stay registered while the writer sleeps. Made anew in every `select!`, each
+/// wake-up took both out of their waiter lists and put them back (a lock each way).
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
@@ -359,6 +374,10 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         volatile_rx,
         ..
     } = &mut *internal_rx;
+    let cancelled = socket.cancellation_token.cancelled();
+    tokio::pin!(cancelled);
+    let volatile = volatile_packets(volatile_rx);
+    tokio::pin!(volatile);
     // When the session closed, the writer stops writing at this instant (see `in_time`).
     let mut give_up_at = None;
 
@@ -370,11 +389,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 Some(packets) => (packets, true),
                 None => break,
             },
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let Some(packets) = volatile_rx.borrow_and_update().clone() else {
-                    continue;
-                };
+            () = &mut cancelled => break,
+            Some(packets) = volatile.next() => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
                 (packets, false)
@@ -385,6 +401,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         while let Some(packets) = next {
             if !in_time(
                 &socket,
+                cancelled.as_mut(),
                 &mut give_up_at,
                 write_packets(&socket, &mut tx, packets),
             )
@@ -401,7 +418,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
-        if !in_time(&socket, &mut give_up_at, tx.flush()).await {
+        if !in_time(&socket, cancelled.as_mut(), &mut give_up_at, tx.flush()).await {
             return;
         }
     }
@@ -409,21 +426,41 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
 
-    in_time(&socket, &mut give_up_at, async {
+    in_time(&socket, cancelled, &mut give_up_at, async {
         tx.flush().await.ok();
         tx.close().await.ok();
     })
     .await;
 }
 
+/// The volatile messages of a session, as a stream: the `changed` future it waits on is kept
+/// from one wake-up of the writer to the next, and made again only after a message. Ends
+/// when the sender is dropped (with the socket). sockgate patch.
+fn volatile_packets(
+    rx: &mut watch::Receiver<Option<QueuedPackets>>,
+) -> impl Stream<Item = QueuedPackets> + '_ {
+    futures_util::stream::unfold(rx, |rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            let packets = rx.borrow_and_update().clone();
+            if let Some(packets) = packets {
+                return Some((packets, rx));
+            }
+        }
+    })
+    .fuse()
+}
+
 /// Runs one write unless the session closes and its grace runs out first ([`CLOSE_GRACE`]
 /// from the close; none when aborted). Returns false when the write was given up: the writer
 /// then stops, dropping its half of the connection, so the queue's lock is released, the
 /// handler is told, and the TCP stream is dropped even if the peer never reads again.
+/// `cancelled` is the writer's own (see [`forward_to_socket`]).
 ///
 /// sockgate patch: writes used to wait for a peer that stopped reading forever.
 async fn in_time<D, F>(
     socket: &Socket<D>,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
     give_up_at: &mut Option<tokio::time::Instant>,
     write: F,
 ) -> bool
@@ -438,7 +475,7 @@ where
             tokio::select! {
                 biased;
                 _ = &mut write => return true,
-                () = socket.cancellation_token.cancelled() => {}
+                () = cancelled => {}
             }
             let grace = if socket.is_aborted() {
                 std::time::Duration::ZERO
@@ -484,6 +521,7 @@ async fn write_packets<D, S>(
             // In the case that the packet was not poll in time it will remain in the buffer and therefore
             // it should be discarded here
             Packet::Noop => continue,
+            Packet::Message(msg) => message_frame(&msg),
             packet => {
                 let packet: String = packet.try_into().unwrap();
                 Message::Text(packet.into())
@@ -494,6 +532,46 @@ async fn write_packets<D, S>(
             tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
         }
     }
+}
+
+/// Largest message payload built in the reused buffer: a larger one gets its own allocation,
+/// so a worker thread keeps at most a few times this much. sockgate patch.
+const MAX_REUSED_PAYLOAD: usize = 16 * 1024;
+
+thread_local! {
+    /// Where this thread's writers build message payloads ([`message_frame`]). sockgate patch.
+    static PAYLOAD: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// The text frame of an Engine.IO message packet: "4" and the message.
+///
+/// sockgate patch: the payload is built in this thread's reused buffer, not a new `String`
+/// per socket. tungstenite copies a frame into its write buffer when it is fed and drops it,
+/// so the next call finds the buffer's allocation unshared again and writes over it (a payload
+/// still held elsewhere only makes the buffer take a new allocation). A `Frame`, not a
+/// `Message::Text`: the message is already text, and `Bytes` becomes `Utf8Bytes` only by
+/// checking it again.
+fn message_frame(msg: &str) -> Message {
+    let len = 1 + msg.len();
+    let reused = (len <= MAX_REUSED_PAYLOAD).then(|| {
+        PAYLOAD.try_with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.reserve(len);
+            buf.put_u8(b'4');
+            buf.extend_from_slice(msg.as_bytes());
+            buf.split().freeze()
+        })
+    });
+    let payload = match reused {
+        Some(Ok(payload)) => payload,
+        _ => {
+            let mut payload = Vec::with_capacity(len);
+            payload.push(b'4');
+            payload.extend_from_slice(msg.as_bytes());
+            payload.into()
+        }
+    };
+    Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true))
 }
 
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
