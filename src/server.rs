@@ -164,7 +164,9 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // Kept by the connection's own timer (`Connection::read_heads_within`): hyper's boxes
+        // and registers a new timer for every request.
+        .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -190,7 +192,7 @@ struct Serving {
 /// One client connection's task: its requests go to the router until it closes, goes idle,
 /// stalls, abuses HTTP/2 or the drain begins.
 fn serve_connection(
-    stream: Connection,
+    mut stream: Connection,
     activity: Arc<Activity>,
     peer: SocketAddr,
     router: Arc<Router>,
@@ -208,6 +210,9 @@ fn serve_connection(
             tracing::debug!(%peer, "connection closed: no request within the header read timeout");
             return;
         };
+        if version != Version::HTTP_2 {
+            stream.read_heads_within(header_read_timeout);
+        }
         // Only HTTP/2 has app slots to hold and abuse to report: an HTTP/1.1 connection's
         // requests carry no `Conduct`, and its task watches for no report.
         let watch = (version == Version::HTTP_2)
