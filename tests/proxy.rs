@@ -406,6 +406,30 @@ async fn keep_alive_heads_are_timed_from_the_previous_response() {
     );
 }
 
+/// The app's header names reach the client in the case the app wrote them, as through nginx:
+/// Node's own `Date`, the fixture's lowercase `content-type`.
+#[tokio::test]
+async fn the_apps_header_case_reaches_the_client() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .expect("connect");
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let raw = String::from_utf8_lossy(&raw);
+    let head = raw.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("\r\nDate: "), "{head}");
+    assert!(head.contains("\r\ncontent-type: "), "{head}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     let app = fixture(&[]);
