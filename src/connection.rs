@@ -1,15 +1,18 @@
 //! One client connection on the public port: its place under `server.max_connections`, held
 //! for as long as the socket is open (after an upgrade too), and its idle timer.
 //!
-//! hyper closes an HTTP/1.1 connection that is slow to send a request head, but has no idle
-//! timeout for HTTP/2: a client that sends the preface and then nothing, or only PINGs, would
-//! hold its socket forever. So once no request has been in flight for
+//! hyper has no idle timeout for HTTP/2: a client that sends the preface and then nothing, or
+//! only PINGs, would hold its socket forever. So once no request has been in flight for
 //! `server.idle_timeout_ms`, the connection says so ([`Activity::went_idle`]: the server then
 //! shuts it down gracefully, which is a GOAWAY for HTTP/2), and [`IDLE_CLOSE_GRACE`] later
 //! its reads end (as if the client had closed) if it is still open. Only requests count as
 //! activity (HTTP/2 PINGs and other frames do not), and a request counts until its response
 //! body is finished. An upgraded connection (WebSocket, tunnel) belongs to whoever took it
 //! over and has no idle timer here.
+//!
+//! The same timer keeps HTTP/1.1's header read timeout (a request head must be complete within
+//! `server.header_read_timeout_ms` of the previous response's end): hyper's own would box and
+//! register a timer per request ([`Connection::read_heads_within`]).
 //!
 //! A response the client takes nothing of (it stopped reading, or never opens its HTTP/2
 //! window) would hold its app connection for as long as the client stays: see
@@ -365,6 +368,11 @@ pub struct Connection {
     _place: OwnedSemaphorePermit,
     activity: Arc<Activity>,
     idle_timeout: Duration,
+    /// HTTP/1.x only ([`Connection::read_heads_within`]): how long the client may take to
+    /// send a request head, counted from the end of the previous response (or from its
+    /// first bytes). hyper has a timer for this, but boxes and registers a new one for every
+    /// request; the idle timer below covers it for nothing.
+    header_timeout: Option<Duration>,
     /// `None` once the connection is upgraded: a registered timer keeps the waker of the
     /// task that last polled it, which would pin the finished HTTP task (≈ 2.4 KiB) for the
     /// life of every WebSocket.
@@ -385,6 +393,7 @@ impl Connection {
             _place: place,
             activity: activity.clone(),
             idle_timeout,
+            header_timeout: None,
             timer: Some(Box::pin(tokio::time::sleep(idle_timeout))),
             closing: None,
         };
@@ -395,32 +404,63 @@ impl Connection {
         &self.stream
     }
 
-    /// Whether the connection has been idle for the whole timeout; otherwise keeps the timer
-    /// armed. The timer never fires late: `last` only moves forward, so a deadline set from
-    /// an earlier `last` (or while a request was in flight) is early, and is moved on only
-    /// when it fires. Re-arming it for every request, as each one moves `last`, would take a
-    /// timer removal and insertion per request.
-    fn idle(&mut self, cx: &mut Context<'_>) -> bool {
+    /// The connection is HTTP/1.x (it did not open with the HTTP/2 preface) and its first
+    /// bytes have come: from now on each request head must be complete within `limit`
+    /// (`server.header_read_timeout_ms`) of the previous response's end, or of now for the
+    /// first, else its reads end (hyper closes the connection, as its own header read
+    /// timeout did).
+    pub fn read_heads_within(&mut self, limit: Duration) {
+        self.activity.touch();
+        self.header_timeout = Some(limit);
+        if let Some(timer) = self.timer.as_mut() {
+            let head_due = Instant::now() + limit;
+            if head_due < timer.deadline() {
+                timer.as_mut().reset(head_due);
+            }
+        }
+    }
+
+    /// Whether the connection has waited too long for a request (a head, or any request for
+    /// the idle timeout); otherwise keeps the timer armed. The timer never fires late:
+    /// `last` only moves forward, so a deadline set from an earlier `last` (or while a
+    /// request was in flight) is early, and is moved on only when it fires. Re-arming it for
+    /// every request, as each one moves `last`, would take a timer removal and insertion per
+    /// request.
+    fn due(&mut self, cx: &mut Context<'_>) -> Due {
         let activity = &self.activity;
         if activity.upgraded.load(Ordering::Relaxed) {
             self.timer = None;
-            return false;
+            return Due::Nothing;
         }
         let Some(timer) = self.timer.as_mut() else {
-            return false;
+            return Due::Nothing;
+        };
+        // The shorter of the two limits: the first a quiet connection reaches.
+        let (limit, due) = match self.header_timeout {
+            Some(head) if head <= self.idle_timeout => (head, Due::HeadLate),
+            _ => (self.idle_timeout, Due::Idle),
         };
         while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let next = match activity.in_flight.load(Ordering::Acquire) {
-                0 if now >= activity.last() + self.idle_timeout => return true,
-                0 => activity.last() + self.idle_timeout,
-                // Busy: look again a whole timeout from now, after the request.
-                _ => now + self.idle_timeout,
+                0 if now >= activity.last() + limit => return due,
+                0 => activity.last() + limit,
+                // Busy: look again a whole limit from now, after the request.
+                _ => now + limit,
             };
             timer.as_mut().reset(next);
         }
-        false
+        Due::Nothing
     }
+}
+
+/// What a quiet connection's timer says ([`Connection::due`]).
+enum Due {
+    Nothing,
+    /// No request for `server.idle_timeout_ms`: the connection is shut down gracefully.
+    Idle,
+    /// HTTP/1.x: no complete request head within `server.header_read_timeout_ms`.
+    HeadLate,
 }
 
 impl AsyncRead for Connection {
@@ -429,8 +469,21 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Pending if self.idle(cx) => {
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if polled.is_ready() {
+            return polled;
+        }
+        match self.due(cx) {
+            Due::Nothing => Poll::Pending,
+            // End of stream: hyper closes the connection (a half-sent head is an incomplete
+            // message to it), as when its own header read timeout fired.
+            Due::HeadLate => {
+                tracing::debug!(
+                    "no complete request head within server.header_read_timeout_ms: closing"
+                );
+                Poll::Ready(Ok(()))
+            }
+            Due::Idle => {
                 let closing = self.closing.get_or_insert_with(|| {
                     tracing::debug!("connection idle for server.idle_timeout_ms: shutting it down");
                     Box::pin(tokio::time::sleep(IDLE_CLOSE_GRACE))
@@ -447,7 +500,6 @@ impl AsyncRead for Connection {
                     Poll::Ready(()) => Poll::Ready(Ok(())),
                 }
             }
-            other => other,
         }
     }
 }

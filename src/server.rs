@@ -73,19 +73,17 @@ impl Router {
 }
 
 /// Waits (up to `limit`) until the client has sent enough to tell HTTP/1 from HTTP/2, and
-/// says which (`None`: neither came). hyper's header read timeout starts only after that, so
+/// says which (`None`: neither came). The per-head read timeout starts only after that, so
 /// without this a client that connects and sends nothing — or half the HTTP/2 preface — would
 /// hold its connection forever. A connection that does not open with the preface is HTTP/1.x
-/// for good (hyper serves HTTP/2 only with prior knowledge; an `h2c` upgrade is not taken).
-async fn request_started(
-    stream: &tokio::net::TcpStream,
-    limit: std::time::Duration,
-) -> Option<Version> {
+/// for good (hyper serves HTTP/2 only with prior knowledge; an `h2c` upgrade is not taken),
+/// and its request heads get `limit` each from here on ([`Connection::read_heads_within`]).
+async fn request_started(stream: &mut Connection, limit: std::time::Duration) -> Option<Version> {
     const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let wait = async {
         let mut buf = [0u8; 24];
         loop {
-            match stream.peek(&mut buf).await {
+            match stream.stream().peek(&mut buf).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) if !H2_PREFACE.starts_with(&buf[..n]) => return Some(Version::HTTP_11),
                 Ok(n) if n >= H2_PREFACE.len() => return Some(Version::HTTP_2),
@@ -94,7 +92,11 @@ async fn request_started(
             }
         }
     };
-    tokio::time::timeout(limit, wait).await.ok().flatten()
+    let version = tokio::time::timeout(limit, wait).await.ok().flatten()?;
+    if version != Version::HTTP_2 {
+        stream.read_heads_within(limit);
+    }
+    Some(version)
 }
 
 /// Completes once the connection of `conduct` has been reported for abuse; never without one.
@@ -164,7 +166,9 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        // Kept by the connection's own timer (`Connection::read_heads_within`): hyper's boxes
+        // and registers a new timer for every request.
+        .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -190,7 +194,7 @@ struct Serving {
 /// One client connection's task: its requests go to the router until it closes, goes idle,
 /// stalls, abuses HTTP/2 or the drain begins.
 fn serve_connection(
-    stream: Connection,
+    mut stream: Connection,
     activity: Arc<Activity>,
     peer: SocketAddr,
     router: Arc<Router>,
@@ -204,7 +208,7 @@ fn serve_connection(
     let metrics = router.metrics.clone();
     let max_concurrent_streams = config.max_concurrent_streams;
     async move {
-        let Some(version) = request_started(stream.stream(), header_read_timeout).await else {
+        let Some(version) = request_started(&mut stream, header_read_timeout).await else {
             tracing::debug!(%peer, "connection closed: no request within the header read timeout");
             return;
         };

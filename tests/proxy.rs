@@ -367,6 +367,69 @@ async fn oversized_headers_get_431_and_slowloris_is_cut() {
     assert_eq!(get(sg.port(), "/").await.status(), 200);
 }
 
+/// On a kept-alive HTTP/1.1 connection the header read timeout counts from the end of the
+/// previous response: a response slower than the timeout does not cut the connection, the
+/// next request on it is served, and a connection that then sends no head is closed.
+#[tokio::test]
+async fn keep_alive_heads_are_timed_from_the_previous_response() {
+    let app = fixture(&[]);
+    let sg = sockgate(
+        app.port,
+        &[("SIDECAR_SERVER__HEADER_READ_TIMEOUT_MS", "500")],
+    );
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    let conn = tokio::spawn(conn);
+    for (path, text) in [("/slow?ms=1200", "slow done"), ("/", "<h1>fixture</h1>")] {
+        let resp = sender
+            .send_request(request("GET", path, Bytes::new()))
+            .await
+            .expect("the connection serves its next request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(body_text(resp).await, text);
+    }
+    let idle = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("a connection that sends no further head is closed")
+        .expect("task")
+        .expect("closed cleanly");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}, header read timeout 500 ms",
+        idle.elapsed()
+    );
+}
+
+/// The app's header names reach the client in the case the app wrote them, as through nginx:
+/// Node's own `Date`, the fixture's lowercase `content-type`.
+#[tokio::test]
+async fn the_apps_header_case_reaches_the_client() {
+    let app = fixture(&[]);
+    let sg = sockgate(app.port, &[]);
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", sg.port()))
+        .await
+        .expect("connect");
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let raw = String::from_utf8_lossy(&raw);
+    let head = raw.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("\r\nDate: "), "{head}");
+    assert!(head.contains("\r\ncontent-type: "), "{head}");
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     let app = fixture(&[]);
