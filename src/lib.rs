@@ -241,22 +241,12 @@ async fn connect_cluster(
 }
 
 impl Listeners {
-    /// Binds the public port, the publish socket, and the admin and publish TCP ports when
-    /// configured.
+    /// Binds the publish socket, the admin and publish TCP ports when configured, and the
+    /// public port last: once it accepts, everything else is bound (what tests, scripts and
+    /// platform health checks wait for).
     async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let addr = config.server.listen_addr();
-        let public = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (server.host/server.port)"))?;
         let publish =
             PublishSocket::bind(&config.publish.socket, config.publish.socket_mode).await?;
-        tracing::info!(
-            listen = %public.local_addr().unwrap_or(addr),
-            upstream = %config.upstream.url,
-            socketio = %config.realtime.path,
-            publish_socket = %publish.path().display(),
-            "sockgate ready"
-        );
         let admin = bind_optional(
             config.admin.listen,
             "admin.listen",
@@ -269,6 +259,17 @@ impl Listeners {
             "publish API also on loopback TCP (bearer token required)",
         )
         .await?;
+        let addr = config.server.listen_addr();
+        let public = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (server.host/server.port)"))?;
+        tracing::info!(
+            listen = %public.local_addr().unwrap_or(addr),
+            upstream = %config.upstream.url,
+            socketio = %config.realtime.path,
+            publish_socket = %publish.path().display(),
+            "sockgate ready"
+        );
         Ok(Self {
             public,
             publish,
