@@ -14,7 +14,8 @@ use super::figures::{Coverage, HubStats, Presence, RoomInfo};
 use super::history::Journal;
 use super::outage::Outages;
 use super::payload::Payload;
-use super::relay::{Relay, Relayed};
+use super::relay::Relay;
+use super::relayed::Relayed;
 use super::rooms::{
     CONNECTING_ROOM_PREFIX, Companions, OFFSETS_ROOM_PREFIX, RECOVERY_ROOM_PREFIX, companions,
     connecting_room,

@@ -24,6 +24,7 @@ mod outage;
 mod payload;
 mod recovery;
 mod relay;
+mod relayed;
 mod revalidation;
 mod rooms;
 mod roster;

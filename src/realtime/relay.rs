@@ -39,6 +39,8 @@ use super::history::{
     Appended, Entry, Head, Journal, RedisHistory, RelayAs, Replay, STRIPES, Since,
 };
 use super::payload::Payload;
+use super::relayed::Relayed;
+use super::relayed::{echo_prefix, header_maker};
 use super::rooms::{Companions, companions};
 use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
@@ -67,78 +69,6 @@ const SKIP_FOR: Duration = Duration::from_secs(30);
 
 /// How often rooms that lost their last socket here are forgotten, and the listeners counted.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// What an instance tells the others about an entry (the header before the data).
-#[derive(serde::Deserialize)]
-struct Header {
-    /// The publishing instance.
-    o: String,
-    /// The room.
-    r: String,
-    /// The event.
-    e: String,
-    /// Deliver it (else: it went through the adapter, only its place is news).
-    l: bool,
-    g: String,
-    i: String,
-    p: String,
-    /// The data's length in bytes, when more entries may follow it in the message.
-    n: Option<usize>,
-}
-
-/// An entry as relayed: where it was kept, and what it carries.
-pub struct Relayed {
-    pub room: String,
-    pub kept: Appended,
-    pub event: Arc<str>,
-    pub data: Payload,
-    deliver: bool,
-}
-
-impl Relayed {
-    pub fn new(room: String, kept: Appended, event: &str, data: &Payload) -> Self {
-        Relayed {
-            room,
-            kept,
-            event: event.into(),
-            data: data.clone(),
-            deliver: true,
-        }
-    }
-
-    /// Reads a message from [`CHANNEL`]: its entries, in order, each with the instance that
-    /// published it; `None` if it is not one sockgate wrote (then none of it is delivered).
-    fn parse(bytes: &[u8]) -> Option<Vec<(String, Relayed)>> {
-        let mut rest = std::str::from_utf8(bytes).ok()?;
-        let mut entries = Vec::new();
-        while !rest.is_empty() {
-            let (header, after) = rest.split_once('\n')?;
-            let h: Header = serde_json::from_str(header).ok()?;
-            // Without a length (an older sockgate's), the data is the rest of the message.
-            let (data, next) = match h.n {
-                Some(n) => (after.get(..n)?, after.get(n..)?),
-                None => (after, ""),
-            };
-            rest = next;
-            let data = Payload::from_json(data.to_owned())?;
-            entries.push((
-                h.o,
-                Relayed {
-                    room: h.r,
-                    kept: Appended {
-                        epoch: h.g,
-                        id: h.i,
-                        prev: h.p,
-                    },
-                    event: h.e.into(),
-                    data,
-                    deliver: h.l,
-                },
-            ));
-        }
-        Some(entries)
-    }
-}
 
 /// A stream id (`<ms>-<seq>`; sockgate numbers its entries `<n>-0`), ordered as Redis orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -213,6 +143,9 @@ pub struct Relay {
     history: RedisHistory,
     /// This instance's server id: its own messages coming back on the channel are dropped.
     origin: String,
+    /// How every message this instance publishes on [`CHANNEL`] starts (`{"o":<origin>,`): its
+    /// own messages coming back are dropped by this prefix, before they are parsed.
+    echo_prefix: String,
     positions: Mutex<HashMap<String, Position>>,
     everyone_listens: AtomicBool,
     /// Every instance listens on [`ROOMS_CHANNEL`] too.
@@ -227,6 +160,7 @@ impl Relay {
     pub fn new(history: RedisHistory, origin: String, room_prefix: Arc<str>) -> Self {
         Self {
             history,
+            echo_prefix: echo_prefix(&origin),
             origin,
             positions: Mutex::default(),
             everyone_listens: AtomicBool::new(false),
@@ -282,13 +216,7 @@ impl Relay {
         messages: &[(&str, &Payload)],
         deliver: bool,
     ) -> Vec<Option<Appended>> {
-        // The script completes the object with the entry's place.
-        let header = |event: &str| {
-            let header =
-                serde_json::json!({ "o": self.origin, "r": room, "e": event, "l": deliver })
-                    .to_string();
-            header.strip_suffix('}').unwrap_or(&header).to_owned()
-        };
+        let header = header_maker(&self.echo_prefix, room, deliver);
         let one_message = self.everyone_reads_batches.load(Ordering::Acquire);
         self.history
             .append_group(
@@ -505,6 +433,10 @@ impl Relay {
             tokio::select! {
                 item = channel.next() => {
                     let Some((_, bytes)) = item else { return };
+                    // Its own (the entries of one message are one instance's): not parsed.
+                    if bytes.starts_with(self.echo_prefix.as_bytes()) {
+                        continue;
+                    }
                     match Relayed::parse(&bytes) {
                         Some(entries) => {
                             // In order: a room's entries go to one worker.
@@ -627,49 +559,6 @@ fn entry_id(id: StreamId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_what_the_append_script_writes() {
-        let header = |room: &str| {
-            let header =
-                serde_json::json!({ "o": "me", "r": room, "e": "note", "l": true }).to_string();
-            header.strip_suffix('}').unwrap_or(&header).to_owned()
-        };
-        // As the script completes it, one entry per message (an older sockgate's, no length).
-        let data = r#"{"text":"a\nb"}"#;
-        let room = "user:a\n\"b";
-        let message = format!(
-            "{},\"g\":\"0f\",\"i\":\"5-1\",\"p\":\"4-0\"}}\n{data}",
-            header(room)
-        );
-        let entries = Relayed::parse(message.as_bytes()).expect("parses");
-        let [(origin, entry)] = &entries[..] else {
-            panic!("one entry")
-        };
-        assert_eq!(origin, "me");
-        assert_eq!(entry.room, room);
-        assert_eq!(entry.kept.offset(), "0f:5-1");
-        assert_eq!(entry.kept.prev, "4-0");
-        assert_eq!(entry.data.json(), r#"{"text":"a\nb"}"#);
-        assert!(Relayed::parse(b"garbage").is_none());
-        // Several in one message, each with its data's length; the data may hold newlines.
-        let raw = "{\n\"é\": 1}";
-        let entry = |id: &str, prev: &str, data: &str| {
-            format!(
-                "{},\"g\":\"0f\",\"i\":\"{id}\",\"p\":\"{prev}\",\"n\":{}}}\n{data}",
-                header("user:b"),
-                data.len()
-            )
-        };
-        let message = entry("5-1", "4-0", raw) + &entry("5-2", "5-1", "2");
-        let entries = Relayed::parse(message.as_bytes()).expect("parses");
-        let ids: Vec<_> = entries.iter().map(|(_, e)| e.kept.id.as_str()).collect();
-        assert_eq!(ids, ["5-1", "5-2"]);
-        assert_eq!(entries[0].1.data.json(), raw);
-        assert_eq!(entries[1].1.data.json(), "2");
-        // A message cut short is not read at all: none of its entries is delivered.
-        assert!(Relayed::parse(&message.as_bytes()[..message.len() - 1]).is_none());
-    }
 
     #[test]
     fn stream_ids_order_numerically() {
