@@ -13,11 +13,33 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+/// A port that was free a moment ago, chosen below the kernel's ephemeral range (Linux:
+/// 32768–60999). A port from that range (what binding port 0 gives) can be taken by any
+/// outgoing connection between this check and the test's own bind: seen as "Address already
+/// in use" when the machine was busy. Ports of one test process are spread from a per-process
+/// start so parallel tests and test processes rarely try the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN
+    });
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(97, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(LOW + offset).expect("below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Waits until `port` accepts TCP connections, or panics after `limit`.
