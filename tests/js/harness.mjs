@@ -66,17 +66,31 @@ export async function waitFor(fn, { timeout = DEFAULT_TIMEOUT_MS, interval = 25,
   }
 }
 
-/** A port that was free a moment ago (listen on 0, read, close). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
+// Ports are chosen below the kernel's ephemeral range (Linux: 32768–60999): a port from that
+// range (what listening on port 0 gives) can be taken by any outgoing connection between this
+// check and the process that binds it ("Address already in use" on a busy machine). Each test
+// process starts at its own place, so processes running side by side rarely try the same one.
+const PORT_LOW = 20_000;
+const PORT_SPAN = 12_000;
+let nextPort = (process.pid * 7_919 + Date.now()) % PORT_SPAN;
+
+function listensOn(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
+}
+
+/** A port that was free a moment ago, below the ephemeral range. */
+export async function freePort() {
+  for (let tries = 0; tries < PORT_SPAN; tries += 1) {
+    nextPort = (nextPort + 97) % PORT_SPAN;
+    const port = PORT_LOW + nextPort;
+    if (await listensOn(port)) return port;
+  }
+  throw new Error(`no free port in ${PORT_LOW}..${PORT_LOW + PORT_SPAN}`);
 }
 
 function tcpAccepts(port, host = '127.0.0.1') {
