@@ -27,8 +27,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use engineioxide::RawTcp;
 use http::{Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -452,6 +454,19 @@ impl Connection {
         }
         Due::Nothing
     }
+}
+
+/// A WebSocket's connection given back as its TCP stream after the upgrade, keeping its place
+/// under the cap (engineioxide's writer then owns the write half: issue 32 stage 3). Any
+/// other upgraded connection (an HTTP/2 stream) is given back as it is.
+pub fn raw_tcp(upgraded: hyper::upgrade::Upgraded) -> Result<RawTcp, hyper::upgrade::Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<Connection>>()?;
+    let Connection { stream, _place, .. } = parts.io.into_inner();
+    Ok(RawTcp {
+        stream,
+        read_buf: parts.read_buf,
+        keep: Box::new(_place),
+    })
 }
 
 /// What a quiet connection's timer says ([`Connection::due`]).

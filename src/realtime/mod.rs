@@ -250,6 +250,7 @@ fn engine(config: &RealtimeConfig) -> SocketIoBuilder {
         .ws_max_frame_size(config.max_ws_message_bytes)
         .max_buffer_size(config.max_buffer_size)
         .ws_read_buffer_size(config.ws_read_buffer_bytes)
+        .ws_raw_tcp(crate::connection::raw_tcp)
         .connect_timeout(config.connect_timeout);
     let builder = match config.parser {
         Parser::Default => builder,

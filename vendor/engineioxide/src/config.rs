@@ -87,6 +87,13 @@ pub struct EngineIoConfig {
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
+
+    /// Gives an upgraded WebSocket connection back as its TCP stream, whose write half the
+    /// session's writer then owns and writes frames to itself. Connections it does not give
+    /// back, and all when `None` (the default), keep tungstenite's split stream.
+    ///
+    /// sockgate patch (issue 32 stage 3).
+    pub ws_raw_tcp: Option<crate::RawTcpFn>,
 }
 
 impl Default for EngineIoConfig {
@@ -102,6 +109,7 @@ impl Default for EngineIoConfig {
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
+            ws_raw_tcp: None,
         }
     }
 }
@@ -251,6 +259,12 @@ impl EngineIoConfigBuilder {
         for transport in transports {
             self.config.transports |= transport as u8;
         }
+        self
+    }
+
+    /// See [`EngineIoConfig::ws_raw_tcp`]. sockgate patch.
+    pub fn ws_raw_tcp(mut self, ws_raw_tcp: crate::RawTcpFn) -> Self {
+        self.config.ws_raw_tcp = Some(ws_raw_tcp);
         self
     }
 

@@ -3,6 +3,7 @@
 #![doc = include_str!("../README.md")]
 
 pub use engineioxide_core::{ProtocolVersion, Str, TransportType};
+pub use transport::ws_raw::{RawTcp, RawTcpFn};
 pub use socket::{AcceptBinary, CloseWhenFull, DisconnectReason, SessionHandle, Socket};
 
 #[doc(hidden)]

@@ -250,6 +250,15 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// Gives an upgraded WebSocket connection back as its TCP stream, whose write half the
+    /// session's writer then owns (see `engineioxide::config::EngineIoConfig::ws_raw_tcp`).
+    ///
+    /// sockgate patch (issue 32 stage 3).
+    pub fn ws_raw_tcp(mut self, ws_raw_tcp: engineioxide::RawTcpFn) -> Self {
+        self.engine_config_builder = self.engine_config_builder.ws_raw_tcp(ws_raw_tcp);
+        self
+    }
+
     /// Allowed transports on this server
     ///
     /// The `transports` array should have a size of 1 or 2

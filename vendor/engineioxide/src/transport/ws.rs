@@ -53,7 +53,7 @@ use crate::{
     errors::Error,
     handler::EngineIoHandler,
     socket::{CLOSE_GRACE, InternalRx, QueuedPackets},
-    transport::make_open_packet,
+    transport::{make_open_packet, ws_raw},
 };
 
 /// Create a response for websocket upgrade
@@ -97,21 +97,46 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     let opening = Box::pin({
         let engine = engine.clone();
         async move {
-            match hyper::upgrade::on(req).await {
-                Ok(conn) => open(engine, TokioIo::new(conn), protocol, sid, parts)
-                    .await
-                    .map(Some),
+            let conn = match hyper::upgrade::on(req).await {
+                // sockgate patch: the TCP stream back, when the server can give it.
+                Ok(conn) => match engine.config.ws_raw_tcp {
+                    Some(raw_tcp) => raw_tcp(conn),
+                    None => Err(conn),
+                },
                 Err(_e) => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("ws upgrade error: {}", _e);
-                    Ok(None)
+                    return Ok(None);
                 }
+            };
+            match conn {
+                Ok(tcp) => {
+                    let (socket, mut ws, backlog) =
+                        open(engine, ws_raw::RawIo::new(tcp), protocol, sid, parts).await?;
+                    ws_raw::start::<H>(&socket, &mut ws, &backlog);
+                    let rx = Reader {
+                        rx: ws,
+                        backlog,
+                        control: true,
+                    };
+                    Ok(Some(Opened::Raw(socket, rx)))
+                }
+                Err(conn) => open(engine, TokioIo::new(conn), protocol, sid, parts)
+                    .await
+                    .map(|(socket, ws, backlog)| {
+                        let rx = start_split::<H, _>(&socket, ws, backlog);
+                        Some(Opened::Split(socket, rx))
+                    }),
             }
         }
     });
     tokio::spawn(async move {
         let res = match opening.await {
-            Ok(Some((socket, rx))) => {
+            Ok(Some(Opened::Raw(socket, rx))) => {
+                read(&engine, socket, rx).await;
+                Ok(())
+            }
+            Ok(Some(Opened::Split(socket, rx))) => {
                 read(&engine, socket, rx).await;
                 Ok(())
             }
@@ -150,14 +175,42 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (socket, rx) = Box::pin(open(engine.clone(), conn, protocol, sid, req_data)).await?;
+    let (socket, ws, backlog) =
+        Box::pin(open(engine.clone(), conn, protocol, sid, req_data)).await?;
+    let rx = start_split::<H, _>(&socket, ws, backlog);
     read(&engine, socket, rx).await;
     Ok(())
 }
 
+/// An opened session and its reading half: over the TCP stream, whose write half the
+/// session's writer owns ([`ws_raw`]), or over the split tungstenite stream. sockgate patch.
+enum Opened<D: Default + Send + Sync + 'static, S> {
+    Raw(Arc<Socket<D>>, Reader<ws_raw::RawWs>),
+    Split(Arc<Socket<D>>, Reader<SplitStream<WebSocketStream<Watched<S>>>>),
+}
+
+/// Splits an opened tungstenite stream and spawns the writer of its write half.
+fn start_split<H: EngineIoHandler, S>(
+    socket: &Arc<Socket<H::Data>>,
+    ws: WebSocketStream<Watched<S>>,
+    backlog: Arc<Backlog>,
+) -> Reader<SplitStream<WebSocketStream<Watched<S>>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = ws.split();
+    // Pipe between websocket and internal socket channel.
+    tokio::spawn(forward_to_socket::<H, _>(socket.clone(), tx));
+    Reader {
+        rx,
+        backlog,
+        control: false,
+    }
+}
+
 /// Open the session on an upgraded connection: send the open packet to a new session, or run
-/// the probe handshake of a polling session upgrading to websocket. Then spawn the writer and
-/// hand back the reading half.
+/// the probe handshake of a polling session upgrading to websocket. The caller then starts
+/// the writer and keeps the reading half.
 ///
 /// sockgate patch: everything short-lived happens here, in a future the callers box, so the
 /// task that then reads for the socket's whole life keeps only the socket and the reading half:
@@ -173,15 +226,12 @@ async fn open<H: EngineIoHandler, S>(
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(Arc<Socket<H::Data>>, Reader<S>), Error>
+) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<Watched<S>>, Arc<Backlog>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let backlog = Arc::new(Backlog::default());
-    let conn = Watched {
-        io: conn,
-        backlog: backlog.clone(),
-    };
+    let conn = Watched::new(conn, backlog.clone());
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
@@ -229,20 +279,16 @@ where
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-    let (tx, rx) = ws.split();
-
-    // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, _>(socket.clone(), tx));
-    Ok((socket, Reader { rx, backlog }))
+    Ok((socket, ws, backlog))
 }
 
 /// Read packets from an opened websocket session until the connection or the session is closed.
-async fn read<H: EngineIoHandler, S>(
+async fn read<H: EngineIoHandler, R>(
     engine: &Arc<EngineIo<H>>,
     socket: Arc<Socket<H::Data>>,
-    rx: Reader<S>,
+    rx: Reader<R>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     // pipe between internal socket channel and websocket
     match forward_to_handler(engine, rx, &socket)
@@ -270,13 +316,17 @@ async fn read<H: EngineIoHandler, S>(
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
-async fn forward_to_handler<H: EngineIoHandler, S>(
+async fn forward_to_handler<H: EngineIoHandler, R>(
     engine: &Arc<EngineIo<H>>,
-    Reader { mut rx, backlog }: Reader<S>,
+    Reader {
+        mut rx,
+        backlog,
+        control,
+    }: Reader<R>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     // Bytes of pongs queued since the connection last took everything it was given.
     let mut unread_pongs = 0;
@@ -317,7 +367,14 @@ where
                     unread_pongs = 0;
                 }
                 unread_pongs += PONG_HEADER_BYTES + ping.len();
-                if unread_pongs > MAX_UNREAD_PONG_BYTES {
+                // sockgate patch: the writer owns the write half (`ws_raw`): the pong goes
+                // through it, and what it has not taken yet counts too.
+                let queued = if control {
+                    backlog.control.pong(socket, &ping)
+                } else {
+                    0
+                };
+                if unread_pongs.max(queued) > MAX_UNREAD_PONG_BYTES {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = %socket.id, "ws peer does not read its pongs");
                     socket.close_slow_consumer();
@@ -325,9 +382,12 @@ where
                 }
                 Ok(())
             }
-            Message::Close(_) => {
+            Message::Close(close) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("websocket closed, closing session");
+                if control {
+                    backlog.control.close_reply(close.as_ref());
+                }
                 engine.close_session(socket.id, DisconnectReason::TransportClose);
                 break;
             }
@@ -436,7 +496,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 /// The volatile messages of a session, as a stream: the `changed` future it waits on is kept
 /// from one wake-up of the writer to the next, and made again only after a message. Ends
 /// when the sender is dropped (with the socket). sockgate patch.
-fn volatile_packets(
+pub(super) fn volatile_packets(
     rx: &mut watch::Receiver<Option<QueuedPackets>>,
 ) -> impl Stream<Item = QueuedPackets> + '_ {
     futures_util::stream::unfold(rx, |rx| async move {
@@ -458,7 +518,7 @@ fn volatile_packets(
 /// `cancelled` is the writer's own (see [`forward_to_socket`]).
 ///
 /// sockgate patch: writes used to wait for a peer that stopped reading forever.
-async fn in_time<D, F>(
+pub(super) async fn in_time<D, F>(
     socket: &Socket<D>,
     cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
     give_up_at: &mut Option<tokio::time::Instant>,
@@ -696,28 +756,51 @@ const MAX_UNREAD_PONG_BYTES: usize = 16 * 1024;
 const PONG_HEADER_BYTES: usize = 2;
 
 /// The reading half of an opened websocket session, and what its connection has not taken.
-struct Reader<S> {
-    rx: SplitStream<WebSocketStream<Watched<S>>>,
+struct Reader<R> {
+    rx: R,
     backlog: Arc<Backlog>,
+    /// The session's writer owns the write half ([`ws_raw`]): pongs and the reply to a
+    /// close go to it through [`Backlog::control`]. sockgate patch.
+    control: bool,
 }
 
-/// Bytes tungstenite asked the connection to write that it did not take, at the last write.
+/// Bytes the writer asked the connection to write that it did not take, at the last write.
 ///
 /// tungstenite hands the connection its whole write buffer at each write (`write_out_buffer`),
-/// so what a write leaves is what is still buffered. sockgate patch.
+/// so what a write leaves is what is still buffered; the raw writer ([`ws_raw`]) stores what
+/// it keeps pending. sockgate patch.
 #[derive(Debug, Default)]
-struct Backlog(AtomicUsize);
+pub(crate) struct Backlog {
+    left: AtomicUsize,
+    /// Frames the reader queues for the raw writer ([`ws_raw`]).
+    pub(crate) control: ws_raw::Control,
+}
 
 impl Backlog {
-    fn is_empty(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == 0
+    pub(crate) fn is_empty(&self) -> bool {
+        self.left.load(Ordering::Relaxed) == 0
+    }
+
+    pub(crate) fn set_left(&self, left: usize) {
+        self.left.store(left, Ordering::Relaxed);
     }
 }
 
 /// The websocket's connection, measuring its [`Backlog`]. sockgate patch.
-struct Watched<S> {
-    io: S,
-    backlog: Arc<Backlog>,
+pub(crate) struct Watched<S> {
+    pub(crate) io: S,
+    /// `None` once the raw writer owns the write half and measures it ([`ws_raw::start`]):
+    /// what tungstenite still writes goes nowhere.
+    pub(crate) backlog: Option<Arc<Backlog>>,
+}
+
+impl<S> Watched<S> {
+    pub(crate) fn new(io: S, backlog: Arc<Backlog>) -> Self {
+        Self {
+            io,
+            backlog: Some(backlog),
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -742,7 +825,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
             Poll::Pending => buf.len(),
             Poll::Ready(Err(_)) => 0,
         };
-        self.backlog.0.store(left, Ordering::Relaxed);
+        if let Some(backlog) = &self.backlog {
+            backlog.set_left(left);
+        }
         written
     }
 
@@ -810,10 +895,7 @@ mod tests {
         const PONG: usize = PONG_HEADER_BYTES + 100;
         let (server, client) = tokio::io::duplex(1024);
         let backlog = Arc::new(Backlog::default());
-        let server = Watched {
-            io: server,
-            backlog: backlog.clone(),
-        };
+        let server = Watched::new(server, backlog.clone());
         let mut server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
         let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
 
@@ -832,7 +914,7 @@ mod tests {
             .await
             .expect("the server reads every ping");
         // The last pong is queued, not yet written; the connection holds 1024 bytes.
-        let left = backlog.0.load(Ordering::Relaxed);
+        let left = backlog.left.load(Ordering::Relaxed);
         assert!(left >= (PINGS - 1) * PONG - 1024, "backlog {left}");
 
         let drain = async {
