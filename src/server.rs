@@ -6,11 +6,13 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -160,14 +162,32 @@ pub async fn serve(
     }
 }
 
-/// HTTP/1.1 and h2c, with the limits of `server.*`.
-fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
+/// The HTTP servers of a client connection, with the limits of `server.*`.
+///
+/// HTTP/1.x connections (the version is known before serving: `request_started`) are served
+/// by hyper's own HTTP/1 server, as hyper-util's auto builder would serve them, but without
+/// its wrapper: an upgraded connection is then sockgate's [`Connection`] itself, which
+/// `connection::raw_tcp` gives back to the engine as its TCP stream (issue 32 stage 3).
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    /// h2c.
+    auto: auto::Builder<StreamExecutor>,
+}
+
+fn connection_builder(config: &ServerConfig) -> Builders {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        // Kept by the connection's own timer (`Connection::read_heads_within`): hyper's boxes
+        // and registers a new timer for every request.
+        .header_read_timeout(None)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
     let mut builder = auto::Builder::new(StreamExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Kept by the connection's own timer (`Connection::read_heads_within`): hyper's boxes
-        // and registers a new timer for every request.
         .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
         .keep_alive(true);
@@ -179,7 +199,10 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<StreamExecutor> {
         // A peer that stops answering PINGs is gone, even in the middle of a long stream.
         .keep_alive_interval(Some(config.idle_timeout))
         .keep_alive_timeout(config.header_read_timeout);
-    builder
+    Builders {
+        http1,
+        auto: builder,
+    }
 }
 
 /// What each request of one client connection is served with: one reference to take per
@@ -199,7 +222,7 @@ fn serve_connection(
     peer: SocketAddr,
     router: Arc<Router>,
     config: &ServerConfig,
-    builder: auto::Builder<StreamExecutor>,
+    builder: Builders,
     drain: Drain,
 ) -> impl Future<Output = ()> + Send + 'static {
     let header_read_timeout = config.header_read_timeout;
@@ -234,39 +257,67 @@ fn serve_connection(
                 Ok::<_, Infallible>(request.respond(resp))
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        tokio::pin!(conn);
         let stalled = idle.send_stalled(send_stall_timeout, peer, &metrics);
-        tokio::pin!(stalled);
-        // Shut down gracefully (GOAWAY for HTTP/2: streams in flight finish) when the
-        // connection has been idle for server.idle_timeout_ms, or when the drain begins.
-        // A connection that abuses HTTP/2 gets the GOAWAY too, and is cut after a grace.
-        let mut closing = false;
-        let cut = tokio::time::sleep(std::time::Duration::MAX);
-        tokio::pin!(cut);
-        let mut abused = false;
-        let ended = loop {
-            tokio::select! {
-                ended = Polling::new(watch.as_ref(), conn.as_mut()) => break ended,
-                // An HTTP/1.1 response the client stopped taking: dropping the connection
-                // closes it and the app connection its body holds.
-                () = &mut stalled => break Ok(()),
-                () = reported(watch.as_ref()), if watch.is_some() && !abused => {
-                    abused = true;
-                    if !std::mem::replace(&mut closing, true) {
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    cut.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
-                }
-                _ = &mut cut, if abused => break Ok(()),
-                () = idle_or_draining(&idle, &drain), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
+        let io = TokioIo::new(stream);
+        let ended = if version == Version::HTTP_2 {
+            let conn = builder.auto.serve_connection_with_upgrades(io, service);
+            let shutdown = |conn: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(conn);
+            drive(conn, shutdown, watch, &idle, &drain, stalled).await
+        } else {
+            let conn = builder.http1.serve_connection(io, service).with_upgrades();
+            let shutdown =
+                |conn: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(conn);
+            drive(conn, shutdown, watch, &idle, &drain, stalled).await
         };
         if let Err(e) = ended {
             tracing::debug!(%peer, "connection ended: {e}");
+        }
+    }
+}
+
+/// Serves one connection until it ends, goes idle, stalls (`stalled`), abuses HTTP/2 or the
+/// drain begins.
+async fn drive<C, E>(
+    conn: C,
+    mut graceful_shutdown: impl FnMut(Pin<&mut C>),
+    watch: Option<Arc<Conduct>>,
+    idle: &Activity,
+    drain: &Drain,
+    stalled: impl Future<Output = ()>,
+) -> Result<(), String>
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::pin!(stalled);
+    // Shut down gracefully (GOAWAY for HTTP/2: streams in flight finish) when the
+    // connection has been idle for server.idle_timeout_ms, or when the drain begins.
+    // A connection that abuses HTTP/2 gets the GOAWAY too, and is cut after a grace.
+    let mut closing = false;
+    let cut = tokio::time::sleep(std::time::Duration::MAX);
+    tokio::pin!(cut);
+    let mut abused = false;
+    loop {
+        tokio::select! {
+            ended = Polling::new(watch.as_ref(), conn.as_mut()) => {
+                return ended.map_err(|e| e.to_string());
+            }
+            // An HTTP/1.1 response the client stopped taking: dropping the connection
+            // closes it and the app connection its body holds.
+            () = &mut stalled => return Ok(()),
+            () = reported(watch.as_ref()), if watch.is_some() && !abused => {
+                abused = true;
+                if !std::mem::replace(&mut closing, true) {
+                    graceful_shutdown(conn.as_mut());
+                }
+                cut.as_mut().reset(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+            }
+            _ = &mut cut, if abused => return Ok(()),
+            () = idle_or_draining(idle, drain), if !closing => {
+                closing = true;
+                graceful_shutdown(conn.as_mut());
+            }
         }
     }
 }
