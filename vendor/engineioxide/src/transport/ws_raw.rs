@@ -515,7 +515,6 @@ mod tests {
         assert_eq!(next(&mut client).await, Message::binary(vec![1u8, 2, 3]));
     }
 
-    #[cfg(feature = "v3")]
     #[tokio::test]
     async fn v3_binary_carries_its_packet_type() {
         let socket = socket(ProtocolVersion::V3);
