@@ -74,8 +74,14 @@ pub(crate) struct RawIo {
 impl RawIo {
     pub(crate) fn new(tcp: RawTcp) -> Self {
         let (rd, wr) = tcp.stream.into_split();
+        // A copy: the bytes point into the HTTP server's read buffer (8 KiB or more), which
+        // would otherwise stay allocated as long as the socket.
+        let read_ahead = match tcp.read_buf.is_empty() {
+            true => Bytes::new(),
+            false => Bytes::copy_from_slice(&tcp.read_buf),
+        };
         Self {
-            read_ahead: tcp.read_buf,
+            read_ahead,
             rd,
             wr: Some(wr),
             _keep: tcp.keep,
@@ -95,6 +101,9 @@ impl AsyncRead for RawIo {
         let n = buf.remaining().min(self.read_ahead.len());
         buf.put_slice(&self.read_ahead[..n]);
         self.read_ahead.advance(n);
+        if self.read_ahead.is_empty() {
+            self.read_ahead = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
