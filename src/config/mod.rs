@@ -36,7 +36,7 @@ pub use history::HistoryConfig;
 pub use log::{LogConfig, LogFormat};
 pub use publish::{PublishConfig, current_uid, default_socket_path};
 pub use realtime::{Parser, RealtimeConfig, Transport};
-pub use server::{AdminConfig, ServerConfig};
+pub use server::{AdminConfig, Runtime, RuntimeShape, ServerConfig};
 use source::{Named, from_figment, source_of};
 pub use upstream::{AppUrl, ProxyConfig, UpstreamConfig};
 pub use webhooks::{WebhookUrl, WebhooksConfig};
