@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
 pub use channels::ChannelsConfig;
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, PubSubMode};
 pub use error::ConfigError;
 use error::Invalid;
 pub use history::HistoryConfig;

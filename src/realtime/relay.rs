@@ -46,16 +46,16 @@ use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
 use crate::shutdown::Shutdown;
 
-/// The sharded channel kept messages travel on.
+/// The channel kept messages travel on (sharded, unless Redis has no sharded pub/sub).
 pub const CHANNEL: &str = "sockgate:relay";
 
-/// A sharded channel nothing is published on: an instance that listens here delivers relayed
+/// A channel nothing is published on: an instance that listens here delivers relayed
 /// entries of channels (rooms other than user rooms), not only of user rooms. An older
 /// sockgate listens on [`CHANNEL`] only and drops a channel's entries: while one is connected,
 /// channels' messages go through the adapter ([`Relay::everyone_listens_for`]).
 pub const ROOMS_CHANNEL: &str = "sockgate:relay:rooms";
 
-/// A sharded channel nothing is published on: an instance that listens here reads several
+/// A channel nothing is published on: an instance that listens here reads several
 /// entries in one message of [`CHANNEL`]. An older sockgate reads the first alone: while one is
 /// connected, each entry is published in a message of its own.
 pub const BATCHES_CHANNEL: &str = "sockgate:relay:batches";
@@ -494,7 +494,7 @@ impl Relay {
             return;
         }
         let counted = link
-            .shard_subscribers(vec![
+            .subscribers(vec![
                 CHANNEL.to_owned(),
                 ROOMS_CHANNEL.to_owned(),
                 BATCHES_CHANNEL.to_owned(),
