@@ -406,6 +406,33 @@ mod tests {
     }
 
     #[test]
+    fn cluster_pubsub_takes_three_modes_and_no_plain_on_a_redis_cluster() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("SIDECAR_CLUSTER__REDIS_URL", "redis://127.0.0.1:6379");
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "plain");
+            let config = load(&Overrides::default()).expect("plain on one server");
+            assert_eq!(config.cluster.pubsub, PubSubMode::Plain);
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "shard");
+            assert_eq!(
+                load(&Overrides::default()).unwrap_err().key,
+                "cluster.pubsub"
+            );
+            jail.set_env(
+                "SIDECAR_CLUSTER__REDIS_URL",
+                "redis-cluster://127.0.0.1:7000",
+            );
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "plain");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "cluster.pubsub");
+            assert!(e.to_string().contains("Redis Cluster"), "{e}");
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "sharded");
+            assert!(load(&Overrides::default()).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn errors_name_key_source_and_reason() {
         Jail::expect_with(|jail| {
             jail.clear_env();
