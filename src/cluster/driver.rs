@@ -233,6 +233,33 @@ impl ClusterDriver {
     }
 }
 
+impl ClusterDriver {
+    /// [`Driver::subscribe`] with `pubsub`'s command whatever the connection's mode: on a
+    /// Redis Cluster the relay's channel is subscribed plainly (see [`crate::realtime`]).
+    pub async fn subscribe_with(
+        &self,
+        pubsub: PubSub,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, DriverError> {
+        let (tx, rx) = mpsc::channel(size.max(1));
+        // The stream is in place before Redis confirms: nothing published just after the
+        // confirmation is missed.
+        self.handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(chan.clone(), tx);
+        if let Err(e) = pubsub.subscribe(&self.conn, &chan).await {
+            self.handlers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&chan);
+            return Err(e.into());
+        }
+        Ok(MessageStream::new(rx))
+    }
+}
+
 impl Driver for ClusterDriver {
     type Error = DriverError;
 
@@ -245,21 +272,7 @@ impl Driver for ClusterDriver {
         chan: String,
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
-        let (tx, rx) = mpsc::channel(size.max(1));
-        // The stream is in place before Redis confirms: nothing published just after the
-        // confirmation is missed.
-        self.handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(chan.clone(), tx);
-        if let Err(e) = self.pubsub.subscribe(&self.conn, &chan).await {
-            self.handlers
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&chan);
-            return Err(e.into());
-        }
-        Ok(MessageStream::new(rx))
+        self.subscribe_with(self.pubsub, chan, size).await
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {

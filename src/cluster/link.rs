@@ -268,19 +268,25 @@ impl Link {
     }
 
     async fn resubscribe(self, shown: String) {
-        let channels = self.pubsub.tracked(&self.client);
+        // Both kinds: on a Redis Cluster the relay's channel is plain, the others sharded.
+        let channels = [PubSub::Sharded, PubSub::Plain].map(|m| (m, m.tracked(&self.client)));
+        let count: usize = channels.iter().map(|(_, c)| c.len()).sum();
         for attempt in 1..=20u32 {
             if !self.client.is_connected() {
                 return; // the next reconnect starts over
             }
-            match subscribe_all(self.pubsub, &self.client, &channels).await {
+            let mut subscribed = Ok(());
+            for (mode, some) in &channels {
+                subscribed = subscribed.and(subscribe_all(*mode, &self.client, some).await);
+            }
+            match subscribed {
                 Ok(()) => {
                     self.subscribed.store(true, Ordering::Release);
                     // A fresh connection with its subscriptions back: check it now rather than
                     // at the next tick, so delivery resumes as soon as it works.
                     self.recheck.notify_one();
                     self.outage_logged.store(false, Ordering::Release);
-                    tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes once a self-check passes");
+                    tracing::info!(redis = %shown, channels = count, "Redis connection restored; cross-instance delivery resumes once a self-check passes");
                     return;
                 }
                 Err(e) => {

@@ -8,7 +8,8 @@
 //! `rediss-sentinel://`), in fred's URL syntax ([`crate::redis_url`]). On a Redis Cluster, every
 //! multi-key script keeps its keys in one slot (the history's keys share a hash tag), and
 //! sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`, `PUBSUB SHARDNUMSUB`) goes to the node that owns
-//! each channel's slot; sockgate's relay of kept messages is off there ([`Cluster::redis_cluster`]).
+//! each channel's slot; sockgate's relay of kept messages publishes plainly there
+//! ([`Cluster::redis_cluster`]).
 //! A Redis without sharded pub/sub (Redis 6, some providers) is used with plain pub/sub
 //! ([`pubsub`], `cluster.pubsub`).
 //!
@@ -61,9 +62,9 @@ pub struct Cluster {
     pub driver: ClusterDriver,
     /// Cluster-wide reads, bounded by the request timeout.
     pub queries: Queries,
-    /// Redis is a Redis Cluster: a script may touch only the keys and channels of one slot, so
-    /// kept messages cannot be published from the script that appends them (the relay is off,
-    /// see [`crate::realtime`]).
+    /// Redis is a Redis Cluster: a script may touch only the keys and sharded channels of one
+    /// slot, so the script that appends kept messages relays them with `PUBLISH` (see
+    /// [`crate::realtime`]).
     pub redis_cluster: bool,
 }
 

@@ -175,12 +175,14 @@ pub struct Appender {
 impl Appender {
     /// Starts the appender task (so needs a runtime); it ends when the last `Appender` is
     /// dropped. `max_messages` is the streams' length, `ttl_ms` their lifetime; relayed entries
-    /// are published with `pubsub`'s command.
+    /// are published with `pubsub`'s command, and with `PUBLISH` on a Redis Cluster (a
+    /// script may `SPUBLISH` only to a channel of its keys' slot; a plain message crosses the
+    /// whole cluster).
     pub fn start(client: RedisClient, max_messages: usize, ttl_ms: u64, pubsub: PubSub) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        let script = match pubsub {
-            PubSub::Sharded => &*APPEND,
-            PubSub::Plain => &*APPEND_PLAIN,
+        let script = match (pubsub, client.is_clustered()) {
+            (PubSub::Sharded, false) => &*APPEND,
+            _ => &*APPEND_PLAIN,
         };
         tokio::spawn(run(
             client,
