@@ -4,8 +4,9 @@
 //! `SUBSCRIBE`, `UNSUBSCRIBE`, `PUBSUB NUMSUB`; Redis 6, and hosted Redis without sharded
 //! pub/sub, e.g. Upstash). On a single server (or behind Sentinel) both deliver the same way;
 //! the adapter's channels, the self-check's, the relay's and the append script's publish all
-//! follow the one chosen at connect. Instances on different modes do not hear each other:
-//! `auto` picks the same on a given Redis.
+//! follow the one chosen at connect — except on a Redis Cluster, where the relay's channel is
+//! always plain ([`crate::realtime`]'s `relay`). Instances on different modes do not hear each
+//! other: `auto` picks the same on a given Redis.
 
 use fred::clients::{Client, SubscriberClient};
 use fred::error::{Error, ErrorKind};
