@@ -176,7 +176,8 @@ export async function startRedisCluster() {
     );
   } catch (e) {
     // A redis-server built without cluster support refuses the option and exits at once.
-    if (/cluster/i.test(String(e.message))) {
+    // Anything else (a port taken, say) is a failure, not a reason to skip.
+    if (/FATAL CONFIG FILE ERROR/.test(String(e.message))) {
       return { skip: `redis-server cannot run a Redis Cluster here: ${String(e.message).split('\n')[0]}` };
     }
     throw e;
