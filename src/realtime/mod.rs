@@ -8,6 +8,7 @@
 
 mod admission;
 mod auth;
+mod backpressure;
 mod channels;
 mod connect;
 mod connect_auth;
@@ -45,6 +46,8 @@ use crate::webhooks::Webhooks;
 
 use admission::Admission;
 pub use auth::{AuthError, SessionAuth};
+pub use backpressure::Refusal;
+use backpressure::{Backpressure, reader_channel};
 use channels::Channels;
 use connect::{Handlers, register};
 pub use credentials::Credentials;
@@ -90,7 +93,7 @@ pub async fn start(
     let webhooks = Webhooks::start(settings, redis.clone(), metrics.clone());
     let roster = Arc::new(Roster::start(settings, redis, webhooks.clone()));
     let history = history(settings, cluster.as_ref(), &metrics);
-    let relay = relay(config, cluster.as_ref(), history.as_ref()).await?;
+    let relay = relay(settings, cluster.as_ref(), history.as_ref(), &metrics).await?;
     let journal = Arc::new(Journal::new(history));
     let channels = Arc::new(Channels::new(
         settings,
@@ -192,10 +195,12 @@ type Relaying = (
 
 /// The relay, when a cluster keeps history in Redis (and is not a Redis Cluster).
 async fn relay(
-    config: &RealtimeConfig,
+    settings: &Config,
     cluster: Option<&Cluster>,
     history: Option<&History>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Relaying>> {
+    let origin = socketioxide_core::Uid::new().to_string();
     Ok(match (cluster, history.and_then(History::shared)) {
         // On a Redis Cluster the append script may not publish to the relay's channel (another
         // slot than the stream's): kept messages go through the adapter, as while an older
@@ -211,8 +216,14 @@ async fn relay(
         (Some(c), Some(shared)) => Some((
             Arc::new(Relay::new(
                 shared.clone(),
-                socketioxide_core::Uid::new().to_string(),
-                config.room_prefix.as_str().into(),
+                origin.clone(),
+                settings.realtime.room_prefix.as_str().into(),
+                Arc::new(Backpressure::new(
+                    origin.clone(),
+                    settings.cluster.max_lag,
+                    c.commands.clone(),
+                    metrics.clone(),
+                )),
             )),
             c.driver
                 .subscribe(relay::CHANNEL.into(), RELAY_BUFFER)
@@ -220,11 +231,12 @@ async fn relay(
                 .map_err(|e| {
                     anyhow::anyhow!("cannot subscribe to `{}` in Redis: {e}", relay::CHANNEL)
                 })?,
-            // Nothing is published there: listening says "this instance relays channels" and
-            // "reads several entries in one message".
+            // Nothing is published there: listening says "this instance relays channels",
+            // "reads several entries in one message", and "this instance is alive" (its own).
             vec![
                 marker(c, relay::ROOMS_CHANNEL).await?,
                 marker(c, relay::BATCHES_CHANNEL).await?,
+                marker(c, &reader_channel(&origin)).await?,
             ],
         )),
         _ => None,
