@@ -178,7 +178,7 @@ impl Backpressure {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = shutdown.draining() => return,
+                _ = shutdown.draining() => return self.leave().await,
             }
             let slowest = if link.is_up() {
                 match self.tick(&link, &mut peers).await {
@@ -193,6 +193,24 @@ impl Backpressure {
                 0
             };
             self.set(slowest);
+        }
+    }
+
+    /// At the drain: the relay is no longer read here, so this instance is no longer waited
+    /// for (its report removed) while it finishes.
+    async fn leave(&self) {
+        let args = vec![
+            self.origin.clone(),
+            String::new(),
+            String::new(),
+            self.origin.clone(),
+        ];
+        let removed: Result<Vec<String>, _> = self
+            .commands
+            .eval(ROUND_SCRIPT, vec![READERS_KEY], args)
+            .await;
+        if let Err(e) = removed {
+            tracing::debug!("relay backpressure: report not removed at the drain: {e}");
         }
     }
 
