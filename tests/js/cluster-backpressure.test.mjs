@@ -169,3 +169,52 @@ test(`cluster backpressure: B stopped 10 s mid-flood — publishes through A are
     await redis.kill('SIGKILL').catch(() => {});
   }
 });
+
+test('cluster backpressure: an instance killed while behind holds no publish back (its Redis connection, and so its subscription, is gone)', { skip: SKIP, timeout: 60_000 }, async (t) => {
+  const fixture = await startFixture();
+  const redis = await startRedis(await freePort());
+  const env = {
+    SIDECAR_CLUSTER__REDIS_URL: redis.url,
+    SIDECAR_CLUSTER__MAX_LAG: String(MAX_LAG),
+    SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+  };
+  const [A, B] = await Promise.all([0, 1].map(() => startSockgate({ upstreamUrl: fixture.url, env })));
+  let stopped = false;
+  try {
+    // Both instances report (every 200 ms) before B stops.
+    await waitFor(async () => (await redisOnce(redis.port, 'HLEN', 'sockgate:relay:readers')) === ':2', {
+      timeout: 10_000,
+      message: 'both instances reporting',
+    });
+    process.kill(B.proc.child.pid, 'SIGSTOP');
+    stopped = true;
+    const messages = Array.from({ length: BATCH }, (_, n) => ({ userId: 'alice', event: 'flood', data: { n, pad: PAD } }));
+    // Bounded: at most 200 batches before the first refusal.
+    let refused = null;
+    for (let i = 0; i < 200 && !refused; i++) {
+      const r = await publishApi(A.publishSocket, 'POST', '/publish/batch', { messages });
+      if (r.status === 503) refused = r;
+      else assert.equal(r.status, 200, r.text);
+    }
+    assert.ok(refused, 'publishes refused while B is stopped and behind');
+    process.kill(B.proc.child.pid, 'SIGKILL');
+    stopped = false;
+    const killedAt = Date.now();
+    await waitFor(
+      async () => (await publishApi(A.publishSocket, 'POST', '/publish/batch', { messages })).status === 200,
+      { timeout: 5000, interval: 50, message: 'publishes accepted again once B is gone' },
+    );
+    const after = Date.now() - killedAt;
+    t.diagnostic(`refused with lag ${refused.json.lag}; accepted again ${after} ms after B was killed`);
+    assert.ok(after < 2000, `accepted again after ${after} ms`);
+    await waitFor(async () => (await redisOnce(redis.port, 'HLEN', 'sockgate:relay:readers')) === ':1', {
+      timeout: 5000,
+      message: "B's report removed",
+    });
+  } finally {
+    if (stopped) process.kill(B.proc.child.pid, 'SIGCONT');
+    await Promise.all([A.stop(), B.stop().catch(() => {})]);
+    await fixture.stop();
+    await redis.kill('SIGKILL').catch(() => {});
+  }
+});
