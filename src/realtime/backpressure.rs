@@ -386,6 +386,41 @@ mod tests {
     }
 
     #[test]
+    fn the_slowest_counts_only_instances_still_reporting() {
+        let report = |relayed, read: &[(&str, u64)]| Report {
+            relayed,
+            read: read.iter().map(|(o, n)| ((*o).to_owned(), *n)).collect(),
+        };
+        let me = report(1000, &[("b", 10), ("c", 10)]);
+        let reports = HashMap::from([
+            ("b".to_owned(), report(10, &[("me", 990), ("c", 10)])),
+            ("c".to_owned(), report(10, &[("me", 100), ("b", 10)])),
+        ]);
+        let mut peers = Peers::default();
+        let texts: HashMap<String, String> = reports
+            .iter()
+            .map(|(o, r)| (o.clone(), r.write()))
+            .collect();
+        peers.seen(&texts, &reports);
+        // c is 900 of mine behind: the slowest.
+        assert_eq!(slowest("me", &me, &reports, &mut peers), 900);
+        // c has not reported anything new for longer than the wait: b is the slowest then.
+        let long_ago = Instant::now().checked_sub(GIVE_UP_AFTER + Duration::from_secs(1));
+        if let (Some(at), Some(c)) = (long_ago, peers.changed.get_mut("c")) {
+            c.1 = at;
+            assert_eq!(slowest("me", &me, &reports, &mut peers), 10);
+            // A new report: waited for again.
+            let mut texts = texts.clone();
+            texts.insert(
+                "c".to_owned(),
+                report(10, &[("me", 101), ("b", 10)]).write(),
+            );
+            peers.seen(&texts, &reports);
+            assert_eq!(slowest("me", &me, &reports, &mut peers), 900);
+        }
+    }
+
+    #[test]
     fn a_readers_lag_is_what_the_others_relayed_that_it_did_not_read() {
         let relayed = HashMap::from([("a", 100), ("b", 50), ("c", 10)]);
         let b = Report {
