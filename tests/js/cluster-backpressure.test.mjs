@@ -4,9 +4,10 @@
 //   SOCKGATE_BIN=$PWD/target/debug/sockgate node --test tests/js/cluster-backpressure.test.mjs
 // Needs redis-server on PATH. Two instances A and B on one Redis, alice on B; two publishers
 // flood A (batches, each in its own order) and retry on 503 as told; B is stopped (SIGSTOP)
-// for 10 s mid-flood, then resumed. Redis's pubsub output limit is lowered to 4 MB for the
-// test (the default closes a subscriber at 32 MB): far less than 10 s of an unrefused flood,
-// far more than cluster.max_lag (2000 here) relayed messages. Without the backpressure every
+// for 10 s mid-flood, then resumed. Redis's pubsub output limit is lowered to 8 MB for the
+// test (the default closes a subscriber at 32 MB): far less than 10 s of an unrefused flood
+// (≈ 40 MB at a debug build's pace), more than cluster.max_lag (2000 here) relayed messages of
+// ≈ 650 bytes with what the 200 ms reports let through beyond it. Without the backpressure every
 // publish is accepted, Redis closes B's connection, and alice is told recovery_failed for what
 // she lost.
 import { test } from 'node:test';
@@ -48,7 +49,7 @@ async function metric(inst, name) {
 test(`cluster backpressure: B stopped 10 s mid-flood — publishes through A are refused (503 + Retry-After) past cluster.max_lag, and every accepted message reaches alice on B once, in order, none lost`, { skip: SKIP, timeout: 90_000 }, async (t) => {
   const fixture = await startFixture();
   const redis = await startRedis(await freePort());
-  assert.equal(await redisOnce(redis.port, 'CONFIG', 'SET', 'client-output-buffer-limit', 'pubsub 4mb 0 0'), '+OK');
+  assert.equal(await redisOnce(redis.port, 'CONFIG', 'SET', 'client-output-buffer-limit', 'pubsub 8mb 0 0'), '+OK');
   const env = {
     SIDECAR_CLUSTER__REDIS_URL: redis.url,
     SIDECAR_CLUSTER__MAX_LAG: String(MAX_LAG),
