@@ -14,7 +14,8 @@
 //!   reader's lag: what the others relayed that it has not read, summed. Publishes read one
 //!   flag: nothing per message but the number in the header.
 //! - Live means Redis buffers for it: it still holds its subscription to its own
-//!   [`reader_channel`] (`PUBSUB SHARDNUMSUB`). A killed instance's connection closes at once,
+//!   [`reader_channel`] (`PUBSUB SHARDNUMSUB`, asked only about instances whose report did not
+//!   change since the last round: one that reports is alive). A killed instance's connection closes at once,
 //!   so it never holds publishes back; its field is removed. A stopped or frozen one
 //!   (`SIGSTOP`, a paused VM) stays subscribed and stops reporting: it is waited for, up to
 //!   [`GIVE_UP_AFTER`] without a new report, then left to Redis's limit (its sockets are told
@@ -80,7 +81,7 @@ struct Report {
 }
 
 impl Report {
-    /// `<relayed> <origin>=<n> …`.
+    /// `<relayed> <origin>=<n> …` (words without `=`, such as the round's `r<n>`, skipped).
     fn parse(text: &str) -> Option<Self> {
         let mut words = text.split_ascii_whitespace();
         let relayed = words.next()?.parse().ok()?;
@@ -248,7 +249,9 @@ impl Backpressure {
         let mut args = vec![
             self.origin.clone(),
             if peers.rounds > 0 {
-                mine.write()
+                // The round's number too: the report changes every round, even idle, so the
+                // others tell a running instance from a stopped one.
+                format!("{} r{}", mine.write(), peers.rounds)
             } else {
                 String::new()
             },
@@ -271,10 +274,19 @@ impl Backpressure {
             .iter()
             .filter_map(|(origin, text)| Some((origin.clone(), Report::parse(text)?)))
             .collect();
-        let origins: Vec<String> = reports.keys().cloned().collect();
-        let counts = link
-            .shard_subscribers(origins.iter().map(|o| reader_channel(o)).collect())
-            .await?;
+        // One that wrote a new report since the last round is alive: only the others are
+        // asked about (a killed instance's report stops changing at once).
+        let origins: Vec<String> = reports
+            .keys()
+            .filter(|o| !peers.reported_anew(o, &all))
+            .cloned()
+            .collect();
+        let counts = if origins.is_empty() {
+            Vec::new()
+        } else {
+            link.shard_subscribers(origins.iter().map(|o| reader_channel(o)).collect())
+                .await?
+        };
         for origin in origins {
             let channel = reader_channel(&origin);
             if !counts.iter().any(|(c, n)| *c == channel && *n > 0) {
@@ -351,6 +363,15 @@ impl Peers {
         }
     }
 
+    /// Whether `origin`'s report in `all` differs from the one seen last round (a first one
+    /// does).
+    fn reported_anew(&self, origin: &str, all: &HashMap<String, String>) -> bool {
+        match (self.changed.get(origin), all.get(origin)) {
+            (Some((last, _)), Some(text)) => last != text,
+            _ => true,
+        }
+    }
+
     /// Whether `origin` is still waited for: it reported within [`GIVE_UP_AFTER`].
     fn waited_for(&mut self, origin: &str) -> bool {
         let Some((_, changed)) = self.changed.get(origin) else {
@@ -379,8 +400,10 @@ mod tests {
             relayed: 42,
             read: HashMap::from([("a".to_owned(), 7), ("b".to_owned(), 9)]),
         };
-        assert_eq!(Report::parse(&report.write()), Some(report));
+        assert_eq!(Report::parse(&report.write()).as_ref(), Some(&report));
         assert_eq!(Report::parse("5").map(|r| r.relayed), Some(5));
+        let with_round = format!("{} r12", report.write());
+        assert_eq!(Report::parse(&with_round), Some(report));
         assert!(Report::parse("").is_none());
         assert!(Report::parse("x a=1").is_none());
     }
