@@ -14,8 +14,8 @@
 //!   reader's lag: what the others relayed that it has not read, summed. Publishes read one
 //!   flag: nothing per message but the number in the header.
 //! - Live means Redis buffers for it: it still holds its subscription to its own
-//!   [`reader_channel`] (`PUBSUB SHARDNUMSUB`, asked only about instances whose report did not
-//!   change since the last round: one that reports is alive). A killed instance's connection closes at once,
+//!   [`reader_channel`] (`PUBSUB SHARDNUMSUB`, or `NUMSUB` on plain pub/sub; asked only about
+//!   instances whose report did not change since the last round: one that reports is alive). A killed instance's connection closes at once,
 //!   so it never holds publishes back; its field is removed. A stopped or frozen one
 //!   (`SIGSTOP`, a paused VM) stays subscribed and stops reporting: it is waited for, up to
 //!   [`GIVE_UP_AFTER`] without a new report, then left to Redis's limit (its sockets are told
@@ -284,7 +284,7 @@ impl Backpressure {
         let counts = if origins.is_empty() {
             Vec::new()
         } else {
-            link.shard_subscribers(origins.iter().map(|o| reader_channel(o)).collect())
+            link.subscribers(origins.iter().map(|o| reader_channel(o)).collect())
                 .await?
         };
         for origin in origins {

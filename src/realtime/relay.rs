@@ -47,19 +47,25 @@ use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
 use crate::shutdown::Shutdown;
 
-/// The sharded channel kept messages travel on.
+/// The channel kept messages travel on (sharded, unless Redis has no sharded pub/sub).
 pub const CHANNEL: &str = "sockgate:relay";
 
-/// A sharded channel nothing is published on: an instance that listens here delivers relayed
+/// A channel nothing is published on: an instance that listens here delivers relayed
 /// entries of channels (rooms other than user rooms), not only of user rooms. An older
 /// sockgate listens on [`CHANNEL`] only and drops a channel's entries: while one is connected,
 /// channels' messages go through the adapter ([`Relay::everyone_listens_for`]).
 pub const ROOMS_CHANNEL: &str = "sockgate:relay:rooms";
 
-/// A sharded channel nothing is published on: an instance that listens here reads several
+/// A channel nothing is published on: an instance that listens here reads several
 /// entries in one message of [`CHANNEL`]. An older sockgate reads the first alone: while one is
 /// connected, each entry is published in a message of its own.
 pub const BATCHES_CHANNEL: &str = "sockgate:relay:batches";
+
+/// On a Redis Cluster, a sharded channel nothing is published on: [`CHANNEL`] is subscribed
+/// plainly there (the append script may `SPUBLISH` only within its keys' slot, so it
+/// `PUBLISH`es, which the cluster bus carries to every node), and a node counts only the plain
+/// subscribers connected to it: an instance that relays is counted by listening here instead.
+pub const CLUSTER_CHANNEL: &str = "sockgate:relay:cluster";
 
 /// Messages buffered between the channel and the room workers, per worker.
 const WORKER_BUFFER: usize = 1024;
@@ -157,17 +163,28 @@ pub struct Relay {
     room_prefix: Arc<str>,
     /// How far every instance read the relay; publishes refused while one is too far behind.
     backpressure: Arc<Backpressure>,
+    /// The channel whose (sharded) subscribers are the instances that relay: [`CHANNEL`], or
+    /// [`CLUSTER_CHANNEL`] on a Redis Cluster.
+    listening: &'static str,
 }
 
 impl Relay {
+    /// The relay of this instance (`origin`); `redis_cluster`: on a Redis Cluster (see
+    /// [`CLUSTER_CHANNEL`]).
     pub fn new(
         history: RedisHistory,
         origin: String,
         room_prefix: Arc<str>,
+        redis_cluster: bool,
         backpressure: Arc<Backpressure>,
     ) -> Self {
         Self {
             backpressure,
+            listening: if redis_cluster {
+                CLUSTER_CHANNEL
+            } else {
+                CHANNEL
+            },
             history,
             echo_prefix: echo_prefix(&origin),
             origin,
@@ -522,14 +539,15 @@ impl Relay {
         }
     }
 
-    /// Compares the listeners on [`CHANNEL`] and [`ROOMS_CHANNEL`] with the adapter's servers.
+    /// Compares the listeners on [`CHANNEL`] (or [`CLUSTER_CHANNEL`]) and [`ROOMS_CHANNEL`]
+    /// with the adapter's servers.
     async fn count_listeners(&self, link: &Link) {
         if !link.is_up() {
             return;
         }
         let counted = link
-            .shard_subscribers(vec![
-                CHANNEL.to_owned(),
+            .subscribers(vec![
+                self.listening.to_owned(),
                 ROOMS_CHANNEL.to_owned(),
                 BATCHES_CHANNEL.to_owned(),
                 crate::cluster::canary::request_channel(),
@@ -538,7 +556,7 @@ impl Relay {
         let Ok(counts) = counted else { return };
         let count = |name: &str| counts.iter().find(|(c, _)| c == name).map(|(_, n)| *n);
         let (Some(listeners), Some(servers)) = (
-            count(CHANNEL),
+            count(self.listening),
             count(&crate::cluster::canary::request_channel()),
         ) else {
             return;
