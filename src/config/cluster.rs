@@ -24,6 +24,10 @@ pub struct ClusterConfig {
     /// How long cluster-wide questions (presence, stats) wait for the other instances.
     #[serde(rename = "request_timeout_ms", with = "millis")]
     pub request_timeout: Duration,
+    /// Relayed messages (history on) the slowest live instance may not have read yet before
+    /// publishes are refused with `503` + `Retry-After` (0 = never refused); see
+    /// [`crate::realtime`]'s backpressure.
+    pub max_lag: u64,
     /// Which pub/sub commands carry cross-instance messages: `auto` (sharded when Redis takes
     /// `SPUBLISH`, else plain), `sharded` (`SPUBLISH`/`SSUBSCRIBE`, Redis ≥ 7; required on a
     /// Redis Cluster), `plain` (`PUBLISH`/`SUBSCRIBE`: Redis 6, providers without sharded
@@ -48,6 +52,7 @@ impl Default for ClusterConfig {
             redis_url: None,
             tls_ca_file: None,
             request_timeout: Duration::from_millis(1_000),
+            max_lag: 10_000,
             pubsub: PubSubMode::Auto,
         }
     }

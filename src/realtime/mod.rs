@@ -8,6 +8,7 @@
 
 mod admission;
 mod auth;
+mod backpressure;
 mod channels;
 mod connect;
 mod connect_auth;
@@ -45,6 +46,8 @@ use crate::webhooks::Webhooks;
 
 use admission::Admission;
 pub use auth::{AuthError, SessionAuth};
+pub use backpressure::Refusal;
+use backpressure::{Backpressure, reader_channel};
 use channels::Channels;
 use connect::{Handlers, register};
 pub use credentials::Credentials;
@@ -90,7 +93,7 @@ pub async fn start(
     let webhooks = Webhooks::start(settings, redis.clone(), metrics.clone());
     let roster = Arc::new(Roster::start(settings, redis, webhooks.clone()));
     let history = history(settings, cluster.as_ref(), &metrics);
-    let relay = relay(config, cluster.as_ref(), history.as_ref()).await?;
+    let relay = relay(settings, cluster.as_ref(), history.as_ref(), &metrics).await?;
     let journal = Arc::new(Journal::new(history));
     let channels = Arc::new(Channels::new(
         settings,
@@ -193,9 +196,10 @@ type Relaying = (
 /// The relay, when a cluster keeps history in Redis. On a Redis Cluster its channel is plain
 /// (see [`relay::CLUSTER_CHANNEL`]): the cluster bus carries each relay message to every node.
 async fn relay(
-    config: &RealtimeConfig,
+    settings: &Config,
     cluster: Option<&Cluster>,
     history: Option<&History>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Relaying>> {
     let (Some(c), Some(shared)) = (cluster, history.and_then(History::shared)) else {
         return Ok(None);
@@ -210,11 +214,14 @@ async fn relay(
         .subscribe_with(mode, relay::CHANNEL.into(), RELAY_BUFFER)
         .await
         .map_err(|e| anyhow::anyhow!("cannot subscribe to `{}` in Redis: {e}", relay::CHANNEL))?;
-    // Nothing is published on the markers: listening says "this instance relays channels"
-    // and "reads several entries in one message" (and, on a Redis Cluster, "relays").
+    let origin = socketioxide_core::Uid::new().to_string();
+    // Nothing is published on the markers: listening says "this instance relays channels",
+    // "reads several entries in one message", "this instance is alive" (its own reader
+    // channel, for the backpressure) and, on a Redis Cluster, "relays".
     let mut markers = vec![
         marker(c, relay::ROOMS_CHANNEL).await?,
         marker(c, relay::BATCHES_CHANNEL).await?,
+        marker(c, &reader_channel(&origin)).await?,
     ];
     if c.redis_cluster {
         tracing::info!(
@@ -223,11 +230,18 @@ async fn relay(
         );
         markers.push(marker(c, relay::CLUSTER_CHANNEL).await?);
     }
+    let backpressure = Backpressure::new(
+        origin.clone(),
+        settings.cluster.max_lag,
+        c.commands.clone(),
+        metrics.clone(),
+    );
     let relay = Relay::new(
         shared.clone(),
-        socketioxide_core::Uid::new().to_string(),
-        config.room_prefix.as_str().into(),
+        origin,
+        settings.realtime.room_prefix.as_str().into(),
         c.redis_cluster,
+        Arc::new(backpressure),
     );
     Ok(Some((Arc::new(relay), channel, markers)))
 }

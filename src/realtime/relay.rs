@@ -25,7 +25,7 @@
 //! ([`BATCHES_CHANNEL`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio::sync::mpsc;
 
+use super::backpressure::{Backpressure, Refusal};
 use super::history::{
     Appended, Entry, Head, Journal, RedisHistory, RelayAs, Replay, STRIPES, Since,
 };
@@ -160,6 +161,8 @@ pub struct Relay {
     everyone_reads_batches: AtomicBool,
     /// `realtime.room_prefix`: tells user rooms from channels.
     room_prefix: Arc<str>,
+    /// How far every instance read the relay; publishes refused while one is too far behind.
+    backpressure: Arc<Backpressure>,
     /// The channel whose (sharded) subscribers are the instances that relay: [`CHANNEL`], or
     /// [`CLUSTER_CHANNEL`] on a Redis Cluster.
     listening: &'static str,
@@ -173,8 +176,10 @@ impl Relay {
         origin: String,
         room_prefix: Arc<str>,
         redis_cluster: bool,
+        backpressure: Arc<Backpressure>,
     ) -> Self {
         Self {
+            backpressure,
             listening: if redis_cluster {
                 CLUSTER_CHANNEL
             } else {
@@ -189,6 +194,11 @@ impl Relay {
             everyone_reads_batches: AtomicBool::new(false),
             room_prefix,
         }
+    }
+
+    /// `Some` while publishes are refused: an instance is too far behind the relay.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.backpressure.refusal()
     }
 
     fn companions(&self, room: &str) -> Companions {
@@ -237,9 +247,14 @@ impl Relay {
         messages: &[(&str, &Payload)],
         deliver: bool,
     ) -> Vec<Option<Appended>> {
-        let header = header_maker(&self.echo_prefix, room, deliver);
+        let make = header_maker(&self.echo_prefix, room, deliver);
+        // The group's numbers, in its order: the ones kept are its first.
+        let first = self.backpressure.number(messages.len());
+        let next = AtomicU64::new(first);
+        let header = |event: &str| make(event, next.fetch_add(1, Ordering::Relaxed) + 1);
         let one_message = self.everyone_reads_batches.load(Ordering::Acquire);
-        self.history
+        let kept = self
+            .history
             .append_group(
                 room,
                 messages,
@@ -249,7 +264,12 @@ impl Relay {
                     header: &header,
                 }),
             )
-            .await
+            .await;
+        let relayed = kept.iter().take_while(|k| k.is_some()).count() as u64;
+        if relayed > 0 {
+            self.backpressure.relayed_through(first + relayed);
+        }
+        kept
     }
 
     /// Delivers an entry to this instance's sockets of its room in chain order (mending the
@@ -441,6 +461,11 @@ impl Relay {
     ) {
         // Held, never read: their subscriptions are what the other instances count.
         let _markers = markers;
+        tokio::spawn(
+            self.backpressure
+                .clone()
+                .run(link.clone(), shutdown.clone()),
+        );
         let workers: Vec<mpsc::Sender<Relayed>> = (0..STRIPES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(WORKER_BUFFER);
@@ -460,6 +485,8 @@ impl Relay {
                     }
                     match Relayed::parse(&bytes) {
                         Some(entries) => {
+                            // One instance's entries, numbered in order.
+                            let read = entries.last().and_then(|(o, e)| Some((o.clone(), e.seq?)));
                             // In order: a room's entries go to one worker.
                             for (origin, entry) in entries {
                                 if origin == self.origin {
@@ -469,6 +496,9 @@ impl Relay {
                                 if worker.send(entry).await.is_err() {
                                     return;
                                 }
+                            }
+                            if let Some((origin, seq)) = read.filter(|(o, _)| *o != self.origin) {
+                                self.backpressure.read(&origin, seq);
                             }
                         }
                         None if !unreadable_logged => {
