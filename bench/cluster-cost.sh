@@ -10,6 +10,8 @@
 #   relay       sockgate A + B, the relay (the default delivery path of kept messages)
 #   relay-base  the same with BASELINE=/path/to/another/sockgate (e.g. main's release build), so two
 #               builds are compared in one run; only with BASELINE set
+#   relay-plain the relay with plain pub/sub (cluster.pubsub = "plain": PUBLISH/SUBSCRIBE, what a
+#               Redis without sharded pub/sub gets); only when named in CONFIGS
 #   adapter     sockgate A + B, the Socket.IO adapter path (what an older sockgate in the cluster
 #               forces; emulated by one more subscriber of the adapter's request channel)
 #   node-1      one Node socket.io 4.8 server (bench/node-socketio/server.mjs), no Redis
@@ -45,8 +47,9 @@ for cfg in $CONFIGS; do
     sockgate-1)
       start_app; start_sockgate a $AP 0; A=$LAST_PID
       run_loadgen "$OUT/$cfg.json" --addr 127.0.0.1:$AP --publish-socket "$WORK/a/p.sock" --server-pids "$A" "${ARGS[@]}" ;;
-    relay|relay-base|adapter)
+    relay|relay-base|relay-plain|adapter)
       bin=$SOCKGATE
+      PUBSUB=; [ "$cfg" = relay-plain ] && PUBSUB=plain
       if [ "$cfg" = relay-base ]; then
         [ -x "$BASELINE" ] || { echo "$0: relay-base needs BASELINE=/path/to/sockgate" >&2; exit 2; }
         bin=$BASELINE

@@ -60,6 +60,8 @@ start_sockgate() { # name port cluster(1|0) [binary, default $SOCKGATE]: sets LA
   local bin=${4:-$SOCKGATE}
   local redis=()
   [ "$3" = 1 ] && redis=(SIDECAR_CLUSTER__REDIS_URL=redis://127.0.0.1:$RP)
+  # PUBSUB=plain|sharded: cluster.pubsub (default: sockgate's, auto).
+  [ "$3" = 1 ] && [ -n "${PUBSUB:-}" ] && redis+=(SIDECAR_CLUSTER__PUBSUB=$PUBSUB)
   (cd "$WORK/$1" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$2 SIDECAR_UPSTREAM__URL=http://127.0.0.1:$APP \
     SIDECAR_PUBLISH__SOCKET="$WORK/$1/p.sock" "${redis[@]}" \
     SIDECAR_REALTIME__TRANSPORTS='["websocket"]' SIDECAR_AUTH__REVALIDATE_INTERVAL_MS=0 SIDECAR_LOG__FILTER=info \

@@ -12,6 +12,7 @@ COST = [
     ("sockgate-1", "sockgate, one instance, no Redis"),
     ("relay-base", "sockgate A→B, relay (BASELINE build)"),
     ("relay", "sockgate A→B, relay"),
+    ("relay-plain", "sockgate A→B, relay, plain pub/sub"),
     ("adapter", "sockgate A→B, adapter"),
     ("node-1", "Node socket.io, one instance, no Redis"),
     ("node", "Node A→B, @socket.io/redis-adapter"),

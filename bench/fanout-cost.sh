@@ -15,6 +15,7 @@
 # With BATCH=1, also the per-user publish path for each binary: BATCH_N sockets (1000), the app
 # publishing batches of 100 messages to one user each (`loadgen stream`) at BATCH_RATE messages/s
 # (5000) for BATCH_SECS (10); CPU µs of sockgate per message (user, system) over that window.
+# A binary given as PATH@VAR=value,VAR=value runs with those variables set.
 # Bounded: each side stops by itself (--max-secs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,13 +77,14 @@ PY
 # Prints its row; with `ir`, runs it under callgrind and prints its instructions per delivery.
 run_sockgate() {
   local name=$1 bin=$2 rounds=$3 mode=${4:-} dir="$WORK/$1${4:-}" app sg sgp lg delivered
+  local extra=() realbin=${2%%@*}; [ "$realbin" != "$2" ] && IFS=, read -ra extra <<<"${2#*@}"; bin=$realbin
   mkdir -p "$dir/marks"
   app=$(free_port); sg=$(free_port)
   PORT=$app taskset -c 1 node bench/node-app/app.mjs >"$dir/app.log" 2>&1 & PIDS+=($!); local appp=$!
   wait_for "curl -fs http://127.0.0.1:$app/hello"
   local wrap=()
   [ "$mode" = ir ] && wrap=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out")
-  (cd "$dir" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$sg SIDECAR_UPSTREAM__URL=http://127.0.0.1:$app \
+  (cd "$dir" && exec env "${extra[@]}" SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$sg SIDECAR_UPSTREAM__URL=http://127.0.0.1:$app \
     SIDECAR_PUBLISH__SOCKET="$dir/p.sock" SIDECAR_REALTIME__TRANSPORTS='["websocket"]' SIDECAR_AUTH__REVALIDATE_INTERVAL_MS=0 \
     SIDECAR_LOG__FILTER=warn taskset -c 0 "${wrap[@]}" "$bin" >"$dir/sockgate.log" 2>&1) & PIDS+=($!); sgp=$!
   wait_for "test -S $dir/p.sock"
@@ -179,12 +181,13 @@ fi
 # the instructions per message.
 run_batches() {
   local name=$1 bin=$2 mode=${3:-} dir="$WORK/$1-batch${3:-}" app sg sgp lg wrap=()
+  local extra=() realbin=${2%%@*}; [ "$realbin" != "$2" ] && IFS=, read -ra extra <<<"${2#*@}"; bin=$realbin
   [ "$mode" = ir ] && wrap=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out")
   mkdir -p "$dir"
   app=$(free_port); sg=$(free_port)
   PORT=$app taskset -c 1 node bench/node-app/app.mjs >"$dir/app.log" 2>&1 & PIDS+=($!); local appp=$!
   wait_for "curl -fs http://127.0.0.1:$app/hello"
-  (cd "$dir" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$sg SIDECAR_UPSTREAM__URL=http://127.0.0.1:$app \
+  (cd "$dir" && exec env "${extra[@]}" SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$sg SIDECAR_UPSTREAM__URL=http://127.0.0.1:$app \
     SIDECAR_PUBLISH__SOCKET="$dir/p.sock" SIDECAR_REALTIME__TRANSPORTS='["websocket"]' SIDECAR_AUTH__REVALIDATE_INTERVAL_MS=0 \
     SIDECAR_LOG__FILTER=warn taskset -c 0 "${wrap[@]}" "$bin" >"$dir/sockgate.log" 2>&1) & PIDS+=($!); sgp=$!
   wait_for "test -S $dir/p.sock"

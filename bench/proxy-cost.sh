@@ -11,6 +11,8 @@
 # (valgrind), which needs no hardware counters (virtual machines often have none) and does not
 # depend on what else runs on the machine: a few thousand requests, 8 connections, after a
 # warm-up; about 30 s per binary.
+# A binary given as PATH@VAR=value,VAR=value runs with those variables set (e.g. the same build
+# with SIDECAR_SERVER__RUNTIME=multi and without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-5}; RUNS=${RUNS:-3}
@@ -53,9 +55,10 @@ i=0
 for sg in "$@"; do
   i=$((i + 1)); name="sockgate#$i"; NAMES+=("$name"); PORT[$name]=$((39310 + i))
   mkdir -p "$WORK/$name"
-  (cd "$WORK/$name" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=${PORT[$name]} \
+  extra=(); bin=${sg%%@*}; [ "$bin" != "$sg" ] && IFS=, read -ra extra <<<"${sg#*@}"
+  (cd "$WORK/$name" && exec env "${extra[@]}" SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=${PORT[$name]} \
     SIDECAR_UPSTREAM__URL=http://127.0.0.1:$UP SIDECAR_PUBLISH__SOCKET="$WORK/$name/p.sock" RUST_LOG=warn \
-    taskset -c 0 "$sg" >"$WORK/$name/log" 2>&1) & PIDS+=($!); PID[$name]=$!
+    taskset -c 0 "$bin" >"$WORK/$name/log" 2>&1) & PIDS+=($!); PID[$name]=$!
   echo "sockgate#$i = $sg"
 done
 for _ in $(seq 50); do curl -fso /dev/null "http://127.0.0.1:$NG/" && break; sleep 0.1; done
@@ -92,9 +95,10 @@ echo "user-space instructions per request under callgrind (8 connections, 6 s af
 i=0
 for sg in "$@"; do
   i=$((i + 1)); port=$((39330 + i)); mkdir -p "$WORK/cg$i"
-  (cd "$WORK/cg$i" && exec env SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$port \
+  extra=(); bin=${sg%%@*}; [ "$bin" != "$sg" ] && IFS=, read -ra extra <<<"${sg#*@}"
+  (cd "$WORK/cg$i" && exec env "${extra[@]}" SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=$port \
     SIDECAR_UPSTREAM__URL=http://127.0.0.1:$UP SIDECAR_PUBLISH__SOCKET="$WORK/cg$i/p.sock" RUST_LOG=warn \
-    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg$i/out" "$sg" >"$WORK/cg$i/log" 2>&1) & PIDS+=($!)
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg$i/out" "$bin" >"$WORK/cg$i/log" 2>&1) & PIDS+=($!)
   for _ in $(seq 120); do curl -fso /dev/null "http://127.0.0.1:$port/" && break; sleep 0.5; done
   taskset -c 1 wrk -t1 -c8 -d3s "http://127.0.0.1:$port/" >/dev/null 2>&1
   vg=$(pgrep -f "callgrind-out-file=$WORK/cg$i/out" | head -1)

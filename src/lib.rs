@@ -234,6 +234,7 @@ async fn connect_cluster(
         url,
         config.cluster.tls_ca_file.as_deref(),
         config.cluster.request_timeout,
+        config.cluster.pubsub,
         metrics.clone(),
     )
     .await?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sockgate::config::{Config, LogFormat, Overrides};
+use sockgate::config::{Config, LogFormat, Overrides, Runtime};
 use sockgate::shutdown::{Shutdown, termination_signal};
 
 /// sockgate fronts your Node app: it answers Socket.IO itself under /socket.io/, proxies every
@@ -60,6 +60,15 @@ fn parse_format(text: &str) -> Result<LogFormat, String> {
     }
 }
 
+/// The runtime everything runs on (`server.runtime`).
+fn build_runtime(runtime: Runtime) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match runtime {
+        Runtime::Multi => tokio::runtime::Builder::new_multi_thread(),
+        Runtime::Single => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder.enable_all().build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = Overrides {
@@ -85,16 +94,15 @@ fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let shape = config.server.runtime.resolve();
+    let runtime = match build_runtime(shape) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sockgate: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    tracing::debug!(runtime = ?shape, "async runtime (server.runtime)");
     runtime.block_on(async {
         let shutdown = Shutdown::new();
         tokio::spawn({

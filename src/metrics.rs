@@ -101,6 +101,8 @@ pub struct Metrics {
     cluster_link_rebuilds: Counter,
     cluster_link_up: Gauge,
     cluster_messages_dropped: Family<Label, Counter>,
+    cluster_relay_lag: Gauge,
+    publishes_refused: Counter,
     publish_delivery_seconds: Histogram,
     webhook_delivered: Counter,
     webhook_failed: Counter,
@@ -145,6 +147,8 @@ impl Metrics {
             cluster_link_rebuilds: Counter::default(),
             cluster_link_up: Gauge::default(),
             cluster_messages_dropped: Family::default(),
+            cluster_relay_lag: Gauge::default(),
+            publishes_refused: Counter::default(),
             publish_delivery_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             webhook_delivered: Counter::default(),
             webhook_failed: Counter::default(),
@@ -206,6 +210,16 @@ impl Metrics {
             "cluster_link_up",
             "1 while cross-instance delivery through Redis works, 0 while the link is down (cluster mode)",
             m.cluster_link_up.clone(),
+        );
+        r.register(
+            "cluster_relay_lag_messages",
+            "Relayed messages (history on) the slowest live instance has not read yet, as of the last report (cluster mode); past cluster.max_lag publishes are refused",
+            m.cluster_relay_lag.clone(),
+        );
+        r.register(
+            "publishes_refused",
+            "Publish requests refused with 503 + Retry-After because an instance was more than cluster.max_lag relayed messages behind",
+            m.publishes_refused.clone(),
         );
         r.register(
             "cluster_link_rebuilds",
@@ -400,6 +414,18 @@ impl Metrics {
     /// Whether the cluster link is up (see [`crate::cluster::Link`]), as of now.
     pub fn cluster_link(&self, up: bool) {
         self.cluster_link_up.set(i64::from(up));
+    }
+
+    /// Relayed messages the slowest live instance has not read (see
+    /// [`crate::realtime`]'s backpressure).
+    pub fn cluster_relay_lag(&self, messages: u64) {
+        self.cluster_relay_lag
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+    }
+
+    /// A publish request was refused because an instance was too far behind the relay.
+    pub fn publish_refused(&self) {
+        self.publishes_refused.inc();
     }
 
     /// The cluster's subscriber connection was replaced (see [`crate::cluster::canary`]).

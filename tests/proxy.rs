@@ -141,9 +141,16 @@ async fn every_method_and_body_reaches_the_app() {
             request(method, "/echo", format!("body of {method}")),
         )
         .await;
-        assert_eq!(resp.status(), 200, "{method}");
-        assert_eq!(resp.headers()["x-method"], method);
-        assert_eq!(body_text(resp).await, format!("body of {method}"));
+        let status = resp.status();
+        let method_seen = resp.headers().get("x-method").cloned();
+        let body = body_text(resp).await;
+        // The status alone did not say why when this once failed under load: show the page.
+        assert_eq!(status, 200, "{method}: {body}");
+        assert_eq!(
+            method_seen.as_ref().map(|v| v.as_bytes()),
+            Some(method.as_bytes())
+        );
+        assert_eq!(body, format!("body of {method}"));
     }
 }
 
@@ -457,6 +464,41 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         !sg.socket.exists(),
         "publish socket removed on clean shutdown"
     );
+}
+
+/// `server.runtime = "single"` (what `auto` picks on one CPU): one thread serves the proxy,
+/// the publish API and the drain.
+#[tokio::test]
+async fn the_single_threaded_runtime_serves_and_drains() {
+    let app = fixture(&[]);
+    let mut sg = sockgate(
+        app.port,
+        &[
+            ("SIDECAR_SERVER__RUNTIME", "single"),
+            ("SIDECAR_SERVER__DRAIN_TIMEOUT_MS", "5000"),
+        ],
+    );
+    let port = sg.port();
+    let pages = futures_util::future::join_all((0..8).map(|_| get(port, "/slow?ms=200"))).await;
+    for page in pages {
+        assert_eq!(body_text(page).await, "slow done");
+    }
+    let in_flight = tokio::spawn(async move { get(port, "/slow?ms=1500").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sg.proc.signal("TERM");
+    let resp = in_flight.await.unwrap();
+    assert_eq!(body_text(resp).await, "slow done");
+    let status = sg
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+    if std::env::var_os("SOCKGATE_TEST_LOG").is_none() {
+        assert!(
+            sg.log().contains("runtime=Single"),
+            "the single-threaded runtime ran"
+        );
+    }
 }
 
 #[tokio::test]

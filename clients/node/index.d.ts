@@ -59,6 +59,12 @@ export interface ClientOptions {
   socketPath?: string;
   /** Per-request timeout, default 5000 ms. */
   timeoutMs?: number;
+  /**
+   * How long a call may wait in all after `503` + `Retry-After` answers (a cluster instance
+   * too far behind; nothing of the request was kept) before failing with that 503. Default
+   * 5000 ms; 0 = fail at the first.
+   */
+  busyRetryMs?: number;
   /** Custom http.Agent (default: a private keep-alive agent). */
   agent?: Agent;
 }

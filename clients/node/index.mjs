@@ -21,6 +21,7 @@ export function defaultSocketPath(env = process.env, uid = process.geteuid?.() ?
 
 export const DEFAULT_SOCKET_PATH = defaultSocketPath();
 const DEFAULT_TIMEOUT_MS = 5000;
+const DEFAULT_BUSY_RETRY_MS = 5000;
 const NOT_RUNNING_CODES = new Set(['ENOENT', 'ECONNREFUSED']);
 
 /**
@@ -94,13 +95,17 @@ function unsafeSocketDir(dir) {
 }
 
 /**
- * @param {{ socketPath?: string, timeoutMs?: number, agent?: import('node:http').Agent, env?: NodeJS.ProcessEnv }} [options]
+ * @param {{ socketPath?: string, timeoutMs?: number, busyRetryMs?: number, agent?: import('node:http').Agent, env?: NodeJS.ProcessEnv }} [options]
  * Without `socketPath` (and without `SOCKGATE_SOCKET`), the default socket is used, and its
  * directory is checked to be private before each connection.
+ * `busyRetryMs`: how long a call may wait in all, after `503` + `Retry-After` answers (a
+ * cluster instance too far behind: nothing of the request was kept), before it fails with that
+ * 503; 0 = fail at the first.
  */
 export function createClient({
   socketPath: givenPath,
   timeoutMs = DEFAULT_TIMEOUT_MS,
+  busyRetryMs = DEFAULT_BUSY_RETRY_MS,
   agent,
   env = process.env,
 } = {}) {
@@ -186,10 +191,13 @@ export function createClient({
           if (status >= 400 || (body && body.ok === false)) {
             const errorText = (body && typeof body.error === 'string' && body.error)
               || text.trim() || res.statusMessage || 'unknown error';
-            return fail(new SockgateError(
+            const err = new SockgateError(
               `sockgate ${method} ${path} failed with ${status}: ${errorText}`,
               { code: 'SOCKGATE_HTTP_ERROR', status, error: errorText, body: body ?? text, socketPath },
-            ));
+            );
+            const retryAfter = Number(res.headers['retry-after']);
+            if (status === 503 && Number.isFinite(retryAfter) && retryAfter >= 0) err.retryAfterMs = retryAfter * 1000;
+            return fail(err);
           }
           if (body === undefined && text !== '') {
             return fail(new SockgateError(
@@ -212,11 +220,21 @@ export function createClient({
       throw new SockgateError('sockgate client is closed', { code: 'SOCKGATE_CLOSED', socketPath });
     }
     const payload = body === undefined ? undefined : JSON.stringify(body);
-    try {
-      return await once(method, path, payload);
-    } catch (err) {
-      if (!err.retryable) throw err;
-      return once(method, path, payload);
+    const waitUntil = Date.now() + busyRetryMs;
+    for (;;) {
+      try {
+        try {
+          return await once(method, path, payload);
+        } catch (err) {
+          if (!err.retryable) throw err;
+          return await once(method, path, payload);
+        }
+      } catch (err) {
+        // Busy (503 + Retry-After): nothing was kept; the same request again once the delay is
+        // over, while the wait stays within busyRetryMs.
+        if (err.retryAfterMs === undefined || closed || Date.now() + err.retryAfterMs > waitUntil) throw err;
+        await new Promise((resolve) => setTimeout(resolve, err.retryAfterMs));
+      }
     }
   }
 

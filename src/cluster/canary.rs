@@ -7,10 +7,10 @@
 //! again. A stall is noticed within 1.5 s at worst (sooner when a command times out first, see
 //! [`Link::suspect`]).
 //!
-//! The canary travels the path of every cross-instance message: published with `SPUBLISH` on
-//! the adapter's connection by the adapter's driver, received through the driver's dispatcher
-//! from a sharded subscription on that same connection (re-subscribed after a reconnect with
-//! the adapter's channels). Once it is back, a probe follows the rest of the way a broadcast
+//! The canary travels the path of every cross-instance message: published with `SPUBLISH`
+//! (`PUBLISH` with plain pub/sub, see [`super::pubsub`]) on the adapter's connection by the
+//! adapter's driver, received through the driver's dispatcher from a subscription on that same
+//! connection (re-subscribed after a reconnect with the adapter's channels). Once it is back, a probe follows the rest of the way a broadcast
 //! takes: a request (fetch the sockets of a room nobody is in) on this instance's own request
 //! channel of the `/` namespace, from a made-up server id, must be read, decoded and answered
 //! by the namespace's adapter, and its answer come back on the made-up server's response

@@ -1,7 +1,8 @@
 //! The pub/sub driver socketioxide-redis runs on in cluster mode: `SPUBLISH`, `SSUBSCRIBE`,
 //! `SUNSUBSCRIBE` and `PUBSUB SHARDNUMSUB` on the subscriber connection, as
-//! `socketioxide_redis::drivers::fred::FredDriver` does, and the dispatcher that hands each
-//! received message to the stream of its channel — with no message lost silently.
+//! `socketioxide_redis::drivers::fred::FredDriver` does (or their plain counterparts, see
+//! [`super::pubsub`]), and the dispatcher that hands each received message to the stream of its
+//! channel — with no message lost silently.
 //!
 //! fred hands every received message to one broadcast channel
 //! ([`super::PUBSUB_BUFFER`] slots), read here by one dispatcher task, which feeds one bounded
@@ -28,13 +29,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
-use fred::interfaces::PubsubInterface;
 use fred::prelude::{ClientLike, EventInterface};
 use fred::types::Message;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::link::Link;
+use super::pubsub::PubSub;
 use crate::metrics::{Dropped, Metrics};
 
 /// How long a message waits for room in its channel's full stream before it is dropped.
@@ -48,6 +49,7 @@ type Handlers = HashMap<String, mpsc::Sender<ChanItem>>;
 pub struct ClusterDriver {
     handlers: Arc<RwLock<Handlers>>,
     conn: SubscriberClient,
+    pubsub: PubSub,
 }
 
 /// A Redis error, as the [`Driver`] trait wants it.
@@ -213,31 +215,33 @@ async fn deliver(
 }
 
 impl ClusterDriver {
-    /// Starts the dispatcher on `conn`'s received messages and connects `conn`.
+    /// Starts the dispatcher on `conn`'s received messages and connects `conn`, which
+    /// publishes and subscribes with `pubsub`'s commands.
     pub(crate) async fn new(
         conn: SubscriberClient,
         losses: Losses,
+        pubsub: PubSub,
     ) -> Result<Self, fred::error::Error> {
         let handlers = Arc::new(RwLock::new(HashMap::new()));
         tokio::spawn(dispatch(conn.message_rx(), handlers.clone(), losses));
         conn.init().await?;
-        Ok(Self { handlers, conn })
+        Ok(Self {
+            handlers,
+            conn,
+            pubsub,
+        })
     }
 }
 
-impl Driver for ClusterDriver {
-    type Error = DriverError;
-
-    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
-        self.conn.spublish::<u16, _, _>(chan, val).await?;
-        Ok(())
-    }
-
-    async fn subscribe(
+impl ClusterDriver {
+    /// [`Driver::subscribe`] with `pubsub`'s command whatever the connection's mode: on a
+    /// Redis Cluster the relay's channel is subscribed plainly (see [`crate::realtime`]).
+    pub async fn subscribe_with(
         &self,
+        pubsub: PubSub,
         chan: String,
         size: usize,
-    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+    ) -> Result<MessageStream<ChanItem>, DriverError> {
         let (tx, rx) = mpsc::channel(size.max(1));
         // The stream is in place before Redis confirms: nothing published just after the
         // confirmation is missed.
@@ -245,7 +249,7 @@ impl Driver for ClusterDriver {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(chan.clone(), tx);
-        if let Err(e) = self.conn.ssubscribe(chan.as_str()).await {
+        if let Err(e) = pubsub.subscribe(&self.conn, &chan).await {
             self.handlers
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -254,19 +258,35 @@ impl Driver for ClusterDriver {
         }
         Ok(MessageStream::new(rx))
     }
+}
+
+impl Driver for ClusterDriver {
+    type Error = DriverError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        Ok(self.pubsub.publish(&self.conn, chan, val).await?)
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        self.subscribe_with(self.pubsub, chan, size).await
+    }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         self.handlers
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&chan);
-        self.conn.sunsubscribe(chan).await?;
-        Ok(())
+        Ok(self.pubsub.unsubscribe(&self.conn, chan).await?)
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
-        let (_, num): (String, u16) = self.conn.pubsub_shardnumsub(chan).await?;
-        Ok(num)
+        let counts = self.pubsub.subscribers(&self.conn, chan.to_owned()).await?;
+        let num = counts.first().map_or(0, |(_, n)| *n);
+        Ok(u16::try_from(num).unwrap_or(u16::MAX))
     }
 }
 

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
-use fred::interfaces::PubsubInterface;
 use fred::prelude::{ClientLike, EventInterface};
 use tokio::sync::{Notify, watch};
+
+use super::pubsub::PubSub;
 
 /// Why the link is down while its connection is lost or being re-established.
 pub(super) const LOST: &str = "the Redis link is down: delivering to local sockets only";
@@ -29,6 +30,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Link {
     client: SubscriberClient,
+    /// The pub/sub commands cross-instance messages travel with.
+    pubsub: PubSub,
     /// False from a reconnect until the adapter's channels are subscribed again.
     subscribed: Arc<AtomicBool>,
     /// Whether the current connection loss was logged already (one line per loss, not per
@@ -70,10 +73,12 @@ impl std::fmt::Display for Reason {
 }
 
 impl Link {
-    /// The link of a connection that is up and subscribed (as at startup, once it is).
-    pub(super) fn new(client: SubscriberClient) -> Self {
+    /// The link of a connection that is up and subscribed (as at startup, once it is), with
+    /// `pubsub`'s commands.
+    pub(super) fn new(client: SubscriberClient, pubsub: PubSub) -> Self {
         Self {
             client,
+            pubsub,
             subscribed: Arc::new(AtomicBool::new(true)),
             outage_logged: Arc::new(AtomicBool::new(false)),
             down: Arc::new(Mutex::new(Down::default())),
@@ -98,18 +103,23 @@ impl Link {
         (!self.is_up()).then(|| LOST.into())
     }
 
-    /// How many instances subscribe each of the sharded `channels`, asked on the subscription
+    /// The pub/sub commands cross-instance messages travel with (and the append script
+    /// publishes with).
+    pub fn pubsub(&self) -> PubSub {
+        self.pubsub
+    }
+
+    /// How many instances subscribe each of the `channels`, asked on the subscription
     /// connection (RESP3 takes commands there): a stalled command connection does not hold it.
     /// One command per channel: on a Redis Cluster fred sends each to the node owning the
     /// channel's slot, where its sharded subscribers are (another node counts none).
-    pub async fn shard_subscribers(
+    pub async fn subscribers(
         &self,
         channels: Vec<String>,
     ) -> Result<Vec<(String, u64)>, fred::error::Error> {
         let mut counts = Vec::with_capacity(channels.len());
         for channel in channels {
-            let count: Vec<(String, u64)> = self.client.pubsub_shardnumsub(channel).await?;
-            counts.extend(count);
+            counts.extend(self.pubsub.subscribers(&self.client, channel).await?);
         }
         Ok(counts)
     }
@@ -226,7 +236,7 @@ impl Link {
     }
 
     /// Watches the connection: logs an outage once, and after every reconnect subscribes the
-    /// adapter's (sharded) channels again before reporting the link up. fred's own
+    /// adapter's channels again before reporting the link up. fred's own
     /// `manage_subscriptions` replays plain channels first and stops at the first error, which
     /// left socketioxide-redis's sharded channels unsubscribed.
     pub(super) fn watch(&self, shown: String) {
@@ -258,24 +268,25 @@ impl Link {
     }
 
     async fn resubscribe(self, shown: String) {
-        let channels: Vec<String> = self
-            .client
-            .tracked_shard_channels()
-            .into_iter()
-            .map(|c| c.to_string())
-            .collect();
+        // Both kinds: on a Redis Cluster the relay's channel is plain, the others sharded.
+        let channels = [PubSub::Sharded, PubSub::Plain].map(|m| (m, m.tracked(&self.client)));
+        let count: usize = channels.iter().map(|(_, c)| c.len()).sum();
         for attempt in 1..=20u32 {
             if !self.client.is_connected() {
                 return; // the next reconnect starts over
             }
-            match subscribe_each(&self.client, &channels).await {
+            let mut subscribed = Ok(());
+            for (mode, some) in &channels {
+                subscribed = subscribed.and(subscribe_all(*mode, &self.client, some).await);
+            }
+            match subscribed {
                 Ok(()) => {
                     self.subscribed.store(true, Ordering::Release);
                     // A fresh connection with its subscriptions back: check it now rather than
                     // at the next tick, so delivery resumes as soon as it works.
                     self.recheck.notify_one();
                     self.outage_logged.store(false, Ordering::Release);
-                    tracing::info!(redis = %shown, channels = channels.len(), "Redis connection restored; cross-instance delivery resumes once a self-check passes");
+                    tracing::info!(redis = %shown, channels = count, "Redis connection restored; cross-instance delivery resumes once a self-check passes");
                     return;
                 }
                 Err(e) => {
@@ -299,8 +310,17 @@ pub async fn subscribe_each(
     client: &SubscriberClient,
     channels: &[String],
 ) -> Result<(), fred::error::Error> {
+    subscribe_all(PubSub::Sharded, client, channels).await
+}
+
+/// [`subscribe_each`] with `pubsub`'s commands (one `SUBSCRIBE` per channel too).
+async fn subscribe_all(
+    pubsub: PubSub,
+    client: &SubscriberClient,
+    channels: &[String],
+) -> Result<(), fred::error::Error> {
     for channel in channels {
-        client.ssubscribe(channel.as_str()).await?;
+        pubsub.subscribe(client, channel).await?;
     }
     Ok(())
 }
@@ -315,6 +335,7 @@ impl Link {
             client: builder
                 .build_subscriber_client()
                 .expect("default Redis configuration"),
+            pubsub: PubSub::Sharded,
             subscribed: Arc::new(AtomicBool::new(false)),
             outage_logged: Arc::new(AtomicBool::new(false)),
             down: Arc::new(Mutex::new(Down::default())),

@@ -8,7 +8,10 @@
 //! `rediss-sentinel://`), in fred's URL syntax ([`crate::redis_url`]). On a Redis Cluster, every
 //! multi-key script keeps its keys in one slot (the history's keys share a hash tag), and
 //! sharded pub/sub (`SSUBSCRIBE`, `SPUBLISH`, `PUBSUB SHARDNUMSUB`) goes to the node that owns
-//! each channel's slot; sockgate's relay of kept messages is off there ([`Cluster::redis_cluster`]).
+//! each channel's slot; sockgate's relay of kept messages publishes plainly there
+//! ([`Cluster::redis_cluster`]).
+//! A Redis without sharded pub/sub (Redis 6, some providers) is used with plain pub/sub
+//! ([`pubsub`], `cluster.pubsub`).
 //!
 //! fred reconnects with backoff and re-subscribes after an outage; while Redis is away the
 //! hub sees [`Link::is_up`] turn false and delivers to local sockets only, so an instance
@@ -23,18 +26,21 @@ use fred::types::config::UnresponsiveConfig;
 use socketioxide_redis::drivers::Driver;
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr};
 
+use crate::config::PubSubMode;
 use crate::metrics::Metrics;
 use crate::redis_url::{redact, redis_config};
 
 pub mod canary;
 pub mod driver;
 mod link;
+pub mod pubsub;
 pub mod query;
 
 pub use canary::Canary;
 pub use driver::ClusterDriver;
 use link::CONNECT_TIMEOUT;
 pub use link::{Link, subscribe_each};
+pub use pubsub::PubSub;
 pub use query::Queries;
 
 /// The Socket.IO adapter type in cluster mode.
@@ -56,20 +62,22 @@ pub struct Cluster {
     pub driver: ClusterDriver,
     /// Cluster-wide reads, bounded by the request timeout.
     pub queries: Queries,
-    /// Redis is a Redis Cluster: a script may touch only the keys and channels of one slot, so
-    /// kept messages cannot be published from the script that appends them (the relay is off,
-    /// see [`crate::realtime`]).
+    /// Redis is a Redis Cluster: a script may touch only the keys and sharded channels of one
+    /// slot, so the script that appends kept messages relays them with `PUBLISH` (see
+    /// [`crate::realtime`]).
     pub redis_cluster: bool,
 }
 
-/// Connects to Redis (≥ 7, RESP3) at `url`, trusting `ca_file` too for TLS (see
-/// [`redis_config`]). Fails with the (password-free) URL when Redis refuses the connection,
-/// or does not answer within 5 s, at startup: a platform restart is clearer than an instance
-/// that silently serves only its own sockets.
+/// Connects to Redis (≥ 6.2, RESP3) at `url`, trusting `ca_file` too for TLS (see
+/// [`redis_config`]), with the pub/sub commands `pubsub` says (see [`pubsub::choose`]). Fails
+/// with the (password-free) URL when Redis refuses the connection, or does not answer within
+/// 5 s, at startup: a platform restart is clearer than an instance that silently serves only
+/// its own sockets.
 pub async fn connect(
     url: &str,
     ca_file: Option<&str>,
     request_timeout: Duration,
+    pubsub: PubSubMode,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Cluster> {
     let shown = redact(url);
@@ -84,7 +92,6 @@ pub async fn connect(
         .build()
         .with_context(|| format!("cannot configure the Redis client for `{shown}`"))?;
 
-    let link = Link::new(client.clone());
     // First, so that a Redis Cluster node behind a plain URL is named before a subscription
     // fails with MOVED.
     at_startup(&shown, commands.init()).await?;
@@ -95,8 +102,10 @@ pub async fn connect(
              credentials, else the keys and channels of the other nodes' slots fail with MOVED"
         );
     }
+    let pubsub = pubsub_mode(pubsub, redis_cluster, &commands, &shown).await?;
+    let link = Link::new(client.clone(), pubsub);
     let losses = driver::Losses::new(link.clone(), metrics);
-    let driver = at_startup(&shown, ClusterDriver::new(client, losses)).await?;
+    let driver = at_startup(&shown, ClusterDriver::new(client, losses, pubsub)).await?;
     let prober = socketioxide_core::Uid::new();
     let canary = Canary {
         received: at_startup(
@@ -171,6 +180,29 @@ async fn is_cluster_node(commands: &fred::clients::Client) -> bool {
         Ok(Ok(info)) => info.lines().any(|l| l.trim() == "cluster_enabled:1"),
         _ => false,
     }
+}
+
+/// [`pubsub::settle`], bounded by the startup timeout, with errors that name the URL.
+async fn pubsub_mode(
+    setting: PubSubMode,
+    redis_cluster: bool,
+    commands: &fred::clients::Client,
+    shown: &str,
+) -> anyhow::Result<PubSub> {
+    let settling = pubsub::settle(
+        setting,
+        redis_cluster,
+        commands,
+        (shown, canary::request_channel()),
+    );
+    tokio::time::timeout(CONNECT_TIMEOUT, settling)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "Redis at `{shown}` did not answer within {CONNECT_TIMEOUT:?} (cluster.redis_url)"
+            )
+        })?
+        .with_context(|| format!("Redis at `{shown}` (cluster.pubsub)"))
 }
 
 /// `connecting`, bounded by the startup timeout, with errors that name the URL.

@@ -24,6 +24,26 @@ pub struct ClusterConfig {
     /// How long cluster-wide questions (presence, stats) wait for the other instances.
     #[serde(rename = "request_timeout_ms", with = "millis")]
     pub request_timeout: Duration,
+    /// Relayed messages (history on) the slowest live instance may not have read yet before
+    /// publishes are refused with `503` + `Retry-After` (0 = never refused); see
+    /// [`crate::realtime`]'s backpressure.
+    pub max_lag: u64,
+    /// Which pub/sub commands carry cross-instance messages: `auto` (sharded when Redis takes
+    /// `SPUBLISH`, else plain), `sharded` (`SPUBLISH`/`SSUBSCRIBE`, Redis ≥ 7; required on a
+    /// Redis Cluster), `plain` (`PUBLISH`/`SUBSCRIBE`: Redis 6, providers without sharded
+    /// pub/sub). Every instance sharing a Redis must end up on the same.
+    pub pubsub: PubSubMode,
+}
+
+/// `cluster.pubsub`: which pub/sub commands cross-instance messages travel with.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSubMode {
+    /// Sharded when Redis takes `SPUBLISH` (asked once at connect), else plain.
+    #[default]
+    Auto,
+    Sharded,
+    Plain,
 }
 
 impl Default for ClusterConfig {
@@ -32,6 +52,8 @@ impl Default for ClusterConfig {
             redis_url: None,
             tls_ca_file: None,
             request_timeout: Duration::from_millis(1_000),
+            max_lag: 10_000,
+            pubsub: PubSubMode::Auto,
         }
     }
 }
@@ -40,8 +62,15 @@ impl ClusterConfig {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
         match (&self.redis_url, &self.tls_ca_file) {
             (Some(url), ca_file) => {
-                crate::redis_url::redis_config(url, ca_file.as_deref())
+                let redis = crate::redis_url::redis_config(url, ca_file.as_deref())
                     .map_err(|(key, reason)| Invalid::new(key, reason))?;
+                if self.pubsub == PubSubMode::Plain && redis.server.is_clustered() {
+                    return Err(Invalid::new(
+                        "cluster.pubsub",
+                        "is \"plain\" but cluster.redis_url is a Redis Cluster, where \
+                         sockgate needs sharded pub/sub (Redis >= 7): use \"auto\" or \"sharded\"",
+                    ));
+                }
                 Ok(())
             }
             (None, Some(_)) => Err(Invalid::new(

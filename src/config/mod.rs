@@ -29,14 +29,14 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::AuthConfig;
 pub use channels::ChannelsConfig;
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, PubSubMode};
 pub use error::ConfigError;
 use error::Invalid;
 pub use history::HistoryConfig;
 pub use log::{LogConfig, LogFormat};
 pub use publish::{PublishConfig, current_uid, default_socket_path};
 pub use realtime::{Parser, RealtimeConfig, Transport};
-pub use server::{AdminConfig, ServerConfig};
+pub use server::{AdminConfig, Runtime, RuntimeShape, ServerConfig};
 use source::{Named, from_figment, source_of};
 pub use upstream::{AppUrl, ProxyConfig, UpstreamConfig};
 pub use webhooks::{WebhookUrl, WebhooksConfig};
@@ -401,6 +401,33 @@ mod tests {
             let config = load(&flags).unwrap();
             assert_eq!(config.server.port, 4000);
             assert_eq!(&*config.upstream.url, "http://127.0.0.1:6000");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cluster_pubsub_takes_three_modes_and_no_plain_on_a_redis_cluster() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("SIDECAR_CLUSTER__REDIS_URL", "redis://127.0.0.1:6379");
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "plain");
+            let config = load(&Overrides::default()).expect("plain on one server");
+            assert_eq!(config.cluster.pubsub, PubSubMode::Plain);
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "shard");
+            assert_eq!(
+                load(&Overrides::default()).unwrap_err().key,
+                "cluster.pubsub"
+            );
+            jail.set_env(
+                "SIDECAR_CLUSTER__REDIS_URL",
+                "redis-cluster://127.0.0.1:7000",
+            );
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "plain");
+            let e = load(&Overrides::default()).unwrap_err();
+            assert_eq!(e.key, "cluster.pubsub");
+            assert!(e.to_string().contains("Redis Cluster"), "{e}");
+            jail.set_env("SIDECAR_CLUSTER__PUBSUB", "sharded");
+            assert!(load(&Overrides::default()).is_ok());
             Ok(())
         });
     }

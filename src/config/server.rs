@@ -39,6 +39,44 @@ pub struct ServerConfig {
     /// or never opens its HTTP/2 window) is cut and its app connection released.
     #[serde(rename = "send_stall_timeout_ms", with = "millis")]
     pub send_stall_timeout: Duration,
+    /// How the work is spread over the CPUs: see [`RuntimeShape`].
+    pub runtime: RuntimeShape,
+}
+
+/// `server.runtime`: the shape of sockgate's async runtime (BENCHMARKS.md, "Stage 4 (issue
+/// 34)": on one CPU the current-thread runtime does the same work in fewer instructions).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeShape {
+    /// `single` when this process may use one CPU, `multi` when more.
+    #[default]
+    Auto,
+    /// One work-stealing runtime with a worker per CPU (tokio's multi-thread runtime).
+    Multi,
+    /// One thread runs every task (tokio's current-thread runtime).
+    Single,
+}
+
+/// The runtime `server.runtime` resolves to on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Multi,
+    Single,
+}
+
+impl RuntimeShape {
+    /// The runtime to start, given the CPUs this process may use (its affinity mask and
+    /// cgroup quota, as `taskset` or a container's CPU limit leave them).
+    pub fn resolve(self) -> Runtime {
+        match self {
+            Self::Multi => Runtime::Multi,
+            Self::Single => Runtime::Single,
+            Self::Auto => match std::thread::available_parallelism().map_or(1, usize::from) {
+                1 => Runtime::Single,
+                _ => Runtime::Multi,
+            },
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -54,6 +92,7 @@ impl Default for ServerConfig {
             max_connections: 0,
             max_concurrent_streams: 100,
             send_stall_timeout: Duration::from_millis(30_000),
+            runtime: RuntimeShape::Auto,
         }
     }
 }
@@ -95,4 +134,36 @@ fn admin_listen<'de, D: Deserializer<'de>>(
         text.parse()
             .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:9464"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_shape_resolves_to_one_runtime() {
+        assert_eq!(RuntimeShape::Multi.resolve(), Runtime::Multi);
+        assert_eq!(RuntimeShape::Single.resolve(), Runtime::Single);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let auto = if cpus == 1 {
+            Runtime::Single
+        } else {
+            Runtime::Multi
+        };
+        assert_eq!(RuntimeShape::Auto.resolve(), auto);
+    }
+
+    #[test]
+    fn the_runtime_shape_is_written_in_kebab_case() {
+        for (text, shape) in [
+            ("auto", RuntimeShape::Auto),
+            ("multi", RuntimeShape::Multi),
+            ("single", RuntimeShape::Single),
+        ] {
+            let config: ServerConfig =
+                toml::from_str(&format!("runtime = \"{text}\"")).expect("parses");
+            assert_eq!(config.runtime, shape);
+        }
+        assert!(toml::from_str::<ServerConfig>("runtime = \"per-core\"").is_err());
+    }
 }

@@ -11,7 +11,7 @@ use super::message::{parse_batch, parse_publish};
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
-use crate::realtime::{Hub, HubError, SessionAuth};
+use crate::realtime::{Hub, HubError, Refusal, SessionAuth};
 
 #[derive(Clone)]
 pub struct PublishApi {
@@ -45,6 +45,41 @@ impl Failure {
     fn bad_request(message: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
+}
+
+/// What a request is answered with when it did not fail.
+enum Answer {
+    Done(Value),
+    /// A publish refused: an instance is too far behind.
+    Busy(Refusal),
+}
+
+/// What `Retry-After` says to a publish refused because an instance is behind: about the time
+/// an instance within the bound takes to report it caught up (every 200 ms), with room.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// A publish refused while an instance is more than `cluster.max_lag` relayed messages behind
+/// (see `realtime`'s backpressure): `503` + `Retry-After`, and a body saying why. Nothing of it
+/// was kept or delivered.
+fn busy(refusal: Refusal) -> Response<Body> {
+    let mut resp = body::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({
+            "ok": false,
+            "error": format!(
+                "an instance is {} relayed messages behind, more than cluster.max_lag ({}): nothing was published, retry after {RETRY_AFTER_SECS} s",
+                refusal.lag, refusal.max_lag
+            ),
+            "lag": refusal.lag,
+            "maxLag": refusal.max_lag,
+            "retryAfter": RETRY_AFTER_SECS,
+        }),
+    );
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(RETRY_AFTER_SECS),
+    );
+    resp
 }
 
 impl PublishApi {
@@ -109,7 +144,8 @@ impl PublishApi {
             return resp;
         }
         match self.route(req).await {
-            Ok(value) => body::json(StatusCode::OK, &value),
+            Ok(Answer::Done(value)) => body::json(StatusCode::OK, &value),
+            Ok(Answer::Busy(refusal)) => busy(refusal),
             Err(Failure(status, error)) => {
                 tracing::debug!(%status, "publish API refused a request: {error}");
                 let mut resp = body::json(status, &json!({"ok": false, "error": error}));
@@ -126,7 +162,7 @@ impl PublishApi {
         }
     }
 
-    async fn route<B>(&self, req: Request<B>) -> Result<Value, Failure>
+    async fn route<B>(&self, req: Request<B>) -> Result<Answer, Failure>
     where
         B: http_body::Body<Data = bytes::Bytes> + Unpin,
         B::Error: Into<crate::body::BoxError>,
@@ -144,14 +180,14 @@ impl PublishApi {
                 ))
             }
         };
-        match segments.as_slice() {
+        let done = match segments.as_slice() {
             ["publish"] => {
                 allow(&Method::POST)?;
-                self.publish(self.read_json(req).await?).await
+                return self.publish(self.read_json(req).await?).await;
             }
             ["publish", "batch"] => {
                 allow(&Method::POST)?;
-                self.publish_batch(self.read_json(req).await?).await
+                return self.publish_batch(self.read_json(req).await?).await;
             }
             ["users", id, "disconnect"] => {
                 allow(&Method::POST)?;
@@ -184,30 +220,39 @@ impl PublishApi {
                      GET /metrics, GET /livez, GET /readyz"
                 ),
             )),
-        }
+        };
+        done.map(Answer::Done)
     }
 
     /// `POST /publish`: one message.
-    async fn publish(&self, body: Value) -> Result<Value, Failure> {
+    async fn publish(&self, body: Value) -> Result<Answer, Failure> {
         let msg = parse_publish(&body, "").map_err(|e| Failure::bad_request(e.to_string()))?;
+        if let Some(refusal) = self.hub.refusal() {
+            return Ok(Answer::Busy(refusal));
+        }
         let recipients = self
             .hub
             .publish(&msg.target, &msg.event, &msg.data)
             .await
             .map_err(hub_failure)?;
-        Ok(json!({"ok": true, "recipients": recipients}))
+        Ok(Answer::Done(json!({"ok": true, "recipients": recipients})))
     }
 
     /// `POST /publish/batch`: up to `publish.max_batch` messages, in order.
-    async fn publish_batch(&self, body: Value) -> Result<Value, Failure> {
+    async fn publish_batch(&self, body: Value) -> Result<Answer, Failure> {
         let messages =
             parse_batch(&body, self.max_batch).map_err(|e| Failure::bad_request(e.to_string()))?;
+        if let Some(refusal) = self.hub.refusal() {
+            return Ok(Answer::Busy(refusal));
+        }
         let batch: Vec<_> = messages
             .iter()
             .map(|m| (&m.target, m.event.as_str(), &m.data))
             .collect();
         let recipients = self.hub.publish_batch(&batch).await.map_err(hub_failure)?;
-        Ok(json!({"ok": true, "messages": messages.len(), "recipients": recipients}))
+        Ok(Answer::Done(
+            json!({"ok": true, "messages": messages.len(), "recipients": recipients}),
+        ))
     }
 
     /// `POST /users/{id}/disconnect`: the user's sessions forgotten, their sockets dropped.

@@ -613,6 +613,12 @@ impl Hub {
         }
     }
 
+    /// `Some` while publishes are refused: an instance is more than `cluster.max_lag` relayed
+    /// messages behind (see [`super::backpressure`]).
+    pub fn refusal(&self) -> Option<super::backpressure::Refusal> {
+        self.relay.as_ref()?.refusal()
+    }
+
     /// Whether the cluster link is up (`None` on a single instance).
     pub fn cluster_link_up(&self) -> Option<bool> {
         match &self.io {

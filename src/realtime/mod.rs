@@ -8,6 +8,7 @@
 
 mod admission;
 mod auth;
+mod backpressure;
 mod channels;
 mod connect;
 mod connect_auth;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 use socketioxide::{SocketIo, SocketIoBuilder, TransportType};
 
-use crate::cluster::{Canary, Cluster, ClusterAdapter, ClusterDriver, Link, Queries};
+use crate::cluster::{Canary, Cluster, ClusterAdapter, ClusterDriver, Link, PubSub, Queries};
 use crate::config::{Config, Parser, RealtimeConfig, Transport};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -45,6 +46,8 @@ use crate::webhooks::Webhooks;
 
 use admission::Admission;
 pub use auth::{AuthError, SessionAuth};
+pub use backpressure::Refusal;
+use backpressure::{Backpressure, reader_channel};
 use channels::Channels;
 use connect::{Handlers, register};
 pub use credentials::Credentials;
@@ -90,7 +93,7 @@ pub async fn start(
     let webhooks = Webhooks::start(settings, redis.clone(), metrics.clone());
     let roster = Arc::new(Roster::start(settings, redis, webhooks.clone()));
     let history = history(settings, cluster.as_ref(), &metrics);
-    let relay = relay(config, cluster.as_ref(), history.as_ref()).await?;
+    let relay = relay(settings, cluster.as_ref(), history.as_ref(), &metrics).await?;
     let journal = Arc::new(Journal::new(history));
     let channels = Arc::new(Channels::new(
         settings,
@@ -190,45 +193,57 @@ type Relaying = (
     Vec<MessageStream<ChanItem>>,
 );
 
-/// The relay, when a cluster keeps history in Redis (and is not a Redis Cluster).
+/// The relay, when a cluster keeps history in Redis. On a Redis Cluster its channel is plain
+/// (see [`relay::CLUSTER_CHANNEL`]): the cluster bus carries each relay message to every node.
 async fn relay(
-    config: &RealtimeConfig,
+    settings: &Config,
     cluster: Option<&Cluster>,
     history: Option<&History>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Relaying>> {
-    Ok(match (cluster, history.and_then(History::shared)) {
-        // On a Redis Cluster the append script may not publish to the relay's channel (another
-        // slot than the stream's): kept messages go through the adapter, as while an older
-        // sockgate is connected — at least once across instances, clients dropping offsets
-        // they have seen (docs/clustering.md, "Managed Redis").
-        (Some(c), Some(_)) if c.redis_cluster => {
-            tracing::info!(
-                "Redis Cluster: kept messages cross instances through the adapter (at least \
-                 once; clients drop offsets they have seen), not sockgate's relay"
-            );
-            None
-        }
-        (Some(c), Some(shared)) => Some((
-            Arc::new(Relay::new(
-                shared.clone(),
-                socketioxide_core::Uid::new().to_string(),
-                config.room_prefix.as_str().into(),
-            )),
-            c.driver
-                .subscribe(relay::CHANNEL.into(), RELAY_BUFFER)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot subscribe to `{}` in Redis: {e}", relay::CHANNEL)
-                })?,
-            // Nothing is published there: listening says "this instance relays channels" and
-            // "reads several entries in one message".
-            vec![
-                marker(c, relay::ROOMS_CHANNEL).await?,
-                marker(c, relay::BATCHES_CHANNEL).await?,
-            ],
-        )),
-        _ => None,
-    })
+    let (Some(c), Some(shared)) = (cluster, history.and_then(History::shared)) else {
+        return Ok(None);
+    };
+    let mode = match c.redis_cluster {
+        true => PubSub::Plain,
+        false => c.link.pubsub(),
+    };
+    // First: once counted as listening, this instance gets kept messages by this channel only.
+    let channel = c
+        .driver
+        .subscribe_with(mode, relay::CHANNEL.into(), RELAY_BUFFER)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to `{}` in Redis: {e}", relay::CHANNEL))?;
+    let origin = socketioxide_core::Uid::new().to_string();
+    // Nothing is published on the markers: listening says "this instance relays channels",
+    // "reads several entries in one message", "this instance is alive" (its own reader
+    // channel, for the backpressure) and, on a Redis Cluster, "relays".
+    let mut markers = vec![
+        marker(c, relay::ROOMS_CHANNEL).await?,
+        marker(c, relay::BATCHES_CHANNEL).await?,
+        marker(c, &reader_channel(&origin)).await?,
+    ];
+    if c.redis_cluster {
+        tracing::info!(
+            "Redis Cluster: sockgate's relay publishes with PUBLISH (forwarded to every node \
+             by the cluster bus), the adapter with SPUBLISH"
+        );
+        markers.push(marker(c, relay::CLUSTER_CHANNEL).await?);
+    }
+    let backpressure = Backpressure::new(
+        origin.clone(),
+        settings.cluster.max_lag,
+        c.commands.clone(),
+        metrics.clone(),
+    );
+    let relay = Relay::new(
+        shared.clone(),
+        origin,
+        settings.realtime.room_prefix.as_str().into(),
+        c.redis_cluster,
+        Arc::new(backpressure),
+    );
+    Ok(Some((Arc::new(relay), channel, markers)))
 }
 
 /// A subscription to a channel nothing is published on, held to be counted.

@@ -25,7 +25,7 @@
 //! ([`BATCHES_CHANNEL`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use socketioxide::{SendError, SocketError, SocketIo};
 use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio::sync::mpsc;
 
+use super::backpressure::{Backpressure, Refusal};
 use super::history::{
     Appended, Entry, Head, Journal, RedisHistory, RelayAs, Replay, STRIPES, Since,
 };
@@ -46,19 +47,25 @@ use super::session::RECOVERY_FAILED;
 use crate::cluster::{ClusterAdapter, Link};
 use crate::shutdown::Shutdown;
 
-/// The sharded channel kept messages travel on.
+/// The channel kept messages travel on (sharded, unless Redis has no sharded pub/sub).
 pub const CHANNEL: &str = "sockgate:relay";
 
-/// A sharded channel nothing is published on: an instance that listens here delivers relayed
+/// A channel nothing is published on: an instance that listens here delivers relayed
 /// entries of channels (rooms other than user rooms), not only of user rooms. An older
 /// sockgate listens on [`CHANNEL`] only and drops a channel's entries: while one is connected,
 /// channels' messages go through the adapter ([`Relay::everyone_listens_for`]).
 pub const ROOMS_CHANNEL: &str = "sockgate:relay:rooms";
 
-/// A sharded channel nothing is published on: an instance that listens here reads several
+/// A channel nothing is published on: an instance that listens here reads several
 /// entries in one message of [`CHANNEL`]. An older sockgate reads the first alone: while one is
 /// connected, each entry is published in a message of its own.
 pub const BATCHES_CHANNEL: &str = "sockgate:relay:batches";
+
+/// On a Redis Cluster, a sharded channel nothing is published on: [`CHANNEL`] is subscribed
+/// plainly there (the append script may `SPUBLISH` only within its keys' slot, so it
+/// `PUBLISH`es, which the cluster bus carries to every node), and a node counts only the plain
+/// subscribers connected to it: an instance that relays is counted by listening here instead.
+pub const CLUSTER_CHANNEL: &str = "sockgate:relay:cluster";
 
 /// Messages buffered between the channel and the room workers, per worker.
 const WORKER_BUFFER: usize = 1024;
@@ -154,11 +161,30 @@ pub struct Relay {
     everyone_reads_batches: AtomicBool,
     /// `realtime.room_prefix`: tells user rooms from channels.
     room_prefix: Arc<str>,
+    /// How far every instance read the relay; publishes refused while one is too far behind.
+    backpressure: Arc<Backpressure>,
+    /// The channel whose (sharded) subscribers are the instances that relay: [`CHANNEL`], or
+    /// [`CLUSTER_CHANNEL`] on a Redis Cluster.
+    listening: &'static str,
 }
 
 impl Relay {
-    pub fn new(history: RedisHistory, origin: String, room_prefix: Arc<str>) -> Self {
+    /// The relay of this instance (`origin`); `redis_cluster`: on a Redis Cluster (see
+    /// [`CLUSTER_CHANNEL`]).
+    pub fn new(
+        history: RedisHistory,
+        origin: String,
+        room_prefix: Arc<str>,
+        redis_cluster: bool,
+        backpressure: Arc<Backpressure>,
+    ) -> Self {
         Self {
+            backpressure,
+            listening: if redis_cluster {
+                CLUSTER_CHANNEL
+            } else {
+                CHANNEL
+            },
             history,
             echo_prefix: echo_prefix(&origin),
             origin,
@@ -168,6 +194,11 @@ impl Relay {
             everyone_reads_batches: AtomicBool::new(false),
             room_prefix,
         }
+    }
+
+    /// `Some` while publishes are refused: an instance is too far behind the relay.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.backpressure.refusal()
     }
 
     fn companions(&self, room: &str) -> Companions {
@@ -216,9 +247,14 @@ impl Relay {
         messages: &[(&str, &Payload)],
         deliver: bool,
     ) -> Vec<Option<Appended>> {
-        let header = header_maker(&self.echo_prefix, room, deliver);
+        let make = header_maker(&self.echo_prefix, room, deliver);
+        // The group's numbers, in its order: the ones kept are its first.
+        let first = self.backpressure.number(messages.len());
+        let next = AtomicU64::new(first);
+        let header = |event: &str| make(event, next.fetch_add(1, Ordering::Relaxed) + 1);
         let one_message = self.everyone_reads_batches.load(Ordering::Acquire);
-        self.history
+        let kept = self
+            .history
             .append_group(
                 room,
                 messages,
@@ -228,7 +264,12 @@ impl Relay {
                     header: &header,
                 }),
             )
-            .await
+            .await;
+        let relayed = kept.iter().take_while(|k| k.is_some()).count() as u64;
+        if relayed > 0 {
+            self.backpressure.relayed_through(first + relayed);
+        }
+        kept
     }
 
     /// Delivers an entry to this instance's sockets of its room in chain order (mending the
@@ -420,6 +461,11 @@ impl Relay {
     ) {
         // Held, never read: their subscriptions are what the other instances count.
         let _markers = markers;
+        tokio::spawn(
+            self.backpressure
+                .clone()
+                .run(link.clone(), shutdown.clone()),
+        );
         let workers: Vec<mpsc::Sender<Relayed>> = (0..STRIPES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(WORKER_BUFFER);
@@ -439,6 +485,8 @@ impl Relay {
                     }
                     match Relayed::parse(&bytes) {
                         Some(entries) => {
+                            // One instance's entries, numbered in order.
+                            let read = entries.last().and_then(|(o, e)| Some((o.clone(), e.seq?)));
                             // In order: a room's entries go to one worker.
                             for (origin, entry) in entries {
                                 if origin == self.origin {
@@ -448,6 +496,9 @@ impl Relay {
                                 if worker.send(entry).await.is_err() {
                                     return;
                                 }
+                            }
+                            if let Some((origin, seq)) = read.filter(|(o, _)| *o != self.origin) {
+                                self.backpressure.read(&origin, seq);
                             }
                         }
                         None if !unreadable_logged => {
@@ -488,14 +539,15 @@ impl Relay {
         }
     }
 
-    /// Compares the listeners on [`CHANNEL`] and [`ROOMS_CHANNEL`] with the adapter's servers.
+    /// Compares the listeners on [`CHANNEL`] (or [`CLUSTER_CHANNEL`]) and [`ROOMS_CHANNEL`]
+    /// with the adapter's servers.
     async fn count_listeners(&self, link: &Link) {
         if !link.is_up() {
             return;
         }
         let counted = link
-            .shard_subscribers(vec![
-                CHANNEL.to_owned(),
+            .subscribers(vec![
+                self.listening.to_owned(),
                 ROOMS_CHANNEL.to_owned(),
                 BATCHES_CHANNEL.to_owned(),
                 crate::cluster::canary::request_channel(),
@@ -504,7 +556,7 @@ impl Relay {
         let Ok(counts) = counted else { return };
         let count = |name: &str| counts.iter().find(|(c, _)| c == name).map(|(_, n)| *n);
         let (Some(listeners), Some(servers)) = (
-            count(CHANNEL),
+            count(self.listening),
             count(&crate::cluster::canary::request_channel()),
         ) else {
             return;

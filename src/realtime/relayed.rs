@@ -5,6 +5,7 @@
 //! length. An instance tells its own messages coming back by their first bytes
 //! ([`echo_prefix`]), before parsing them: every entry of a message is one instance's.
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use super::history::Appended;
@@ -26,6 +27,9 @@ struct Header {
     p: String,
     /// The data's length in bytes, when more entries may follow it in the message.
     n: Option<usize>,
+    /// The entry's number among the entries its instance relayed (from 1): how far another
+    /// instance has read them ([`super::backpressure`]). None from an older sockgate.
+    s: Option<u64>,
 }
 
 /// An entry as relayed: where it was kept, and what it carries.
@@ -35,6 +39,8 @@ pub struct Relayed {
     pub event: Arc<str>,
     pub data: Payload,
     pub deliver: bool,
+    /// Its number among its instance's relayed entries (none from an older sockgate).
+    pub seq: Option<u64>,
 }
 
 impl Relayed {
@@ -45,6 +51,7 @@ impl Relayed {
             event: event.into(),
             data: data.clone(),
             deliver: true,
+            seq: None,
         }
     }
 
@@ -75,6 +82,7 @@ impl Relayed {
                     event: h.e.into(),
                     data,
                     deliver: h.l,
+                    seq: h.s,
                 },
             ));
         }
@@ -82,28 +90,31 @@ impl Relayed {
     }
 }
 
-/// The start of an entry's relay header from its event, `{"o":…,"r":…,"e":…,"l":…`, the origin
-/// first ([`echo_prefix`]), written straight (no JSON tree per message); the append script
-/// completes the object with the entry's place.
+/// The start of an entry's relay header from its event and number,
+/// `{"o":…,"r":…,"e":…,"l":…,"s":…`, the origin first ([`echo_prefix`]), written straight (no
+/// JSON tree per message); the append script completes the object with the entry's place. An
+/// older sockgate ignores `s`.
 pub fn header_maker(
     echo_prefix: &str,
     room: &str,
     deliver: bool,
-) -> impl Fn(&str) -> String + Sync {
+) -> impl Fn(&str, u64) -> String + Sync {
     let mut start = echo_prefix.to_owned();
     start.push_str("\"r\":");
     push_json_str(&mut start, room);
     start.push_str(",\"e\":");
     let end = if deliver {
-        ",\"l\":true"
+        ",\"l\":true,\"s\":"
     } else {
-        ",\"l\":false"
+        ",\"l\":false,\"s\":"
     };
-    move |event: &str| {
-        let mut header = String::with_capacity(start.len() + event.len() + 2 + end.len());
+    move |event: &str, seq: u64| {
+        let mut header = String::with_capacity(start.len() + event.len() + 2 + end.len() + 20);
         header.push_str(&start);
         push_json_str(&mut header, event);
         header.push_str(end);
+        // Infallible on a String.
+        let _ = write!(header, "{seq}");
         header
     }
 }
@@ -186,17 +197,21 @@ mod tests {
             ("", "", "", true),
         ];
         for (origin, room, event, deliver) in cases {
-            let tree = serde_json::json!({ "o": origin, "r": room, "e": event, "l": deliver });
+            let tree =
+                serde_json::json!({ "o": origin, "r": room, "e": event, "l": deliver, "s": 7 });
             let tree = tree.to_string();
-            let made = header_maker(&echo_prefix(origin), room, deliver)(event);
+            let made = header_maker(&echo_prefix(origin), room, deliver)(event, 7);
             assert_eq!(made, tree.strip_suffix('}').unwrap_or(&tree));
             let message = format!("{made},\"g\":\"0f\",\"i\":\"1-0\",\"p\":\"\",\"n\":1}}\n1");
             let entries = Relayed::parse(message.as_bytes()).expect("parses");
             assert_eq!(entries[0].0, origin);
+            assert_eq!(entries[0].1.seq, Some(7));
             assert!(message.starts_with(&echo_prefix(origin)));
         }
-        let mine = header_maker(&echo_prefix("a"), "user:a", true)("e");
+        let mine = header_maker(&echo_prefix("a"), "user:a", true)("e", 1);
         assert!(!mine.starts_with(&echo_prefix("ab")));
-        assert!(!header_maker(&echo_prefix("ab"), "r", true)("e").starts_with(&echo_prefix("a")));
+        assert!(
+            !header_maker(&echo_prefix("ab"), "r", true)("e", 1).starts_with(&echo_prefix("a"))
+        );
     }
 }

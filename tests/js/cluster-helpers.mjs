@@ -157,18 +157,27 @@ export function redisClusterUnsupported() {
 export async function startRedisCluster() {
   const dir = tmpDir('sockgate-rcluster-');
   const ports = [await freePort(), await freePort(), await freePort()];
+  // Each node's cluster bus port is its port + 10000 unless set: from the harness's free
+  // ports that lands in the ephemeral range, where a client socket may hold it ("bind:
+  // Address already in use" failed the setup). So the bus gets a free port of its own.
+  const busPorts = [await freePort(), await freePort(), await freePort()];
   let nodes;
   try {
     nodes = await Promise.all(
-      ports.map((p) =>
+      ports.map((p, i) =>
         startRedis(p, {
-          args: ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${p}.conf`)],
+          args: [
+            '--cluster-enabled', 'yes',
+            '--cluster-config-file', path.join(dir, `nodes-${p}.conf`),
+            '--cluster-port', String(busPorts[i]),
+          ],
         }),
       ),
     );
   } catch (e) {
     // A redis-server built without cluster support refuses the option and exits at once.
-    if (/cluster/i.test(String(e.message))) {
+    // Anything else (a port taken, say) is a failure, not a reason to skip.
+    if (/FATAL CONFIG FILE ERROR/.test(String(e.message))) {
       return { skip: `redis-server cannot run a Redis Cluster here: ${String(e.message).split('\n')[0]}` };
     }
     throw e;

@@ -5,8 +5,9 @@
 //
 // The cluster: three redis-server processes with --cluster-enabled yes on free loopback ports,
 // joined by `redis-cli --cluster create … --cluster-replicas 0`, ready once every node says
-// cluster_state:ok. On a Redis Cluster sockgate's relay is off (the append script could not
-// SPUBLISH to a channel of another slot): kept messages go through the adapter, at least once.
+// cluster_state:ok. On a Redis Cluster sockgate's relay publishes with plain PUBLISH (the append
+// script may SPUBLISH only to a channel of its keys' slot; the cluster bus forwards a plain
+// message to every node): kept messages cross exactly once, in order, as on one server.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -105,10 +106,15 @@ function owner(key) {
   return nodes.findIndex((n) => n.port === shard[2][1]);
 }
 
-test('Redis Cluster: both instances ready, the relay off (said once at startup)', { skip: SKIP }, async () => {
+test('Redis Cluster: both instances ready, the relay on with plain PUBLISH (said once at startup)', { skip: SKIP }, async () => {
   await Promise.all([ready(A), ready(B)]);
   for (const inst of [A, B]) {
-    assert.match(inst.proc.text(), /Redis Cluster: kept messages cross instances through the adapter/);
+    const said = inst.proc.text().split('\n').filter((l) => l.includes("Redis Cluster: sockgate's relay publishes with PUBLISH"));
+    assert.equal(said.length, 1, inst.proc.text());
+    await waitFor(() => inst.proc.text().includes('every instance relays kept messages'), {
+      timeout: 10_000,
+      message: 'every instance counted as relaying (the sharded marker on its slot owner)',
+    });
   }
 });
 
@@ -182,6 +188,49 @@ test('Redis Cluster: history replays through B after a reconnect, for users on d
     assert.equal(rec.of('recovery_failed').length, 0);
     closeAll([back.socket]);
   }
+});
+
+test('Redis Cluster: kept messages cross through the relay — once, in order, the same offsets, users on several slots', { skip: SKIP }, async () => {
+  await Promise.all([ready(A), ready(B)]);
+  const byNode = new Map();
+  for (let n = 0; n < 40 && byNode.size < nodes.length; n++) {
+    const user = `relay${n}`;
+    const at = owner(`sockgate:history:{user:${user}}`);
+    if (!byNode.has(at)) byNode.set(at, user);
+  }
+  const users = [...byNode.values()];
+  assert.ok(users.length >= 2, `users on at least two nodes: ${JSON.stringify([...byNode])}`);
+  const sides = {};
+  for (const user of users) {
+    sides[user] = [];
+    for (const inst of [A, B]) {
+      const c = recoveringClient(inst.url, `sid=user-${user}`);
+      const rec = recorder(c.socket);
+      await connected(c.socket);
+      sides[user].push({ ...c, rec });
+    }
+  }
+  const published = () => nodes.reduce((sum, n) => {
+    const line = cli(n.port, 'INFO', 'commandstats').split('\n').find((l) => l.startsWith('cmdstat_publish:'));
+    return sum + (line ? Number(/calls=(\d+)/.exec(line)[1]) : 0);
+  }, 0);
+  const before = published();
+  const messages = Array.from({ length: 30 }, (_, n) => ({ userId: users[n % users.length], event: 'seq', data: n }));
+  const r = await api(A, 'POST', '/publish/batch', { messages });
+  assert.equal(r.status, 200, r.text);
+  for (const [i, user] of users.entries()) {
+    const expected = messages.map((m) => m.data).filter((n) => n % users.length === i);
+    const offsets = [];
+    for (const side of sides[user]) {
+      await side.rec.waitFor(() => side.rec.of('seq').length >= expected.length, `${user}: ${expected.length} messages`);
+      await new Promise((res) => setTimeout(res, 200));
+      assert.deepEqual(side.rec.of('seq'), expected, `${user}: each once, in order`);
+      offsets.push(side.rec.metas.filter((_m, k) => side.rec.events[k].event === 'seq').map((m) => m.offset));
+    }
+    assert.deepEqual(offsets[0], offsets[1], `${user}: the same offsets on A and B`);
+  }
+  assert.ok(published() - before >= users.length, 'the append script PUBLISHed the relay messages');
+  closeAll(Object.values(sides).flat().map((s) => s.socket));
 });
 
 // ---------------------------------------------------------------------------

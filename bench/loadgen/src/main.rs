@@ -638,6 +638,9 @@ struct Publisher {
     tx: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
+/// How [`Publisher::post`]'s error starts for a `503` with `Retry-After` (then the seconds).
+const REFUSED: &str = "refused, retry after s: ";
+
 impl Publisher {
     async fn connect(path: &str) -> Res<Self> {
         let stream = UnixStream::connect(path)
@@ -669,7 +672,15 @@ impl Publisher {
             .map_err(|_| "publish timed out".to_string())?
             .map_err(e)?;
         let status = resp.status();
+        // A publish refused for backpressure (an instance too far behind): `REFUSED<secs>`.
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let body = resp.into_body().collect().await.map_err(e)?.to_bytes();
+        if let (hyper::StatusCode::SERVICE_UNAVAILABLE, Some(secs)) = (status, retry_after) {
+            return Err(format!("{REFUSED}{secs}"));
+        }
         if !status.is_success() {
             return Err(format!(
                 "{uri} → {status}: {}",
@@ -1171,11 +1182,18 @@ async fn cluster_main(o: Opts) -> Res<()> {
         pool.mark().await?;
         let c0 = cpu_each(&pids);
         let start = Instant::now();
-        let (mut sent, mut user, mut errors) = (0u64, 0u64, 0u64);
+        let (mut sent, mut user, mut errors, mut refused) = (0u64, 0u64, 0u64, 0u64);
         while sent < flood && start.elapsed() < limit {
             let k = batch.min(flood - sent);
             match publ.post("/publish/batch", batch_body(user, n, k)).await {
                 Ok(_) => sent += k,
+                // Backpressure: the same batch again once Retry-After has passed.
+                Err(x) if x.starts_with(REFUSED) => {
+                    refused += 1;
+                    let secs = x[REFUSED.len()..].parse().unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    continue;
+                }
                 Err(x) => {
                     errors += 1;
                     eprintln!("cluster: flood publish error {x}");
@@ -1207,7 +1225,7 @@ async fn cluster_main(o: Opts) -> Res<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let c1 = cpu_each(&pids);
-        let r = json!({"count": flood, "sent": sent, "delivered": recv, "errors": errors,
+        let r = json!({"count": flood, "sent": sent, "delivered": recv, "errors": errors, "refused": refused,
             "delivered_pct": recv as f64 * 100.0 / sent.max(1) as f64,
             "publish_secs": publish_secs, "publish_rate": sent as f64 / publish_secs,
             "last_delivery_secs": done_at, "delivered_rate": recv as f64 / done_at.max(1e-9),

@@ -214,6 +214,48 @@ describe('client (fake server)', () => {
     }
   });
 
+  test('503 + Retry-After (cluster backpressure): the same request again after the delay, within busyRetryMs', async () => {
+    const socketPath = path.join(dir, 'busy.sock');
+    const seen = [];
+    let busyFor = 2; // the first two publishes are refused
+    const server = await fakeServer(socketPath, (req, res, body) => {
+      seen.push({ at: Date.now(), body });
+      if (req.url === '/publish' && busyFor-- > 0) {
+        res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '0' });
+        return res.end(JSON.stringify({ ok: false, error: 'an instance is behind', retryAfter: 0 }));
+      }
+      if (req.url === '/publish/batch') {
+        res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' });
+        return res.end(JSON.stringify({ ok: false, error: 'an instance is behind', retryAfter: 1 }));
+      }
+      sendJson(res, 200, { ok: true, recipients: 1 });
+    });
+    const client = createClient({ socketPath, busyRetryMs: 500 });
+    const noRetry = createClient({ socketPath, busyRetryMs: 0 });
+    try {
+      assert.deepEqual(await client.publish({ userId: 'u1', event: 'n', data: { k: 1 } }), { ok: true, recipients: 1 });
+      assert.equal(seen.length, 3, 'refused twice, then accepted');
+      assert.ok(seen.every((r) => r.body === seen[0].body), 'the same request each time');
+
+      // A delay past what is left of busyRetryMs: the 503 at once, not a wait.
+      const started = Date.now();
+      await assert.rejects(client.publishBatch([{ userId: 'u1', event: 'n', data: {} }]), (err) => {
+        assert.equal(err.status, 503);
+        assert.equal(err.retryAfterMs, 1000);
+        assert.match(err.message, /503: an instance is behind/);
+        return true;
+      });
+      assert.ok(Date.now() - started < 400, 'did not wait for a retry it could not make');
+
+      busyFor = 1;
+      await assert.rejects(noRetry.publish({ userId: 'u1', event: 'n', data: {} }), { status: 503 });
+    } finally {
+      client.close();
+      noRetry.close();
+      server.close();
+    }
+  });
+
   test('timeout gives a clear error', async () => {
     const socketPath = path.join(dir, 'slow.sock');
     const server = await fakeServer(socketPath, () => {}); // never answers

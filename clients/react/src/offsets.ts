@@ -5,8 +5,9 @@
 
 /**
  * Whether `offset` comes after `last`. Offsets are `<run>-<n>` (one sockgate) or
- * `<generation>:<ms>-<seq>` (cluster); another run or generation counts as newer (sockgate
- * restarted: what it sends now is all news).
+ * `<generation>:<n>-0` (cluster; `<generation>:<ms>-<seq>` before sequence offsets, compared
+ * the same way); another run or generation counts as newer (sockgate restarted: what it sends
+ * now is all news).
  */
 export function isNewerOffset(offset: string, last: string | null | undefined): boolean {
   if (!last) return true;

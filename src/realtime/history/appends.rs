@@ -18,6 +18,7 @@ use fred::types::scripts::Script;
 use tokio::sync::{mpsc, oneshot};
 
 use super::offsets::Appended;
+use crate::cluster::PubSub;
 
 /// Messages in one call at most (a room's group is never split: the caller sends bigger
 /// groups in pieces): bounds how long one script holds Redis, a few µs per message.
@@ -37,7 +38,8 @@ const QUEUE: usize = 1024;
 /// meta key an older sockgate wrote (its generation as a string) is replaced the same way; one
 /// of another type, or a hash without a generation (not sockgate's), is refused.
 /// One `PEXPIRE` per key per call.
-/// A message with a header start is also published on the relay channel, in the same step (so
+/// A message with a header start is also published on the relay channel (`SPUBLISH`;
+/// `PUBLISH` in [`APPEND_PLAIN`]), in the same step (so
 /// the channel carries a room's entries in stream order): the header completed with the
 /// entry's place and the data's length in bytes (`n`), a newline, the data
 /// ([`super::super::relay`]). With ARGV[4] = "1", every entry of the call travels in one
@@ -112,6 +114,10 @@ return out
 /// a failover): `EVAL` would ship the whole text with every call, and Redis would hash it.
 static APPEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(APPEND_SCRIPT));
 
+/// [`APPEND`] for a Redis without sharded pub/sub: the relay's entries are `PUBLISH`ed.
+static APPEND_PLAIN: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(APPEND_SCRIPT.replace("'SPUBLISH'", "'PUBLISH'")));
+
 /// One room's messages to keep, in order.
 pub struct Group {
     /// The room's stream and meta keys (one hash slot).
@@ -168,13 +174,20 @@ pub struct Appender {
 
 impl Appender {
     /// Starts the appender task (so needs a runtime); it ends when the last `Appender` is
-    /// dropped. `max_messages` is the streams' length, `ttl_ms` their lifetime.
-    pub fn start(client: RedisClient, max_messages: usize, ttl_ms: u64) -> Self {
+    /// dropped. `max_messages` is the streams' length, `ttl_ms` their lifetime; relayed entries
+    /// are published with `pubsub`'s command, and with `PUBLISH` on a Redis Cluster (a
+    /// script may `SPUBLISH` only to a channel of its keys' slot; a plain message crosses the
+    /// whole cluster).
+    pub fn start(client: RedisClient, max_messages: usize, ttl_ms: u64, pubsub: PubSub) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
+        let script = match (pubsub, client.is_clustered()) {
+            (PubSub::Sharded, false) => &*APPEND,
+            _ => &*APPEND_PLAIN,
+        };
         tokio::spawn(run(
             client,
-            max_messages.to_string(),
-            ttl_ms.to_string(),
+            script,
+            [max_messages.to_string(), ttl_ms.to_string()],
             waiting,
         ));
         Self { queue }
@@ -190,16 +203,19 @@ impl Appender {
     }
 }
 
+/// The stream's length and lifetime, the script's first arguments.
+type Bounds = [String; 2];
+
 async fn run(
     client: RedisClient,
-    max_len: String,
-    ttl_ms: String,
+    script: &'static Script,
+    bounds: Bounds,
     mut waiting: mpsc::Receiver<Pending>,
 ) {
     let mut queued = Vec::new();
     while waiting.recv_many(&mut queued, QUEUE).await > 0 {
         for call in calls(client.is_clustered(), queued.drain(..)) {
-            tokio::spawn(send(client.clone(), max_len.clone(), ttl_ms.clone(), call));
+            tokio::spawn(send(client.clone(), script, bounds.clone(), call));
         }
     }
 }
@@ -246,9 +262,10 @@ fn calls<T>(clustered: bool, groups: impl Iterator<Item = (Group, T)>) -> Vec<Ve
     calls.into_iter().map(|call| call.groups).collect()
 }
 
-async fn send(client: RedisClient, max_len: String, ttl_ms: String, call: Vec<Pending>) {
+async fn send(client: RedisClient, script: &Script, bounds: Bounds, call: Vec<Pending>) {
     let (channel, one_message) = call[0].0.relay.unwrap_or(("", false));
     let mut keys = Vec::with_capacity(2 * call.len());
+    let [max_len, ttl_ms] = bounds;
     let mut args = vec![max_len, ttl_ms, channel.to_owned(), flag(one_message)];
     let mut replies = Vec::with_capacity(call.len());
     for (group, reply) in call {
@@ -266,7 +283,7 @@ async fn send(client: RedisClient, max_len: String, ttl_ms: String, call: Vec<Pe
         }
         replies.push((reply, sent));
     }
-    let answer: Result<Vec<String>, _> = APPEND.evalsha_with_reload(&client, keys, args).await;
+    let answer: Result<Vec<String>, _> = script.evalsha_with_reload(&client, keys, args).await;
     match answer {
         Ok(flat) => {
             let mut flat = flat.into_iter();
@@ -369,6 +386,15 @@ mod tests {
             assert!(call.iter().all(|(g, _)| slot(&g.keys[1]) == first));
             assert!(order(call).is_sorted());
         }
+    }
+
+    #[test]
+    fn the_plain_script_publishes_where_the_sharded_one_does() {
+        let count = |text: &str, what: &str| text.matches(what).count();
+        let plain = APPEND_SCRIPT.replace("'SPUBLISH'", "'PUBLISH'");
+        assert_eq!(count(APPEND_SCRIPT, "redis.call('SPUBLISH'"), 2);
+        assert_eq!(count(&plain, "redis.call('PUBLISH'"), 2);
+        assert_eq!(count(&plain, "SPUBLISH"), 0);
     }
 
     #[test]

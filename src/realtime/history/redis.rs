@@ -94,7 +94,7 @@ impl RedisHistory {
     ) -> Self {
         let ttl_ms = max_age.as_millis().max(1) as u64;
         RedisHistory {
-            appender: Appender::start(client.clone(), max_messages, ttl_ms),
+            appender: Appender::start(client.clone(), max_messages, ttl_ms, link.pubsub()),
             client,
             link,
             max_messages,
