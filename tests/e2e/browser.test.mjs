@@ -796,6 +796,12 @@ describe('browser end-to-end: channels and presence', { timeout: 240_000 }, () =
 
     // Away (same tab, another page), then back: what was published meanwhile comes first.
     await alice.goto('about:blank');
+    // The page's socket closes as it unloads, which goto() does not wait for: away means
+    // sockgate saw it go (once seen to fail under load: the publish came first).
+    for (const deadline = Date.now() + 5000; (await api('GET', '/users/alice')).body.online;) {
+      assert.ok(Date.now() < deadline, 'alice\'s socket is still open 5 s after she left the page');
+      await sleep(50);
+    }
     const away = await publish({ room: 'team:demo', event: 'message', data: { from: 'curl', text: 'While away' } });
     assert.equal(JSON.parse(away.body).recipients, 0, 'nobody was there to get it live');
     await alice.goto(`${baseURL}/`);
