@@ -184,13 +184,9 @@ fn connection_builder(config: &ServerConfig) -> Builders {
         .header_read_timeout(None)
         .max_buf_size(config.max_header_bytes.max(8192))
         .keep_alive(true);
+    // Only for connections that opened with the HTTP/2 preface (`request_started`): its
+    // HTTP/1 side is never used, so it has no settings.
     let mut builder = auto::Builder::new(StreamExecutor);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
