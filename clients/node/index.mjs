@@ -22,6 +22,7 @@ export function defaultSocketPath(env = process.env, uid = process.geteuid?.() ?
 export const DEFAULT_SOCKET_PATH = defaultSocketPath();
 const DEFAULT_TIMEOUT_MS = 5000;
 const DEFAULT_BUSY_RETRY_MS = 5000;
+const MIN_BUSY_DELAY_MS = 50;
 const NOT_RUNNING_CODES = new Set(['ENOENT', 'ECONNREFUSED']);
 
 /**
@@ -231,9 +232,11 @@ export function createClient({
         }
       } catch (err) {
         // Busy (503 + Retry-After): nothing was kept; the same request again once the delay is
-        // over, while the wait stays within busyRetryMs.
-        if (err.retryAfterMs === undefined || closed || Date.now() + err.retryAfterMs > waitUntil) throw err;
-        await new Promise((resolve) => setTimeout(resolve, err.retryAfterMs));
+        // over (at least MIN_BUSY_DELAY_MS: never a tight loop), while the wait stays within
+        // busyRetryMs (0: never).
+        const delay = Math.max(err.retryAfterMs ?? 0, MIN_BUSY_DELAY_MS);
+        if (err.retryAfterMs === undefined || closed || busyRetryMs <= 0 || Date.now() + delay > waitUntil) throw err;
+        await new Promise((resolve) => setTimeout(resolve, delay));
       }
     }
   }
