@@ -35,12 +35,18 @@ def main():
     rows = int(sys.argv[2]) if len(sys.argv) > 2 else 25
     found = list(blocks(sys.stdin))
     total = sum(size for size, _, _ in found)
+    # heaptrack splits a site by the paths that reached it: one row per site.
+    sites = {}
+    for size, calls, frames in found:
+        where = " < ".join(frames[:3]) or "(dependencies only)"
+        bytes_, count = sites.get(where, (0, 0))
+        sites[where] = (bytes_ + size, count + calls)
     per_socket = sorted(
-        (b for b in found if b[1] >= sockets / 5), key=lambda b: -b[0]
+        ((size, calls, where) for where, (size, calls) in sites.items() if calls >= sockets / 5),
+        key=lambda row: -row[0],
     )
     print(f"{'B/socket':>8}  {'B each':>6} x {'n/socket':<8} site (innermost first)")
-    for size, calls, frames in per_socket[:rows]:
-        where = " < ".join(frames[:3]) or "(dependencies only)"
+    for size, calls, where in per_socket[:rows]:
         print(f"{size / sockets:8.0f}  {size / calls:6.0f} x {calls / sockets:<8.1f} {where}")
     print(f"{total / sockets:8.0f}  live heap per socket, all sites (N = {sockets})")
 
