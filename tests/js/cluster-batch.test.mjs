@@ -11,7 +11,7 @@ import {
   startFixture, publishApi, freePort, waitFor, sleep, recorder, recoveringClient, connected,
   publishOk,
 } from './harness.mjs';
-import { findRedisServer, startPair, startRedis } from './cluster-helpers.mjs';
+import { findRedisServer, startPair, startRedis, recoveringClientsOn } from './cluster-helpers.mjs';
 
 const SKIP = !findRedisServer() && 'redis-server not installed';
 let fixture;
@@ -71,17 +71,8 @@ const batch = (users, count, tag) => ({
   messages: Array.from({ length: count }, (_, n) => ({ userId: users[n % users.length], event: 'seq', data: { tag, n } })),
 });
 
-/** A user's recovering client on each instance, its records, connected. */
-async function clients(user) {
-  const out = [];
-  for (const inst of [A, B]) {
-    const c = recoveringClient(inst.url, `sid=user-${user}`);
-    const rec = recorder(c.socket);
-    await connected(c.socket);
-    out.push({ ...c, rec });
-  }
-  return out;
-}
+/** A user's recovering client on A and on B, with their records, connected. */
+const clients = (user) => recoveringClientsOn([A, B], user);
 
 /** Until a publish on A reaches `user`'s client on B: the relay is up both ways. */
 async function relayUp(user, rec) {

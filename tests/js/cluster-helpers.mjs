@@ -5,7 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, afterEach } from 'node:test';
 import net from 'node:net';
-import { SOCKGATE_BIN, freePort, sockgateEnv, startSockgate, tmpDir, waitFor, withTimeout } from './harness.mjs';
+import {
+  SOCKGATE_BIN, connected, freePort, recorder, recoveringClient, sockgateEnv, startSockgate, tmpDir, waitFor, withTimeout,
+} from './harness.mjs';
 
 const VERBOSE = !!(process.env.SOCKGATE_TEST_VERBOSE || process.env.SOCKGATE_TEST_LOG);
 
@@ -305,4 +307,16 @@ export async function pausableProxy(port) {
 /** Two sockgate instances with the same `env` in front of `fixture`: resolves [A, B]. */
 export function startPair(fixture, env) {
   return Promise.all([startSockgate({ upstreamUrl: fixture.url, env }), startSockgate({ upstreamUrl: fixture.url, env })]);
+}
+
+/** A user's recovering client (cookie `sid=user-<user>`) on each instance, with its records, connected. */
+export async function recoveringClientsOn(instances, user) {
+  const out = [];
+  for (const inst of instances) {
+    const c = recoveringClient(inst.url, `sid=user-${user}`);
+    const rec = recorder(c.socket);
+    await connected(c.socket);
+    out.push({ ...c, rec });
+  }
+  return out;
 }

@@ -15,7 +15,7 @@ import {
   startFixture, publishApi, publishOk, freePort, waitFor, sleep, recorder, recoveringClient,
   connected, tmpDir, startSockgate,
 } from './harness.mjs';
-import { findRedisServer, runSockgateToExit, startPair, startRedis } from './cluster-helpers.mjs';
+import { findRedisServer, runSockgateToExit, startPair, startRedis, recoveringClientsOn } from './cluster-helpers.mjs';
 
 const SKIP = !findRedisServer() && 'redis-server not installed';
 const NO_SHARDED = ['SPUBLISH', 'SSUBSCRIBE', 'SUNSUBSCRIBE'].flatMap((c) => ['--rename-command', c, '']);
@@ -53,17 +53,8 @@ async function ready(inst) {
   });
 }
 
-/** A user's recovering client on each instance, its records, connected. */
-async function clients(user) {
-  const out = [];
-  for (const inst of [A, B]) {
-    const c = recoveringClient(inst.url, `sid=user-${user}`);
-    const rec = recorder(c.socket);
-    await connected(c.socket);
-    out.push({ ...c, rec });
-  }
-  return out;
-}
+/** A user's recovering client on A and on B, with their records, connected. */
+const clients = (user) => recoveringClientsOn([A, B], user);
 
 /** Until a publish on A reaches `rec` (a client on B) through the relay. */
 async function relayUp(user, rec) {
