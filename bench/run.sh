@@ -85,7 +85,9 @@ wait_file() { # path seconds
   echo "$1 did not appear" >&2; return 1
 }
 
-B=${BENCH_PORT_BASE:-47100}
+# Below Linux's ephemeral range (32768-60999): a port in it can be taken meanwhile as the source
+# port of some outgoing connection, and a server started later fails with "Address in use".
+B=${BENCH_PORT_BASE:-27100}
 APP_PORT=$((B+1)); SEED_PORT=$((B+2)); SG_PORT=$((B+10)); SGP_PORT=$((B+11)); NGX_PORT=$((B+12)); UP_PORT=$((B+20))
 for p in $APP_PORT $SEED_PORT $SG_PORT $SGP_PORT $NGX_PORT $UP_PORT; do
   if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
