@@ -19,8 +19,12 @@
 //! leave within `instance_ttl · 4/3`. An instance that finds it was swept (it stalled past the
 //! TTL) arrives again for its keys. Liveness is refreshed by a task of its own, so a backlog
 //! of arrivals cannot make an instance look dead. While the cluster link is down (or a
-//! command fails) the transitions of that time are not recorded and not reported; one log
-//! line per episode.
+//! command fails) a transition cannot be recorded: the key is remembered, and at every beat
+//! until Redis answers, what this instance holds of it is recorded again (an arrival if it
+//! still holds the key, a departure if not) and reported if it decides the key. One log line
+//! per episode. Without that, a user who connected during an outage would never be online
+//! cluster-wide, one who left would stay online, and a stalled instance that resumed while
+//! its link was still counted down would lose its users' second arrival.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +77,9 @@ pub struct Tracker {
     grace: Duration,
     timers: mpsc::UnboundedSender<Change>,
     report: Report,
+    /// Keys whose last transition here Redis has not recorded (cluster mode), with the info
+    /// a departure reports.
+    unrecorded: HashMap<Arc<str>, Option<Arc<str>>>,
 }
 
 impl Tracker {
@@ -88,6 +95,7 @@ impl Tracker {
             grace,
             timers,
             report,
+            unrecorded: HashMap::new(),
         }
     }
 
@@ -121,7 +129,10 @@ impl Tracker {
                     Some(change) => self.apply(change).await,
                     None => return,
                 },
-                _ = ticker.tick(), if every.is_some() => self.sweep().await,
+                _ = ticker.tick(), if every.is_some() => {
+                    self.sweep().await;
+                    self.record_again().await;
+                }
             }
         }
     }
@@ -131,7 +142,7 @@ impl Tracker {
             Change::Up(key, info) => match self.keys.get_mut(&key) {
                 Some(entry) => entry.holders += 1,
                 None => {
-                    if self.arrive(&key, info.as_deref()).await {
+                    if self.arrive(&key, &info).await {
                         (self.report)(Transition::Arrived, &key, info.as_ref());
                     }
                     let entry = Entry {
@@ -162,9 +173,9 @@ impl Tracker {
                     .get(&key)
                     .is_some_and(|e| e.holders == 0 && e.epoch == epoch);
                 if gone {
-                    let entry = self.keys.remove(&key);
-                    if self.leave(&key).await {
-                        (self.report)(Transition::Left, &key, entry.and_then(|e| e.info).as_ref());
+                    let info = self.keys.remove(&key).and_then(|e| e.info);
+                    if self.leave(&key, &info).await {
+                        (self.report)(Transition::Left, &key, info.as_ref());
                     }
                 }
             }
@@ -181,7 +192,7 @@ impl Tracker {
                     );
                 }
                 for (key, info) in keys {
-                    if self.arrive(&key, info.as_deref()).await {
+                    if self.arrive(&key, &info).await {
                         (self.report)(Transition::Arrived, &key, info.as_ref());
                     }
                 }
@@ -190,18 +201,56 @@ impl Tracker {
     }
 
     /// Whether `key`'s arrival here is its first anywhere.
-    async fn arrive(&self, key: &str, info: Option<&str>) -> bool {
-        match &self.shared {
-            None => true,
-            Some(shared) => shared.arrive(key, info).await,
-        }
+    async fn arrive(&mut self, key: &Arc<str>, info: &Option<Arc<str>>) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        let recorded = shared.arrive(key, info.as_deref()).await;
+        self.recorded(key, info, recorded)
     }
 
     /// Whether `key` leaving here leaves it on no instance.
-    async fn leave(&self, key: &str) -> bool {
-        match &self.shared {
-            None => true,
-            Some(shared) => shared.leave(key).await,
+    async fn leave(&mut self, key: &Arc<str>, info: &Option<Arc<str>>) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        let recorded = shared.leave(key).await;
+        self.recorded(key, info, recorded)
+    }
+
+    /// Notes whether Redis recorded `key`'s transition; true if this instance decides it.
+    fn recorded(&mut self, key: &Arc<str>, info: &Option<Arc<str>>, decided: Option<bool>) -> bool {
+        match decided {
+            Some(decided) => {
+                self.unrecorded.remove(key);
+                decided
+            }
+            None => {
+                self.unrecorded.insert(key.clone(), info.clone());
+                false
+            }
+        }
+    }
+
+    /// Records in Redis what this instance holds of each key whose transition could not be
+    /// recorded: an arrival (idempotent) if it still holds the key, a departure if not.
+    async fn record_again(&mut self) {
+        if self.unrecorded.is_empty() {
+            return;
+        }
+        for (key, left_info) in std::mem::take(&mut self.unrecorded) {
+            match self.keys.get(&key).map(|entry| entry.info.clone()) {
+                Some(info) => {
+                    if self.arrive(&key, &info).await {
+                        (self.report)(Transition::Arrived, &key, info.as_ref());
+                    }
+                }
+                None => {
+                    if self.leave(&key, &left_info).await {
+                        (self.report)(Transition::Left, &key, left_info.as_ref());
+                    }
+                }
+            }
         }
     }
 
@@ -352,7 +401,7 @@ impl Shared {
             let why = error.map_or_else(|| "the Redis link is down".to_owned(), |e| e.to_string());
             tracing::warn!(
                 "{label}: {what} not recorded in Redis ({why}): arrivals and departures \
-                 decided while Redis fails are not reported"
+                 of this time are recorded and reported when Redis answers again"
             );
         }
     }
@@ -384,31 +433,33 @@ impl Shared {
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> bool {
+    ) -> Option<bool> {
         if !self.link.is_up() {
             self.failed(what, None);
-            return false;
+            return None;
         }
         let reply: Result<i64, _> = script.evalsha_with_reload(&self.client, keys, args).await;
         match reply {
             Ok(n) => {
                 self.succeeded();
-                n == 1
+                Some(n == 1)
             }
             Err(e) => {
                 self.failed(what, Some(&e));
-                false
+                None
             }
         }
     }
 
-    async fn arrive(&self, key: &str, info: Option<&str>) -> bool {
+    /// Whether the arrival made `key` held anywhere; `None` if Redis did not record it.
+    async fn arrive(&self, key: &str, info: Option<&str>) -> Option<bool> {
         let (keys, mut args) = self.script_input(key);
         args.push(info.unwrap_or("null").to_owned());
         self.flag("an arrival", &ARRIVE_SCRIPT, keys, args).await
     }
 
-    async fn leave(&self, key: &str) -> bool {
+    /// Whether the departure left `key` held nowhere; `None` if Redis did not record it.
+    async fn leave(&self, key: &str) -> Option<bool> {
         let (keys, args) = self.script_input(key);
         self.flag("a departure", &LEAVE_SCRIPT, keys, args).await
     }
@@ -424,6 +475,7 @@ impl Shared {
         let args = vec![self.instance.clone(), self.ttl.as_millis().to_string()];
         self.flag("the liveness beat", &HEARTBEAT_SCRIPT, keys, args)
             .await
+            == Some(true)
     }
 
     async fn sweep(&self) -> Vec<String> {

@@ -15,9 +15,16 @@ import {
   connect,
   waitFor,
   sleep,
+  publishApi,
 } from './harness.mjs';
 import { metrics } from './fault-helpers.mjs';
-import { findRedisServer, startRedis, redisClusterUnsupported, startRedisCluster } from './cluster-helpers.mjs';
+import {
+  findRedisServer,
+  startRedis,
+  redisClusterUnsupported,
+  startRedisCluster,
+  pausableProxy,
+} from './cluster-helpers.mjs';
 import { verifyWebhook } from '../../clients/node/index.mjs';
 
 const SECRET = 'test-webhook-secret';
@@ -367,5 +374,72 @@ describe(`webhooks, two cluster instances on ${backend}`, { skip: unsupported },
     assert.ok(Date.now() - killedAt < 4000);
     await sleep(700);
     assert.equal(receiver.of('user.offline', 'c3').length, 1);
+  });
+});
+
+describe('webhooks, one cluster instance whose Redis link goes down', { skip: findRedisServer() ? false : 'redis-server is not on PATH' }, () => {
+  let receiver;
+  let fixture;
+  let redis;
+  let proxy;
+  let A;
+  const WS = ['websocket'];
+
+  before(async () => {
+    redis = await startRedis(await freePort());
+    proxy = await pausableProxy(redis.port);
+    receiver = await startReceiver();
+    fixture = await startFixture();
+    const env = hookEnv(receiver.url, {
+      SIDECAR_CLUSTER__REDIS_URL: `redis://127.0.0.1:${proxy.port}`,
+      SIDECAR_REALTIME__TRANSPORTS: '["websocket"]',
+      // A beat every 2 s; the liveness key outlives the outage, so nothing is swept.
+      SIDECAR_WEBHOOKS__INSTANCE_TTL_MS: '6000',
+    });
+    A = await startSockgate({ upstreamUrl: fixture.url, env });
+  });
+
+  after(async () => {
+    await A?.stop().catch(() => {});
+    await proxy?.close().catch(() => {});
+    await fixture?.stop().catch(() => {});
+    redis?.kill('SIGKILL');
+    await receiver?.close();
+  });
+
+  test('connects and disconnects while the link is down are recorded and reported once it is back', async () => {
+    const leaving = await tab(A.url, 'd1', WS);
+    await waitFor(() => receiver.of('user.online', 'd1').length === 1, { message: 'user.online for d1' });
+    proxy.pause();
+    let arriving;
+    try {
+      await waitFor(async () => (await publishApi(A.publishSocket, 'GET', '/readyz')).status === 503, {
+        timeout: 5000,
+        message: "A's Redis link marked down",
+      });
+      arriving = await tab(A.url, 'd2', WS);
+      const passing = await tab(A.url, 'd3', WS);
+      leaving.close();
+      passing.close();
+      await sleep(GRACE_MS + 400);
+      assert.equal(receiver.of('user.online', 'd2').length, 0, 'nothing is decided while Redis cannot record it');
+      assert.equal(receiver.of('user.offline', 'd1').length, 0, 'nothing is decided while Redis cannot record it');
+    } finally {
+      proxy.resume();
+    }
+    await waitFor(() => receiver.of('user.online', 'd2').length === 1 && receiver.of('user.offline', 'd1').length === 1, {
+      timeout: 8000,
+      message: 'user.online for d2 and user.offline for d1 once Redis answers again',
+    });
+    await sleep(2500); // a beat more: nothing is sent twice
+    assert.equal(receiver.of('user.online', 'd2').length, 1);
+    assert.equal(receiver.of('user.offline', 'd1').length, 1);
+    assert.deepEqual(
+      receiver.events.filter((e) => e.userId === 'd3'),
+      [],
+      'a user who came and went during the outage: neither event',
+    );
+    arriving.close();
+    await waitFor(() => receiver.of('user.offline', 'd2').length === 1, { message: 'user.offline for d2 at the end' });
   });
 });
