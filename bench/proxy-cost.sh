@@ -5,12 +5,15 @@
 # core 0 (nginx: 1 worker, upstream keepalive 64). Prints, per proxy and run: req/s, CPU µs per
 # request (utime+stime of the proxy process over the wrk run / requests), then syscalls and
 # context switches per request (perf stat on the proxy's pid), with instructions per request
-# (user, kernel) where the CPU exposes counters to perf. Several sockgate binaries (e.g. before
+# (user, kernel) where the CPU exposes counters to perf, and the wake-ups of other tasks (the
+# peers: wrk and the app) issued from the proxy's context. Several sockgate binaries (e.g. before
 # and after a change) are measured in the same run. Bounded: RUNS × SECS per proxy.
 # CALLGRIND=1 also counts each sockgate's user-space instructions per request under callgrind
 # (valgrind), which needs no hardware counters (virtual machines often have none) and does not
 # depend on what else runs on the machine: a few thousand requests, 8 connections, after a
 # warm-up; about 30 s per binary.
+# PROFILE=dir: then a CPU profile of each proxy under the same load (perf record, DWARF call
+# stacks), its flat report and, with inferno installed, a flame graph per proxy in dir.
 # A binary given as PATH@VAR=value,VAR=value runs with those variables set (e.g. the same build
 # with SIDECAR_SERVER__RUNTIME=multi and without).
 set -euo pipefail
@@ -49,7 +52,7 @@ http {
 }
 NGX
 taskset -c 0 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
-NAMES=(nginx); declare -A PORT PID
+NAMES=(nginx); declare -A PORT PID BINS
 PORT[nginx]=$NG
 i=0
 for sg in "$@"; do
@@ -59,6 +62,7 @@ for sg in "$@"; do
   (cd "$WORK/$name" && exec env "${extra[@]}" SIDECAR_SERVER__HOST=127.0.0.1 SIDECAR_SERVER__PORT=${PORT[$name]} \
     SIDECAR_UPSTREAM__URL=http://127.0.0.1:$UP SIDECAR_PUBLISH__SOCKET="$WORK/$name/p.sock" RUST_LOG=warn \
     taskset -c 0 "$bin" >"$WORK/$name/log" 2>&1) & PIDS+=($!); PID[$name]=$!
+  BINS[$name]=$(basename "$sg")
   echo "sockgate#$i = $sg"
 done
 for _ in $(seq 50); do curl -fso /dev/null "http://127.0.0.1:$NG/" && break; sleep 0.1; done
@@ -80,15 +84,35 @@ echo "per request, under the same load (perf stat on the proxy process, 4 s):"
 for name in "${NAMES[@]}"; do
   taskset -c 1 wrk -t1 -c64 -d6s "http://127.0.0.1:${PORT[$name]}/" >"$WORK/wrk.txt" 2>&1 & w=$!
   sleep 1
-  perf stat -x, -e raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,instructions:u,instructions:k \
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches,sched:sched_wakeup,syscalls:sys_enter_writev,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,instructions:u,instructions:k \
     -p "${PID[$name]}" -- sleep 4 2>"$WORK/perf.txt" >/dev/null
   wait $w
   rps=$(awk '/Requests\/sec/{print $2}' "$WORK/wrk.txt")
   printf '%-11s' "$name"
   # Counters the machine lacks read "<not supported>" and are left out.
-  awk -F, -v rps="$rps" '$1 ~ /^[0-9.]+$/ { n = $3; sub(/^syscalls:sys_enter_/, "", n); sub(/^raw_syscalls:sys_enter/, "syscalls", n);
+  awk -F, -v rps="$rps" '$1 ~ /^[0-9.]+$/ { n = $3; sub(/^syscalls:sys_enter_/, "", n); sub(/^raw_syscalls:sys_enter/, "syscalls", n); sub(/^sched:sched_wakeup/, "wake-ups", n);
     printf "  %s %.2f", n, $1 / (rps * 4) } END { print "" }' "$WORK/perf.txt"
 done
+if [ -n "${PROFILE:-}" ]; then
+  # A CPU profile of each proxy under the same load, with call stacks unwound from DWARF CFI
+  # (a release build keeps its unwind tables and symbols, and has no frame pointers), kernel
+  # symbols included; flame graphs if inferno is installed (cargo install inferno).
+  mkdir -p "$PROFILE"
+  for name in "${NAMES[@]}"; do
+    file=${name//#/}
+    taskset -c 1 wrk -t1 -c64 -d6s "http://127.0.0.1:${PORT[$name]}/" >"$WORK/wrk.txt" 2>&1 & w=$!
+    sleep 1
+    perf record -F 499 --call-graph dwarf,16384 -o "$PROFILE/$file.data" -p "${PID[$name]}" -- sleep 4 >/dev/null 2>&1
+    wait $w
+    perf report -i "$PROFILE/$file.data" --stdio --no-children --sort dso,symbol 2>/dev/null | grep -v '^#' | grep -v '^$' >"$PROFILE/$file.txt" || true
+    if command -v inferno-collapse-perf >/dev/null; then
+      perf script -i "$PROFILE/$file.data" 2>/dev/null | inferno-collapse-perf | \
+        inferno-flamegraph --title "$name ($([ "$name" = nginx ] && echo nginx || echo "${BINS[$name]}")): proxied GETs, wrk -c64" >"$PROFILE/$file.svg" || true
+    fi
+    echo "profile of $name: $PROFILE/$file.txt"
+  done
+  exit 0
+fi
 [ "${CALLGRIND:-0}" = 1 ] || exit 0
 command -v valgrind >/dev/null || { echo "bench/proxy-cost.sh: CALLGRIND=1 needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 echo "user-space instructions per request under callgrind (8 connections, 6 s after a 3 s warm-up):"
