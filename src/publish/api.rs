@@ -7,7 +7,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use super::message::{parse_batch, parse_publish};
+use super::message::{batch_from_json, parse_batch, parse_publish, publish_from_json};
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
 use crate::ops::Ops;
@@ -183,11 +183,11 @@ impl PublishApi {
         let done = match segments.as_slice() {
             ["publish"] => {
                 allow(&Method::POST)?;
-                return self.publish(self.read_json(req).await?).await;
+                return self.publish(&self.read_body(req).await?).await;
             }
             ["publish", "batch"] => {
                 allow(&Method::POST)?;
-                return self.publish_batch(self.read_json(req).await?).await;
+                return self.publish_batch(&self.read_body(req).await?).await;
             }
             ["users", id, "disconnect"] => {
                 allow(&Method::POST)?;
@@ -225,8 +225,12 @@ impl PublishApi {
     }
 
     /// `POST /publish`: one message.
-    async fn publish(&self, body: Value) -> Result<Answer, Failure> {
-        let msg = parse_publish(&body, "").map_err(|e| Failure::bad_request(e.to_string()))?;
+    async fn publish(&self, body: &[u8]) -> Result<Answer, Failure> {
+        let msg = match publish_from_json(body) {
+            Some(msg) => msg,
+            None => parse_publish(&json_value(body)?, "")
+                .map_err(|e| Failure::bad_request(e.to_string()))?,
+        };
         if let Some(refusal) = self.hub.refusal() {
             return Ok(Answer::Busy(refusal));
         }
@@ -239,9 +243,12 @@ impl PublishApi {
     }
 
     /// `POST /publish/batch`: up to `publish.max_batch` messages, in order.
-    async fn publish_batch(&self, body: Value) -> Result<Answer, Failure> {
-        let messages =
-            parse_batch(&body, self.max_batch).map_err(|e| Failure::bad_request(e.to_string()))?;
+    async fn publish_batch(&self, body: &[u8]) -> Result<Answer, Failure> {
+        let messages = match batch_from_json(body, self.max_batch) {
+            Some(messages) => messages,
+            None => parse_batch(&json_value(body)?, self.max_batch)
+                .map_err(|e| Failure::bad_request(e.to_string()))?,
+        };
         if let Some(refusal) = self.hub.refusal() {
             return Ok(Answer::Busy(refusal));
         }
@@ -277,7 +284,8 @@ impl PublishApi {
         serde_json::to_value(answer).map_err(|e| internal(e.to_string()))
     }
 
-    async fn read_json<B>(&self, req: Request<B>) -> Result<Value, Failure>
+    /// The request's body, within `publish.max_body_bytes` and `publish.body_timeout_ms`.
+    async fn read_body<B>(&self, req: Request<B>) -> Result<bytes::BytesMut, Failure>
     where
         B: http_body::Body<Data = bytes::Bytes> + Unpin,
         B::Error: Into<crate::body::BoxError>,
@@ -339,9 +347,14 @@ impl PublishApi {
         if bytes.is_empty() {
             return Err(Failure::bad_request("empty body: expected a JSON object"));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Failure::bad_request(format!("body is not valid JSON: {e}")))
+        Ok(bytes)
     }
+}
+
+/// The body as a JSON value, or a 400 that says where it is not JSON.
+fn json_value(body: &[u8]) -> Result<Value, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| Failure::bad_request(format!("body is not valid JSON: {e}")))
 }
 
 /// Compares without an early exit, so response timing says nothing about the token.
