@@ -8,15 +8,18 @@
 #    line tables; target/profiling/sockgate). sockgate is killed while the N sockets are
 #    still open, so the trace's "leaked" allocations are what N idle sockets hold; the rows
 #    are the allocation sites per socket (bench/heap-sites.py).
+# A/B of builds: BINS="/tmp/sockgate-a /tmp/sockgate-b /tmp/sockgate-a /tmp/sockgate-b"
+#    bench/socket-memory.sh N runs only step 1, once per listed binary (copies of
+#    target/release/sockgate from each build, listed alternately), in one sitting.
 # Needs heaptrack (apt-get install heaptrack). Bounded: loadgen stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 N=${1:-5000}
-command -v heaptrack >/dev/null || { echo "bench/socket-memory.sh needs heaptrack (apt-get install heaptrack)" >&2; exit 2; }
+[ -n "${BINS:-}" ] || command -v heaptrack >/dev/null || { echo "bench/socket-memory.sh needs heaptrack (apt-get install heaptrack)" >&2; exit 2; }
 [ -d tests/fixture/node_modules/socket.io-client ] || (cd tests/fixture && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --release --quiet -p sockgate -p loadgen
-cargo build --profile profiling --quiet -p sockgate
+[ -n "${BINS:-}" ] || cargo build --profile profiling --quiet -p sockgate
 TMP=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 APP=$(free_port); SG=$(free_port); SOCK=$TMP/publish.sock
@@ -35,7 +38,7 @@ run() {
     exec taskset -c 0 "$@" >>"$TMP/sockgate.log" 2>&1) &
   local wrapper=$!; PIDS+=("$wrapper")
   for _ in $(seq 300); do [ -S "$SOCK" ] && curl -so /dev/null "http://127.0.0.1:$SG/" && break; sleep 0.1; done
-  local pid; pid=$(pgrep -f "^$ROOT/target/[a-z]*/sockgate" | head -1)
+  local pid; pid=$(pgrep -f "^${PGREP:-$ROOT/target/[a-z]*/sockgate}" | head -1)
   taskset -c 1 target/release/loadgen sockets --addr "127.0.0.1:$SG" --publish-socket "$SOCK" \
     --server-pids "$pid" --levels "$N" --broadcasts 1 --rate-search 0 --mark-dir "$TMP/marks" \
     --out "$TMP/$label.json" 2>>"$TMP/loadgen.log" &
@@ -46,8 +49,16 @@ run() {
   wait "$loadgen" 2>/dev/null || true; wait "$wrapper" 2>/dev/null || true
 }
 
+rss() { python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["levels"][0]; print("RSS per idle authenticated socket, N = %d: %.2f KiB (%s)" % (l["n"], l["rss_per_socket_kib"], sys.argv[2]))' "$@"; }
+if [ -n "${BINS:-}" ]; then
+  i=0
+  for bin in $BINS; do
+    i=$((i + 1)); PGREP=$bin run "ab$i" "$bin"; rss "$TMP/ab$i.json" "$bin"
+  done
+  exit 0
+fi
 run release "$ROOT/target/release/sockgate"
-python3 -c 'import json,sys; l=json.load(open(sys.argv[1]))["levels"][0]; print("RSS per idle authenticated socket, N = %d: %.2f KiB (release build)" % (l["n"], l["rss_per_socket_kib"]))' "$TMP/release.json"
+rss "$TMP/release.json" "release build"
 
 run heap heaptrack -o "$TMP/trace" "$ROOT/target/profiling/sockgate"
 sleep 1

@@ -31,6 +31,7 @@ use super::membership::Membership;
 use super::recovery::{MAX_OFFSET_BYTES, Recovery, Shape, recover};
 use super::rooms::{RoomRules, offsets_room};
 use super::roster::{Member, Roster};
+use super::service::handshake_headers;
 use super::session::{Identity, log_id};
 use crate::config::Config;
 use crate::webhooks::Webhooks;
@@ -600,7 +601,7 @@ impl Channels {
     ) -> Result<bool, String> {
         let credentials = self
             .auth
-            .credentials(&socket.req_parts().headers)
+            .credentials(&handshake_headers(socket.req_parts()))
             .map_err(|e| e.to_string())?;
         let body = serde_json::to_vec(&serde_json::json!({ "room": room, "userId": user_id }))
             .map_err(|e| e.to_string())?;

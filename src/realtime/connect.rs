@@ -17,6 +17,7 @@ use super::history::{History, Journal, Since};
 use super::recovery::{AskedOffsets, Recovery, Shape, recover};
 use super::relay::Relay;
 use super::rooms::{connecting_room, recovery_room};
+use super::service::handshake_headers;
 use super::session::{self, Identity, log_id};
 use crate::metrics::{Metrics, Reject};
 use crate::webhooks::Webhooks;
@@ -197,7 +198,7 @@ async fn session_of<A: Adapter>(
         None => {
             let credentials = handlers
                 .auth
-                .credentials(&socket.req_parts().headers)
+                .credentials(&handshake_headers(socket.req_parts()))
                 .map_err(|_| Refused::Session(AuthError::Unauthorized))?;
             Ok(handlers.auth.authenticate(&credentials).await?)
         }

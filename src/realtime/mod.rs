@@ -63,9 +63,7 @@ use revalidation::Revalidation;
 pub use rooms::RoomRules;
 pub use roster::Member;
 use roster::Roster;
-use service::{
-    ENGINE_IO_HEADERS, Handshake, RealtimeService, erase, not_found, slow_consumer_closed,
-};
+use service::{Handshake, RealtimeService, erase, not_found, slow_consumer_closed};
 pub use session::{RECOVERY_FAILED, SOCKGATE_EVENTS};
 pub use session_route::Session;
 use socketioxide_redis::RedisAdapterCtr;
@@ -282,11 +280,7 @@ fn engine(config: &RealtimeConfig) -> SocketIoBuilder {
 /// What the service keeps of a handshake request: the headers the session check and
 /// Engine.IO read, whether binary frames are accepted, and what a full buffer does.
 fn handshake(config: &RealtimeConfig, auth: &SessionAuth, metrics: &Arc<Metrics>) -> Handshake {
-    let mut kept_headers: Vec<_> = auth
-        .read_headers()
-        .chain(ENGINE_IO_HEADERS)
-        .cloned()
-        .collect();
+    let mut kept_headers: Vec<_> = auth.read_headers().cloned().collect();
     kept_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     kept_headers.dedup();
     Handshake {

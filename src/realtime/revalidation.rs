@@ -10,6 +10,7 @@ use socketioxide::adapter::Adapter;
 
 use super::auth::{AuthError, SessionAuth};
 use super::channels::Channels;
+use super::service::handshake_headers;
 use super::session::{self, Identity, log_id};
 use crate::shutdown::Shutdown;
 
@@ -37,7 +38,7 @@ impl Revalidation {
             }
             let checks = io.local().sockets().into_iter().filter_map(|socket| {
                 let identity = socket.extensions.get::<Identity>()?;
-                let credentials = auth.credentials(&socket.req_parts().headers).ok()?;
+                let credentials = auth.credentials(&handshake_headers(socket.req_parts())).ok()?;
                 let auth = auth.clone();
                 let channels = self.channels.clone();
                 Some(async move {

@@ -44,8 +44,8 @@ pub(super) fn erase<A: Adapter>(
     BoxCloneSyncService::new(svc)
 }
 
-/// The headers a session keeps from its handshake: what the session check reads, and what
-/// Engine.IO reads from the request it is handed.
+/// The headers a session keeps from its handshake: what the session check reads (Engine.IO's
+/// own, [`ENGINE_IO_HEADERS`], are kept in any case).
 type KeptHeaders = Arc<[http::HeaderName]>;
 
 /// How a handshake request is prepared before Engine.IO keeps it for the session's life.
@@ -93,29 +93,58 @@ pub fn is_handshake<B>(req: &http::Request<B>) -> bool {
         .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("sid=")))
 }
 
+/// The headers a session keeps from its handshake for the checks made after it (the session
+/// at connect, a channel's authorization, revalidation: [`handshake_headers`]), copied into
+/// one small allocation: a `HeaderMap` of even 3 headers takes ≈ 0.7 KiB (room for 6 entries
+/// of 104 bytes and their index) for as long as the socket is open.
+#[derive(Clone, Debug)]
+pub(crate) struct KeptHead(Box<[(http::HeaderName, http::HeaderValue)]>);
+
+/// The headers a session kept from its handshake request ([`KeptHead`]), as a map built for
+/// the caller; a request that kept none (not prepared by [`Handshake`]) is read as it is.
+pub(crate) fn handshake_headers(parts: &http::request::Parts) -> http::HeaderMap {
+    let Some(KeptHead(kept)) = parts.extensions.get::<KeptHead>() else {
+        return parts.headers.clone();
+    };
+    let mut headers = http::HeaderMap::with_capacity(kept.len());
+    for (name, value) in kept.iter() {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
 /// A handshake with its URI and the headers that are read later copied into their own
 /// allocations. socketioxide keeps each session's handshake head for the session's life, and
 /// hyper's parsed headers are slices of the connection's 8 KiB read buffer: without the copy
 /// every idle socket would pin a whole read buffer, and with all the headers (a browser sends
-/// a dozen) it would keep ≈ 1 KiB nobody reads.
+/// a dozen) it would keep ≈ 1 KiB nobody reads. The request's own headers are only those
+/// Engine.IO reads ([`ENGINE_IO_HEADERS`]); the others are kept as a [`KeptHead`].
 fn detach_handshake_head<B>(req: http::Request<B>, kept: &[http::HeaderName]) -> http::Request<B> {
     if !is_handshake(&req) {
         return req;
     }
     let (mut parts, body) = req.into_parts();
-    let present = kept
+    let copy = |name: &http::HeaderName| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| http::HeaderValue::from_bytes(value.as_bytes()).ok())
+            .map(|value| (name.clone(), value))
+            .collect::<Vec<_>>()
+    };
+    let engine: Vec<_> = ENGINE_IO_HEADERS.into_iter().flat_map(copy).collect();
+    let head: Box<[_]> = kept
         .iter()
-        .map(|name| parts.headers.get_all(name).iter().count())
-        .sum();
-    let mut headers = http::HeaderMap::with_capacity(present);
-    for name in kept {
-        for value in parts.headers.get_all(name) {
-            if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
-                headers.append(name.clone(), value);
-            }
-        }
+        .filter(|name| !ENGINE_IO_HEADERS.contains(name))
+        .flat_map(copy)
+        .collect();
+    let mut headers = http::HeaderMap::with_capacity(engine.len());
+    for (name, value) in engine {
+        headers.append(name, value);
     }
     parts.headers = headers;
+    parts.extensions.insert(KeptHead(head));
     if let Ok(uri) = parts.uri.to_string().parse() {
         parts.uri = uri;
     }
@@ -145,14 +174,26 @@ mod tests {
             .map(http::HeaderName::from_static)
             .into();
         let req = detach_handshake_head(request("/socket.io/?EIO=4&transport=websocket"), &kept);
-        let headers = req.headers();
-        assert_eq!(headers.len(), 4, "{headers:?}");
+        assert_eq!(
+            req.headers().len(),
+            1,
+            "only what Engine.IO reads: {:?}",
+            req.headers()
+        );
+        assert_eq!(
+            req.headers()["sec-websocket-key"],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        let (parts, ()) = req.into_parts();
+        let headers = &handshake_headers(&parts);
+        assert_eq!(headers.len(), 3, "{headers:?}");
+        assert!(headers.get("sec-websocket-key").is_none());
         let cookies: Vec<_> = headers.get_all("cookie").iter().collect();
         assert_eq!(cookies, ["sid=a", "theme=dark"]);
         assert_eq!(headers["host"], "example.com");
         assert!(headers.get("user-agent").is_none());
         assert!(headers.get("accept-language").is_none());
-        assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=websocket");
+        assert_eq!(parts.uri, "/socket.io/?EIO=4&transport=websocket");
     }
 
     #[test]

@@ -82,14 +82,19 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     sid: Option<Sid>,
     req: Request<R>,
 ) -> Result<Response<ResponseBody<B>>, Error> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let req = Request::from_parts(parts.clone(), body);
 
     let ws_key = parts
         .headers
-        .get("Sec-WebSocket-Key")
-        .ok_or(Error::InvalidWebSocketKey)?
-        .clone();
+        .remove(http::header::SEC_WEBSOCKET_KEY)
+        .ok_or(Error::InvalidWebSocketKey)?;
+    // sockgate patch: the session keeps `parts` for its life, and the key is read only here:
+    // without it, a head whose other headers the server keeps elsewhere keeps no header map
+    // (a map of one header: ≈ 0.2 KiB per socket, the entry's 104 bytes, its index, the value).
+    if parts.headers.is_empty() {
+        parts.headers = http::HeaderMap::new();
+    }
 
     // sockgate patch: the upgrade and handshake run in their own boxed future, created outside
     // the task, so the task (which lives as long as the socket) holds neither the request nor
@@ -130,37 +135,47 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
             }
         }
     });
-    tokio::spawn(async move {
-        let res = match opening.await {
-            Ok(Some(Opened::Raw(socket, rx))) => {
-                read(&engine, socket, rx).await;
-                Ok(())
-            }
-            Ok(Some(Opened::Split(socket, rx))) => {
-                read(&engine, socket, rx).await;
-                Ok(())
-            }
-            Ok(None) => return,
-            Err(e) => Err(e),
-        };
-
-        match res {
-            Ok(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed")
-            }
-            Err(Error::MultipleWebsocketRequests) => {}
-            Err(_e) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed with error: {_e}");
-                if let Some(sid) = sid {
-                    engine.close_session(sid, DisconnectReason::TransportError);
-                }
-            }
-        }
-    });
+    tokio::spawn(reader_task(engine, sid, opening));
 
     Ok(ws_response(&ws_key))
+}
+
+/// The task that reads for the socket's whole life: the opening (boxed), then the reader loop.
+///
+/// sockgate patch: the opened session (its reading half's WebSocket stream, ≈ 370 B, inline)
+/// is kept in one place, here, and the reader loop borrows it. Moved from the `match` on the
+/// opening into `read` and from there into `forward_to_handler`, it had a slot in each of the
+/// three futures (rustc keeps a moved-from value's slot for as long as the await that follows):
+/// the task's future was 1,736 B, most of it three copies of the stream.
+async fn reader_task<H: EngineIoHandler, O>(
+    engine: Arc<EngineIo<H>>,
+    sid: Option<Sid>,
+    opening: Pin<Box<O>>,
+) where
+    O: std::future::Future<
+            Output = Result<Option<Opened<H::Data, TokioIo<hyper::upgrade::Upgraded>>>, Error>,
+        >,
+{
+    let mut opened = opening.await;
+    let (socket, close) = match &mut opened {
+        Ok(Some(Opened::Raw(socket, rx))) => (socket.clone(), read(&engine, socket, rx).await),
+        Ok(Some(Opened::Split(socket, rx))) => (socket.clone(), read(&engine, socket, rx).await),
+        Ok(None) | Err(Error::MultipleWebsocketRequests) => return,
+        Err(_e) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(?sid, "ws closed with error: {_e}");
+            if let Some(sid) = sid {
+                engine.close_session(sid, DisconnectReason::TransportError);
+            }
+            return;
+        }
+    };
+    drop(opened);
+    if let Some(reason) = close {
+        engine.close_session(socket.id, reason);
+    }
+    #[cfg(feature = "tracing")]
+    tracing::debug!(?sid, "ws closed");
 }
 
 /// Handle a websocket connection: open the session, then read packets until the connection
@@ -177,8 +192,12 @@ where
 {
     let (socket, ws, backlog) =
         Box::pin(open(engine.clone(), conn, protocol, sid, req_data)).await?;
-    let rx = start_split::<H, _>(&socket, ws, backlog);
-    read(&engine, socket, rx).await;
+    let mut rx = start_split::<H, _>(&socket, ws, backlog);
+    let close = read(&engine, &socket, &mut rx).await;
+    drop(rx);
+    if let Some(reason) = close {
+        engine.close_session(socket.id, reason);
+    }
     Ok(())
 }
 
@@ -283,15 +302,19 @@ where
 }
 
 /// Read packets from an opened websocket session until the connection or the session is closed.
+///
+/// sockgate patch: returns the reason to close the session with, which the caller does once
+/// it has dropped the reading half (as before, when this function consumed it).
 async fn read<H: EngineIoHandler, R>(
     engine: &Arc<EngineIo<H>>,
-    socket: Arc<Socket<H::Data>>,
-    rx: Reader<R>,
-) where
+    socket: &Arc<Socket<H::Data>>,
+    rx: &mut Reader<R>,
+) -> Option<DisconnectReason>
+where
     R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     // pipe between internal socket channel and websocket
-    match forward_to_handler(engine, rx, &socket)
+    match forward_to_handler(engine, rx, socket)
         .with_cancellation_token(&socket.cancellation_token)
         .await
     {
@@ -301,16 +324,17 @@ async fn read<H: EngineIoHandler, R>(
 
             #[cfg(feature = "tracing")]
             tracing::debug!("error when handling packet: {:?}", e);
-            engine.close_session(socket.id, reason);
+            Some(reason)
         }
         Some(Ok(())) => {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "ws transport was closed");
-            engine.close_session(socket.id, DisconnectReason::TransportClose);
+            Some(DisconnectReason::TransportClose)
         }
         None => {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "socket is closing");
+            None
         }
     }
 }
@@ -319,10 +343,10 @@ async fn read<H: EngineIoHandler, R>(
 async fn forward_to_handler<H: EngineIoHandler, R>(
     engine: &Arc<EngineIo<H>>,
     Reader {
-        mut rx,
+        rx,
         backlog,
         control,
-    }: Reader<R>,
+    }: &mut Reader<R>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
@@ -369,7 +393,7 @@ where
                 unread_pongs += PONG_HEADER_BYTES + ping.len();
                 // sockgate patch: the writer owns the write half (`ws_raw`): the pong goes
                 // through it, and what it has not taken yet counts too.
-                let queued = if control {
+                let queued = if *control {
                     backlog.control.pong(socket, &ping)
                 } else {
                     0
@@ -385,7 +409,7 @@ where
             Message::Close(close) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("websocket closed, closing session");
-                if control {
+                if *control {
                     backlog.control.close_reply(close.as_ref());
                 }
                 engine.close_session(socket.id, DisconnectReason::TransportClose);
@@ -968,5 +992,46 @@ mod tests {
             .await
             .expect("the writer should stop")
             .unwrap();
+    }
+
+    /// What the reader task keeps for the socket's life (its future), and its parts.
+    /// sockgate patch.
+    #[tokio::test]
+    async fn reader_task_size() {
+        let engine = Arc::new(EngineIo::new(Arc::new(StubHandler), EngineIoConfig::default()));
+        let opening = Box::pin(std::future::pending::<
+            Result<Option<Opened<(), TokioIo<hyper::upgrade::Upgraded>>>, Error>,
+        >());
+        let task = reader_task(engine.clone(), None, opening);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (_client, server) = tokio::join!(client, listener.accept());
+        let io = ws_raw::RawIo::new(ws_raw::RawTcp {
+            stream: server.unwrap().0,
+            read_buf: Bytes::new(),
+            keep: Box::new(()),
+        });
+        let backlog = Arc::new(Backlog::default());
+        let ws = WebSocketStream::from_raw_socket(Watched::new(io, backlog.clone()), Role::Server, None).await;
+        let rx = Reader { rx: ws, backlog, control: true };
+        let sizes = (
+            std::mem::size_of::<ws_raw::RawWs>(),
+            std::mem::size_of::<Reader<ws_raw::RawWs>>(),
+            std::mem::size_of::<Opened<(), TokioIo<hyper::upgrade::Upgraded>>>(),
+        );
+        let socket = socket();
+        let mut rx = rx;
+        let read = read(&engine, &socket, &mut rx);
+        eprintln!(
+            "reader task {} B; read {} B; RawWs {} B, Reader {} B, Opened {} B",
+            std::mem::size_of_val(&task),
+            std::mem::size_of_val(&read),
+            sizes.0, sizes.1, sizes.2
+        );
+        // The stream has one slot in the task's future, not one per future it goes through.
+        assert!(
+            std::mem::size_of_val(&task) < 2 * sizes.1,
+            "the reader task keeps its stream more than once"
+        );
     }
 }
