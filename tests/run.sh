@@ -60,6 +60,10 @@ echo "== cargo build"
 cargo build --quiet --workspace --bins
 echo "== cargo test"
 cargo test --quiet -- --test-threads="${SOCKGATE_TEST_THREADS:-4}"
+# The vendored crates sit outside the workspace, so `cargo test` above does not run their unit
+# tests: the engine patches' own tests (direct write, writer order, reader task size) run here.
+echo "== cargo test (vendored engineioxide and tungstenite patches)"
+cargo test --quiet -p engineioxide -p tungstenite --lib
 
 export SOCKGATE_BIN="$PWD/target/debug/sockgate"
 echo "== node --test (integration, client packages)"

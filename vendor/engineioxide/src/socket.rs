@@ -58,13 +58,17 @@ use std::{
     collections::VecDeque,
     fmt::Debug,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error};
+use crate::{
+    config::EngineIoConfig,
+    errors::Error,
+    transport::ws_raw::{Direct, DirectTo, RawOut},
+};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
@@ -204,8 +208,14 @@ impl From<&Error> for Option<DisconnectReason> {
 
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
+///
+/// sockgate patch (issue 32 stage 4, direct write): on a WebSocket whose writer owns the
+/// TCP write half, a permit writes its packet to the connection itself when nothing is
+/// queued or pending and the session is open (`transport::ws_raw::DirectTo`); what the
+/// kernel does not take is left to the writer. Otherwise it queues the packet, as before.
 pub struct Permit<'a> {
     inner: mpsc::Permit<'a, QueuedPackets>,
+    direct: Option<DirectTo<'a>>,
 }
 
 /// What the per-socket channel carries: one pointer per slot.
@@ -218,12 +228,24 @@ impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(Box::new(smallvec![Packet::Message(msg)]));
+        self.write_or_queue(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(Box::new(smallvec![Packet::Binary(data)]));
+        self.write_or_queue(smallvec![Packet::Binary(data)]);
+    }
+
+    /// Writes `packets` directly when it may (see [`Permit`]), queues them otherwise; when
+    /// the kernel took only part of them, a no-op packet in the permit's slot wakes the writer
+    /// for the rest. sockgate patch.
+    fn write_or_queue(self, packets: PacketBuf) {
+        let Permit { inner, direct } = self;
+        match direct.map(|direct| direct.write(&packets)) {
+            Some(Direct::Written) => {}
+            Some(Direct::Pending) => inner.send(Box::new(smallvec![Packet::Noop])),
+            Some(Direct::Queue) | None => inner.send(Box::new(packets)),
+        }
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -235,7 +257,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.write_or_queue(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -247,7 +269,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.write_or_queue(packets);
     }
 }
 
@@ -348,6 +370,10 @@ where
 
     /// If the client supports binary packets (via polling XHR2)
     pub(crate) supports_binary: bool,
+
+    /// The write side of a WebSocket whose writer owns the TCP write half, set when the
+    /// writer starts: senders write through it directly (see [`Permit`]). sockgate patch.
+    pub(crate) raw_out: OnceLock<Arc<RawOut>>,
 }
 
 impl<D> Socket<D>
@@ -386,6 +412,7 @@ where
             req_parts,
 
             supports_binary,
+            raw_out: OnceLock::new(),
         }
     }
 
@@ -580,7 +607,16 @@ where
                 self.closed_when_full(); // sockgate patch: see `CloseWhenFull`
             }
         })?;
-        Ok(Permit { inner: permit })
+        // sockgate patch: see `Permit`.
+        let direct = self.raw_out.get().map(|out| DirectTo {
+            out,
+            queue: &self.internal_tx,
+            closing: &self.cancellation_token,
+        });
+        Ok(Permit {
+            inner: permit,
+            direct,
+        })
     }
 
     /// Emits a message to the client.
@@ -845,6 +881,7 @@ where
             req_parts: http::Request::<()>::default().into_parts().0,
 
             supports_binary: true,
+            raw_out: OnceLock::new(),
         };
         let sock = Arc::new(sock);
 

@@ -18,7 +18,7 @@ use std::{
     cell::RefCell,
     io,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError},
     task::{Context, Poll},
 };
 
@@ -27,7 +27,7 @@ use engineioxide_core::{Packet, ProtocolVersion};
 use futures_util::StreamExt;
 use smallvec::smallvec;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -38,7 +38,7 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::protocol::{CloseFrame, frame::coding::CloseCode},
 };
-use tokio_util::future::FutureExt as _;
+use tokio_util::{future::FutureExt as _, sync::CancellationToken};
 
 use super::ws::{Backlog, Watched, in_time, volatile_packets};
 use crate::{
@@ -139,7 +139,8 @@ impl AsyncWrite for RawIo {
 pub(crate) type RawWs = WebSocketStream<Watched<RawIo>>;
 
 /// Takes the write half out of an opened raw WebSocket (whose handshake is written) and
-/// spawns the writer that owns it. `None` if it was taken already.
+/// spawns the writer that owns it; from then on the session's senders may write directly
+/// ([`Socket::reserve`]). `None` if it was taken already.
 pub(crate) fn start<H: EngineIoHandler>(
     socket: &Arc<Socket<H::Data>>,
     ws: &mut RawWs,
@@ -148,12 +149,10 @@ pub(crate) fn start<H: EngineIoHandler>(
     let conn = ws.get_mut();
     let wr = conn.io.wr.take()?;
     conn.backlog = None;
-    let writer = RawWriter {
-        wr: Some(wr),
-        pending: BytesMut::new(),
-        backlog: backlog.clone(),
-    };
-    tokio::spawn(forward_raw::<H>(socket.clone(), writer));
+    let out = Arc::new(RawOut::new(wr, backlog.clone(), socket.protocol));
+    // (A socket has one WebSocket: a second one is refused before it gets here.)
+    let _ = socket.raw_out.set(out.clone());
+    tokio::spawn(forward_raw::<H>(socket.clone(), RawWriter(out)));
     Some(())
 }
 
@@ -243,17 +242,17 @@ fn put_frame(buf: &mut BytesMut, opcode: u8, payload: &[u8]) {
 }
 
 /// Appends the frames of `packets` to `buf`, as the tungstenite writer sends them.
-fn put_packets(protocol: ProtocolVersion, packets: QueuedPackets, buf: &mut BytesMut) {
-    for packet in *packets {
+fn put_packets(protocol: ProtocolVersion, packets: &[Packet], buf: &mut BytesMut) {
+    for packet in packets {
         match packet {
             Packet::Binary(bin) | Packet::BinaryV3(bin) => {
                 if protocol == ProtocolVersion::V3 {
                     // v3 requires the packet type as the first byte.
                     put_header(buf, OP_BINARY, bin.len() + 1);
                     buf.put_u8(0x04);
-                    buf.extend_from_slice(&bin);
+                    buf.extend_from_slice(bin);
                 } else {
-                    put_frame(buf, OP_BINARY, &bin);
+                    put_frame(buf, OP_BINARY, bin);
                 }
             }
             // The last no-op of an upgrade from polling, or a wake-up for control frames.
@@ -263,7 +262,7 @@ fn put_packets(protocol: ProtocolVersion, packets: QueuedPackets, buf: &mut Byte
                 buf.put_u8(b'4');
                 buf.extend_from_slice(msg.as_bytes());
             }
-            packet => put_frame(buf, OP_TEXT, String::from(packet).as_bytes()),
+            packet => put_frame(buf, OP_TEXT, String::from(packet.clone()).as_bytes()),
         }
     }
 }
@@ -294,51 +293,128 @@ fn with_frames(f: impl FnOnce(&mut BytesMut)) {
     }
 }
 
-/// The write half of a raw WebSocket and what the connection has not taken of it.
-pub(crate) struct RawWriter {
+/// The write side of a raw WebSocket, shared by its writer and the session's senders: the
+/// write half and what the connection has not taken of it, behind one lock.
+///
+/// sockgate patch (issue 32 stage 4, direct write): whoever holds the lock owns the write
+/// side. The writer holds it from taking a batch off the queue to handing it to the kernel,
+/// so a packet taken off the queue is never overtaken; a sender writes a packet itself
+/// ([`DirectTo::write`]) only when it gets the lock at once, nothing is queued or pending
+/// and the session is open.
+pub(crate) struct RawOut {
+    state: Mutex<RawState>,
+    backlog: Arc<Backlog>,
+    protocol: ProtocolVersion,
+}
+
+struct RawState {
     wr: Option<OwnedWriteHalf>,
     /// Frames the connection has not taken: empty (no allocation) while the client reads.
     pending: BytesMut,
-    backlog: Arc<Backlog>,
+    /// The writer holds the session's queue and is not closing: senders may write directly.
+    open: bool,
 }
 
-impl RawWriter {
+impl RawOut {
+    fn new(wr: OwnedWriteHalf, backlog: Arc<Backlog>, protocol: ProtocolVersion) -> Self {
+        Self {
+            state: Mutex::new(RawState {
+                wr: Some(wr),
+                pending: BytesMut::new(),
+                open: false,
+            }),
+            backlog,
+            protocol,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RawState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer holds the queue: from now on senders may write directly.
+    fn open(&self) {
+        self.lock().open = true;
+    }
+
+    /// Takes the next batch off the queue and writes it, with whatever else is queued, without
+    /// letting go of the write side in between. `Ready(false)` when the queue is closed.
+    fn pop_and_write(&self, cx: &mut Context<'_>, rx: &mut mpsc::Receiver<QueuedPackets>) -> Poll<bool> {
+        let mut state = self.lock();
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(packets)) => {
+                self.send(&mut state, Some(packets), Some(rx), false);
+                Poll::Ready(true)
+            }
+            Poll::Ready(None) => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes `packets` (volatile ones, or none when `closing`) and the control frames.
+    fn write(&self, packets: Option<QueuedPackets>, closing: bool) {
+        self.send(&mut self.lock(), packets, None, closing);
+    }
+
     /// Writes the frames of `packets`, of whatever else is queued (`more`) and the control
-    /// frames, in one write if the connection takes them; keeps the rest in `pending`.
+    /// frames, in one write if the connection takes them; keeps the rest pending. A closing
+    /// session's writer ends with a close frame, and no sender writes directly after it.
     fn send(
-        &mut self,
-        protocol: ProtocolVersion,
+        &self,
+        state: &mut RawState,
         packets: Option<QueuedPackets>,
         more: Option<&mut mpsc::Receiver<QueuedPackets>>,
         closing: bool,
     ) {
         with_frames(|frames| {
-            self.build(protocol, packets, more, closing, frames);
-            self.write_now(frames);
+            if let Some(packets) = packets {
+                put_packets(self.protocol, &packets, frames);
+            }
+            if let Some(rx) = more {
+                while let Ok(packets) = rx.try_recv() {
+                    put_packets(self.protocol, &packets, frames);
+                }
+            }
+            if closing {
+                state.open = false;
+            }
+            self.backlog.control.take_into(frames, closing);
+            state.write_now(frames, &self.backlog);
         });
     }
 
-    fn build(
-        &self,
-        protocol: ProtocolVersion,
-        packets: Option<QueuedPackets>,
-        more: Option<&mut mpsc::Receiver<QueuedPackets>>,
-        closing: bool,
-        frames: &mut BytesMut,
-    ) {
-        if let Some(packets) = packets {
-            put_packets(protocol, packets, frames);
-        }
-        if let Some(rx) = more {
-            while let Ok(packets) = rx.try_recv() {
-                put_packets(protocol, packets, frames);
+    /// Waits until the connection has taken every pending frame.
+    async fn write_pending(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            let RawState { wr, pending, .. } = &mut *state;
+            if pending.is_empty() {
+                return Poll::Ready(());
             }
-        }
-        self.backlog.control.take_into(frames, closing);
+            while let (false, Some(wr)) = (pending.is_empty(), wr.as_mut()) {
+                match Pin::new(wr).poll_write(cx, pending) {
+                    Poll::Ready(Ok(n)) if n > 0 => pending.advance(n),
+                    Poll::Pending => return Poll::Pending,
+                    // Dropped: the reader sees the broken connection and closes the session.
+                    _e => {
+                        #[cfg(feature = "tracing")]
+                        tracing::debug!("ws write error: {_e:?}");
+                        break;
+                    }
+                }
+            }
+            // A client that was slow once does not keep its backlog's allocation.
+            *pending = BytesMut::new();
+            self.backlog.set_left(0);
+            Poll::Ready(())
+        })
+        .await
     }
+}
 
+impl RawState {
     /// A non-blocking write of `frames`, after whatever is pending.
-    fn write_now(&mut self, frames: &[u8]) {
+    fn write_now(&mut self, frames: &[u8], backlog: &Backlog) {
         if frames.is_empty() {
             return;
         }
@@ -360,39 +436,75 @@ impl RawWriter {
         if written < frames.len() {
             self.pending.extend_from_slice(&frames[written..]);
         }
-        self.backlog.set_left(self.pending.len());
-    }
-
-    /// Waits until the connection has taken every pending frame.
-    async fn write_pending(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        if let Some(wr) = self.wr.as_mut() {
-            if let Err(_e) = wr.write_all(&self.pending).await {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("ws write error: {_e}");
-            }
-        }
-        // A client that was slow once does not keep its backlog's allocation.
-        self.pending = BytesMut::new();
-        self.backlog.set_left(0);
+        backlog.set_left(self.pending.len());
     }
 }
 
+/// What a sender needs to write a session's packet itself: its [`RawOut`], and its queue and
+/// cancellation to check that nothing is queued and the session is not closing. sockgate patch.
+pub(crate) struct DirectTo<'a> {
+    pub(crate) out: &'a RawOut,
+    pub(crate) queue: &'a mpsc::Sender<QueuedPackets>,
+    pub(crate) closing: &'a CancellationToken,
+}
+
+/// What became of a packet given to [`DirectTo::write`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Direct {
+    /// The connection took it.
+    Written,
+    /// The connection took part of it or none: the rest is pending, the writer must be woken.
+    Pending,
+    /// Not written: it goes through the queue.
+    Queue,
+}
+
+impl DirectTo<'_> {
+    /// Writes `packets` now if the write side is free, nothing is queued (the caller holds a
+    /// slot of the queue: that one only) or pending and the session is open.
+    pub(crate) fn write(&self, packets: &[Packet]) -> Direct {
+        let mut state = match self.out.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::Poisoned(state)) => state.into_inner(),
+            Err(TryLockError::WouldBlock) => return Direct::Queue,
+        };
+        if !state.open
+            || !state.pending.is_empty()
+            || self.queue.capacity() + 1 != self.queue.max_capacity()
+            || self.closing.is_cancelled()
+        {
+            return Direct::Queue;
+        }
+        with_frames(|frames| {
+            put_packets(self.out.protocol, packets, frames);
+            state.write_now(frames, &self.out.backlog);
+        });
+        match state.pending.is_empty() {
+            true => Direct::Written,
+            false => Direct::Pending,
+        }
+    }
+}
+
+/// The writer's hold on its [`RawOut`]: when the writer stops, senders stop writing directly
+/// and the write half is let go of.
+struct RawWriter(Arc<RawOut>);
+
 impl Drop for RawWriter {
     fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.open = false;
         // Dropping the write half would shut the stream's writing down at once; the stream
         // closes when the reader drops its half, as with the split tungstenite stream.
-        if let Some(wr) = self.wr.take() {
+        if let Some(wr) = state.wr.take() {
             wr.forget();
         }
     }
 }
 
 /// The raw counterpart of `ws::forward_to_socket`: the same queue, order, batching and
-/// close grace, frames written by [`RawWriter`].
-async fn forward_raw<H: EngineIoHandler>(socket: Arc<Socket<H::Data>>, mut out: RawWriter) {
+/// close grace, frames written through [`RawOut`].
+async fn forward_raw<H: EngineIoHandler>(socket: Arc<Socket<H::Data>>, out: RawWriter) {
     // A polling request that was in progress during the upgrade may still hold the lock.
     let Some(mut internal_rx) = socket
         .internal_rx
@@ -407,7 +519,8 @@ async fn forward_raw<H: EngineIoHandler>(socket: Arc<Socket<H::Data>>, mut out: 
         volatile_rx,
         ..
     } = &mut *internal_rx;
-    let protocol = socket.protocol;
+    let out = &*out.0;
+    out.open();
     let cancelled = socket.cancellation_token.cancelled();
     tokio::pin!(cancelled);
     let volatile = volatile_packets(volatile_rx);
@@ -415,25 +528,28 @@ async fn forward_raw<H: EngineIoHandler>(socket: Arc<Socket<H::Data>>, mut out: 
     let mut give_up_at = None;
 
     loop {
-        let (packets, buffered) = tokio::select! {
+        tokio::select! {
             biased;
-            items = buffered_rx.recv() => match items {
-                Some(packets) => (packets, true),
-                None => break,
-            },
+            open = std::future::poll_fn(|cx| out.pop_and_write(cx, buffered_rx)) => {
+                if !open {
+                    break;
+                }
+            }
             () = &mut cancelled => break,
-            Some(packets) = volatile.next() => (packets, false),
-        };
-        let more = buffered.then_some(&mut *buffered_rx);
-        out.send(protocol, Some(packets), more, false);
+            Some(packets) = volatile.next() => out.write(Some(packets), false),
+        }
         if !in_time(&socket, cancelled.as_mut(), &mut give_up_at, out.write_pending()).await {
             return;
         }
     }
 
-    out.send(protocol, None, None, true);
+    out.write(None, true);
     in_time(&socket, cancelled, &mut give_up_at, out.write_pending()).await;
 }
+
+#[cfg(test)]
+#[path = "ws_raw_direct_tests.rs"]
+mod direct_tests;
 
 #[cfg(test)]
 mod tests {
@@ -463,7 +579,7 @@ mod tests {
         fn on_binary(self: &Arc<Self>, _: Bytes, _: Arc<Socket<()>>) {}
     }
 
-    fn socket(protocol: ProtocolVersion) -> Arc<Socket<()>> {
+    pub(super) fn socket(protocol: ProtocolVersion) -> Arc<Socket<()>> {
         Arc::new(Socket::new(
             protocol,
             TransportType::Websocket,
@@ -482,7 +598,7 @@ mod tests {
     }
 
     /// A raw server whose writer is started, and a tungstenite client of it.
-    async fn raw_pair(
+    pub(super) async fn raw_pair(
         socket: &Arc<Socket<()>>,
     ) -> (RawWs, Arc<Backlog>, WebSocketStream<TcpStream>) {
         let (server, client) = tcp_pair().await;
@@ -500,7 +616,7 @@ mod tests {
         (ws, backlog, client)
     }
 
-    async fn next(client: &mut WebSocketStream<TcpStream>) -> Message {
+    pub(super) async fn next(client: &mut WebSocketStream<TcpStream>) -> Message {
         tokio::time::timeout(TIMEOUT, client.next())
             .await
             .expect("a frame in time")
