@@ -8,12 +8,6 @@ use clap::Parser;
 use sockgate::config::{Config, LogFormat, Overrides, Runtime};
 use sockgate::shutdown::{Shutdown, termination_signal};
 
-/// mimalloc instead of glibc's malloc: the realtime paths allocate many small, short-lived
-/// buffers (BENCHMARKS.md, issue 33 stage 3, "the allocator").
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// sockgate fronts your Node app: it answers Socket.IO itself under /socket.io/, proxies every
 /// other request to the app, and lets the app publish to users over a Unix socket.
 ///
