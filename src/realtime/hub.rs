@@ -13,7 +13,7 @@ use super::delivery::{HubError, emit_locally, full_count};
 use super::figures::{Coverage, HubStats, Presence, RoomInfo};
 use super::history::Journal;
 use super::outage::Outages;
-use super::payload::Payload;
+use super::payload::{OffsetMeta, Payload};
 use super::relay::Relay;
 use super::relayed::Relayed;
 use super::rooms::{
@@ -366,7 +366,10 @@ impl Hub {
                 // Two broadcasts, each encoded once: the plain one skips the sockets that get
                 // offsets (in the room's offsets room too).
                 let recovering = companions.with_offset.clone();
-                let meta = serde_json::json!({ "offset": offset, "room": room });
+                let meta = OffsetMeta {
+                    offset: &offset,
+                    room,
+                };
                 let plain = self
                     .deliver(Some(room.to_owned()), Some(recovering.clone()), event, data)
                     .await?;

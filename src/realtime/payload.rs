@@ -92,6 +92,15 @@ impl serde::Serialize for Payload {
     }
 }
 
+/// What follows a kept message's data for the sockets that track offsets,
+/// `{"offset":…,"room":…}`: encodes as the `json!` map it replaces did (keys in this order, in
+/// JSON and in msgpack), without building a map of owned strings per message.
+#[derive(Debug, serde::Serialize)]
+pub struct OffsetMeta<'a> {
+    pub offset: &'a str,
+    pub room: &'a str,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +128,18 @@ mod tests {
         assert_eq!(
             payload.json(),
             r#"{"z":1,"a":[1.5,"é\n",null,{"k":true}],"big":18446744073709551615}"#
+        );
+        let borrowed = OffsetMeta {
+            offset: "o-1",
+            room: "r",
+        };
+        assert_eq!(
+            serde_json::to_string(&(&payload, &borrowed)).unwrap(),
+            serde_json::to_string(&(&value, &meta)).unwrap()
+        );
+        assert_eq!(
+            rmp_serde::to_vec_named(&(&payload, &borrowed)).unwrap(),
+            rmp_serde::to_vec_named(&(&value, &meta)).unwrap()
         );
         assert_eq!(Payload::from_json(payload.json().to_owned()), Some(payload));
         assert_eq!(Payload::from_json("{".into()), None);

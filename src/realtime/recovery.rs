@@ -10,6 +10,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
 use super::history::{Head, History, Journal, Replay, Since};
+use super::payload::OffsetMeta;
 use super::relay::{Reached, Relay};
 use super::session::{self, RECOVERY_FAILED, log_id};
 use crate::metrics::Metrics;
@@ -236,7 +237,10 @@ async fn replay<A: Adapter>(
                 let sent = match shape {
                     Shape::Plain => emit_waiting(socket, &entry.event, &entry.data, deadline).await,
                     Shape::WithOffset => {
-                        let meta = serde_json::json!({ "offset": entry.offset, "room": room });
+                        let meta = OffsetMeta {
+                            offset: &entry.offset,
+                            room,
+                        };
                         emit_waiting(socket, &entry.event, &(&entry.data, meta), deadline).await
                     }
                 };

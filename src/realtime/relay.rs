@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
@@ -39,7 +40,7 @@ use super::backpressure::{Backpressure, Refusal};
 use super::history::{
     Appended, Entry, Head, Journal, RedisHistory, RelayAs, Replay, STRIPES, Since,
 };
-use super::payload::Payload;
+use super::payload::{OffsetMeta, Payload};
 use super::relayed::Relayed;
 use super::relayed::{echo_prefix, header_maker};
 use super::rooms::{Companions, companions};
@@ -251,7 +252,9 @@ impl Relay {
         // The group's numbers, in its order: the ones kept are its first.
         let first = self.backpressure.number(messages.len());
         let next = AtomicU64::new(first);
-        let header = |event: &str| make(event, next.fetch_add(1, Ordering::Relaxed) + 1);
+        let header = |event: &str, out: &mut BytesMut| {
+            make(event, next.fetch_add(1, Ordering::Relaxed) + 1, out);
+        };
         let one_message = self.everyone_reads_batches.load(Ordering::Acquire);
         let kept = self
             .history
@@ -372,7 +375,13 @@ impl Relay {
     ) -> (usize, usize) {
         let skipped: Vec<Sid> = {
             let mut positions = self.positions();
-            let position = positions.entry(room.to_owned()).or_default();
+            // Looked up first: a room's name is copied only the first time.
+            if !positions.contains_key(room) {
+                positions.insert(room.to_owned(), Position::default());
+            }
+            let Some(position) = positions.get_mut(room) else {
+                return (0, 0); // just inserted
+            };
             position.last = Some(at.clone());
             let skipped = position
                 .skips
@@ -389,7 +398,10 @@ impl Relay {
         let recovering = companions.with_offset.clone();
         let with_offset: Vec<_> = io.local().to(recovering.clone()).sockets();
         let plain: Vec<_> = io.local().to(room.to_owned()).except(recovering).sockets();
-        let meta = serde_json::json!({ "offset": entry.offset, "room": room });
+        let meta = OffsetMeta {
+            offset: &entry.offset,
+            room,
+        };
         let payload = (&entry.data, meta);
         let mut targeted = 0;
         let mut dropped = 0;
@@ -601,7 +613,7 @@ fn has_sockets(io: &SocketIo<ClusterAdapter>, room: &str, companions: &Companion
     let rooms: Vec<String> = std::iter::once(room.to_owned())
         .chain(companions.waiting.clone())
         .collect();
-    !io.local().to(rooms).sockets().is_empty()
+    io.local().to(rooms).count() > 0
 }
 
 fn entry_id(id: StreamId) -> String {

@@ -5,26 +5,36 @@
 //! length. An instance tells its own messages coming back by their first bytes
 //! ([`echo_prefix`]), before parsing them: every entry of a message is one instance's.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::sync::Arc;
+
+use bytes::BytesMut;
 
 use super::history::Appended;
 use super::payload::Payload;
 
-/// What an instance tells the others about an entry (the header before the data).
+/// What an instance tells the others about an entry (the header before the data). Its texts
+/// borrow from the message where they need no unescaping: each is copied once, into the entry.
 #[derive(serde::Deserialize)]
-struct Header {
+struct Header<'a> {
     /// The publishing instance.
-    o: String,
+    #[serde(borrow)]
+    o: Cow<'a, str>,
     /// The room.
-    r: String,
+    #[serde(borrow)]
+    r: Cow<'a, str>,
     /// The event.
-    e: String,
+    #[serde(borrow)]
+    e: Cow<'a, str>,
     /// Deliver it (else: it went through the adapter, only its place is news).
     l: bool,
-    g: String,
-    i: String,
-    p: String,
+    #[serde(borrow)]
+    g: Cow<'a, str>,
+    #[serde(borrow)]
+    i: Cow<'a, str>,
+    #[serde(borrow)]
+    p: Cow<'a, str>,
     /// The data's length in bytes, when more entries may follow it in the message.
     n: Option<usize>,
     /// The entry's number among the entries its instance relayed (from 1): how far another
@@ -57,12 +67,12 @@ impl Relayed {
 
     /// Reads a message from [`super::relay::CHANNEL`]: its entries, in order, each with the instance that
     /// published it; `None` if it is not one sockgate wrote (then none of it is delivered).
-    pub fn parse(bytes: &[u8]) -> Option<Vec<(String, Relayed)>> {
+    pub fn parse(bytes: &[u8]) -> Option<Vec<(Cow<'_, str>, Relayed)>> {
         let mut rest = std::str::from_utf8(bytes).ok()?;
         let mut entries = Vec::new();
         while !rest.is_empty() {
             let (header, after) = rest.split_once('\n')?;
-            let h: Header = serde_json::from_str(header).ok()?;
+            let h: Header<'_> = serde_json::from_str(header).ok()?;
             // Without a length (an older sockgate's), the data is the rest of the message.
             let (data, next) = match h.n {
                 Some(n) => (after.get(..n)?, after.get(n..)?),
@@ -73,13 +83,13 @@ impl Relayed {
             entries.push((
                 h.o,
                 Relayed {
-                    room: h.r,
+                    room: h.r.into_owned(),
                     kept: Appended {
-                        epoch: h.g,
-                        id: h.i,
-                        prev: h.p,
+                        epoch: h.g.into_owned(),
+                        id: h.i.into_owned(),
+                        prev: h.p.into_owned(),
                     },
-                    event: h.e.into(),
+                    event: Arc::from(&*h.e),
                     data,
                     deliver: h.l,
                     seq: h.s,
@@ -90,15 +100,15 @@ impl Relayed {
     }
 }
 
-/// The start of an entry's relay header from its event and number,
-/// `{"o":…,"r":…,"e":…,"l":…,"s":…`, the origin first ([`echo_prefix`]), written straight (no
-/// JSON tree per message); the append script completes the object with the entry's place. An
-/// older sockgate ignores `s`.
+/// Writes the start of an entry's relay header from its event and number,
+/// `{"o":…,"r":…,"e":…,"l":…,"s":…`, the origin first ([`echo_prefix`]), straight into the
+/// append call's text (no JSON tree, no `String` per message); the append script completes the
+/// object with the entry's place. An older sockgate ignores `s`.
 pub fn header_maker(
     echo_prefix: &str,
     room: &str,
     deliver: bool,
-) -> impl Fn(&str, u64) -> String + Sync {
+) -> impl Fn(&str, u64, &mut BytesMut) + Sync {
     let mut start = echo_prefix.to_owned();
     start.push_str("\"r\":");
     push_json_str(&mut start, room);
@@ -108,14 +118,13 @@ pub fn header_maker(
     } else {
         ",\"l\":false,\"s\":"
     };
-    move |event: &str, seq: u64| {
-        let mut header = String::with_capacity(start.len() + event.len() + 2 + end.len() + 20);
-        header.push_str(&start);
-        push_json_str(&mut header, event);
-        header.push_str(end);
-        // Infallible on a String.
-        let _ = write!(header, "{seq}");
-        header
+    move |event: &str, seq: u64, out: &mut BytesMut| {
+        out.reserve(start.len() + event.len() + 2 + end.len() + 20);
+        out.extend_from_slice(start.as_bytes());
+        push_json_str(out, event);
+        out.extend_from_slice(end.as_bytes());
+        // Infallible on a BytesMut.
+        let _ = write!(out, "{seq}");
     }
 }
 
@@ -128,16 +137,14 @@ pub fn echo_prefix(origin: &str) -> String {
 }
 
 /// Appends `text` as a JSON string, as serde_json writes it.
-fn push_json_str(out: &mut String, text: &str) {
+fn push_json_str(out: &mut impl Write, text: &str) {
     let plain = text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
-    if plain {
-        out.push('"');
-        out.push_str(text);
-        out.push('"');
+    // Infallible on a String or a BytesMut.
+    let _ = if plain {
+        write!(out, "\"{text}\"")
     } else {
-        // Infallible for a string.
-        out.push_str(&serde_json::Value::from(text).to_string());
-    }
+        out.write_str(&serde_json::Value::from(text).to_string())
+    };
 }
 
 #[cfg(test)]
@@ -187,6 +194,13 @@ mod tests {
         assert!(Relayed::parse(&message.as_bytes()[..message.len() - 1]).is_none());
     }
 
+    /// A header as [`header_maker`] writes it (number 7), after other text.
+    fn header(origin: &str, room: &str, deliver: bool, event: &str) -> String {
+        let mut out = BytesMut::from(&b"before"[..]);
+        header_maker(&echo_prefix(origin), room, deliver)(event, 7, &mut out);
+        String::from_utf8(out[6..].to_vec()).expect("utf-8")
+    }
+
     /// The header is what the `json!` tree it replaces wrote (keys in this order), and an
     /// instance's own messages, and only those, start with its echo prefix.
     #[test]
@@ -200,7 +214,7 @@ mod tests {
             let tree =
                 serde_json::json!({ "o": origin, "r": room, "e": event, "l": deliver, "s": 7 });
             let tree = tree.to_string();
-            let made = header_maker(&echo_prefix(origin), room, deliver)(event, 7);
+            let made = header(origin, room, deliver, event);
             assert_eq!(made, tree.strip_suffix('}').unwrap_or(&tree));
             let message = format!("{made},\"g\":\"0f\",\"i\":\"1-0\",\"p\":\"\",\"n\":1}}\n1");
             let entries = Relayed::parse(message.as_bytes()).expect("parses");
@@ -208,10 +222,8 @@ mod tests {
             assert_eq!(entries[0].1.seq, Some(7));
             assert!(message.starts_with(&echo_prefix(origin)));
         }
-        let mine = header_maker(&echo_prefix("a"), "user:a", true)("e", 1);
+        let mine = header("a", "user:a", true, "e");
         assert!(!mine.starts_with(&echo_prefix("ab")));
-        assert!(
-            !header_maker(&echo_prefix("ab"), "r", true)("e", 1).starts_with(&echo_prefix("a"))
-        );
+        assert!(!header("ab", "r", true, "e").starts_with(&echo_prefix("a")));
     }
 }

@@ -12,13 +12,16 @@
 
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use fred::clients::Client as RedisClient;
 use fred::interfaces::ClientLike;
 use fred::types::scripts::Script;
+use fred::types::{Key, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::offsets::Appended;
 use crate::cluster::PubSub;
+use crate::realtime::payload::Payload;
 
 /// Messages in one call at most (a room's group is never split: the caller sends bigger
 /// groups in pieces): bounds how long one script holds Redis, a few µs per message.
@@ -118,14 +121,18 @@ static APPEND: LazyLock<Script> = LazyLock::new(|| Script::from_lua(APPEND_SCRIP
 static APPEND_PLAIN: LazyLock<Script> =
     LazyLock::new(|| Script::from_lua(APPEND_SCRIPT.replace("'SPUBLISH'", "'PUBLISH'")));
 
-/// One room's messages to keep, in order.
+/// One room's messages to keep, in order. Its short texts (keys, generation, count, events,
+/// relay headers) are slices of one buffer: one allocation per group, and
+/// the argument vector's clones (fred clones it for the `NOSCRIPT` retry) share it.
 pub struct Group {
     /// The room's stream and meta keys (one hash slot).
-    pub keys: [String; 2],
+    pub keys: [Bytes; 2],
     /// The generation to start if the stream needs a new one.
-    pub new_epoch: String,
+    pub new_epoch: Bytes,
     /// Start a new generation whatever the stream holds.
     pub retire: bool,
+    /// The number of messages, as text.
+    pub count: Bytes,
     /// The channel the messages' entries are published on, and whether every instance reads
     /// several entries in one message there.
     pub relay: Option<(&'static str, bool)>,
@@ -133,10 +140,22 @@ pub struct Group {
 }
 
 pub struct Message {
-    pub event: String,
-    pub data: String,
-    /// The start of the entry's relay header, "" when not relayed.
-    pub header: String,
+    pub event: Bytes,
+    /// The data's JSON text, shared with the published payload (not copied).
+    pub data: Bytes,
+    /// The start of the entry's relay header, empty when not relayed.
+    pub header: Bytes,
+}
+
+/// A payload's JSON text as a `Bytes` argument, without copying it.
+pub fn payload_bytes(payload: &Payload) -> Bytes {
+    struct Text(Payload);
+    impl AsRef<[u8]> for Text {
+        fn as_ref(&self) -> &[u8] {
+            self.0.json().as_bytes()
+        }
+    }
+    Bytes::from_owner(Text(payload.clone()))
 }
 
 /// What became of a group: the places of the messages kept (the first ones, in order), and
@@ -184,12 +203,8 @@ impl Appender {
             (PubSub::Sharded, false) => &*APPEND,
             _ => &*APPEND_PLAIN,
         };
-        tokio::spawn(run(
-            client,
-            script,
-            [max_messages.to_string(), ttl_ms.to_string()],
-            waiting,
-        ));
+        let bounds = [max_messages.to_string(), ttl_ms.to_string()].map(Bytes::from);
+        tokio::spawn(run(client, script, bounds, waiting));
         Self { queue }
     }
 
@@ -204,7 +219,7 @@ impl Appender {
 }
 
 /// The stream's length and lifetime, the script's first arguments.
-type Bounds = [String; 2];
+type Bounds = [Bytes; 2];
 
 async fn run(
     client: RedisClient,
@@ -238,7 +253,7 @@ fn calls<T>(clustered: bool, groups: impl Iterator<Item = (Group, T)>) -> Vec<Ve
     for pending in groups {
         let group = &pending.0;
         let slot = match clustered {
-            true => fred::util::redis_keyslot(group.keys[0].as_bytes()),
+            true => fred::util::redis_keyslot(&group.keys[0]),
             false => 0,
         };
         let key = (slot, group.relay);
@@ -264,22 +279,28 @@ fn calls<T>(clustered: bool, groups: impl Iterator<Item = (Group, T)>) -> Vec<Ve
 
 async fn send(client: RedisClient, script: &Script, bounds: Bounds, call: Vec<Pending>) {
     let (channel, one_message) = call[0].0.relay.unwrap_or(("", false));
-    let mut keys = Vec::with_capacity(2 * call.len());
+    let mut keys: Vec<Key> = Vec::with_capacity(2 * call.len());
     let [max_len, ttl_ms] = bounds;
-    let mut args = vec![max_len, ttl_ms, channel.to_owned(), flag(one_message)];
+    let size: usize = call.iter().map(|(g, _)| 3 + 3 * g.messages.len()).sum();
+    let mut args: Vec<Value> = Vec::with_capacity(4 + size);
+    args.extend(
+        [
+            max_len,
+            ttl_ms,
+            Bytes::from_static(channel.as_bytes()),
+            flag(one_message),
+        ]
+        .map(Value::Bytes),
+    );
     let mut replies = Vec::with_capacity(call.len());
     for (group, reply) in call {
         let sent = group.messages.len() as u64;
         let [stream, meta] = group.keys;
-        keys.push(stream);
-        keys.push(meta);
-        args.extend([
-            group.new_epoch,
-            flag(group.retire),
-            group.messages.len().to_string(),
-        ]);
+        keys.push(stream.into());
+        keys.push(meta.into());
+        args.extend([group.new_epoch, flag(group.retire), group.count].map(Value::Bytes));
         for message in group.messages {
-            args.extend([message.event, message.data, message.header]);
+            args.extend([message.event, message.data, message.header].map(Value::Bytes));
         }
         replies.push((reply, sent));
     }
@@ -302,8 +323,8 @@ async fn send(client: RedisClient, script: &Script, bounds: Bounds, call: Vec<Pe
     }
 }
 
-fn flag(on: bool) -> String {
-    if on { "1" } else { "0" }.to_owned()
+fn flag(on: bool) -> Bytes {
+    Bytes::from_static(if on { b"1" } else { b"0" })
 }
 
 /// One group's part of the script's answer, for a group of `sent` messages.
@@ -330,14 +351,15 @@ mod tests {
     fn group((at, (room, size)): (usize, (&str, usize))) -> (Group, usize) {
         let stream = format!("sockgate:history:{{{room}}}");
         let message = || Message {
-            event: String::new(),
-            data: String::new(),
-            header: String::new(),
+            event: Bytes::new(),
+            data: Bytes::new(),
+            header: Bytes::new(),
         };
         let group = Group {
-            keys: [stream.clone(), format!("{stream}:epoch")],
-            new_epoch: String::new(),
+            keys: [stream.clone().into(), format!("{stream}:epoch").into()],
+            new_epoch: Bytes::new(),
             retire: false,
+            count: size.to_string().into(),
             relay: Some(("sockgate:relay", true)),
             messages: (0..size).map(|_| message()).collect(),
         };
@@ -381,6 +403,7 @@ mod tests {
             "user:a, user:b and user:c are in other slots"
         );
         for call in &split {
+            let slot = |key: &Bytes| fred::util::redis_keyslot(key);
             let first = slot(&call[0].0.keys[0]);
             assert!(call.iter().all(|(g, _)| slot(&g.keys[0]) == first));
             assert!(call.iter().all(|(g, _)| slot(&g.keys[1]) == first));

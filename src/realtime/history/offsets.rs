@@ -97,9 +97,17 @@ pub enum Replay {
 
 /// A token that differs between runs and between calls: names a run or a stream generation.
 pub(super) fn fresh_token() -> String {
+    let mut token = String::with_capacity(16);
+    write_fresh_token(&mut token);
+    token
+}
+
+/// Writes a [`fresh_token`] into `out` (16 hex digits), without a `String` of its own.
+pub(super) fn write_fresh_token(out: &mut impl std::fmt::Write) {
     use std::sync::atomic::AtomicU64;
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let token = RandomState::new().hash_one((Instant::now(), std::process::id(), call));
-    format!("{token:016x}")
+    // Infallible on a String or a BytesMut.
+    let _ = write!(out, "{token:016x}");
 }

@@ -3,17 +3,21 @@
 //! one step.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use fred::clients::Client as RedisClient;
 use fred::interfaces::KeysInterface;
 use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
 
-use super::appends::{self, Appender, Failure, Group, Message};
-use super::offsets::{Appended, Entry, Head, Replay, Since, fresh_token, sequence_id, sequence_of};
+use super::appends::{self, Appender, Failure, Group, Message, payload_bytes};
+use super::offsets::{
+    Appended, Entry, Head, Replay, Since, sequence_id, sequence_of, write_fresh_token,
+};
 use crate::cluster::Link;
 use crate::realtime::payload::Payload;
 
@@ -51,8 +55,8 @@ pub struct RelayAs<'a> {
     pub channel: &'static str,
     /// Every instance reads several entries in one message on `channel`.
     pub one_message: bool,
-    /// The start of an entry's header, from its event.
-    pub header: &'a (dyn Fn(&str) -> String + Sync),
+    /// Writes the start of an entry's header, from its event.
+    pub header: &'a (dyn Fn(&str, &mut BytesMut) + Sync),
 }
 
 /// Reads, in one step, the generation, the number of its last message and the entries after
@@ -78,6 +82,9 @@ return newest
 /// them: after a restart or a failover); the append's is in [`super::appends`].
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLAY_SCRIPT));
 static HEAD: LazyLock<Script> = LazyLock::new(|| Script::from_lua(HEAD_SCRIPT));
+
+/// What a stream's key is followed by in its meta hash's key.
+const META_SUFFIX: &str = ":epoch";
 
 /// How many entries a replay reads at most beyond `max_messages`: `MAXLEN ~` trims whole
 /// nodes (100 entries by default), so a stream holds up to that many more. A replay that
@@ -124,7 +131,80 @@ impl RedisHistory {
     /// Named `…:epoch` since it held the generation alone (as a string): an older sockgate's
     /// is replaced by the next append, and read as no generation.
     fn meta_key(stream: &str) -> String {
-        format!("{stream}:epoch")
+        format!("{stream}{META_SUFFIX}")
+    }
+
+    /// Writes `room`'s meta key, whose start is its stream key (as [`Self::keys`] names them),
+    /// and returns the stream key's length: both keys are slices of one text.
+    fn write_keys(out: &mut BytesMut, room: &str) -> usize {
+        let start = out.len();
+        out.extend_from_slice(b"sockgate:history:{");
+        if room.is_empty() || room.starts_with('}') {
+            out.extend_from_slice(b"_");
+        }
+        out.extend_from_slice(room.as_bytes());
+        out.extend_from_slice(b"}");
+        let stream = out.len() - start;
+        out.extend_from_slice(META_SUFFIX.as_bytes());
+        stream
+    }
+
+    /// A piece of a room's messages as one group of an append call. Its keys, generation,
+    /// count, events and relay headers are written into one buffer (one allocation, where each
+    /// was a `String` of its own); the data is shared with the payloads, not copied.
+    fn group(
+        room: &str,
+        piece: &[(&str, &Payload)],
+        relay: Option<RelayAs<'_>>,
+        retire: bool,
+    ) -> Group {
+        let per_message = if relay.is_some() { room.len() + 96 } else { 0 };
+        let size = 2 * room.len()
+            + 64
+            + piece
+                .iter()
+                .map(|(event, _)| 2 * event.len() + per_message)
+                .sum::<usize>();
+        let mut text = BytesMut::with_capacity(size);
+        let stream = Self::write_keys(&mut text, room);
+        let meta = text.len();
+        write_fresh_token(&mut text);
+        let epoch = text.len();
+        // Infallible on a BytesMut.
+        let _ = write!(text, "{}", piece.len());
+        let count = text.len();
+        let mut ends = Vec::with_capacity(piece.len());
+        for (event, _) in piece {
+            text.extend_from_slice(event.as_bytes());
+            let event_end = text.len();
+            if let Some(relay) = relay {
+                (relay.header)(event, &mut text);
+            }
+            ends.push((event_end, text.len()));
+        }
+        let text = text.freeze();
+        let mut at = count;
+        let messages = piece
+            .iter()
+            .zip(ends)
+            .map(|((_, data), (event_end, header_end))| {
+                let message = Message {
+                    event: text.slice(at..event_end),
+                    data: payload_bytes(data),
+                    header: text.slice(event_end..header_end),
+                };
+                at = header_end;
+                message
+            })
+            .collect();
+        Group {
+            keys: [text.slice(..stream), text.slice(..meta)],
+            new_epoch: text.slice(meta..epoch),
+            retire,
+            count: text.slice(epoch..count),
+            relay: relay.map(|r| (r.channel, r.one_message)),
+            messages,
+        }
     }
 
     fn is_unkept(&self, room: &str) -> bool {
@@ -194,20 +274,7 @@ impl RedisHistory {
         }
         for piece in messages.chunks(appends::MAX_PER_CALL) {
             let retire = self.is_unkept(room);
-            let group = Group {
-                keys: Self::keys(room),
-                new_epoch: fresh_token(),
-                retire,
-                relay: relay.map(|r| (r.channel, r.one_message)),
-                messages: piece
-                    .iter()
-                    .map(|(event, data)| Message {
-                        event: (*event).to_owned(),
-                        data: data.json().to_owned(),
-                        header: relay.map_or_else(String::new, |r| (r.header)(event)),
-                    })
-                    .collect(),
-            };
+            let group = Self::group(room, piece, relay, retire);
             let outcome = self.appender.append(group).await;
             if retire && !outcome.places.is_empty() {
                 let mut rooms = self.unkept.rooms.lock().unwrap_or_else(|e| e.into_inner());
@@ -415,9 +482,67 @@ mod tests {
         );
         for room in ["user:42", "", "}x", "user:{a}", "user:a}b", "{", "user:{}"] {
             let [stream, epoch] = RedisHistory::keys(room);
+            let mut text = BytesMut::from(&b"before"[..]);
+            let len = RedisHistory::write_keys(&mut text, room);
+            assert_eq!(&text[6..], epoch.as_bytes(), "room {room:?}");
+            assert_eq!(&text[6..6 + len], stream.as_bytes(), "room {room:?}");
             assert_eq!(hash_tag(&stream), hash_tag(&epoch), "room {room:?}");
             assert_ne!(hash_tag(&stream), stream, "room {room:?} has a tag");
         }
+    }
+
+    /// A group's texts are the arguments the script reads, each in its place.
+    #[test]
+    fn a_group_is_written_as_its_arguments() {
+        let data = [
+            Payload::from_json("{\"a\":1}".to_owned()).expect("json"),
+            Payload::from_json("2".to_owned()).expect("json"),
+        ];
+        let messages = [("ev", &data[0]), ("", &data[1])];
+        let header = |event: &str, out: &mut BytesMut| {
+            out.extend_from_slice(b"<");
+            out.extend_from_slice(event.as_bytes());
+        };
+        let relay = RelayAs {
+            channel: "c",
+            one_message: true,
+            header: &header,
+        };
+        let text = |b: &bytes::Bytes| String::from_utf8(b.to_vec()).expect("utf-8");
+        for relay in [Some(relay), None] {
+            let group = RedisHistory::group("user:1", &messages, relay, true);
+            assert_eq!(
+                group.keys.each_ref().map(text),
+                RedisHistory::keys("user:1")
+            );
+            assert_eq!(group.new_epoch.len(), 16);
+            assert_eq!(text(&group.count), "2");
+            assert!(group.retire);
+            assert_eq!(group.relay, relay.map(|r| (r.channel, true)));
+            let got: Vec<_> = group
+                .messages
+                .iter()
+                .map(|m| (text(&m.event), text(&m.data), text(&m.header)))
+                .collect();
+            let headers = match relay {
+                Some(_) => ["<ev", "<"],
+                None => ["", ""],
+            };
+            let want = [
+                (
+                    "ev".to_owned(),
+                    "{\"a\":1}".to_owned(),
+                    headers[0].to_owned(),
+                ),
+                (String::new(), "2".to_owned(), headers[1].to_owned()),
+            ];
+            assert_eq!(got, want);
+        }
+        let other = RedisHistory::group("user:1", &messages, None, false);
+        assert_ne!(
+            other.new_epoch,
+            RedisHistory::group("user:1", &messages, None, false).new_epoch
+        );
     }
 
     #[test]
