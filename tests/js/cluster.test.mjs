@@ -12,6 +12,7 @@ import { performance } from 'node:perf_hooks';
 import {
   startFixture,
   startSockgate,
+  stopProcess,
   freePort,
   tmpDir,
   connect,
@@ -711,8 +712,8 @@ test('an instance stopped (SIGSTOP): presence, rooms and stats answer within the
     assert.equal(seen?.sockets, 1, `carol on C seen from A before the stop: ${JSON.stringify(seen)}`);
     const dave = await userUntil(A, 'dave', (j) => j.sockets === 1 && j.scope === 'cluster');
     assert.equal(dave?.sockets, 1, `dave on B seen from A before the stop: ${JSON.stringify(dave)}`);
-    process.kill(C.proc.child.pid, 'SIGSTOP');
     stopped = true;
+    await stopProcess(C.proc.child.pid);
     const user = await timedGet(A, '/users/carol');
     const stats = await timedGet(A, '/stats');
     const room = await timedGet(A, `/rooms/${encodeURIComponent('user:carol')}`);

@@ -84,6 +84,22 @@ function listensOn(port) {
 }
 
 /** A port that was free a moment ago, below the ephemeral range. */
+/**
+ * Stops process `pid` (SIGSTOP) and resolves once every one of its threads is stopped. kill()
+ * returns before a multi-threaded process's group stop has finished: on a busy machine a
+ * thread can still answer a request for a moment after it (seen: an instance "stopped" this
+ * way answered a cluster query sent after the kill).
+ */
+export async function stopProcess(pid, timeout = 2000) {
+  process.kill(pid, 'SIGSTOP');
+  const stopped = () =>
+    fs.readdirSync(`/proc/${pid}/task`).every((task) => {
+      const stat = fs.readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8');
+      return /^[Tt]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+    });
+  await waitFor(stopped, { timeout, interval: 1, message: `every thread of process ${pid} stopped` });
+}
+
 export async function freePort() {
   for (let tries = 0; tries < PORT_SPAN; tries += 1) {
     nextPort = (nextPort + 97) % PORT_SPAN;
