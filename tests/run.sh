@@ -68,6 +68,12 @@ cargo test --quiet -p engineioxide -p tungstenite --lib
 export SOCKGATE_BIN="$PWD/target/debug/sockgate"
 echo "== node --test (integration, client packages)"
 node --test --test-concurrency=2 tests/js/ clients/node/test/ clients/react/test/
+# Again on the one-thread runtime, where senders write WebSocket frames directly (issue 32
+# stage 4; on more CPUs the default runtime queues them): the files about order, slow readers,
+# drains and binary frames.
+echo "== node --test (WebSocket edges, server.runtime = single)"
+SOCKGATE_TEST_RUNTIME=single node --test --test-concurrency=2 tests/js/broadcast-edges.test.mjs \
+  tests/js/reliability.test.mjs tests/js/msgpack.test.mjs tests/js/recovery.test.mjs
 
 echo "== benchmark smoke (200 sockets through the load generator)"
 bench/smoke.sh

@@ -252,6 +252,16 @@ async fn marker(c: &Cluster, name: &str) -> anyhow::Result<MessageStream<ChanIte
         .map_err(|e| anyhow::anyhow!("cannot subscribe to `{name}` in Redis: {e}"))
 }
 
+/// Whether sockgate runs on one thread (`server.runtime`, resolved): there a sender writes a
+/// WebSocket's frame itself when nothing is queued, which saves waking the socket's writer
+/// task. On several threads the writer tasks of a broadcast's sockets share the threads,
+/// and that is faster than one publishing loop writing them all (BENCHMARKS.md, issue 32's
+/// stage 4).
+fn one_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+}
+
 /// The Engine.IO/Socket.IO settings of `[realtime]`: path, pings, sizes, parser, transports.
 fn engine(config: &RealtimeConfig) -> SocketIoBuilder {
     let builder = SocketIo::builder()
@@ -264,6 +274,7 @@ fn engine(config: &RealtimeConfig) -> SocketIoBuilder {
         .max_buffer_size(config.max_buffer_size)
         .ws_read_buffer_size(config.ws_read_buffer_bytes)
         .ws_raw_tcp(crate::connection::raw_tcp)
+        .ws_direct_write(one_thread())
         .connect_timeout(config.connect_timeout);
     let builder = match config.parser {
         Parser::Default => builder,

@@ -298,6 +298,9 @@ export function sockgateEnv({ port, upstreamUrl, publishSocket, env = {} }) {
     SIDECAR_AUTH__TIMEOUT_MS: '5000',
     // SOCKGATE_TEST_LOG_FILTER=debug (or e.g. sockgate=debug,socketioxide=debug) for more detail.
     SIDECAR_LOG__FILTER: process.env.SOCKGATE_TEST_LOG_FILTER || 'info',
+    // SOCKGATE_TEST_RUNTIME=single: the one-thread runtime (and its direct WebSocket writes)
+    // on a machine with more CPUs, as tests/run.sh does for the WebSocket edge files.
+    SIDECAR_SERVER__RUNTIME: process.env.SOCKGATE_TEST_RUNTIME,
   };
   // Drop inherited SIDECAR_* so the developer's shell cannot change the tests.
   const inherited = Object.fromEntries(

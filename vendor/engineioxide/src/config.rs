@@ -94,6 +94,15 @@ pub struct EngineIoConfig {
     ///
     /// sockgate patch (issue 32 stage 3).
     pub ws_raw_tcp: Option<crate::RawTcpFn>,
+
+    /// Lets a sender write a frame itself, from its own task, on a raw WebSocket whose queue
+    /// is empty (see `Permit`). Pays on one thread (no writer task to wake); on several, the
+    /// writer tasks of a broadcast's sockets run on every thread, while direct writes all run
+    /// on the sender's (a broadcast to 10,000 sockets on two cores took 1.37× as long).
+    /// `false` by default.
+    ///
+    /// sockgate patch (issue 32 stage 4).
+    pub ws_direct_write: bool,
 }
 
 impl Default for EngineIoConfig {
@@ -110,6 +119,7 @@ impl Default for EngineIoConfig {
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
             ws_raw_tcp: None,
+            ws_direct_write: false,
         }
     }
 }
@@ -265,6 +275,12 @@ impl EngineIoConfigBuilder {
     /// See [`EngineIoConfig::ws_raw_tcp`]. sockgate patch.
     pub fn ws_raw_tcp(mut self, ws_raw_tcp: crate::RawTcpFn) -> Self {
         self.config.ws_raw_tcp = Some(ws_raw_tcp);
+        self
+    }
+
+    /// See [`EngineIoConfig::ws_direct_write`]. sockgate patch.
+    pub fn ws_direct_write(mut self, ws_direct_write: bool) -> Self {
+        self.config.ws_direct_write = ws_direct_write;
         self
     }
 

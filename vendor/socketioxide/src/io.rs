@@ -259,6 +259,15 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// Lets senders write a raw WebSocket's frames themselves when nothing is queued (see
+    /// `engineioxide::config::EngineIoConfig::ws_direct_write`).
+    ///
+    /// sockgate patch (issue 32 stage 4).
+    pub fn ws_direct_write(mut self, ws_direct_write: bool) -> Self {
+        self.engine_config_builder = self.engine_config_builder.ws_direct_write(ws_direct_write);
+        self
+    }
+
     /// Allowed transports on this server
     ///
     /// The `transports` array should have a size of 1 or 2

@@ -116,9 +116,10 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
             };
             match conn {
                 Ok(tcp) => {
+                    let direct = engine.config.ws_direct_write;
                     let (socket, mut ws, backlog) =
                         open(engine, ws_raw::RawIo::new(tcp), protocol, sid, parts).await?;
-                    ws_raw::start::<H>(&socket, &mut ws, &backlog);
+                    ws_raw::start::<H>(&socket, &mut ws, &backlog, direct);
                     let rx = Reader {
                         rx: ws,
                         backlog,

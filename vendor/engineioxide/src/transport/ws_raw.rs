@@ -139,19 +139,22 @@ impl AsyncWrite for RawIo {
 pub(crate) type RawWs = WebSocketStream<Watched<RawIo>>;
 
 /// Takes the write half out of an opened raw WebSocket (whose handshake is written) and
-/// spawns the writer that owns it; from then on the session's senders may write directly
-/// ([`Socket::reserve`]). `None` if it was taken already.
+/// spawns the writer that owns it; from then on, with `direct`, the session's senders may
+/// write directly ([`Socket::reserve`]). `None` if it was taken already.
 pub(crate) fn start<H: EngineIoHandler>(
     socket: &Arc<Socket<H::Data>>,
     ws: &mut RawWs,
     backlog: &Arc<Backlog>,
+    direct: bool,
 ) -> Option<()> {
     let conn = ws.get_mut();
     let wr = conn.io.wr.take()?;
     conn.backlog = None;
     let out = Arc::new(RawOut::new(wr, backlog.clone(), socket.protocol));
     // (A socket has one WebSocket: a second one is refused before it gets here.)
-    let _ = socket.raw_out.set(out.clone());
+    if direct {
+        let _ = socket.raw_out.set(out.clone());
+    }
     tokio::spawn(forward_raw::<H>(socket.clone(), RawWriter(out)));
     Some(())
 }
@@ -610,8 +613,8 @@ mod tests {
         });
         let io = Watched::new(io, backlog.clone());
         let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        assert!(start::<StubHandler>(socket, &mut ws, &backlog).is_some());
-        assert!(start::<StubHandler>(socket, &mut ws, &backlog).is_none());
+        assert!(start::<StubHandler>(socket, &mut ws, &backlog, true).is_some());
+        assert!(start::<StubHandler>(socket, &mut ws, &backlog, true).is_none());
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (ws, backlog, client)
     }
